@@ -1,0 +1,5 @@
+import sys
+
+from fantasyworld.cli import main
+
+sys.exit(main())
