@@ -1,0 +1,135 @@
+"""VGGT's ``absT_quaR_FoV`` camera encoding and relative-to-first-frame poses.
+
+Conventions (the same as VGGT's ``vggt/utils/pose_enc.py`` and FantasyWorld's camera head):
+
+- Extrinsics are **world-to-camera** (w2c, "camera from world"), OpenCV axes
+  (x right, y down, z forward): ``x_cam = R @ x_world + t``. Inputs may be ``(..., 3, 4)``
+  ``[R | t]`` or homogeneous ``(..., 4, 4)``; outputs are always ``(..., 4, 4)``.
+- Intrinsics are in **pixels** at the working resolution ``image_hw = (H, W)``::
+
+      [[fx, 0, cx],
+       [0, fy, cy],
+       [0,  0,  1]]
+
+- The 9-d encoding is ``[t (3), q (4), fov_h (1), fov_w (1)]`` where ``t`` is the w2c
+  translation, ``q`` the quaternion of the w2c rotation, **scalar-last** ``(x, y, z, w)`` with
+  ``w >= 0`` (see :mod:`fantasyworld.geometry.rotation`), ``fov_h = 2 atan(H / 2 / fy)`` and
+  ``fov_w = 2 atan(W / 2 / fx)`` in radians. Note the (h, w) order of the two fields of view.
+- The principal point is not encoded. :func:`decode_pose` puts it at ``cx = W / 2``,
+  ``cy = H / 2`` (VGGT's convention: the image centre with pixel *edges* at integers). The
+  official FantasyWorld camera JSON uses ``(W - 1) / 2, (H - 1) / 2`` (pixel *centres* at
+  integers); the half-pixel difference is irrelevant to the encoding, which ignores cx, cy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
+
+__all__ = [
+    "POSE_ENCODING_DIM",
+    "as_homogeneous",
+    "decode_pose",
+    "encode_pose",
+    "relative_to_first",
+    "se3_inverse",
+]
+
+POSE_ENCODING_DIM = 9
+
+
+def as_homogeneous(extrinsics: torch.Tensor) -> torch.Tensor:
+    """Rigid transforms ``(..., 3, 4)`` or ``(..., 4, 4)`` -> ``(..., 4, 4)`` (last row ``[0, 0, 0, 1]``)."""
+    if extrinsics.shape[-2:] == (4, 4):
+        return extrinsics
+    if extrinsics.shape[-2:] != (3, 4):
+        raise ValueError(f"expected (..., 3, 4) or (..., 4, 4) extrinsics, got {tuple(extrinsics.shape)}")
+    bottom = torch.zeros(*extrinsics.shape[:-2], 1, 4, dtype=extrinsics.dtype, device=extrinsics.device)
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([extrinsics, bottom], dim=-2)
+
+
+def se3_inverse(transform: torch.Tensor) -> torch.Tensor:
+    """Closed-form inverse of rigid transforms ``(..., 3|4, 4)`` -> ``(..., 4, 4)``.
+
+    ``[R | t]^-1 = [R^T | -R^T t]``; turns w2c into c2w and back. Exact for rotations (no
+    general matrix inverse), so it keeps orthonormality in low precision.
+    """
+    transform = as_homogeneous(transform)
+    rot_t = transform[..., :3, :3].transpose(-1, -2)
+    trans = -(rot_t @ transform[..., :3, 3:4])
+    out = torch.zeros_like(transform)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3:4] = trans
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def encode_pose(w2c: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Cameras -> VGGT ``absT_quaR_FoV`` encodings.
+
+    Args:
+        w2c: world-to-camera extrinsics, OpenCV axes, ``(..., 3, 4)`` or ``(..., 4, 4)``.
+        intrinsics: pixel intrinsics ``(..., 3, 3)`` at resolution ``image_hw``.
+        image_hw: ``(H, W)`` in pixels.
+
+    Returns:
+        ``(..., 9)`` = ``[tx, ty, tz, qx, qy, qz, qw, fov_h, fov_w]`` in the input dtype
+        (angles in radians, quaternion scalar-last with ``qw >= 0``).
+    """
+    height, width = image_hw
+    rot = w2c[..., :3, :3]
+    trans = w2c[..., :3, 3]
+    quat = mat_to_quat(rot)
+    fov_h = 2.0 * torch.atan((height / 2.0) / intrinsics[..., 1, 1])
+    fov_w = 2.0 * torch.atan((width / 2.0) / intrinsics[..., 0, 0])
+    return torch.cat([trans, quat.to(trans.dtype), fov_h[..., None], fov_w[..., None]], dim=-1)
+
+
+def decode_pose(encoding: torch.Tensor, image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """VGGT ``absT_quaR_FoV`` encodings ``(..., 9)`` -> ``(w2c (..., 4, 4), K (..., 3, 3))``.
+
+    The quaternion need not be unit (it is normalised, as a head output may not be). The
+    intrinsics are in pixels at ``image_hw = (H, W)`` with ``fx = W / 2 / tan(fov_w / 2)``,
+    ``fy = H / 2 / tan(fov_h / 2)``, principal point ``cx = W / 2``, ``cy = H / 2`` and zero skew.
+    """
+    if encoding.shape[-1] != POSE_ENCODING_DIM:
+        raise ValueError(f"expected a (..., 9) pose encoding, got {tuple(encoding.shape)}")
+    height, width = image_hw
+    trans = encoding[..., :3]
+    rot = quat_to_mat(encoding[..., 3:7])
+    fov_h = encoding[..., 7]
+    fov_w = encoding[..., 8]
+
+    w2c = torch.zeros(*encoding.shape[:-1], 4, 4, dtype=encoding.dtype, device=encoding.device)
+    w2c[..., :3, :3] = rot
+    w2c[..., :3, 3] = trans
+    w2c[..., 3, 3] = 1.0
+
+    intrinsics = torch.zeros(*encoding.shape[:-1], 3, 3, dtype=encoding.dtype, device=encoding.device)
+    intrinsics[..., 0, 0] = (width / 2.0) / torch.tan(fov_w / 2.0)
+    intrinsics[..., 1, 1] = (height / 2.0) / torch.tan(fov_h / 2.0)
+    intrinsics[..., 0, 2] = width / 2.0
+    intrinsics[..., 1, 2] = height / 2.0
+    intrinsics[..., 2, 2] = 1.0
+    return w2c, intrinsics
+
+
+def relative_to_first(w2c: torch.Tensor) -> torch.Tensor:
+    """Re-express a trajectory in the first camera's frame.
+
+    Args:
+        w2c: world-to-camera extrinsics ``(..., T, 3|4, 4)``, OpenCV axes.
+
+    Returns:
+        ``(..., T, 4, 4)`` with ``out[..., i] = w2c_i @ inverse(w2c_0)``: the maps from
+        camera-0 coordinates to camera-i coordinates, so ``out[..., 0]`` is the identity and
+        the new "world" is camera 0 (a world point ``X`` becomes ``R_0 X + t_0``).
+    """
+    w2c = as_homogeneous(w2c)
+    first_inv = se3_inverse(w2c[..., :1, :, :])  # (..., 1, 4, 4)
+    rel = w2c[..., 1:, :, :] @ first_inv
+    # Frame 0 is the identity by construction; write it exactly (no round-off residue).
+    eye = torch.eye(4, dtype=w2c.dtype, device=w2c.device).expand_as(w2c[..., :1, :, :])
+    return torch.cat([eye, rel], dim=-3)
