@@ -1,0 +1,113 @@
+"""Wan2.1 rectified flow: noise schedule, training targets and the Euler sampling grid.
+
+Conventions
+-----------
+- ``sigma`` in ``[0, 1]`` is the noise level: ``x_sigma = (1 - sigma) * x0 + sigma * eps``, so
+  ``sigma = 1`` is pure noise and ``sigma = 0`` the clean latent.
+- The network predicts the velocity ``d x_sigma / d sigma = eps - x0`` (Wan's "flow").
+- The DiT is fed ``timestep = sigma * num_train_timesteps`` with Wan's
+  ``num_train_timesteps = 1000`` (a float in ``[0, 1000]``, not an integer index).
+- Shift (Wan default 5.0, SPEC section 4) warps a uniform ``u`` towards high noise:
+  ``sigma = shift * u / (1 + (shift - 1) * u)``; ``shift = 1`` is the identity.
+- Inference uses diffusers' ``FlowMatchEulerDiscreteScheduler(shift=shift)`` grid, reproduced
+  by :func:`inference_sigmas` (checked against diffusers 0.42.1 in the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "NUM_TRAIN_TIMESTEPS",
+    "add_noise",
+    "euler_step",
+    "flow_target",
+    "inference_sigmas",
+    "sample_training_sigmas",
+    "shifted_sigmas",
+    "sigma_to_timestep",
+]
+
+NUM_TRAIN_TIMESTEPS = 1000
+"""Wan's ``num_train_timesteps``: the timestep fed to the DiT is ``sigma * 1000``."""
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float = 5.0) -> torch.Tensor:
+    """Apply the timestep shift: ``shift * u / (1 + (shift - 1) * u)``, elementwise, any shape.
+
+    Maps ``[0, 1]`` onto ``[0, 1]`` monotonically with fixed points 0 and 1.
+    """
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def sample_training_sigmas(
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    shift: float = 5.0,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Training noise levels ``(batch_size,)``: ``u ~ U[0, 1)`` per sample, then :func:`shifted_sigmas`.
+
+    ``generator`` makes the draw reproducible (it must live on ``device``).
+    """
+    u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    return shifted_sigmas(u, shift).to(dtype)
+
+
+def _broadcast_sigma(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` (or scalar) sigmas -> shape ``(B, 1, ..., 1)`` broadcastable against ``like``."""
+    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if sigma.ndim == 0:
+        return sigma
+    return sigma.reshape(sigma.shape[0], *([1] * (like.ndim - 1)))
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """Noisy latent ``x_sigma = (1 - sigma) * x0 + sigma * noise``.
+
+    Args:
+        x0: clean latents ``(B, ...)`` (e.g. ``(B, 16, F, h, w)``).
+        noise: standard normal, same shape as ``x0``.
+        sigma: ``(B,)`` per-sample noise levels, or a scalar.
+    """
+    s = _broadcast_sigma(sigma, x0)
+    return (1.0 - s) * x0 + s * noise
+
+
+def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Velocity target ``noise - x0`` (the derivative of :func:`add_noise` in sigma)."""
+    return noise - x0
+
+
+def sigma_to_timestep(sigma: torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """DiT timestep ``sigma * num_train_timesteps`` (float, Wan convention)."""
+    return sigma * num_train_timesteps
+
+
+def inference_sigmas(
+    num_steps: int, shift: float = 5.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> torch.Tensor:
+    """Euler sampling grid ``(num_steps + 1,)`` float32, from 1.0 down to a terminal 0.
+
+    Identical to ``FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(num_steps).sigmas``
+    (diffusers 0.42.1, static shifting): the unshifted grid is ``linspace(1, s_min, num_steps)``
+    with ``s_min = shift(1 / num_train_timesteps)`` (the scheduler's smallest training sigma,
+    already shifted once), the shift is applied to that grid, and 0 is appended. The
+    matching DiT timesteps are ``sigma_to_timestep(sigmas[:-1])``.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    s_min = float(shifted_sigmas(torch.tensor(1.0 / num_train_timesteps, dtype=torch.float64), shift))
+    u = torch.linspace(1.0, s_min, num_steps, dtype=torch.float64)
+    sigmas = shifted_sigmas(u, shift).to(torch.float32)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def euler_step(
+    sample: torch.Tensor, flow: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float
+) -> torch.Tensor:
+    """One Euler step of the flow ODE: ``x + (sigma_next - sigma) * flow`` (sigma decreasing)."""
+    dt = _broadcast_sigma(sigma_next, sample) - _broadcast_sigma(sigma, sample)
+    return sample + dt * flow
