@@ -1,0 +1,233 @@
+"""Model configuration and presets.
+
+A :class:`FantasyWorldConfig` fully describes an architecture: the frozen Wan2.1
+transformer (``wan``: the keyword arguments of diffusers' ``WanTransformer3DModel``)
+and every FantasyWorld module built around it. It is saved as ``config.json`` next to
+each checkpoint, so a checkpoint always carries its own architecture.
+
+Presets (see SPEC 3.1):
+
+=====================  ==========================  ====  ====  ==============
+preset                 Wan dim / ffn / heads / L   PCB   IRG   geometry dim/h
+=====================  ==========================  ====  ====  ==============
+``tiny``               64 / 128 / 2 / 6            2     4     64 / 2
+``tiny-i2v``           same, image conditioning    2     4     64 / 2
+``wan2.1-t2v-1.3b``    1536 / 8960 / 12 / 30       12    18    1024 / 16
+``wan2.1-i2v-14b-480p``5120 / 13824 / 40 / 40      16    24    1024 / 16
+=====================  ==========================  ====  ====  ==============
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: Per-channel statistics of the Wan2.1 VAE latents (official), used to normalise
+#: latents as ``(z - mean) / std``.
+WAN21_LATENT_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)
+WAN21_LATENT_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)
+
+VAE_TEMPORAL_STRIDE = 4
+VAE_SPATIAL_STRIDE = 8
+
+
+@dataclass
+class FantasyWorldConfig:
+    """Architecture of a FantasyWorld model.
+
+    Token geometry: pixels (T, H, W) -> VAE latents (F = (T-1)/4 + 1, H/8, W/8) ->
+    DiT tokens (F, h = H/16, w = W/16) with patch (1, 2, 2), so each token covers
+    16x16 pixels and each latent frame 4 pixel frames (the first covers 1).
+    """
+
+    name: str
+    #: keyword arguments of ``diffusers.WanTransformer3DModel`` (the frozen backbone)
+    wan: dict[str, Any]
+    #: number of preconditioning blocks (PCB); the remaining Wan blocks are IRG blocks
+    num_pcb: int
+    # --- geometry branch (VGGT-style) ---
+    geo_dim: int = 1024
+    geo_heads: int = 16
+    geo_mlp_ratio: float = 4.0
+    geo_layerscale_init: float = 0.01
+    geo_rope_freq: float = 100.0
+    num_register_tokens: int = 4
+    #: a pose-conditioned camera token projector (official ``CamTokenProjector``: 4 frames
+    #: x 9-d pose encoding -> token). The official inference does not feed it, so it is
+    #: built only for weight compatibility and used only when ``use_pose_camera_token``.
+    cam_token_projector: bool = False
+    cam_token_projector_hidden: int = 128
+    use_pose_camera_token: bool = False
+    time_freq_dim: int = 256
+    # --- bidirectional cross-attention (IRG) ---
+    bicross_dim: int = 1152
+    bicross_heads: int = 12
+    # --- heads ---
+    dpt_features: int = 256
+    dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
+    #: indices (into the IRG layers) of the four intermediate outputs fed to the DPT heads
+    dpt_layers: tuple[int, int, int, int] = (4, 11, 17, 23)
+    camera_head_depth: int = 4
+    camera_head_iters: int = 4
+    # --- camera conditioning ---
+    plucker_channels: int = 6
+    pose_downscale: int = 8
+    #: width of the per-token pose feature (official: 2048)
+    pose_feature_dim: int = 2048
+    #: Wan block indices whose cross-attention gets a camera adapter
+    camera_adapter_blocks: tuple[int, ...] = ()
+    #: legacy switch reproducing the official Plucker intrinsics bug (converted checkpoints)
+    official_compat: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def wan_dim(self) -> int:
+        return int(self.wan["num_attention_heads"] * self.wan["attention_head_dim"])
+
+    @property
+    def num_wan_blocks(self) -> int:
+        return int(self.wan["num_layers"])
+
+    @property
+    def num_irg(self) -> int:
+        return self.num_wan_blocks - self.num_pcb
+
+    @property
+    def is_i2v(self) -> bool:
+        return self.wan.get("image_dim") is not None
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.wan["out_channels"])
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with an actionable message on inconsistent settings."""
+        if not 0 < self.num_pcb < self.num_wan_blocks:
+            raise ValueError(f"num_pcb={self.num_pcb} must be in (0, {self.num_wan_blocks})")
+        if self.geo_dim % self.geo_heads:
+            raise ValueError(f"geo_dim {self.geo_dim} not divisible by geo_heads {self.geo_heads}")
+        if self.bicross_dim % self.bicross_heads:
+            raise ValueError(f"bicross_dim {self.bicross_dim} not divisible by bicross_heads")
+        if (self.bicross_dim // self.bicross_heads) % 6:
+            raise ValueError("bicross head dim must be divisible by 6 (3D RoPE split)")
+        if len(self.dpt_layers) != 4 or any(not 0 <= i < self.num_irg for i in self.dpt_layers):
+            raise ValueError(f"dpt_layers {self.dpt_layers} must be 4 indices in [0, {self.num_irg})")
+        bad = [i for i in self.camera_adapter_blocks if not 0 <= i < self.num_wan_blocks]
+        if bad:
+            raise ValueError(f"camera_adapter_blocks {bad} outside [0, {self.num_wan_blocks})")
+        if self.use_pose_camera_token and not self.cam_token_projector:
+            raise ValueError("use_pose_camera_token needs cam_token_projector=True")
+
+    # ------------------------------------------------------------------ io
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dpt_out_channels"] = list(self.dpt_out_channels)
+        d["dpt_layers"] = list(self.dpt_layers)
+        d["camera_adapter_blocks"] = list(self.camera_adapter_blocks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FantasyWorldConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown FantasyWorldConfig keys: {unknown}")
+        d = dict(d)
+        for key in ("dpt_out_channels", "dpt_layers", "camera_adapter_blocks"):
+            if key in d:
+                d[key] = tuple(d[key])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FantasyWorldConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read model config: {exc}") from exc
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> FantasyWorldConfig:
+        d = copy.deepcopy(self.to_dict())
+        d.update(changes)
+        return FantasyWorldConfig.from_dict(d)
+
+
+# --------------------------------------------------------------------------- Wan configs
+# Exact diffusers configs of the released Wan2.1 transformers.
+WAN21_T2V_1_3B: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None,
+    added_kv_proj_dim=None, rope_max_seq_len=1024, pos_embed_seq_len=None,
+)
+WAN21_I2V_14B_480P: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36,
+    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280,
+    added_kv_proj_dim=5120, rope_max_seq_len=1024, pos_embed_seq_len=None,
+)
+WAN_TINY: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16,
+    out_channels=16, text_dim=32, freq_dim=256, ffn_dim=128, num_layers=6,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None,
+    added_kv_proj_dim=None, rope_max_seq_len=1024, pos_embed_seq_len=None,
+)
+WAN_TINY_I2V: dict[str, Any] = dict(WAN_TINY, in_channels=36, image_dim=32, added_kv_proj_dim=64)
+
+
+def _tiny(name: str, wan: dict[str, Any]) -> FantasyWorldConfig:
+    return FantasyWorldConfig(
+        name=name, wan=dict(wan), num_pcb=2, geo_dim=64, geo_heads=2, bicross_dim=48,
+        bicross_heads=2, dpt_features=16, dpt_out_channels=(8, 16, 32, 32), dpt_layers=(0, 1, 2, 3),
+        camera_head_depth=1, camera_head_iters=2, pose_feature_dim=64,
+        camera_adapter_blocks=(0, 1, 2), time_freq_dim=32, cam_token_projector_hidden=16,
+    )
+
+
+def _preset_table() -> dict[str, FantasyWorldConfig]:
+    return {
+        "tiny": _tiny("tiny", WAN_TINY),
+        "tiny-i2v": _tiny("tiny-i2v", WAN_TINY_I2V),
+        # Seed: PCB 12 / IRG 18, camera adapters on the 12 PCBs. The pose feature width
+        # is 1024 (the seed estimates ~30M adapter parameters; 2048 would give ~100M).
+        "wan2.1-t2v-1.3b": FantasyWorldConfig(
+            name="wan2.1-t2v-1.3b", wan=dict(WAN21_T2V_1_3B), num_pcb=12,
+            dpt_layers=(3, 8, 13, 17), pose_feature_dim=1024,
+            camera_adapter_blocks=tuple(range(12)),
+        ),
+        # Official FantasyWorld-Wan2.1-I2V-14B-480P: PCB 16 / IRG 24, adapters on blocks
+        # 0..24, pose feature 2048, CamTokenProjector present (unused by its inference).
+        "wan2.1-i2v-14b-480p": FantasyWorldConfig(
+            name="wan2.1-i2v-14b-480p", wan=dict(WAN21_I2V_14B_480P), num_pcb=16,
+            dpt_layers=(4, 11, 17, 23), pose_feature_dim=2048,
+            camera_adapter_blocks=tuple(range(25)), cam_token_projector=True,
+        ),
+    }
+
+
+PRESET_NAMES = tuple(_preset_table())
+
+
+def get_preset(name: str) -> FantasyWorldConfig:
+    """Return a fresh copy of a named preset (raises ``KeyError`` naming the choices)."""
+    table = _preset_table()
+    if name not in table:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(table)}")
+    cfg = table[name]
+    cfg.validate()
+    return cfg
