@@ -1,0 +1,350 @@
+"""Evaluation metrics for depth, cameras and point maps (SPEC section 7).
+
+Everything is computed in **numpy float64**; inputs may be numpy arrays or torch tensors (any
+device/dtype, converted with :func:`to_numpy`). Cameras are **world-to-camera** (w2c)
+``(T, 4, 4)`` or ``(T, 3, 4)``, OpenCV axes; camera centres are ``c = -R^T t``. Angles are
+reported in **degrees**.
+
+Depth (per sequence, all frames aligned jointly)
+  ``abs_rel = mean |d - d*| / d*`` and ``delta_1_25 = mean(max(d / d*, d* / d) < 1.25)`` over
+  valid pixels with ``d* > 0``, after aligning the prediction by the median ratio
+  ``median(d*) / median(d)`` or by least-squares scale and shift. Aligned depths are clamped
+  to ``>= 1e-8`` for the ratio in ``delta`` (a scale+shift fit can go negative).
+
+Trajectories
+  ``ate``: RMSE of camera-centre errors after Umeyama Sim(3) alignment of the predicted
+  centres to the ground truth. ``rpe_trans`` / ``rpe_rot``: RMSE over consecutive pairs of
+  the translation norm / rotation angle of ``inv(Q_i^-1 Q_{i+1}) (P_i^-1 P_{i+1})`` (c2w
+  poses, prediction ``P`` Sim(3)-aligned first), as evo's RPE with ``delta = 1`` frame.
+
+Pairwise (VGGT, ``evaluation/test_co3d.py``)
+  Over all pairs ``i < j``: relative poses ``w2c_i @ inverse(w2c_j)``; rotation error = angle
+  between the ground-truth and predicted relative rotations; translation error = angle between
+  the relative translation directions, folded to ``[0, 90]`` (``acos |cos|``, direction
+  ambiguity; a zero-length translation scores 90). ``rra@15`` / ``rta@15`` = fraction of pairs
+  below 15 degrees. ``auc@30``: with ``e = max(rot_err, trans_err)`` per pair, histogram into
+  integer bins ``[0, 1), ..., [29, 30]``, cumulative fractions, mean over the 30 bins.
+
+Point maps
+  The prediction is Sim(3)-aligned to the ground truth with Umeyama on corresponding valid
+  points (or a given transform). ``accuracy`` = mean distance from each predicted point to
+  its nearest ground-truth point, ``completeness`` = mean distance from each ground-truth
+  point to its nearest predicted point (scipy ``cKDTree``), ``chamfer`` = their average.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "abs_rel",
+    "align_depth_median",
+    "align_depth_scale_shift",
+    "apply_sim3",
+    "ate_rmse",
+    "camera_centers",
+    "delta_accuracy",
+    "depth_metrics",
+    "pairwise_pose_errors",
+    "pairwise_pose_metrics",
+    "pose_auc",
+    "pointmap_metrics",
+    "rotation_angle_deg",
+    "rpe",
+    "to_numpy",
+    "trajectory_metrics",
+    "umeyama_alignment",
+]
+
+_DEPTH_FLOOR = 1e-8
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Torch tensor or array-like -> float64 numpy array (detached, on CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- depth
+
+
+def _depth_inputs(pred: Any, gt: Any, valid: Any | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pred, gt = to_numpy(pred), to_numpy(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ")
+    mask = np.isfinite(gt) & (gt > 0) & np.isfinite(pred)
+    if valid is not None:
+        mask &= np.asarray(valid.detach().cpu() if hasattr(valid, "detach") else valid, dtype=bool)
+    if not mask.any():
+        raise ValueError("no valid depth pixel")
+    return pred, gt, mask
+
+
+def align_depth_median(pred: Any, gt: Any, valid: Any | None = None) -> tuple[np.ndarray, float]:
+    """Scale ``pred`` (any shape, e.g. ``(T, H, W)``) by ``median(gt) / median(pred)`` over valid pixels.
+
+    Returns the aligned prediction (full shape) and the scale.
+    """
+    pred, gt, mask = _depth_inputs(pred, gt, valid)
+    scale = float(np.median(gt[mask]) / max(np.median(pred[mask]), _DEPTH_FLOOR))
+    return pred * scale, scale
+
+
+def align_depth_scale_shift(
+    pred: Any, gt: Any, valid: Any | None = None
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Least-squares ``argmin_{s, b} sum_valid (s * pred + b - gt)^2``; returns (aligned, (s, b))."""
+    pred, gt, mask = _depth_inputs(pred, gt, valid)
+    p, g = pred[mask], gt[mask]
+    design = np.stack([p, np.ones_like(p)], axis=1)
+    (scale, shift), *_ = np.linalg.lstsq(design, g, rcond=None)
+    return pred * scale + shift, (float(scale), float(shift))
+
+
+def abs_rel(pred: Any, gt: Any, valid: Any | None = None) -> float:
+    """Mean of ``|pred - gt| / gt`` over valid pixels with ``gt > 0`` (no alignment)."""
+    pred, gt, mask = _depth_inputs(pred, gt, valid)
+    return float(np.mean(np.abs(pred[mask] - gt[mask]) / gt[mask]))
+
+
+def delta_accuracy(pred: Any, gt: Any, valid: Any | None = None, threshold: float = 1.25) -> float:
+    """Fraction of valid pixels with ``max(pred / gt, gt / pred) < threshold`` (pred floored at 1e-8)."""
+    pred, gt, mask = _depth_inputs(pred, gt, valid)
+    p = np.maximum(pred[mask], _DEPTH_FLOOR)
+    ratio = np.maximum(p / gt[mask], gt[mask] / p)
+    return float(np.mean(ratio < threshold))
+
+
+def depth_metrics(pred: Any, gt: Any, valid: Any | None = None) -> dict[str, float]:
+    """Per-sequence depth metrics under both alignments.
+
+    Args:
+        pred, gt: depth of one sequence, e.g. ``(T, H, W)``; ``valid`` an optional bool mask.
+
+    Returns:
+        ``abs_rel_median``, ``delta_1_25_median`` (median-ratio scale), ``abs_rel_scale_shift``,
+        ``delta_1_25_scale_shift`` (least-squares scale + shift), and the fitted ``median_scale``.
+    """
+    med, scale = align_depth_median(pred, gt, valid)
+    ls, _ = align_depth_scale_shift(pred, gt, valid)
+    return {
+        "abs_rel_median": abs_rel(med, gt, valid),
+        "delta_1_25_median": delta_accuracy(med, gt, valid),
+        "abs_rel_scale_shift": abs_rel(ls, gt, valid),
+        "delta_1_25_scale_shift": delta_accuracy(ls, gt, valid),
+        "median_scale": scale,
+    }
+
+
+# ------------------------------------------------------------------------- alignment
+
+
+def umeyama_alignment(
+    src: Any, dst: Any, with_scale: bool = True
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity ``dst ~ s * R @ src + t`` (Umeyama 1991).
+
+    Args:
+        src, dst: corresponding points ``(N, 3)``, ``N >= 3`` not collinear for a unique R.
+        with_scale: ``False`` fixes ``s = 1`` (SE(3)).
+
+    Returns:
+        ``(s, R (3, 3), t (3,))`` with ``det R = +1``.
+    """
+    src, dst = to_numpy(src).reshape(-1, 3), to_numpy(dst).reshape(-1, 3)
+    if src.shape != dst.shape or src.shape[0] < 2:
+        raise ValueError(f"need matching (N>=2, 3) point sets, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / src.shape[0]
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[2, 2] = -1.0
+    rot = u @ sign @ vt
+    var_s = (xs**2).sum() / src.shape[0]
+    scale = float(np.trace(np.diag(d) @ sign) / var_s) if with_scale and var_s > 0 else 1.0
+    trans = mu_d - scale * rot @ mu_s
+    return scale, rot, trans
+
+
+def apply_sim3(points: Any, scale: float, rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    """``s * R @ x + t`` for points ``(..., 3)``."""
+    return scale * to_numpy(points) @ np.asarray(rot).T + np.asarray(trans)
+
+
+# ----------------------------------------------------------------------- trajectories
+
+
+def _homogeneous(w2c: Any) -> np.ndarray:
+    w2c = to_numpy(w2c)
+    if w2c.shape[-2:] == (4, 4):
+        return w2c
+    if w2c.shape[-2:] != (3, 4):
+        raise ValueError(f"expected (T, 3|4, 4) cameras, got {w2c.shape}")
+    out = np.zeros(w2c.shape[:-2] + (4, 4))
+    out[..., :3, :] = w2c
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def _se3_inv(mat: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(mat)
+    rot_t = np.swapaxes(mat[..., :3, :3], -1, -2)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", rot_t, mat[..., :3, 3])
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def camera_centers(w2c: Any) -> np.ndarray:
+    """Camera centres ``(T, 3)`` in world coordinates from w2c ``(T, 3|4, 4)``: ``-R^T t``."""
+    return _se3_inv(_homogeneous(w2c))[..., :3, 3]
+
+
+def rotation_angle_deg(rot: np.ndarray) -> np.ndarray:
+    """Angle (degrees) of rotation matrices ``(..., 3, 3)``, accurate near 0 and 180 (atan2 form)."""
+    rot = np.asarray(rot, dtype=np.float64)
+    cos = (np.trace(rot, axis1=-2, axis2=-1) - 1.0) / 2.0
+    skew = np.stack(
+        [rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0], rot[..., 1, 0] - rot[..., 0, 1]],
+        axis=-1,
+    )
+    sin = np.linalg.norm(skew, axis=-1) / 2.0
+    return np.degrees(np.arctan2(sin, cos))
+
+
+def _aligned_c2w(pred_w2c: Any, gt_w2c: Any, align: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """c2w poses ``(T, 4, 4)`` of prediction (Sim(3)-aligned on centres if ``align``) and gt."""
+    pred_c2w, gt_c2w = _se3_inv(_homogeneous(pred_w2c)), _se3_inv(_homogeneous(gt_w2c))
+    if pred_c2w.shape != gt_c2w.shape:
+        raise ValueError(f"trajectories differ in shape: {pred_c2w.shape} vs {gt_c2w.shape}")
+    scale = 1.0
+    if align:
+        scale, rot, trans = umeyama_alignment(pred_c2w[:, :3, 3], gt_c2w[:, :3, 3])
+        pred_c2w = pred_c2w.copy()
+        pred_c2w[:, :3, :3] = rot @ pred_c2w[:, :3, :3]
+        pred_c2w[:, :3, 3] = apply_sim3(pred_c2w[:, :3, 3], scale, rot, trans)
+    return pred_c2w, gt_c2w, scale
+
+
+def ate_rmse(pred_w2c: Any, gt_w2c: Any, align: bool = True) -> float:
+    """Absolute trajectory error: RMSE of camera-centre distances after Sim(3) alignment."""
+    pred_c2w, gt_c2w, _ = _aligned_c2w(pred_w2c, gt_w2c, align)
+    err = np.linalg.norm(pred_c2w[:, :3, 3] - gt_c2w[:, :3, 3], axis=-1)
+    return float(np.sqrt(np.mean(err**2)))
+
+
+def rpe(pred_w2c: Any, gt_w2c: Any, align: bool = True, delta: int = 1) -> dict[str, float]:
+    """Relative pose error over frame pairs ``(i, i + delta)``: ``rpe_trans`` (RMSE, world units
+    of the ground truth) and ``rpe_rot`` (RMSE, degrees). See the module docstring."""
+    pred_c2w, gt_c2w, _ = _aligned_c2w(pred_w2c, gt_w2c, align)
+    if pred_c2w.shape[0] <= delta:
+        raise ValueError("trajectory too short for RPE")
+    rel_gt = _se3_inv(gt_c2w[:-delta]) @ gt_c2w[delta:]
+    rel_pred = _se3_inv(pred_c2w[:-delta]) @ pred_c2w[delta:]
+    err = _se3_inv(rel_gt) @ rel_pred
+    trans = np.linalg.norm(err[:, :3, 3], axis=-1)
+    rot = rotation_angle_deg(err[:, :3, :3])
+    return {"rpe_trans": float(np.sqrt(np.mean(trans**2))), "rpe_rot": float(np.sqrt(np.mean(rot**2)))}
+
+
+def pairwise_pose_errors(pred_w2c: Any, gt_w2c: Any) -> tuple[np.ndarray, np.ndarray]:
+    """VGGT's relative rotation and translation angle errors (degrees) over all pairs ``i < j``.
+
+    Returns:
+        ``(rot_err (P,), trans_err (P,))`` with ``P = T (T - 1) / 2`` in ``itertools.combinations``
+        order; ``trans_err`` is in ``[0, 90]``.
+    """
+    pred, gt = _homogeneous(pred_w2c), _homogeneous(gt_w2c)
+    i, j = np.triu_indices(pred.shape[0], k=1)  # same order as torch.combinations
+    rel_gt = gt[i] @ _se3_inv(gt[j])
+    rel_pred = pred[i] @ _se3_inv(pred[j])
+    rot_err = rotation_angle_deg(np.swapaxes(rel_gt[:, :3, :3], -1, -2) @ rel_pred[:, :3, :3])
+    eps = 1e-15
+    t_gt = rel_gt[:, :3, 3] / (np.linalg.norm(rel_gt[:, :3, 3], axis=-1, keepdims=True) + eps)
+    t_pred = rel_pred[:, :3, 3] / (np.linalg.norm(rel_pred[:, :3, 3], axis=-1, keepdims=True) + eps)
+    # angle between the two lines, acos|cos| in VGGT; the atan2 form is exact near 0 and 90
+    cos = np.abs(np.sum(t_gt * t_pred, axis=-1))
+    sin = np.linalg.norm(np.cross(t_gt, t_pred), axis=-1)
+    trans_err = np.where(cos + sin > 0, np.degrees(np.arctan2(sin, cos)), 90.0)
+    return rot_err, trans_err
+
+
+def pose_auc(rot_err: np.ndarray, trans_err: np.ndarray, max_threshold: int = 30) -> float:
+    """VGGT's AUC@max_threshold of ``max(rot_err, trans_err)`` with 1-degree bins (module docstring)."""
+    max_err = np.maximum(np.asarray(rot_err), np.asarray(trans_err))
+    hist, _ = np.histogram(max_err, bins=np.arange(max_threshold + 1))
+    return float(np.mean(np.cumsum(hist / max(len(max_err), 1))))
+
+
+def pairwise_pose_metrics(pred_w2c: Any, gt_w2c: Any, threshold: float = 15.0) -> dict[str, float]:
+    """``rra@15``, ``rta@15`` (fractions in [0, 1]) and ``auc@30`` (in [0, 1]) as VGGT computes them."""
+    rot_err, trans_err = pairwise_pose_errors(pred_w2c, gt_w2c)
+    tag = f"{threshold:g}"
+    return {
+        f"rra@{tag}": float(np.mean(rot_err < threshold)),
+        f"rta@{tag}": float(np.mean(trans_err < threshold)),
+        "auc@30": pose_auc(rot_err, trans_err, 30),
+    }
+
+
+def trajectory_metrics(pred_w2c: Any, gt_w2c: Any) -> dict[str, float]:
+    """All camera metrics of one sequence: ``ate``, ``rpe_trans``, ``rpe_rot``, ``rra@15``,
+    ``rta@15``, ``auc@30``."""
+    out = {"ate": ate_rmse(pred_w2c, gt_w2c)}
+    out.update(rpe(pred_w2c, gt_w2c))
+    out.update(pairwise_pose_metrics(pred_w2c, gt_w2c))
+    return out
+
+
+# ------------------------------------------------------------------------ point maps
+
+
+def pointmap_metrics(
+    pred_points: Any,
+    gt_points: Any,
+    valid: Any | None = None,
+    *,
+    align: bool = True,
+    sim3: tuple[float, np.ndarray, np.ndarray] | None = None,
+    max_points: int | None = 200_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Accuracy, completeness and Chamfer distance of a point map after Sim(3) alignment.
+
+    Args:
+        pred_points, gt_points: corresponding point maps ``(..., 3)`` (e.g. ``(T, H, W, 3)``).
+        valid: optional bool mask ``(...)``; non-finite points are always dropped.
+        align: Umeyama Sim(3) of the valid predicted points onto their ground truth.
+        sim3: use this ``(s, R, t)`` instead (e.g. from the trajectory alignment).
+        max_points: random subsample (seeded) of each cloud for the nearest-neighbour search.
+
+    Returns:
+        ``accuracy``, ``completeness``, ``chamfer`` (ground-truth units), ``align_scale``.
+    """
+    pred, gt = to_numpy(pred_points), to_numpy(gt_points)
+    mask = np.isfinite(pred).all(-1) & np.isfinite(gt).all(-1)
+    if valid is not None:
+        mask &= np.asarray(valid.detach().cpu() if hasattr(valid, "detach") else valid, dtype=bool)
+    pred, gt = pred[mask], gt[mask]
+    if len(pred) == 0:
+        raise ValueError("no valid point")
+    scale = 1.0
+    if sim3 is not None:
+        scale, rot, trans = sim3
+        pred = apply_sim3(pred, scale, rot, trans)
+    elif align:
+        scale, rot, trans = umeyama_alignment(pred, gt)
+        pred = apply_sim3(pred, scale, rot, trans)
+    rng = np.random.default_rng(seed)
+    if max_points is not None and len(pred) > max_points:
+        pred = pred[rng.choice(len(pred), max_points, replace=False)]
+        gt = gt[rng.choice(len(gt), max_points, replace=False)]
+    acc = float(np.mean(cKDTree(gt).query(pred)[0]))
+    comp = float(np.mean(cKDTree(pred).query(gt)[0]))
+    return {"accuracy": acc, "completeness": comp, "chamfer": 0.5 * (acc + comp), "align_scale": float(scale)}
