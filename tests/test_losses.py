@@ -237,3 +237,40 @@ def test_total_loss_formula():
 
 def test_diffusion_loss_is_mse():
     assert diffusion_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])).item() == pytest.approx(2.5)
+
+
+def test_normalisation_agrees_with_geometry_cameras_module():
+    # geometry/cameras.py (data side) has its own relative_to_first/normalize_scale: the loss
+    # targets must be the same numbers, and re-normalising normalised data is a no-op.
+    from fantasyworld.geometry import cameras
+
+    batch = _random_scene(4)
+    ours = normalize_geometry(batch["depth"], batch["points"], batch["valid"], batch["w2c"])
+    rel, pts = cameras.relative_to_first(batch["w2c"], batch["points"])
+    w2c_n, pts_n, depth_n, scale = cameras.normalize_scale(rel, pts, batch["depth"], batch["valid"])
+    valid = batch["valid"]
+    torch.testing.assert_close(ours.scale, scale, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.w2c, w2c_n, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.points[valid], pts_n[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.depth[valid], depth_n[valid], atol=1e-5, rtol=1e-5)
+    again = normalize_geometry(ours.depth, ours.points, valid, ours.w2c)
+    torch.testing.assert_close(again.scale, torch.ones(2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again.points, ours.points, atol=1e-5, rtol=1e-5)
+
+
+def test_non_finite_ground_truth_outside_the_mask_gives_finite_losses_and_gradients():
+    batch = _random_scene(5)
+    batch["points"][~batch["valid"]] = float("nan")
+    batch["depth"][~batch["valid"]] = float("inf")
+    gen = torch.Generator().manual_seed(0)
+    outputs = {
+        "depth": torch.rand(2, 3, 6, 8, generator=gen).requires_grad_(True),
+        "depth_conf": 1 + torch.rand(2, 3, 6, 8, generator=gen),
+        "world_points": torch.randn(2, 3, 6, 8, 3, generator=gen).requires_grad_(True),
+        "world_points_conf": 1 + torch.rand(2, 3, 6, 8, generator=gen),
+        "pose_enc_list": [torch.randn(2, 3, 9, generator=gen).requires_grad_(True)],
+    }
+    losses = compute_losses(outputs, batch, stage=1)
+    losses["objective"].backward()
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    assert torch.isfinite(outputs["depth"].grad).all() and torch.isfinite(outputs["world_points"].grad).all()
