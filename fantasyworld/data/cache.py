@@ -1,0 +1,149 @@
+"""Latent cache: encode every clip once so that training runs neither the VAE nor UMT5.
+
+``build_cache`` reads each clip through :class:`~fantasyworld.data.loader.RawClipDataset`
+(frames ``0, stride, ...``, centre crop to ``height x width``: the same transform as
+training) and writes ``OUT/<clip_id>.safetensors`` holding
+
+* ``latents`` ``(16, F, H/8, W/8)`` fp32 (or ``--latent-dtype``): normalised VAE mean;
+* ``text_emb`` ``(512, D)`` and ``text_len`` ``(1,)``: UMT5 output zeroed after the prompt;
+* I2V (with an image encoder): ``clip_image_emb`` ``(257, 1280)`` and ``cond_latent``
+  ``(20, F, H/8, W/8)``;
+* ground truth at pixel resolution: ``depth`` ``(T, H, W)``, ``points`` ``(T, H, W, 3)``
+  (fp32 or ``--geometry-dtype float16``), ``valid`` ``(T, H, W)`` bool, ``w2c``
+  ``(T, 4, 4)``, ``intrinsics`` ``(T, 3, 3)``, ``frame_indices`` ``(T,)``;
+
+with ``clip_id`` and ``prompt`` in the safetensors metadata, plus ``OUT/index.json`` listing
+the clips and the settings. :class:`CachedClipDataset` reads it back (keys in
+:mod:`fantasyworld.data.loader`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from fantasyworld.data import encoders
+from fantasyworld.data.errors import MISSING_FILE, DataError
+from fantasyworld.data.loader import RawClipDataset
+
+INDEX_NAME = "index.json"
+CACHE_VERSION = 1
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def encode_sample(sample: dict[str, Any], vae, text_encoder, tokenizer, image_encoder=None,
+                  image_processor=None, latent_dtype: torch.dtype = torch.float32,
+                  geometry_dtype: torch.dtype = torch.float32
+                  ) -> dict[str, torch.Tensor]:
+    """Tensors of one cache file from one :class:`RawClipDataset` item (no batch dim)."""
+    video = sample["video"][None]  # (1, 3, T, H, W)
+    out = {
+        "latents": encoders.encode_video(vae, video)[0].to(latent_dtype),
+    }
+    text, text_len = encoders.encode_text(text_encoder, tokenizer, [sample["prompt"]])
+    out["text_emb"] = text[0].to(latent_dtype)
+    out["text_len"] = text_len.reshape(1)
+    if image_encoder is not None:
+        out["clip_image_emb"] = encoders.encode_image_clip(image_encoder, image_processor, video[:, :, 0])[0]
+        out["clip_image_emb"] = out["clip_image_emb"].to(latent_dtype)
+        out["cond_latent"] = encoders.i2v_condition_latent(vae, video)[0].to(latent_dtype)
+    out["depth"] = sample["depth"].to(geometry_dtype)
+    out["points"] = sample["points"].to(geometry_dtype)
+    out["valid"] = sample["valid"]
+    out["w2c"] = sample["w2c"].float()
+    out["intrinsics"] = sample["intrinsics"].float()
+    out["frame_indices"] = sample["frame_indices"]
+    return {k: v.contiguous().cpu() for k, v in out.items()}
+
+
+def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path, text_encoder_dir: str | Path,
+                tokenizer_dir: str | Path | None = None, image_encoder_dir: str | Path | None = None,
+                num_frames: int = 81, height: int | None = None, width: int | None = None, stride: int = 1,
+                device: str = "cpu", dtype: str = "float32", latent_dtype: str = "float32",
+                geometry_dtype: str = "float32", overwrite: bool = False, progress: bool = False) -> Path:
+    """Encode every clip of ``data_root`` into ``out_dir`` (see the module docstring).
+
+    Args:
+        vae_dir, text_encoder_dir, tokenizer_dir, image_encoder_dir: local directories
+            (``from_pretrained``); an image encoder turns on the I2V outputs.
+        dtype: compute dtype of the encoders; ``latent_dtype`` / ``geometry_dtype``: stored.
+        overwrite: re-encode clips whose file exists (otherwise they are skipped, so an
+            interrupted run resumes).
+
+    Returns:
+        ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compute = _DTYPES[dtype]
+    vae = encoders.load_vae(vae_dir, device, compute)
+    text_encoder, tokenizer = encoders.load_text_encoder(text_encoder_dir, tokenizer_dir, device, compute)
+    image_encoder = image_processor = None
+    if image_encoder_dir is not None:
+        image_encoder, image_processor = encoders.load_image_encoder(image_encoder_dir, device, compute)
+    dataset = RawClipDataset(data_root, num_frames=num_frames, height=height, width=width, stride=stride)
+    entries = []
+    iterator = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="cache", unit="clip")
+    for i in iterator:
+        record = dataset.records[i]
+        path = out_dir / f"{record.clip_id}.safetensors"
+        if overwrite or not path.exists():
+            sample = dataset[i]
+            tensors = encode_sample(sample, vae, text_encoder, tokenizer, image_encoder, image_processor,
+                                    _DTYPES[latent_dtype], _DTYPES[geometry_dtype])
+            save_file(tensors, str(path), metadata={"clip_id": record.clip_id, "prompt": record.prompt,
+                                                     "version": str(CACHE_VERSION)})
+        entries.append({"clip_id": record.clip_id, "file": path.name})
+    index = {
+        "version": CACHE_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "data_root": str(Path(data_root).resolve()), "num_frames": num_frames, "stride": stride,
+        "height": height, "width": width, "vae": str(vae_dir), "text_encoder": str(text_encoder_dir),
+        "image_encoder": None if image_encoder_dir is None else str(image_encoder_dir),
+        "text_dim": int(text_encoder.config.d_model), "clips": entries,
+    }
+    (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=1))
+    return out_dir
+
+
+class CachedClipDataset(Dataset):
+    """Items from a cache directory: ``latents``, ``text_emb``, ``text_len``, optional
+    ``clip_image_emb`` / ``cond_latent``, and ``depth, points, valid, w2c, intrinsics,
+    frame_indices, prompt, clip_id`` (all float tensors returned as fp32). No ``video``."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.cache_dir = Path(cache_dir)
+        index_path = self.cache_dir / INDEX_NAME
+        if not index_path.exists():
+            raise DataError(index_path, MISSING_FILE,
+                            "cache index does not exist (run `fantasyworld data cache`)")
+        self.index = json.loads(index_path.read_text())
+        self.entries = self.index["clips"]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path = self.cache_dir / self.entries[i]["file"]
+        if not path.exists():
+            raise DataError(path, MISSING_FILE, "cache file does not exist")
+        out: dict[str, Any] = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():
+                t = f.get_tensor(key)
+                out[key] = t.float() if t.is_floating_point() else t
+        out["text_len"] = out["text_len"].reshape(())
+        out["prompt"] = meta.get("prompt", "")
+        out["clip_id"] = meta.get("clip_id", self.entries[i]["clip_id"])
+        return out

@@ -1,0 +1,200 @@
+"""Frozen encoders of the cache step: Wan VAE, UMT5 text encoder, CLIP vision (I2V).
+
+Loading goes through the libraries' own ``from_pretrained`` on **local directories only**
+(``local_files_only=True``; nothing is downloaded). The tiny random configurations below
+are used by tests and the demo: they run the same loading code on directories written with
+``save_pretrained``.
+
+Conventions:
+
+* video in ``[-1, 1]``, ``(B, 3, T, H, W)``, ``T = 4k + 1``; latents ``(B, 16, F, H/8, W/8)``
+  normalised as ``(z - latents_mean) / latents_std`` (the VAE config's statistics, the
+  Wan2.1 values of SPEC 3.1 in the real model and in :func:`tiny_vae`);
+* text embeddings ``(B, 512, D)``: UMT5 last hidden state, zero after the prompt's tokens
+  (as Wan's pipelines build them);
+* I2V: CLIP penultimate hidden states ``(B, 257, 1280)`` for ViT-H/14 at 224 px, and the
+  conditioning latent ``(B, 20, F, h, w)`` = 4 mask channels + 16 latent channels of the
+  VAE-encoded clip ``[first frame, zeros...]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TEXT_LEN = 512
+_TINY_WORDS = (
+    "a an the and with of to in around while keeping centre center view scene camera room courtyard open "
+    "sky floor walls wall containing ball box pillar moves forward pulls back orbits slides sideways left "
+    "right turns rises tilts down lowers up arcs checkered striped mottled tiled plain"
+).split()
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """``AutoencoderKLWan.from_pretrained(path)`` (local directory, eval mode)."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def load_text_encoder(path: str | Path, tokenizer_path: str | Path | None = None,
+                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """``(UMT5EncoderModel, tokenizer)`` from local directories. The tokenizer defaults to
+    ``path/../tokenizer`` (diffusers repo layout) if it exists, else ``path``."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    path = Path(path)
+    if tokenizer_path is None:
+        sibling = path.parent / "tokenizer"
+        tokenizer_path = sibling if sibling.is_dir() else path
+    model = UMT5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def load_image_encoder(path: str | Path, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32):
+    """``(CLIPVisionModel, CLIPImageProcessor)`` from a local directory (processor files
+    may sit in ``path`` or in ``path/../image_processor``)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    path = Path(path)
+    proc_dir = path.parent / "image_processor"
+    model = CLIPVisionModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    processor = CLIPImageProcessor.from_pretrained(str(proc_dir if proc_dir.is_dir() else path),
+                                                   local_files_only=True)
+    return model.to(device).eval().requires_grad_(False), processor
+
+
+# ----------------------------------------------------------------------------------------
+# encoding
+def _latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean, dtype=like.dtype, device=like.device).view(1, z, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=like.dtype, device=like.device).view(1, z, 1, 1, 1)
+    return mean, std
+
+
+@torch.no_grad()
+def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, T, H, W)`` in [-1, 1] -> normalised latent mean ``(B, 16, F, H/8, W/8)`` fp32."""
+    param = next(vae.parameters())
+    dist = vae.encode(video.to(param.device, param.dtype)).latent_dist
+    z = dist.mean.float()
+    mean, std = _latent_stats(vae, z)
+    return (z - mean) / std
+
+
+@torch.no_grad()
+def encode_text(text_encoder, tokenizer, prompts: list[str], max_length: int = TEXT_LEN
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> ``(B, max_length, D)`` fp32 embeddings zeroed after each prompt's tokens,
+    and the token counts ``(B,)``."""
+    param = next(text_encoder.parameters())
+    tok = tokenizer([p.strip() for p in prompts], padding="max_length", max_length=max_length,
+                    truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    ids = tok.input_ids.to(param.device)
+    mask = tok.attention_mask.to(param.device)
+    hidden = text_encoder(ids, attention_mask=mask).last_hidden_state.float()
+    hidden = hidden * mask[..., None].to(hidden.dtype)
+    return hidden, mask.sum(1).long()
+
+
+@torch.no_grad()
+def encode_image_clip(image_encoder, processor, frames: torch.Tensor) -> torch.Tensor:
+    """First frames ``(B, 3, H, W)`` in [-1, 1] -> CLIP penultimate hidden states
+    ``(B, N, D)`` fp32 (``(B, 257, 1280)`` for Wan's ViT-H/14)."""
+    param = next(image_encoder.parameters())
+    images = [((f.permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+              for f in frames]
+    pixel = processor(images=images, return_tensors="pt").pixel_values.to(param.device, param.dtype)
+    return image_encoder(pixel_values=pixel, output_hidden_states=True).hidden_states[-2].float()
+
+
+@torch.no_grad()
+def i2v_condition_latent(vae, video: torch.Tensor) -> torch.Tensor:
+    """Wan I2V conditioning ``(B, 20, F, H/8, W/8)``: 4 mask channels (1 on the first
+    pixel frame's 4 slots, 0 elsewhere) followed by the normalised latent of
+    ``[first frame, zeros for the remaining T - 1 frames]``."""
+    b, _, t, h, w = video.shape
+    cond_video = torch.cat([video[:, :, :1], torch.zeros_like(video[:, :, 1:])], dim=2)
+    latent = encode_video(vae, cond_video)  # (B, 16, F, h, w)
+    f, lh, lw = latent.shape[2:]
+    mask = torch.zeros(b, 1, t + 3, lh, lw, dtype=latent.dtype, device=latent.device)
+    mask[:, :, :4] = 1.0  # the first frame counts 4 times (Wan's temporal packing)
+    mask = mask.view(b, f, 4, lh, lw).transpose(1, 2)  # (B, 4, F, h, w)
+    return torch.cat([mask, latent], dim=1)
+
+
+# ----------------------------------------------------------------------------------------
+# tiny random encoders (tests, demo)
+def tiny_vae(seed: int = 0):
+    """A ~0.2M-parameter random ``AutoencoderKLWan`` with Wan's compression (4x temporal,
+    8x spatial, 16 latent channels) and Wan2.1's latent statistics."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def tiny_tokenizer(words: list[str] | None = None):
+    """An offline word-level ``PreTrainedTokenizerFast`` with UMT5's special ids
+    (``<pad>`` 0, ``</s>`` 1 appended to every prompt, ``<unk>`` 2), lower-cased,
+    splitting on whitespace and punctuation."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in sorted(set(words or _TINY_WORDS) | {".", ","}):
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=TEXT_LEN)
+
+
+def tiny_text_encoder(seed: int = 0, d_model: int = 32):
+    """``(UMT5EncoderModel, tokenizer)``: 2 layers, width ``d_model``, random weights."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = UMT5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2,
+                        num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                        decoder_start_token_id=0)
+    return UMT5EncoderModel(config).eval(), tokenizer
+
+
+def tiny_image_encoder(seed: int = 0):
+    """``(CLIPVisionModel, CLIPImageProcessor)``: 28 px input, patch 14 -> 5 tokens of 32."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32)
+    processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    return CLIPVisionModel(config).eval(), processor
+
+
+def save_tiny_encoders(out_dir: str | Path, image_encoder: bool = False, seed: int = 0) -> dict[str, Path]:
+    """Write tiny random encoders in diffusers' repo layout (``vae/``, ``text_encoder/``,
+    ``tokenizer/``, optionally ``image_encoder/`` + ``image_processor/``); returns the paths."""
+    out = Path(out_dir)
+    vae = tiny_vae(seed)
+    vae.save_pretrained(out / "vae")
+    model, tokenizer = tiny_text_encoder(seed)
+    model.save_pretrained(out / "text_encoder")
+    tokenizer.save_pretrained(out / "tokenizer")
+    paths = {"vae": out / "vae", "text_encoder": out / "text_encoder", "tokenizer": out / "tokenizer"}
+    if image_encoder:
+        clip, processor = tiny_image_encoder(seed)
+        clip.save_pretrained(out / "image_encoder")
+        processor.save_pretrained(out / "image_processor")
+        paths["image_encoder"] = out / "image_encoder"
+    return paths
