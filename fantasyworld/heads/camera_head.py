@@ -101,6 +101,7 @@ class CameraHead(nn.Module):
         fl_act: str = "relu",
         temporal_upsample: bool = True,
         time_layout: TimeLayout = "interleaved",
+        trunk_modulated: bool = True,
     ) -> None:
         super().__init__()
         if time_layout not in ("interleaved", "official"):
@@ -110,7 +111,7 @@ class CameraHead(nn.Module):
 
         self.trunk = nn.Sequential(
             *[
-                GeoBlock(dim_in, num_heads, mlp_ratio, qk_norm=False, init_values=init_values, modulated=True)
+                GeoBlock(dim_in, num_heads, mlp_ratio, qk_norm=False, init_values=init_values, modulated=trunk_modulated)
                 for _ in range(trunk_depth)
             ]
         )

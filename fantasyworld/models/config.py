@@ -74,10 +74,18 @@ class FantasyWorldConfig:
     # --- heads ---
     dpt_features: int = 256
     dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
-    #: indices (into the IRG layers) of the four intermediate outputs fed to the DPT heads
-    dpt_layers: tuple[int, int, int, int] = (4, 11, 17, 23)
+    #: IRG layers whose outputs feed DPT levels 0..3 (level 0 is the finest; the official
+    #: head feeds the deepest layer to the finest level: 23, 17, 11, 7 for 24 layers)
+    dpt_layers: tuple[int, int, int, int] = (23, 17, 11, 7)
     camera_head_depth: int = 4
     camera_head_iters: int = 4
+    #: how the camera head expands latent frames to pixel frames: ``interleaved`` (latent
+    #: frame k -> pixel frames 4k-3..4k) or ``official`` (the released model's ordering)
+    camera_time_layout: str = "interleaved"
+    #: give the camera-head trunk blocks ``modulation`` parameters. The official model has
+    #: them but never feeds a timestep to the trunk, so they are weight-compatibility only
+    #: (built for the 14B preset, frozen, unused).
+    camera_trunk_modulation: bool = False
     # --- camera conditioning ---
     plucker_channels: int = 6
     pose_downscale: int = 8
@@ -125,6 +133,8 @@ class FantasyWorldConfig:
         bad = [i for i in self.camera_adapter_blocks if not 0 <= i < self.num_wan_blocks]
         if bad:
             raise ValueError(f"camera_adapter_blocks {bad} outside [0, {self.num_wan_blocks})")
+        if self.camera_time_layout not in ("interleaved", "official"):
+            raise ValueError(f"camera_time_layout must be 'interleaved' or 'official', got {self.camera_time_layout!r}")
         if self.use_pose_camera_token and not self.cam_token_projector:
             raise ValueError("use_pose_camera_token needs cam_token_projector=True")
 
@@ -193,7 +203,7 @@ WAN_TINY_I2V: dict[str, Any] = dict(WAN_TINY, in_channels=36, image_dim=32, adde
 def _tiny(name: str, wan: dict[str, Any]) -> FantasyWorldConfig:
     return FantasyWorldConfig(
         name=name, wan=dict(wan), num_pcb=2, geo_dim=64, geo_heads=2, bicross_dim=48,
-        bicross_heads=2, dpt_features=16, dpt_out_channels=(8, 16, 32, 32), dpt_layers=(0, 1, 2, 3),
+        bicross_heads=2, dpt_features=16, dpt_out_channels=(8, 16, 32, 32), dpt_layers=(3, 2, 1, 0),
         camera_head_depth=1, camera_head_iters=2, pose_feature_dim=64,
         camera_adapter_blocks=(0, 1, 2), time_freq_dim=32, cam_token_projector_hidden=16,
     )
@@ -207,15 +217,16 @@ def _preset_table() -> dict[str, FantasyWorldConfig]:
         # is 1024 (the seed estimates ~30M adapter parameters; 2048 would give ~100M).
         "wan2.1-t2v-1.3b": FantasyWorldConfig(
             name="wan2.1-t2v-1.3b", wan=dict(WAN21_T2V_1_3B), num_pcb=12,
-            dpt_layers=(3, 8, 13, 17), pose_feature_dim=1024,
+            dpt_layers=(17, 12, 8, 5), pose_feature_dim=1024,
             camera_adapter_blocks=tuple(range(12)),
         ),
         # Official FantasyWorld-Wan2.1-I2V-14B-480P: PCB 16 / IRG 24, adapters on blocks
         # 0..24, pose feature 2048, CamTokenProjector present (unused by its inference).
         "wan2.1-i2v-14b-480p": FantasyWorldConfig(
             name="wan2.1-i2v-14b-480p", wan=dict(WAN21_I2V_14B_480P), num_pcb=16,
-            dpt_layers=(4, 11, 17, 23), pose_feature_dim=2048,
+            dpt_layers=(23, 17, 11, 7), pose_feature_dim=2048,
             camera_adapter_blocks=tuple(range(25)), cam_token_projector=True,
+            camera_time_layout="official", camera_trunk_modulation=True,
         ),
     }
 

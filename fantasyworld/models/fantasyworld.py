@@ -1,0 +1,285 @@
+"""FantasyWorld: a frozen Wan2.1 transformer plus a trainable geometry branch.
+
+Forward pass (SPEC 3.2), letter legend B batch, F latent frames, T = 4(F-1)+1 pixel
+frames, (h, w) token grid, (H, W) = 16 (h, w) pixels, L = F*h*w video tokens:
+
+1. Wan embedding: patch embed, time embedding -> 6-way modulation, text context (CLIP
+   image tokens prepended for I2V), 3D RoPE.
+2. Preconditioning blocks (the first ``num_pcb`` Wan blocks), each with its camera
+   adapter inside the cross-attention if configured (stage 2).
+3. Latent bridge: PCB tokens -> geometry tokens, plus camera and register tokens.
+4. Geometry timestep modulation from the same timestep.
+5. IRG layers i = 0 .. num_irg-1: geometry frame block; Wan block PCB+i attention half;
+   geometry global block attention half; bidirectional cross-attention; both FFN halves.
+6. Wan output head -> predicted flow (velocity) for the video latent.
+7. Heads: depth, point map, camera (only when asked).
+
+Stages: stage 1 trains the geometry branch only and skips everything that cannot change
+a stage-1 loss: camera conditioning, the IRG Wan blocks, the cross-attention and the Wan
+output head (with zero gammas the geometry stream does not read the video stream after
+the PCBs, so this is exact). Stage 2 runs everything. Every Wan parameter is frozen in
+both stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from fantasyworld.layers.bicross_attention import BiCrossAttention, bicross_rotary
+from fantasyworld.models import wan_backbone as wanb
+from fantasyworld.models.camera_conditioning import CameraAdapter, PoseEncoder
+from fantasyworld.models.config import FantasyWorldConfig
+from fantasyworld.models.geometry_branch import GeometryBranch
+from fantasyworld.models.wan_loading import CheckpointError, check_state_dict
+
+#: Top-level modules trained in each stage (everything else is frozen).
+STAGE_TRAINABLE: dict[int, tuple[str, ...]] = {
+    1: ("geometry",),
+    2: ("geometry", "interactions", "pose_encoder", "camera_adapters"),
+}
+
+
+class FantasyWorldModel(nn.Module):
+    """Frozen Wan2.1 transformer + FantasyWorld modules.
+
+    Sub-modules: ``transformer`` (diffusers ``WanTransformer3DModel``, frozen),
+    ``geometry`` (:class:`GeometryBranch`), ``interactions`` (one
+    :class:`BiCrossAttention` per IRG layer), ``pose_encoder`` and ``camera_adapters``
+    (keyed by Wan block index).
+    """
+
+    def __init__(
+        self,
+        config: FantasyWorldConfig,
+        transformer: WanTransformer3DModel | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.transformer = transformer if transformer is not None else wanb.build_wan_transformer(config.wan, device)
+        self.transformer.requires_grad_(False)
+        with torch.device(device or "cpu"):
+            self.geometry = GeometryBranch(config)
+            self.interactions = nn.ModuleList(
+                BiCrossAttention(config.wan_dim, config.geo_dim, config.bicross_dim, config.bicross_heads)
+                for _ in range(config.num_irg)
+            )
+            self.pose_encoder = PoseEncoder(
+                config.plucker_channels, config.wan_dim, config.pose_feature_dim, config.pose_downscale
+            )
+            self.camera_adapters = nn.ModuleDict(
+                {str(i): CameraAdapter(config.wan_dim, config.pose_feature_dim) for i in config.camera_adapter_blocks}
+            )
+        self.gradient_checkpointing = False
+        self.stage = 2
+        self.set_stage(2)
+
+    # ------------------------------------------------------------------ stages
+    def fantasyworld_modules(self) -> dict[str, nn.Module]:
+        """The non-Wan top-level modules by name."""
+        return {
+            "geometry": self.geometry, "interactions": self.interactions,
+            "pose_encoder": self.pose_encoder, "camera_adapters": self.camera_adapters,
+        }
+
+    def set_stage(self, stage: int) -> FantasyWorldModel:
+        """Set ``requires_grad`` for ``stage`` (1 or 2); all Wan parameters stay frozen."""
+        if stage not in STAGE_TRAINABLE:
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        self.stage = stage
+        self.transformer.requires_grad_(False)
+        for name, module in self.fantasyworld_modules().items():
+            module.requires_grad_(name in STAGE_TRAINABLE[stage])
+        params = dict(self.geometry.named_parameters())
+        for name in self.geometry.compatibility_only_parameters():
+            params[name].requires_grad_(False)  # kept for official weights; no path to outputs
+        return self
+
+    def train(self, mode: bool = True) -> FantasyWorldModel:
+        super().train(mode)
+        self.transformer.eval()  # frozen: never in training mode
+        return self
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ weights
+    def stage_state_keys(self, stage: int) -> list[str]:
+        """Keys of the weights a stage-``stage`` checkpoint holds (its trainable set)."""
+        keep = STAGE_TRAINABLE[stage]
+        keys = []
+        for name, module in self.fantasyworld_modules().items():
+            if name in keep:
+                keys += [f"{name}.{k}" for k in module.state_dict()]
+        return keys
+
+    def fantasyworld_state_dict(self, stage: int | None = None) -> dict[str, torch.Tensor]:
+        """Weights of the FantasyWorld modules (those of ``stage``, default: current)."""
+        keys = set(self.stage_state_keys(stage or self.stage))
+        return {k: v for k, v in self.state_dict().items() if k in keys}
+
+    def load_fantasyworld_state_dict(self, state: dict[str, torch.Tensor], stage: int, source: str = "state") -> None:
+        """Load a stage-``stage`` weight set strictly (names missing/unexpected keys)."""
+        own = self.state_dict()
+        expected = {k: own[k].shape for k in self.stage_state_keys(stage)}
+        check_state_dict(expected, state, source)
+        self.load_state_dict(state, strict=False)
+
+    def save_fantasyworld(self, path: str | Path, stage: int | None = None, metadata: dict | None = None) -> None:
+        """Write the FantasyWorld weights of ``stage`` as safetensors (fp32 kept as is)."""
+        stage = stage or self.stage
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.fantasyworld_state_dict(stage).items()}
+        meta = {"format": "fantasyworld", "stage": str(stage), "preset": self.config.name}
+        meta.update({k: str(v) for k, v in (metadata or {}).items()})
+        save_file(tensors, str(path), metadata=meta)
+
+    def load_fantasyworld(self, path: str | Path, stage: int) -> None:
+        """Load a safetensors file written by :meth:`save_fantasyworld` for ``stage``."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file does not exist")
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: unreadable safetensors checkpoint ({exc})") from exc
+        self.load_fantasyworld_state_dict(state, stage, str(path))
+
+    # ------------------------------------------------------------------ forward
+    def _ckpt(self, fn: Callable, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def encode_camera(self, plucker: torch.Tensor) -> torch.Tensor:
+        """Plucker rays (B, T, 6, H, W) -> pose features (B, L, P) for the adapters."""
+        return self.pose_encoder(plucker.to(next(self.pose_encoder.parameters()).dtype))
+
+    def _adapter(self, block_idx: int, pose_feature: torch.Tensor | None):
+        if pose_feature is None or str(block_idx) not in self.camera_adapters:
+            return None
+        adapter = self.camera_adapters[str(block_idx)]
+        return lambda attn_out: adapter(attn_out, pose_feature.to(attn_out.dtype))
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_emb: torch.Tensor,
+        *,
+        plucker: torch.Tensor | None = None,
+        pose_feature: torch.Tensor | None = None,
+        cond_latent: torch.Tensor | None = None,
+        image_emb: torch.Tensor | None = None,
+        camera_pose_enc: torch.Tensor | None = None,
+        stage: int | None = None,
+        heads: tuple[str, ...] | None = ("depth", "points", "camera"),
+    ) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+        """Joint video + geometry prediction.
+
+        Args:
+            latents: noisy video latents (B, 16, F, H/8, W/8), normalised Wan latent space.
+            timestep: (B,) diffusion timesteps in [0, 1000] (sigma * 1000).
+            text_emb: (B, Lt, text_dim) text-encoder states (I2V: Lt = 512, zero-padded).
+            plucker: (B, T, 6, H, W) Plucker rays of the requested cameras (relative to
+                frame 0, pixel intrinsics), or ``pose_feature`` precomputed from them.
+                Without either, no camera conditioning is applied.
+            cond_latent: I2V conditioning (B, 20, F, H/8, W/8): 4 mask + 16 image channels.
+            image_emb: I2V CLIP image tokens (B, 257, image_dim).
+            camera_pose_enc: (B, T, 9) poses for the optional pose-conditioned camera token.
+            stage: 1 or 2 (default: ``self.stage``). Stage 1 returns no ``flow``.
+            heads: which heads to run (``None`` or empty: none, e.g. all but the last
+                sampling step).
+        Returns:
+            dict with ``flow`` (B, 16, F, H/8, W/8) or None in stage 1, and per head
+            ``depth``/``depth_conf`` (B, T, H, W), ``world_points`` (B, T, H, W, 3) /
+            ``world_points_conf`` (B, T, H, W), ``pose_enc`` (B, T, 9), ``pose_enc_list``.
+        """
+        stage = stage or self.stage
+        cfg = self.config
+        wan = self.transformer
+        if cfg.is_i2v:
+            if cond_latent is None or image_emb is None:
+                raise ValueError(f"preset {cfg.name} is image-to-video: pass cond_latent and image_emb")
+            if text_emb.shape[1] != wanb.WAN_TEXT_LEN:
+                raise ValueError(f"I2V text embeddings must be padded to {wanb.WAN_TEXT_LEN} tokens, "
+                                 f"got {text_emb.shape[1]}")
+            model_in = torch.cat([latents, cond_latent.to(latents.dtype)], dim=1)
+        else:
+            model_in = latents
+        inputs = wanb.embed_inputs(wan, model_in, timestep, text_emb, image_emb)
+        b = latents.shape[0]
+        f, h, w = inputs.grid
+        image_hw = (h * 16, w * 16)
+        x = inputs.tokens
+
+        if stage == 2 and pose_feature is None and plucker is not None:
+            pose_feature = self._ckpt(self.encode_camera, plucker)
+        if stage == 1:
+            pose_feature = None
+
+        # 2. preconditioning blocks
+        for i in range(cfg.num_pcb):
+            adapter = self._adapter(i, pose_feature)
+            block = wan.blocks[i]
+            if stage == 1:
+                with torch.no_grad():
+                    x = wanb.run_block(block, x, inputs)
+            else:
+                x = self._ckpt(lambda xx, blk=block, ad=adapter: wanb.run_block(blk, xx, inputs, ad), x)
+
+        # 3./4. latent bridge, special tokens, geometry modulation
+        geo_branch = self.geometry
+        tokens = self._ckpt(lambda xx: geo_branch.bridge(xx, inputs.grid, camera_pose_enc), x)
+        temb6 = geo_branch.time_modulation(timestep)
+        rope_frame, rope_global = geo_branch.rotary(inputs.grid, x.device)
+        p = tokens.shape[1]
+        if stage == 2:
+            head_dim = cfg.bicross_dim // cfg.bicross_heads
+            rope_v, rope_g = bicross_rotary(inputs.grid, head_dim, geo_branch.patch_start_idx, x.device)
+
+        want = {i for i in cfg.dpt_layers} | {cfg.num_irg - 1}
+        kept: dict[int, torch.Tensor] = {}
+        # 5. IRG layers
+        for i in range(cfg.num_irg):
+            frame_blk, global_blk = geo_branch.frame_blocks[i], geo_branch.global_blocks[i]
+            tokens = self._ckpt(lambda t, blk=frame_blk: blk(t, temb6, rope_frame), tokens)  # (B*F, P, D)
+            frame_out = tokens.view(b, f, p, -1)
+            g = tokens.view(b, f * p, -1)
+            if stage == 1:
+                g = self._ckpt(lambda t, blk=global_blk: blk(t, temb6, rope_global), g)
+            else:
+                wan_blk = wan.blocks[cfg.num_pcb + i]
+                adapter = self._adapter(cfg.num_pcb + i, pose_feature)
+                inter = self.interactions[i]
+
+                def irg_layer(xx, gg, wan_blk=wan_blk, adapter=adapter, global_blk=global_blk, inter=inter):
+                    mod = global_blk.modulation_terms(temb6, gg.shape[0])
+                    xx = wanb.attention_half(wan_blk, xx, inputs, adapter)
+                    gg = global_blk.attention_half(gg, mod, rope_global)
+                    xx, gg = inter(xx, gg, rope_v, rope_g)
+                    xx = wanb.ffn_half(wan_blk, xx, inputs)
+                    gg = global_blk.ffn_half(gg, mod)
+                    return xx, gg
+
+                x, g = self._ckpt(irg_layer, x, g)
+            tokens = g.view(b * f, p, -1)
+            if i in want:
+                kept[i] = torch.cat([frame_out, g.view(b, f, p, -1)], dim=-1)  # (B, F, P, 2D)
+
+        out: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"flow": None}
+        # 6. Wan head
+        if stage == 2:
+            out["flow"] = wanb.output_head(wan, x, inputs)
+        # 7. heads
+        if heads:
+            inter_list = [kept[i] for i in cfg.dpt_layers]
+            out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, tuple(heads)))
+        return out

@@ -1,0 +1,182 @@
+"""The trainable geometry branch: latent bridge, special tokens, timestep modulation,
+VGGT-style frame/global blocks and the three heads (SPEC 3.2 items 3-5 and 7).
+
+Token layouts (letter legend: B batch, F latent frames, P = 5 + h*w tokens per frame,
+D geometry width):
+
+* frame attention works on ``(B*F, P, D)`` (attention inside each latent frame);
+* global attention works on ``(B, F*P, D)`` (all frames);
+* each frame's tokens are ``[camera, register x4, patches (row-major)]``.
+
+Parameter names follow the official ``vggt.*`` modules (``projection_head``,
+``camera_token``, ``frame_blocks.N``, ``depth_head`` ...); the official keeps its global
+blocks inside ``IRGBlock.N.x_agg``, which map to ``global_blocks.N`` here.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.embeddings import get_timestep_embedding
+from torch import nn
+
+from fantasyworld.geometry.pose_encoding import decode_pose
+from fantasyworld.heads.camera_head import CameraHead
+from fantasyworld.heads.dpt_head import DPTHead
+from fantasyworld.layers.geo_block import GeoBlock
+from fantasyworld.layers.rope2d import Rope2D, Rotary2D, frame_positions
+from fantasyworld.models.config import FantasyWorldConfig
+
+NUM_CAMERA_TOKENS = 1
+
+
+class CamTokenProjector(nn.Module):
+    """Optional pose-conditioned camera token: 4 pixel frames x 9-d pose -> one token.
+
+    The official model carries this module but its inference never feeds it. Here the
+    grouping is causal, matching the VAE: latent frame 0 <- pixel frame 0 (repeated 4x),
+    latent frame k >= 1 <- pixel frames 4k-3 .. 4k. (The official pads the *end* with
+    copies of frame 0, which misaligns groups; we do not copy that.)
+    """
+
+    def __init__(self, out_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(36, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, pose_enc: torch.Tensor) -> torch.Tensor:
+        """pose_enc (B, T, 9), T = 4k+1 -> camera tokens (B*F, 1, D), F = k+1."""
+        b, t, _ = pose_enc.shape
+        first = pose_enc[:, :1].expand(b, 4, 9)
+        groups = torch.cat([first, pose_enc[:, 1:]], dim=1).reshape(b, (t + 3) // 4, 36)
+        return self.mlp(groups).reshape(-1, 1, self.mlp[-1].out_features)
+
+
+def _expand_special(token: torch.Tensor, b: int, f: int) -> torch.Tensor:
+    """(1, 2, X, D) learned tokens -> (B*F, X, D): index 0 for frame 0, index 1 for the rest."""
+    first = token[:, :1].expand(b, 1, *token.shape[2:])
+    rest = token[:, 1:].expand(b, f - 1, *token.shape[2:])
+    return torch.cat([first, rest], dim=1).reshape(b * f, *token.shape[2:])
+
+
+class GeometryBranch(nn.Module):
+    """Geometry tokens, blocks and heads. The IRG loop itself lives in the full model."""
+
+    #: modules computed in float32 even under bf16 (tiny MLPs on the timestep)
+    _keep_in_fp32_modules = ("time_embedding", "time_projection")
+
+    def __init__(self, config: FantasyWorldConfig) -> None:
+        super().__init__()
+        c = config
+        d = c.geo_dim
+        self.config = c
+        self.patch_start_idx = NUM_CAMERA_TOKENS + c.num_register_tokens
+        # 1. latent bridge: PCB tokens (Wan width) -> geometry tokens
+        self.projection_head = nn.Conv3d(c.wan_dim, d, kernel_size=1)
+        # 2. special tokens: [first frame, other frames]
+        self.camera_token = nn.Parameter(torch.randn(1, 2, 1, d) * 1e-6)
+        self.register_token = nn.Parameter(torch.randn(1, 2, c.num_register_tokens, d) * 1e-6)
+        self.cam_token_projector = (
+            CamTokenProjector(d, c.cam_token_projector_hidden) if c.cam_token_projector else None
+        )
+        # 3. geometry timestep modulation: sinusoid -> MLP -> 6 x D
+        self.time_embedding = nn.Sequential(nn.Linear(c.time_freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        # 4. alternating-attention blocks, one frame + one global block per IRG layer
+        def block() -> GeoBlock:
+            return GeoBlock(d, c.geo_heads, c.geo_mlp_ratio, qk_norm=True, init_values=c.geo_layerscale_init)
+
+        self.frame_blocks = nn.ModuleList([block() for _ in range(c.num_irg)])
+        self.global_blocks = nn.ModuleList([block() for _ in range(c.num_irg)])
+        self.rope = Rope2D(c.geo_rope_freq)
+        # 5. heads on concatenated (frame, global) intermediates: width 2D
+        dpt = dict(features=c.dpt_features, out_channels=tuple(c.dpt_out_channels),
+                   patch_start_idx=self.patch_start_idx, intermediate_layer_idx=tuple(c.dpt_layers))
+        self.depth_head = DPTHead(2 * d, output_dim=2, activation="exp", conf_activation="expp1", **dpt)
+        self.point_head = DPTHead(2 * d, output_dim=4, activation="inv_log", conf_activation="expp1", **dpt)
+        self.camera_head = CameraHead(
+            dim_in=2 * d, trunk_depth=c.camera_head_depth, num_heads=c.geo_heads,
+            time_layout=c.camera_time_layout, trunk_modulated=c.camera_trunk_modulation,
+        )
+
+    def compatibility_only_parameters(self) -> list[str]:
+        """Names (relative to this module) of parameters kept only so official weights
+        load: they have no path to any output, so they are never trained."""
+        names = []
+        if self.cam_token_projector is not None and not self.config.use_pose_camera_token:
+            names += [f"cam_token_projector.{n}" for n, _ in self.cam_token_projector.named_parameters()]
+        names += [n for n, _ in self.named_parameters() if n.startswith("camera_head.trunk.")
+                  and n.endswith(".modulation")]
+        return names
+
+    # ------------------------------------------------------------------ pieces
+    def time_modulation(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Diffusion timestep (B,) in [0, 1000] -> modulation input (B, 6, D), float32."""
+        freq = get_timestep_embedding(
+            timestep.float(), self.config.time_freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0
+        )
+        with torch.autocast(device_type=timestep.device.type, enabled=False):
+            lin = self.time_embedding[0]
+            e = self.time_embedding(freq.to(lin.weight.dtype)).float()
+            e6 = self.time_projection(e.to(lin.weight.dtype)).float()
+        return e6.unflatten(1, (6, self.config.geo_dim))
+
+    def bridge(
+        self, video_tokens: torch.Tensor, grid: tuple[int, int, int], camera_pose_enc: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """PCB output (B, F*h*w, D_wan) -> geometry tokens (B*F, P, D) with special tokens.
+
+        ``camera_pose_enc`` (B, T, 9) feeds the optional pose-conditioned camera token.
+        """
+        b = video_tokens.shape[0]
+        f, h, w = grid
+        x = video_tokens.reshape(b, f, h, w, -1).permute(0, 4, 1, 2, 3)  # (B, D_wan, F, h, w)
+        x = self.projection_head(x.to(self.projection_head.weight.dtype))
+        patches = x.permute(0, 2, 3, 4, 1).reshape(b * f, h * w, -1)  # (B*F, h*w, D)
+        if self.config.use_pose_camera_token:
+            if camera_pose_enc is None:
+                raise ValueError("use_pose_camera_token is set: pass camera_pose_enc (B, T, 9)")
+            cam = self.cam_token_projector(camera_pose_enc.to(patches.dtype))
+        else:
+            cam = _expand_special(self.camera_token, b, f)
+        reg = _expand_special(self.register_token, b, f)
+        return torch.cat([cam.to(patches.dtype), reg.to(patches.dtype), patches], dim=1)
+
+    def rotary(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Rotary2D, Rotary2D]:
+        """2D RoPE for the frame layout (P tokens) and the global layout (F*P tokens)."""
+        f, h, w = grid
+        pos = frame_positions(h, w, self.patch_start_idx, device=device)  # (P, 2)
+        head_dim = self.config.geo_dim // self.config.geo_heads
+        return self.rope.bind(pos, head_dim), self.rope.bind(pos.repeat(f, 1), head_dim)
+
+    def run_heads(
+        self,
+        intermediates: list[torch.Tensor],
+        last: torch.Tensor,
+        image_hw: tuple[int, int],
+        which: tuple[str, ...] = ("depth", "points", "camera"),
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Heads on the concatenated intermediates.
+
+        Args:
+            intermediates: the 4 DPT inputs, each (B, F, P, 2D), in ``dpt_layers`` order
+                (entry i feeds DPT level i; level 0 is the finest).
+            last: the last IRG layer's output (B, F, P, 2D) for the camera head.
+            image_hw: pixel size (H, W) = 16 * (h, w).
+        Returns:
+            ``depth`` (B, T, H, W), ``depth_conf`` (B, T, H, W), ``world_points``
+            (B, T, H, W, 3), ``world_points_conf`` (B, T, H, W), ``pose_enc`` (B, T, 9)
+            and ``pose_enc_list`` (one (B, T, 9) per refinement iteration), T = 4(F-1)+1,
+            plus the decoded cameras ``w2c`` (B, T, 4, 4) (OpenCV, relative to frame 0 as
+            trained) and pixel ``intrinsics`` (B, T, 3, 3).
+        """
+        out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
+        grid_hw = (image_hw[0] // 16, image_hw[1] // 16)
+        if "depth" in which:
+            out["depth"], out["depth_conf"] = self.depth_head(intermediates, grid_hw)
+        if "points" in which:
+            out["world_points"], out["world_points_conf"] = self.point_head(intermediates, grid_hw)
+        if "camera" in which:
+            pose_list = self.camera_head(last[:, :, 0], num_iterations=self.config.camera_head_iters)
+            out["pose_enc_list"] = pose_list
+            out["pose_enc"] = pose_list[-1]
+            out["w2c"], out["intrinsics"] = decode_pose(pose_list[-1].float(), image_hw)
+        return out
