@@ -111,7 +111,9 @@ class CameraHead(nn.Module):
 
         self.trunk = nn.Sequential(
             *[
-                GeoBlock(dim_in, num_heads, mlp_ratio, qk_norm=False, init_values=init_values, modulated=trunk_modulated)
+                GeoBlock(
+                    dim_in, num_heads, mlp_ratio, qk_norm=False, init_values=init_values, modulated=trunk_modulated
+                )
                 for _ in range(trunk_depth)
             ]
         )
