@@ -1,0 +1,100 @@
+"""``fantasyworld data {synth,validate,cache}``: make, check and pre-encode datasets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x128, got {text!r}") from None
+    return h, w
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from fantasyworld.data.synth import synthesize_dataset
+
+    h, w = args.size
+    start = time.time()
+    synthesize_dataset(args.out, num_clips=args.clips, num_frames=args.frames, height=h, width=w, seed=args.seed,
+                       workers=args.workers, per_frame=args.per_frame, fps=args.fps, progress=not args.quiet)
+    print(f"wrote {args.clips} clips x {args.frames} frames at {h}x{w} to {args.out} "
+          f"in {time.time() - start:.1f} s")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from fantasyworld.data.validate import format_report, validate_dataset
+
+    problems, n = validate_dataset(args.root, decode_video=not args.no_decode, check_values=not args.no_values,
+                                   progress=args.progress)
+    print(format_report(problems, n))
+    return 1 if problems else 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from fantasyworld.data.cache import build_cache
+    from fantasyworld.data.errors import DataError
+
+    h, w = args.size if args.size else (None, None)
+    try:
+        build_cache(args.data, args.out, args.vae, args.text_encoder, tokenizer_dir=args.tokenizer,
+                    image_encoder_dir=args.image_encoder, num_frames=args.frames, height=h, width=w,
+                    stride=args.stride, device=args.device, dtype=args.dtype, latent_dtype=args.latent_dtype,
+                    geometry_dtype=args.geometry_dtype, overwrite=args.overwrite, progress=not args.quiet)
+    except DataError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"cache written to {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``data`` with sub-commands ``synth``, ``validate`` and ``cache``."""
+    parser = sub.add_parser("data", help="make, validate and cache datasets (see docs/data.md)")
+    cmds = parser.add_subparsers(dest="data_command", required=True)
+
+    p = cmds.add_parser("synth", help="render procedural 3D worlds with exact depth, points and cameras")
+    p.add_argument("--out", required=True, help="output dataset root (seed layout)")
+    p.add_argument("--clips", type=int, default=100)
+    p.add_argument("--frames", type=int, default=49)
+    p.add_argument("--size", type=_size, default=(128, 128), help="HxW, both even (default 128x128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--per-frame", action="store_true", help="depth/points as per-frame .npy files")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_synth)
+
+    p = cmds.add_parser("validate", help="check every clip; one line per problem, exit 1 on problems")
+    p.add_argument("root", help="dataset root holding metadata.json")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding every video frame")
+    p.add_argument("--no-values", action="store_true", help="skip the NaN/inf scan of depth and points")
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=_validate)
+
+    p = cmds.add_parser("cache", help="encode clips once with the Wan VAE and UMT5 (and CLIP for I2V)")
+    p.add_argument("--data", required=True, help="dataset root (seed layout)")
+    p.add_argument("--out", required=True, help="cache directory")
+    p.add_argument("--vae", required=True, help="local AutoencoderKLWan directory")
+    p.add_argument("--text-encoder", required=True, help="local UMT5EncoderModel directory")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: ../tokenizer or the encoder's)")
+    p.add_argument("--image-encoder", default=None, help="local CLIPVisionModel directory (I2V presets)")
+    p.add_argument("--frames", type=int, default=81, help="4k+1 frames per clip")
+    p.add_argument("--size", type=_size, default=None, help="HxW (default: stored size)")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="encoder compute dtype")
+    p.add_argument("--latent-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--geometry-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cache)
