@@ -28,7 +28,8 @@ TEXT_LEN = 512
 _TINY_WORDS = (
     "a an the and with of to in around while keeping centre center view scene camera room courtyard open "
     "sky floor walls wall containing ball box pillar moves forward pulls back orbits slides sideways left "
-    "right turns rises tilts down lowers up arcs checkered striped mottled tiled plain"
+    "right turns rises tilts down lowers up arcs checkered striped mottled tiled plain red orange yellow "
+    "green teal blue purple pink white grey gray brown black beige cyan"
 ).split()
 
 
