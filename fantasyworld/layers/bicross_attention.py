@@ -117,5 +117,6 @@ class BiCrossAttention(nn.Module):
         rope_geo: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """video (B, Lv, Dv), geo (B, Lg, Dg) -> updated (video, geo)."""
-        dv, dg = self.cross_attn(self.norm_video(video), self.norm_geo(geo), rope_video, rope_geo)
-        return video + self.gamma_m1 * dv, geo + self.gamma_m2 * dg
+        dtype = self.cross_attn.m1_proj.weight.dtype  # streams may differ in dtype (bf16 video, fp32 geometry)
+        dv, dg = self.cross_attn(self.norm_video(video).to(dtype), self.norm_geo(geo).to(dtype), rope_video, rope_geo)
+        return video + (self.gamma_m1 * dv).to(video.dtype), geo + (self.gamma_m2 * dg).to(geo.dtype)

@@ -111,5 +111,6 @@ class CameraAdapter(nn.Module):
 
     def forward(self, attn_out: torch.Tensor, pose_feature: torch.Tensor) -> torch.Tensor:
         """attn_out (B, L, D), pose_feature (B, L, P) -> attn_out + shift, (B, L, D)."""
-        combined = self.k_proj.group1(pose_feature) + self.k_proj.group2(attn_out)
-        return attn_out + self.v_proj.group2(combined)
+        dtype = self.k_proj.group1.weight.dtype  # compute in the adapter's dtype (fp32 master weights)
+        combined = self.k_proj.group1(pose_feature.to(dtype)) + self.k_proj.group2(attn_out.to(dtype))
+        return attn_out + self.v_proj.group2(combined).to(attn_out.dtype)

@@ -113,7 +113,7 @@ class GeometryBranch(nn.Module):
         freq = get_timestep_embedding(
             timestep.float(), self.config.time_freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0
         )
-        with torch.autocast(device_type=timestep.device.type, enabled=False):
+        with torch.autocast(device_type="cuda" if timestep.is_cuda else "cpu", enabled=False):
             lin = self.time_embedding[0]
             e = self.time_embedding(freq.to(lin.weight.dtype)).float()
             e6 = self.time_projection(e.to(lin.weight.dtype)).float()
