@@ -474,6 +474,11 @@ def read_official_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
     if not path.is_file():
         raise OfficialCheckpointError(f"{path}: file does not exist")
     is_zip = zipfile.is_zipfile(path)
+    with path.open("rb") as fh:
+        zip_header = fh.read(4) == b"PK\x03\x04"
+    if zip_header and not is_zip:
+        raise OfficialCheckpointError(f"{path}: corrupted or truncated checkpoint (a zip-format torch file whose "
+                                      "central directory is missing); download it again")
     if not is_zip and not _looks_like_legacy_torch(path):
         raise OfficialCheckpointError(f"{path}: not a PyTorch checkpoint (neither the zip nor the legacy torch.save "
                                       "format); the file is corrupted or of another kind")
