@@ -50,8 +50,8 @@ class Conditioning:
 
     Attributes:
         text_emb: ``(B, L, text_dim)`` prompt embeddings (zero after the prompt's tokens).
-        negative_text_emb: ``(B, L, text_dim)`` negative-prompt embeddings, or ``None``
-            (no CFG possible).
+        negative_text_emb: ``(B, L', text_dim)`` negative-prompt embeddings, or ``None``
+            (no CFG possible). Both are zero-padded to a common length on construction.
         pose_feature: ``(B, L_video, P)`` from ``model.encode_camera(plucker)`` (computed
             once per generation: it does not depend on the timestep), or ``None``.
         cond_latent: I2V ``(B, 20, F, H/8, W/8)`` mask + first-frame latent, or ``None``.
@@ -64,6 +64,12 @@ class Conditioning:
     cond_latent: torch.Tensor | None = None
     image_emb: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # Wan's cross-attention has no mask: zero padding changes the output, so both texts
+        # get the same length whether the passes are batched or not.
+        if self.negative_text_emb is not None and self.negative_text_emb.shape[1] != self.text_emb.shape[1]:
+            self.text_emb, self.negative_text_emb = _pad_same_length(self.text_emb, self.negative_text_emb)
+
     def model_kwargs(self, cfg_batch: bool, dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
         """Keyword inputs of one forward: conditional only, or ``[cond; uncond]`` stacked
         along the batch (text differs, everything else repeats)."""
@@ -73,9 +79,7 @@ class Conditioning:
             x = x.to(dtype)
             return torch.cat([x, x]) if cfg_batch else x
 
-        text = self.text_emb
-        if cfg_batch:
-            text = torch.cat(_pad_same_length(self.text_emb, self.negative_text_emb))
+        text = torch.cat([self.text_emb, self.negative_text_emb]) if cfg_batch else self.text_emb
         return {"text_emb": text.to(dtype), "pose_feature": rep(self.pose_feature),
                 "cond_latent": rep(self.cond_latent), "image_emb": rep(self.image_emb)}
 

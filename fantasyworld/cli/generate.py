@@ -1,0 +1,132 @@
+"""``fantasyworld generate``: video + depth + points + cameras from a trained checkpoint.
+
+Example::
+
+    fantasyworld generate --checkpoint outputs/fantasy_world_stage2 --backbone Wan2.1-T2V-1.3B-Diffusers \\
+        --vae Wan2.1-T2V-1.3B-Diffusers/vae --text-encoder Wan2.1-T2V-1.3B-Diffusers/text_encoder \\
+        --prompt "a sunlit courtyard" --camera orbit --frames 81 --size 336x592 --out out/courtyard
+
+Exit codes: 0 success, 2 bad input (unknown camera path, unreadable or mismatched camera
+file, bad checkpoint, bad size), with a one-line ``error: ...`` naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 336x592, got {text!r}") from None
+    return h, w
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``generate`` sub-command."""
+    from fantasyworld.inference.trajectories import NAMED_PATHS
+
+    p = sub.add_parser("generate", help="generate a video with depth, points and cameras (see docs/inference.md)")
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", help="stage-2 step-N.safetensors or its directory (newest step)")
+    g.add_argument("--backbone", default=None,
+                   help="Wan2.1 transformer directory; 'random' for the tiny presets' seeded backbone")
+    g.add_argument("--vae", default=None, help="AutoencoderKLWan directory ('tiny' for the tiny random VAE)")
+    g.add_argument("--text-encoder", default=None, help="UMT5 encoder directory ('tiny' for the tiny one)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: beside the text encoder)")
+    g.add_argument("--image-encoder", default=None, help="CLIP vision directory (I2V presets; 'tiny')")
+    g.add_argument("--preset", default=None, help="preset if the checkpoint has no config.json")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="transformer precision (default: bfloat16 on GPU, float32 on CPU)")
+    g = p.add_argument_group("conditioning")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--negative-prompt", default=None, help="default: Wan's negative prompt")
+    g.add_argument("--text-emb", default=None, help="cached prompt embeddings: safetensors with 'text_emb'")
+    g.add_argument("--negative-text-emb", default=None, help="cached negative-prompt embeddings")
+    g.add_argument("--image", default=None, help="first frame for I2V presets")
+    g.add_argument("--camera", default="orbit",
+                   help=f"named path ({', '.join(NAMED_PATHS)}; 'NAME:MAGNITUDE' allowed) or a camera file "
+                        "(seed rows, RealEstate10K txt, official JSON, COLMAP text dir, TUM)")
+    g.add_argument("--camera-magnitude", type=float, default=None,
+                   help="named path magnitude: distance, degrees or zoom factor")
+    g.add_argument("--camera-format", default="auto", choices=["auto", "seed", "re10k", "official_json", "colmap",
+                                                               "tum"])
+    g.add_argument("--fov", type=float, default=60.0, help="horizontal FoV (deg) when the camera has no intrinsics")
+    g.add_argument("--resample-camera", action="store_true", help="resample a file of another length to --frames")
+    g.add_argument("--translation-scale", type=float, default=1.0, help="multiply the requested translations")
+    g.add_argument("--list-cameras", action="store_true", help="print the named camera paths and exit")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--frames", type=int, default=81, help="4k+1 frames")
+    g.add_argument("--size", type=_size, default=(336, 592), help="HxW, multiples of 16 (default 336x592)")
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--cfg", type=float, default=5.0, help="guidance scale (1 disables CFG)")
+    g.add_argument("--shift", type=float, default=5.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--geometry", default="final", choices=["final", "last-step", "none"],
+                   help="final: heads on the denoised latent (extra forward); last-step: heads in the last step")
+    g.add_argument("--no-cfg-batch", action="store_true", help="run the CFG passes as two forwards")
+    g.add_argument("--vae-tiling", default="auto", choices=["auto", "on", "off"])
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", default=None, help="output folder")
+    g.add_argument("--cloud-source", default="depth", choices=["depth", "points"])
+    g.add_argument("--conf-percentile", type=float, default=50.0, help="drop points below this confidence percentile")
+    g.add_argument("--max-points", type=int, default=200_000)
+    g.add_argument("--fps", type=float, default=16.0)
+    g.add_argument("--no-colmap", action="store_true")
+    g.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, generate, save; print the output folder and the timings."""
+    from fantasyworld.inference.trajectories import NAMED_PATHS
+
+    if args.list_cameras:
+        for name, (_, _, default) in NAMED_PATHS.items():
+            print(f"{name:14s} default magnitude {default:g}")
+        return 0
+    if not args.checkpoint or not args.out:
+        print("error: --checkpoint and --out are required", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    from fantasyworld.data.errors import DataError
+    from fantasyworld.inference.pipeline import FantasyWorldPipeline
+    from fantasyworld.inference.trajectories import TrajectoryError
+    from fantasyworld.models.wan_loading import CheckpointError
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    h, w = args.size
+    start = time.perf_counter()
+    try:
+        pipe = FantasyWorldPipeline.from_pretrained(
+            args.checkpoint, backbone=args.backbone, vae=args.vae, text_encoder=args.text_encoder,
+            tokenizer=args.tokenizer, image_encoder=args.image_encoder, device=device, dtype=dtype,
+            preset=args.preset)
+        load_s = time.perf_counter() - start
+        result = pipe(
+            args.prompt, args.negative_prompt, image=args.image, camera=args.camera, num_frames=args.frames,
+            height=h, width=w, num_steps=args.steps, guidance_scale=args.cfg, shift=args.shift, seed=args.seed,
+            camera_magnitude=args.camera_magnitude, camera_format=args.camera_format, fov_deg=args.fov,
+            resample_camera=args.resample_camera, translation_scale=args.translation_scale,
+            prompt_embeds=args.text_emb, negative_prompt_embeds=args.negative_text_emb, geometry=args.geometry,
+            cfg_batch=not args.no_cfg_batch, vae_tiling={"auto": "auto", "on": True, "off": False}[args.vae_tiling],
+            cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,
+            fps=args.fps, progress=not args.quiet)
+        result.timings["load"] = load_s
+        paths = result.save(args.out, colmap=not args.no_colmap)
+    except (TrajectoryError, CheckpointError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"wrote {len(paths)} outputs to {args.out} (open {paths['report.html']})")
+        print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    return 0
