@@ -226,3 +226,12 @@ def test_cli_converts(tiny, tmp_path, capsys) -> None:
     assert all(v.dtype == torch.float32 for v in state.values())
     report = json.loads((tmp_path / "ckpt" / "conversion_report.json").read_text())
     assert report["groups"]["bicross_attention"]["keys"] > 0
+
+
+def test_backbone_check_reads_the_diffusers_layout_too(tiny, tmp_path) -> None:
+    config, root, official = tiny
+    wan = load_wan_transformer(root / "wan")
+    save_wan_transformer(wan, tmp_path / "wan_diffusers", layout="diffusers")
+    report = convert_official(root / "model.pth", tmp_path / "wan_diffusers", tmp_path / "out", config=config)
+    assert report.backbone_checked == sum(".x_dit." in k and ".processor." not in k for k in official)
+    assert report.backbone_overridden == []
