@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import count_flops  # noqa: E402
 
 from fantasyworld.geometry.plucker import plucker_rays  # noqa: E402
+from fantasyworld.models.compile import compile_blocks  # noqa: E402
 from fantasyworld.models.config import get_preset  # noqa: E402
 from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
 from fantasyworld.models.wan_backbone import rebuild_rope  # noqa: E402
@@ -140,11 +141,17 @@ def top_kernels(fn, n: int = 12) -> list[dict]:
     return rows
 
 
-def bench_train(preset: str, frames: int, h: int, w: int, batch: int, stage: int, rate: float, profile: bool) -> dict:
+def bench_train(
+    preset: str, frames: int, h: int, w: int, batch: int, stage: int, rate: float, profile: bool,
+    ckpt_layers: bool = True, ckpt_heads: bool = False, compiled: bool = False,
+) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build_model(preset, torch.float32).train().set_stage(stage)
-    model.gradient_checkpointing = True
+    model.gradient_checkpointing = ckpt_layers
+    model.checkpoint_heads = ckpt_heads
+    if compiled:
+        compile_blocks(model)
     params = [p for _, p in model.trainable_named_parameters()]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
     inputs, gt = make_batch(model.config, batch, frames, h, w)
@@ -161,12 +168,17 @@ def bench_train(preset: str, frames: int, h: int, w: int, batch: int, stage: int
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times = cuda_time(step, warmup=2, repeat=4)
+    t0 = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    times = cuda_time(step, warmup=1, repeat=3)
     sec = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30
     flops = count_flops(preset, frames, h, w, batch, stage)["total"]
     res = {
         "what": "train", "preset": preset, "stage": stage, "frames": frames, "hw": [h, w], "batch": batch,
+        "ckpt_layers": ckpt_layers, "ckpt_heads": ckpt_heads, "compiled": compiled, "s_first_step": first,
         "s_per_step": sec, "samples_per_s": batch / sec, "peak_gib": peak, "model_tflop": flops / 1e12,
         "mfu": flops / sec / (rate * 1e12), "times": times,
     }
@@ -175,10 +187,12 @@ def bench_train(preset: str, frames: int, h: int, w: int, batch: int, stage: int
     return res
 
 
-def bench_infer(preset: str, frames: int, h: int, w: int, rate: float, profile: bool) -> dict:
+def bench_infer(preset: str, frames: int, h: int, w: int, rate: float, profile: bool, compiled: bool = False) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build_model(preset, torch.bfloat16).eval()
+    if compiled:
+        compile_blocks(model)
     inputs, _ = make_batch(model.config, 2, frames, h, w)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         pose = model.encode_camera(inputs["plucker"])
@@ -199,7 +213,7 @@ def bench_infer(preset: str, frames: int, h: int, w: int, rate: float, profile: 
         t_wan = statistics.median(cuda_time(wan_only, warmup=1, repeat=3))
         t_last = statistics.median(cuda_time(lambda: cfg_step(("depth", "points", "camera")), warmup=1, repeat=2))
         res = {
-            "what": "infer", "preset": preset, "frames": frames, "hw": [h, w], "cfg_batch": 2,
+            "what": "infer", "preset": preset, "frames": frames, "hw": [h, w], "cfg_batch": 2, "compiled": compiled,
             "s_per_step_cfg": t_step, "s_wan_forward_b2": t_wan, "ratio_vs_wan": t_step / t_wan,
             "s_last_step_with_heads": t_last, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         }
@@ -230,6 +244,10 @@ def main() -> None:
     p.add_argument("--batches", default="1", help="comma list of batch sizes to try (train)")
     p.add_argument("--stages", default="1,2")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--variants", default="ckpt",
+                   help="comma list of training variants: ckpt (layers), ckpt+heads, heads (heads only), "
+                        "none, each optionally +compile (e.g. ckpt+heads+compile)")
+    p.add_argument("--infer-compile", action="store_true")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     what = a.what.split(",")
@@ -244,31 +262,36 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
     if "train" in what:
         for (h, w) in sizes:
-            for stage in [int(s) for s in a.stages.split(",")]:
+            for stage, variant in [(int(s), v) for s in a.stages.split(",") for v in a.variants.split(",")]:
+                parts = set(variant.split("+"))
+                opts = {"ckpt_layers": "ckpt" in parts, "ckpt_heads": "heads" in parts, "compiled": "compile" in parts}
                 for b in [int(x) for x in a.batches.split(",")]:
                     try:
-                        r = bench_train(a.preset, a.frames, h, w, b, stage, rate, a.profile and b == 1)
+                        r = bench_train(a.preset, a.frames, h, w, b, stage, rate, a.profile and b == 1, **opts)
                     except torch.OutOfMemoryError:
-                        log(f"train stage {stage} {h}x{w} batch {b}: OOM")
+                        log(f"train stage {stage} {variant} {h}x{w} batch {b}: OOM")
                         results["runs"].append({"what": "train", "stage": stage, "hw": [h, w], "batch": b,
-                                                "oom": True})
+                                                "variant": variant, "oom": True})
                         torch.cuda.empty_cache()
                         break
                     results["runs"].append(r)
-                    log(f"train {a.preset} stage {stage} {a.frames}x{h}x{w} b{b}: {r['s_per_step']:.3f} s/step "
-                        f"{r['samples_per_s']:.3f} samples/s peak {r['peak_gib']:.1f} GiB MFU {r['mfu']:.1%}")
+                    log(f"train {a.preset} stage {stage} [{variant}] {a.frames}x{h}x{w} b{b}: "
+                        f"{r['s_per_step']:.3f} s/step {r['samples_per_s']:.3f} samples/s peak {r['peak_gib']:.1f} GiB "
+                        f"MFU {r['mfu']:.1%}")
                     for k in r.get("top_kernels", [])[:8]:
                         log(f"    {k['share']:6.1%} {k['ms']:9.1f} ms  {k['kernel']}")
     if "infer" in what:
         h, w = sizes[0]
         try:
-            r = bench_infer(a.infer_preset, a.frames, h, w, rate, a.profile)
+            r = bench_infer(a.infer_preset, a.frames, h, w, rate, a.profile, a.infer_compile)
             results["runs"].append(r)
             log(json.dumps({k: v for k, v in r.items() if k != "top_kernels"}))
             for k in r.get("top_kernels", [])[:8]:
                 log(f"    {k['share']:6.1%} {k['ms']:9.1f} ms  {k['kernel']}")
         except torch.OutOfMemoryError as exc:
             log(f"infer OOM: {exc}")
+        if a.out:
+            Path(a.out).write_text(json.dumps(results, indent=2))
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2))
 

@@ -78,7 +78,11 @@ class FantasyWorldModel(nn.Module):
             self.camera_adapters = nn.ModuleDict(
                 {str(i): CameraAdapter(config.wan_dim, config.pose_feature_dim) for i in config.camera_adapter_blocks}
             )
+        #: recompute each layer's activations in backward (saves memory, costs ~1 forward)
         self.gradient_checkpointing = False
+        #: also recompute the DPT/camera heads; they work at pixel resolution and pixel frame
+        #: rate, so their activations dominate memory at 81 frames
+        self.checkpoint_heads = False
         self.stage = 2
         self.set_stage(2)
 
@@ -281,5 +285,9 @@ class FantasyWorldModel(nn.Module):
         # 7. heads
         if heads:
             inter_list = [kept[i] for i in cfg.dpt_layers]
-            out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, tuple(heads)))
+            run = lambda *t: geo_branch.run_heads(list(t[:-1]), t[-1], image_hw, tuple(heads))  # noqa: E731
+            if self.checkpoint_heads and torch.is_grad_enabled():
+                out.update(checkpoint(run, *inter_list, kept[cfg.num_irg - 1], use_reentrant=False))
+            else:
+                out.update(run(*inter_list, kept[cfg.num_irg - 1]))
         return out
