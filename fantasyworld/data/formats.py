@@ -316,15 +316,26 @@ class ArraySource:
         if not np.issubdtype(self.dtype, np.floating):
             raise DataError(where, BAD_DTYPE, f"{self.name} has dtype {self.dtype}, expected float16/32/64")
 
-    def read(self, indices: np.ndarray | None = None, allow_nonfinite: bool = False) -> np.ndarray:
+    def read(self, indices: np.ndarray | None = None, allow_nonfinite: bool = False,
+             rows_cols: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Frames ``(N, *frame_shape)`` float32 (all frames if ``indices`` is None).
 
+        ``rows_cols``: optional source row/column index vectors (nearest resampling, see
+        :meth:`fantasyworld.data.transforms.CropResize.index_maps`) applied while reading;
+        the output is then ``(N, len(rows), len(cols), ...)`` and only it is checked.
         Raises ``non_finite`` on NaN/inf unless ``allow_nonfinite``; ``bad_shape`` if a
         per-frame file's shape differs from the first one's.
         """
         idx = np.arange(self.num_frames) if indices is None else np.asarray(indices)
+
+        def pick(arr: np.ndarray) -> np.ndarray:
+            if rows_cols is None:
+                return arr
+            rows, cols = rows_cols
+            return arr[:, rows[:, None], cols[None, :]]
+
         if self.array is not None:
-            out = np.asarray(self.array[idx], dtype=np.float32)
+            out = pick(np.asarray(self.array[idx])).astype(np.float32, copy=False)
             where = self.path
         else:
             frames = []
@@ -336,7 +347,7 @@ class ArraySource:
                 if not np.issubdtype(arr.dtype, np.floating):
                     raise DataError(self.files[int(i)], BAD_DTYPE, f"dtype {arr.dtype}, expected float")
                 frames.append(np.asarray(arr, dtype=np.float32))
-            out = np.stack(frames)
+            out = pick(np.stack(frames))
             where = None
         if not allow_nonfinite:
             bad = ~np.isfinite(out)

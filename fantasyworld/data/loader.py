@@ -200,13 +200,15 @@ class RawClipDataset(Dataset):
         plan = CropResize.plan((info.height, info.width), out_hw,
                                crop="random" if self.random else "center", rng=rng)
         frames = read_video(record.video, idx)  # (T, H, W, 3) uint8
-        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-        video = plan.frames(video).div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)
-        depth = plan.nearest(info.depth.read(idx, self.allow_nonfinite))
-        points = plan.nearest(info.points.read(idx, self.allow_nonfinite))
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last
+        video = plan.frames(video).float().div_(127.5).sub_(1.0)
+        rows_cols = plan.index_maps()
+        depth = info.depth.read(idx, self.allow_nonfinite, rows_cols)  # (T, Ht, Wt)
+        points = info.points.read(idx, self.allow_nonfinite, rows_cols)  # (T, Ht, Wt, 3)
         valid = np.isfinite(depth) & (depth > 0) & np.isfinite(points).all(-1)
-        depth = np.where(valid, depth, 0.0).astype(np.float32)
-        points = np.where(valid[..., None], points, 0.0).astype(np.float32)
+        invalid = ~valid
+        depth[invalid] = 0.0  # both are fresh float32 copies: edit in place
+        points[invalid] = 0.0
         return {
             "video": video.permute(1, 0, 2, 3).contiguous(),  # (3, T, H, W)
             "depth": torch.from_numpy(depth),
