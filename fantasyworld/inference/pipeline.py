@@ -17,6 +17,7 @@ large frames); fuse the coloured point cloud. No global random state is read or 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from fantasyworld.data import encoders
+from fantasyworld.geometry.pose_encoding import decode_pose
 from fantasyworld.inference.ply import CLOUD_SOURCES, DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS, fuse_point_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
@@ -50,6 +52,8 @@ VAE_TILING_MIN_AREA = 480 * 832
 TINY_BACKBONE_SEED = 0
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+#: FoV clamp applied to predicted cameras before export (degrees).
+MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 179.0
 _STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
@@ -97,6 +101,17 @@ def resolve_checkpoint(checkpoint: str | Path, preset: str | None = None) -> tup
         raise CheckpointError(f"{path}: no config.json beside the checkpoint and no preset given (pass preset=...)")
     stage = int(meta.get("stage", 2))
     return path, config, stage
+
+
+def cameras_from_pose_enc(pose_enc: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted ``(T, 9)`` pose encodings -> ``w2c`` ``(T, 4, 4)`` and pixel intrinsics
+    ``(T, 3, 3)`` (float64), decoded as the model does but with both fields of view clamped
+    to [:data:`MIN_FOV_DEG`, :data:`MAX_FOV_DEG`] so that an untrained or degenerate head
+    (FoV 0 -> infinite focal length) still yields finite, exportable cameras."""
+    enc = torch.from_numpy(np.asarray(pose_enc, dtype=np.float64)).clone()
+    enc[..., 7:9] = enc[..., 7:9].clamp(math.radians(MIN_FOV_DEG), math.radians(MAX_FOV_DEG))
+    w2c, k = decode_pose(enc, image_hw)
+    return w2c.numpy(), k.numpy()
 
 
 def _fork_rng(seed: int):
@@ -455,8 +470,9 @@ class FantasyWorldPipeline:
 
         # 5. geometry arrays and the fused cloud
         geo = {k: v[0].cpu().numpy() for k, v in res.geometry.items() if isinstance(v, torch.Tensor)}
-        w2c = geo["w2c"].astype(np.float64) if "w2c" in geo else None
-        k = geo["intrinsics"].astype(np.float64) if "intrinsics" in geo else None
+        w2c = k = None
+        if "pose_enc" in geo:
+            w2c, k = cameras_from_pose_enc(geo["pose_enc"], (height, width))
         cloud = None
         start = time.perf_counter()
         if cloud_source == "depth" and "depth" in geo and w2c is not None:

@@ -53,7 +53,8 @@ class GenerationResult:
         world_points, world_points_conf: ``(T, H, W, 3)`` and ``(T, H, W)`` float32.
         pose_enc: ``(T, 9)`` VGGT ``absT_quaR_FoV`` encodings.
         w2c: ``(T, 4, 4)`` float64 predicted world-to-camera (relative to frame 0).
-        intrinsics: ``(T, 3, 3)`` float64 predicted pixel intrinsics.
+        intrinsics: ``(T, 3, 3)`` float64 predicted pixel intrinsics (decoded from
+            ``pose_enc`` with the field of view clamped to [1, 179] degrees).
         requested_w2c, requested_intrinsics: ``(T, 4, 4)`` / ``(T, 3, 3)`` the conditioning
             trajectory, relative to its first camera, intrinsics at ``(H, W)``.
         cloud: fused :class:`~fantasyworld.inference.ply.PointCloud` (N points).
