@@ -35,9 +35,10 @@ def turbo(x: np.ndarray) -> np.ndarray:
 
 
 def colorize_depth(depth: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-    """Depth ``(T, H, W)`` -> Turbo-coloured inverse depth ``(T, H, W, 3)`` uint8, near red,
-    far blue, normalised by the ``low``/``high`` percentiles of the whole clip (so colours
-    are comparable across frames). Non-finite or non-positive depth is black."""
+    """Depth ``(T, H, W)`` -> Turbo-coloured inverse depth ``(T, H, W, 3)`` uint8, near dark
+    red, far blue (Turbo's ``[0.1, 1]`` range), normalised by the ``low``/``high``
+    percentiles of the whole clip (so colours are comparable across frames). Non-finite or
+    non-positive depth is black."""
     depth = np.asarray(depth, dtype=np.float64)
     valid = np.isfinite(depth) & (depth > 0)
     inv = np.where(valid, 1.0 / np.where(valid, depth, 1.0), np.nan)
@@ -45,8 +46,8 @@ def colorize_depth(depth: np.ndarray, low: float = 2.0, high: float = 98.0) -> n
         lo, hi = np.percentile(inv[valid], [low, high])
     else:
         lo, hi = 0.0, 1.0
-    norm = (inv - lo) / max(hi - lo, 1e-12)
-    rgb = turbo(norm)
+    norm = ((inv - lo) / max(hi - lo, 1e-12)).clip(0.0, 1.0)
+    rgb = turbo(0.1 + 0.9 * norm)  # the polynomial's bottom 10% is a muddy grey, skip it
     rgb[~valid] = 0
     return rgb
 
