@@ -113,7 +113,9 @@ def main() -> None:
     for name in [args.only] if args.only else ["tiny", "full"]:
         n = args.items or (6 if name == "full" else 40)
         rows += run(name, args.work, n, args.workers)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, load average at the end {load}")
     print("| size | measurement | samples/s |\n|---|---|---|")
     for what, name, rate in rows:
         print(f"| {name} | {what} | {rate:.2f} |")

