@@ -1,1 +1,34 @@
+"""Inference and export (docs/inference.md).
 
+Modules, one job each:
+
+* :mod:`~fantasyworld.inference.trajectories` - named camera paths, camera files, checks;
+* :mod:`~fantasyworld.inference.sampler` - flow-matching Euler with batched CFG, heads once;
+* :mod:`~fantasyworld.inference.pipeline` - :class:`FantasyWorldPipeline` (loading, encoders,
+  decode, ``__call__``);
+* :mod:`~fantasyworld.inference.result` - :class:`GenerationResult` and ``save(dir)``;
+* :mod:`~fantasyworld.inference.export` - videos, depth/point arrays, camera files;
+* :mod:`~fantasyworld.inference.ply` - point-cloud fusion and PLY I/O;
+* :mod:`~fantasyworld.inference.colmap` - COLMAP text model / 3DGS scene layout;
+* :mod:`~fantasyworld.inference.report` - ``report.html`` with the SVG trajectory plot;
+* :mod:`~fantasyworld.inference.testing` - tiny checkpoints for tests and smoke runs.
+
+``FantasyWorldPipeline`` and ``GenerationResult`` are importable from here (lazily, so that
+the CLI does not import diffusers before it needs to).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FantasyWorldPipeline", "GenerationResult"]
+
+
+def __getattr__(name: str):
+    if name == "FantasyWorldPipeline":
+        from fantasyworld.inference.pipeline import FantasyWorldPipeline
+
+        return FantasyWorldPipeline
+    if name == "GenerationResult":
+        from fantasyworld.inference.result import GenerationResult
+
+        return GenerationResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
