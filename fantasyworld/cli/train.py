@@ -1,0 +1,58 @@
+"""``fantasyworld train --config CONFIG.yaml [--resume] [key=value ...]``: stage 1 or stage 2.
+
+Single process: ``fantasyworld train --config configs/stage1_tiny.yaml``. Several GPUs:
+``torchrun --nproc_per_node 8 -m fantasyworld train --config configs/stage1_t2v_1.3b.yaml``
+(FSDP2, see :mod:`fantasyworld.training.parallel`). Overrides use dotted keys with YAML
+values: ``optim.lr=3e-4 steps=200 data.root=data/synth``. Exit codes: 0 finished or stopped
+by SIGTERM after writing a checkpoint, 1 non-finite losses, 2 bad config or checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train stage 1 or stage 2 from a YAML run config (see docs/training.md)")
+    p.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in output_dir (fresh start if none)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from fantasyworld.models.wan_loading import CheckpointError
+    from fantasyworld.training.config import ConfigError, config_to_dict, load_config
+
+    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        return 0
+
+    from fantasyworld.training.parallel import init_world, shutdown
+    from fantasyworld.training.trainer import NonFiniteLossError, Trainer
+
+    world = init_world(config.device)
+    try:
+        result = Trainer(config, world).train()
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown(world)
+    if world.is_main:
+        print(f"{result.stopped} at step {result.step}; last checkpoint: {result.last_checkpoint}")
+    return 0

@@ -1,0 +1,253 @@
+"""Training checkpoints: exported weights plus a resumable state, written atomically.
+
+A run directory holds, for each saved step ``N``:
+
+* ``step-N.safetensors``: the trainable FantasyWorld weights of the stage (the format of
+  :meth:`FantasyWorldModel.save_fantasyworld`: fp32, metadata ``format=fantasyworld``,
+  ``stage``, ``preset``, ``step``). This is what stage 2 (``init_from``) and inference load;
+  ``config.json`` beside it carries the architecture.
+* ``step-N.state.pt``: everything else needed to continue exactly: optimizer state (full,
+  keyed by parameter name, so it does not depend on the number of ranks), LR-schedule
+  state, ``step``, data position (``samples_seen``), the RNG states of every rank, the
+  non-finite streak.
+
+Each file is written to a temporary name in the same directory and renamed into place
+(``os.replace`` is atomic), weights first and state last, so a step is *complete* exactly
+when its state file exists. ``--resume`` takes the newest complete step; old steps are
+pruned (state first) once a newer one is complete.
+
+Under FSDP2 every rank takes part in gathering (parameters one by one, the optimizer via
+``torch.distributed.checkpoint.state_dict``) and rank 0 writes. Loading happens on every
+rank from the same files: weights into the unsharded model before ``fully_shard``, the
+optimizer state after it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from fantasyworld.models.wan_loading import CheckpointError
+from fantasyworld.training.parallel import World, barrier, gather_objects
+
+__all__ = [
+    "STATE_VERSION",
+    "complete_steps",
+    "gather_trainable_state",
+    "latest_complete_step",
+    "load_optimizer_state",
+    "prune_checkpoints",
+    "read_state",
+    "restore_rng_state",
+    "rng_state",
+    "save_checkpoint",
+    "state_path",
+    "weights_metadata",
+    "weights_path",
+]
+
+STATE_VERSION = 1
+_STEP_RE = re.compile(r"^step-(\d+)\.state\.pt$")
+
+
+def weights_path(run_dir: str | Path, step: int) -> Path:
+    """``RUN/step-N.safetensors``."""
+    return Path(run_dir) / f"step-{step}.safetensors"
+
+
+def state_path(run_dir: str | Path, step: int) -> Path:
+    """``RUN/step-N.state.pt``."""
+    return Path(run_dir) / f"step-{step}.state.pt"
+
+
+def complete_steps(run_dir: str | Path) -> list[int]:
+    """Steps whose weights and state both exist, ascending."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    steps = []
+    for entry in run_dir.iterdir():
+        m = _STEP_RE.match(entry.name)
+        if m and weights_path(run_dir, int(m.group(1))).is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest_complete_step(run_dir: str | Path) -> int | None:
+    """The newest complete step, or ``None``."""
+    steps = complete_steps(run_dir)
+    return steps[-1] if steps else None
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)``, fsync, then rename onto ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> None:
+    """Delete ``.*.tmp-PID`` files left by a killed writer."""
+    for entry in Path(run_dir).glob(".step-*.tmp-*"):
+        entry.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------ RNG
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG states (python, numpy, torch CPU, CUDA), as tensors/ints only."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Inverse of :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ------------------------------------------------------------------------------------ gather
+def gather_trainable_state(model: nn.Module, keys: list[str], world: World) -> dict[str, torch.Tensor]:
+    """Full (unsharded) fp32 CPU copies of ``keys`` of ``model.state_dict()`` on rank 0.
+
+    Sharded (DTensor) entries are all-gathered one at a time, so every rank must call this
+    with the same keys; other ranks get an empty dict.
+    """
+    from torch.distributed.tensor import DTensor
+
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        value = state[key]
+        if isinstance(value, DTensor):
+            value = value.full_tensor()
+        if world.is_main:
+            out[key] = value.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, world: World) -> dict[str, Any]:
+    """Full optimizer state keyed by parameter name (rank 0; may be empty elsewhere)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=world.distributed)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a full, name-keyed optimizer state into a (possibly sharded) optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+# ------------------------------------------------------------------------------------ save/load
+def weights_metadata(stage: int, preset: str, step: int, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """safetensors metadata of an exported step (the keys of ``save_fantasyworld`` plus ``step``)."""
+    meta = {"format": "fantasyworld", "stage": str(stage), "preset": preset, "step": str(step)}
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
+    return meta
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    world: World,
+    weight_keys: list[str],
+    stage: int,
+    preset: str,
+    samples_seen: int,
+    keep_last: int,
+    extra_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``step-N.safetensors`` and ``step-N.state.pt`` (collective: call on every rank).
+
+    Returns the weights path. Older complete steps beyond ``keep_last`` are deleted.
+    """
+    run_dir = Path(run_dir)
+    tensors = gather_trainable_state(model, weight_keys, world)
+    optim_state = _optimizer_state(model, optimizer, world)
+    rngs = gather_objects(rng_state(world.device), world)
+    wpath = weights_path(run_dir, step)
+    if world.is_main:
+        meta = weights_metadata(stage, preset, step)
+        _atomic_write(wpath, lambda p: save_file(tensors, str(p), metadata=meta))
+        state = {
+            "version": STATE_VERSION,
+            "step": step,
+            "stage": stage,
+            "preset": preset,
+            "samples_seen": samples_seen,
+            "world_size": world.world_size,
+            "optimizer": optim_state,
+            "lr_scheduler": scheduler.state_dict(),
+            "rng": rngs,
+            **(extra_state or {}),
+        }
+        _atomic_write(state_path(run_dir, step), lambda p: torch.save(state, str(p)))
+        prune_checkpoints(run_dir, keep_last)
+    barrier(world)
+    return wpath
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[int]:
+    """Delete complete steps older than the newest ``keep_last`` (state file first); returns them."""
+    steps = complete_steps(run_dir)
+    old = steps[:-keep_last] if keep_last > 0 else steps
+    for step in old:
+        state_path(run_dir, step).unlink(missing_ok=True)
+        weights_path(run_dir, step).unlink(missing_ok=True)
+    return old
+
+
+def read_state(run_dir: str | Path, step: int) -> dict[str, Any]:
+    """Load ``step-N.state.pt`` (tensors and plain containers only: ``weights_only``)."""
+    path = state_path(run_dir, step)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable training state ({exc})") from exc
+    if state.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path}: state version {state.get('version')} != {STATE_VERSION}")
+    return state
+
+
+def read_weights_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of an exported weights file (raises :class:`CheckpointError`)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors checkpoint ({exc})") from exc

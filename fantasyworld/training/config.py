@@ -1,0 +1,429 @@
+"""Typed, self-checking run configuration of ``fantasyworld train``.
+
+A run config is a tree of keyword-only dataclasses (torchtitan style): :class:`TrainConfig`
+at the top with the sections ``model``, ``data``, ``optim``, ``loss``, ``checkpoint`` and
+``log``. It is read from YAML (:func:`load_config`), then ``key=value`` overrides are
+applied with dotted keys (``optim.lr=3e-4``, ``steps=100``), values parsed as YAML and
+coerced to the field's type. Unknown keys, wrong types and bad combinations raise
+:class:`ConfigError` with a message that names the key and says what to change.
+
+Batch arithmetic (checked again at start, once the number of devices is known)::
+
+    global_batch_size = batch_size (per device) x world_size x grad_accum
+
+Anything the config cannot know before start (world size, whether a stage-1 checkpoint
+exists) is checked by the trainer with the same kind of message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "LogConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+TINY_PRESETS = ("tiny", "tiny-i2v")
+"""Presets whose backbone and encoders may be seeded random models (no files)."""
+RANDOM = "random"
+"""``model.backbone_dir`` value asking for a seeded random backbone for any preset (smoke tests)."""
+TINY_ENCODER = "tiny"
+"""Encoder path value selecting the seeded tiny random encoders of :mod:`fantasyworld.data.encoders`."""
+
+
+class ConfigError(ValueError):
+    """A run config is invalid; the message names the key(s) and the fix."""
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Which architecture to build and how to run it."""
+
+    preset: str = "tiny"
+    """Model preset (``tiny``, ``tiny-i2v``, ``wan2.1-t2v-1.3b``, ``wan2.1-i2v-14b-480p``)."""
+    backbone_dir: str | None = None
+    """Local Wan2.1 transformer (diffusers or original layout). ``None`` is allowed only for the
+    tiny presets (seeded random backbone); ``random`` forces a seeded random backbone for any
+    preset (smoke tests and benchmarks only: nothing learned is meaningful)."""
+    gradient_checkpointing: bool = False
+    """Non-reentrant activation checkpointing of every Wan/geometry layer (memory for compute)."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Training data: a raw seed-layout dataset (encoded on the fly) or a latent cache."""
+
+    root: str | None = None
+    """Raw dataset root (``metadata.json`` + videos/depth/points/camera_params). Video and text
+    are encoded every step with the encoders below: fine for tiny runs, slow at scale."""
+    cache_dir: str | None = None
+    """Latent cache written by ``fantasyworld data cache`` (the fast path at scale)."""
+    num_frames: int | None = 81
+    """Pixel frames per sample, ``4k + 1``. With a cache: must equal the cache's (or be null)."""
+    height: int | None = 336
+    """Pixel height, a multiple of 16 (one DiT token covers 16x16 pixels)."""
+    width: int | None = 592
+    """Pixel width, a multiple of 16."""
+    stride: int = 1
+    """Temporal stride between sampled frames (raw data)."""
+    random_crop: bool = True
+    """Raw data: random start frame and crop window per sample (seeded by seed, epoch, index)."""
+    allow_nonfinite: bool = False
+    """Raw data: mask NaN/inf depth/points as invalid instead of raising."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    vae: str | None = None
+    """Raw data: local ``AutoencoderKLWan`` directory, or ``tiny`` (default for tiny presets)."""
+    text_encoder: str | None = None
+    """Raw data: local ``UMT5EncoderModel`` directory, or ``tiny`` (default for tiny presets)."""
+    tokenizer: str | None = None
+    """Raw data: tokenizer directory (default: ``text_encoder/../tokenizer`` or ``text_encoder``)."""
+    image_encoder: str | None = None
+    """Raw data, I2V presets: local ``CLIPVisionModel`` directory, or ``tiny``."""
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW on the trainable parameters, linear warmup then constant learning rate."""
+
+    lr: float = 1e-5
+    """Peak learning rate (seed: 1e-5 for both stages)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    """Linear warmup from lr / warmup_steps to lr over this many optimizer steps, then constant."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm (all ranks, all trainable parameters) to this; null: off
+    (the norm is still logged)."""
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """``L = L_diff + lambda_geo * (L_depth + L_pmap + 3 * L_camera)`` (stage 1: no L_diff)."""
+
+    lambda_geo: float = 1.0
+    """Geometry weight lambda (the paper's value was not published; SPEC default 1.0)."""
+    alpha: float = 0.2
+    """Weight of the ``-log C`` confidence regulariser (VGGT default)."""
+    shift: float = 5.0
+    """Timestep shift of the training noise schedule (Wan: 5)."""
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """``step-N.safetensors`` (trainable weights) + ``step-N.state.pt`` (resumable state)."""
+
+    every: int = 1000
+    """Write a checkpoint every N optimizer steps (and always at the last step)."""
+    keep_last: int = 3
+    """Keep the newest K complete checkpoints; older ones are deleted after a successful save."""
+
+
+@dataclass(kw_only=True)
+class LogConfig:
+    """TensorBoard scalars, ``metrics.jsonl`` and the progress bar (rank 0 only)."""
+
+    every: int = 1
+    """Log scalars every N steps (``metrics.jsonl`` gets every step)."""
+    tensorboard: bool = True
+    progress: bool = True
+    """A tqdm progress bar with the loss breakdown."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """One training run (stage 1 or stage 2)."""
+
+    stage: int = 1
+    """1: latent bridging (geometry branch only); 2: unified co-optimisation (needs init_from)."""
+    output_dir: str = "outputs/run"
+    """Run directory: checkpoints, ``config.json`` (model), ``train_config.yaml``, ``tb/``."""
+    init_from: str | None = None
+    """Weights to start from: required in stage 2 (a stage-1 ``step-N.safetensors``, loaded
+    strictly); optional in stage 1 (stage-1 weights). Ignored when resuming a run."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in ``output_dir`` (``--resume``)."""
+    steps: int = 1000
+    """Optimizer steps in total."""
+    batch_size: int = 1
+    """Samples per device per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    global_batch_size: int | None = None
+    """Samples per optimizer step; must equal batch_size x devices x grad_accum (null: derived)."""
+    seed: int = 0
+    """Seeds the model init, the data order and crops, and the per-sample noise and timesteps."""
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu`` or ``cuda``."""
+    mixed_precision: str = "auto"
+    """``auto`` (bf16 autocast on GPU, fp32 on CPU), ``bf16`` or ``fp32``. Trainable weights,
+    gradients and optimizer states are always fp32; the frozen Wan backbone is stored in bf16
+    under bf16 (except diffusers' fp32-kept modules)."""
+    max_nonfinite_steps: int = 5
+    """A non-finite loss or gradient skips the step; this many skipped steps in a row stop the run."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the key and the fix on any bad setting."""
+        from fantasyworld.models.config import PRESET_NAMES
+
+        def fail(msg: str) -> None:
+            raise ConfigError(msg)
+
+        if self.stage not in (1, 2):
+            fail(f"stage must be 1 or 2, got {self.stage}")
+        if self.stage == 2 and not self.init_from and not self.resume:
+            fail("stage 2 starts from a stage-1 checkpoint: set init_from=PATH/step-N.safetensors "
+                 "(the output of a stage-1 run)")
+        for key in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, key) < 1:
+                fail(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.global_batch_size is not None:
+            per_device = self.batch_size * self.grad_accum
+            if self.global_batch_size < 1 or self.global_batch_size % per_device:
+                fail(f"global_batch_size {self.global_batch_size} is not a multiple of batch_size "
+                     f"{self.batch_size} x grad_accum {self.grad_accum} = {per_device}: change batch_size "
+                     f"or grad_accum so that batch_size x devices x grad_accum = global_batch_size")
+        if self.device not in ("auto", "cpu", "cuda"):
+            fail(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.mixed_precision not in ("auto", "bf16", "fp32"):
+            fail(f"mixed_precision must be auto, bf16 or fp32, got {self.mixed_precision!r}")
+        if self.max_nonfinite_steps < 1:
+            fail(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+
+        m = self.model
+        if m.preset not in PRESET_NAMES:
+            close = difflib.get_close_matches(m.preset, PRESET_NAMES, n=1)
+            fail(f"model.preset {m.preset!r} is unknown; choose one of {', '.join(PRESET_NAMES)}"
+                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+        tiny = m.preset in TINY_PRESETS
+        if m.backbone_dir is None and not tiny:
+            fail(f"model.backbone_dir is required for preset {m.preset!r}: set it to the local Wan2.1 "
+                 f"transformer directory (or 'random' for a smoke test with random weights)")
+
+        d = self.data
+        if (d.root is None) == (d.cache_dir is None):
+            fail("set exactly one of data.root (raw seed-layout dataset, encoded on the fly) and "
+                 f"data.cache_dir (latent cache); got root={d.root!r}, cache_dir={d.cache_dir!r}")
+        if d.num_frames is not None and (d.num_frames < 1 or (d.num_frames - 1) % 4):
+            fail(f"data.num_frames must be 4k+1 (1, 5, 9, ..., 81), got {d.num_frames}")
+        for key in ("height", "width"):
+            v = getattr(d, key)
+            if v is not None and (v < 16 or v % 16):
+                fail(f"data.{key} must be a positive multiple of 16 (one DiT token is 16x16 pixels), got {v}")
+        if d.root is not None:
+            if d.num_frames is None:
+                fail("data.num_frames is required with raw data (data.root)")
+            if not tiny:
+                for key in ("vae", "text_encoder"):
+                    if getattr(d, key) in (None, TINY_ENCODER):
+                        fail(f"data.{key} must be a local model directory for preset {m.preset!r} with raw data "
+                             f"(or train from a latent cache: data.cache_dir)")
+            if "i2v" in m.preset:
+                if d.image_encoder is None and not tiny:
+                    fail(f"preset {m.preset!r} is image-to-video: set data.image_encoder (CLIP vision "
+                         f"directory) for raw data, or use a cache built with --image-encoder")
+        if d.stride < 1 or d.num_workers < 0:
+            fail(f"data.stride must be >= 1 and data.num_workers >= 0, got {d.stride}, {d.num_workers}")
+
+        o = self.optim
+        if not o.lr > 0:
+            fail(f"optim.lr must be > 0, got {o.lr}")
+        if o.warmup_steps < 0:
+            fail(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+        if o.grad_clip is not None and not o.grad_clip > 0:
+            fail(f"optim.grad_clip must be > 0 or null (off), got {o.grad_clip}")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            fail(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        if self.loss.lambda_geo < 0 or self.loss.alpha < 0 or self.loss.shift <= 0:
+            fail("loss.lambda_geo and loss.alpha must be >= 0 and loss.shift > 0")
+        if self.checkpoint.every < 1 or self.checkpoint.keep_last < 1:
+            fail(f"checkpoint.every and checkpoint.keep_last must be >= 1, got "
+                 f"{self.checkpoint.every}, {self.checkpoint.keep_last}")
+        if self.log.every < 1:
+            fail(f"log.every must be >= 1, got {self.log.every}")
+
+    def check_world(self, world_size: int) -> int:
+        """The global batch for ``world_size`` devices; raises if it contradicts ``global_batch_size``."""
+        got = self.batch_size * world_size * self.grad_accum
+        if self.global_batch_size is not None and got != self.global_batch_size:
+            want = self.global_batch_size
+            hint = ""
+            if want % (self.batch_size * world_size) == 0:
+                hint = f": set grad_accum={want // (self.batch_size * world_size)}"
+            elif want % (world_size * self.grad_accum) == 0:
+                hint = f": set batch_size={want // (world_size * self.grad_accum)}"
+            raise ConfigError(
+                f"global_batch_size {want} != batch_size {self.batch_size} x {world_size} devices x "
+                f"grad_accum {self.grad_accum} = {got}{hint}")
+        return got
+
+
+# ---------------------------------------------------------------------------- dict <-> dataclass
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp`` or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of its fields, got {value!r}")
+        return _from_dict(tp, value, prefix=f"{key}.")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)  # also YAML's '1e-5' (a string in YAML 1.1)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, names, n=1)
+        raise ConfigError(f"unknown config key {prefix}{k!r}" + (f" (did you mean {prefix}{close[0]}?)" if close
+                                                                  else f"; valid keys: {', '.join(names)}"))
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from nested dicts (YAML layout)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config is a mapping, got {type(data).__name__}")
+    return _from_dict(TrainConfig, data)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists), the inverse of :func:`config_from_dict`."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (dotted keys, YAML values) to a nested dict, in order."""
+    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(out, key, value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML run config (or start from defaults with ``path=None``), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = apply_overrides(data, overrides or [])
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise

@@ -1,0 +1,119 @@
+"""Training logs (rank 0): ``metrics.jsonl``, TensorBoard scalars and a progress bar.
+
+Scalar names (one vocabulary with :mod:`fantasyworld.training.losses`):
+
+* ``loss/objective``, ``loss/loss_depth``, ``loss/loss_pmap``, ``loss/loss_camera``,
+  ``loss/loss_T``, ``loss/loss_R``, ``loss/loss_FL`` and, in stage 2, ``loss/loss_diff``:
+  means over the global batch (every rank, every micro-batch);
+* ``optim/lr``, ``optim/grad_norm`` (before clipping), ``optim/skipped`` (1 when a
+  non-finite loss or gradient skipped the step);
+* ``perf/step_time_s``, ``perf/samples_per_s`` (global samples per second).
+
+``metrics.jsonl`` has one JSON object per step with the same values (keys without the
+prefixes) plus ``step``; on resume the rows after the resumed step are dropped, so the
+file always describes one consistent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METRICS_NAME", "MetricsLogger", "get_logger", "read_metrics"]
+
+METRICS_NAME = "metrics.jsonl"
+_PREFIX = {"lr": "optim", "grad_norm": "optim", "skipped": "optim", "step_time_s": "perf", "samples_per_s": "perf"}
+_SHORT = {"objective": "obj", "loss_depth": "depth", "loss_pmap": "pmap", "loss_camera": "cam", "loss_diff": "diff"}
+
+
+def get_logger() -> logging.Logger:
+    """The ``fantasyworld.train`` logger, printing ``[train] message`` to stderr once configured."""
+    logger = logging.getLogger("fantasyworld.train")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[train] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``RUN/metrics.jsonl`` (empty if absent)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Writes metrics on the main rank; every method is a no-op elsewhere.
+
+    Args:
+        run_dir: run directory (``metrics.jsonl``, ``tb/``).
+        enabled: this is the main rank.
+        total_steps, start_step: progress-bar range; ``start_step > 0`` also truncates
+            ``metrics.jsonl`` and purges TensorBoard events after it.
+        tensorboard, progress, every: see :class:`~fantasyworld.training.config.LogConfig`.
+    """
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool, total_steps: int, start_step: int = 0,
+                 tensorboard: bool = True, progress: bool = True, every: int = 1) -> None:
+        self.enabled = enabled
+        self.every = every
+        self.path = Path(run_dir) / METRICS_NAME
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1 if start_step else None)
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Record step ``step`` (1-based count of finished optimizer steps)."""
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None and step % self.every == 0:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{_PREFIX.get(key, 'loss')}/{key}", value, step)
+        if self.bar is not None:
+            post = {_SHORT[k]: f"{values[k]:.4g}" for k in _SHORT if k in values and values[k] is not None}
+            post["lr"] = f"{values.get('lr', 0.0):.2e}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            get_logger().info(message)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,532 @@
+"""The FantasyWorld trainer: stage 1 (latent bridging) and stage 2 (unified co-optimisation).
+
+One optimizer step (letter legend B per-device batch, T pixel frames, F latent frames):
+
+1. For each of ``grad_accum`` micro-batches (outside autocast, as vggt prepares batches):
+   latents ``x0`` (B, 16, F, H/8, W/8) and text embeddings (B, L, D) come from the cache or
+   are encoded on the fly with the frozen VAE / text encoder; per sample (seeded by its
+   stream position, :mod:`fantasyworld.training.data`) a noise ``eps`` and a noise level
+   ``sigma`` from Wan's shifted schedule (shift 5, uniform ``u``) give
+   ``x_sigma = (1 - sigma) x0 + sigma eps`` and the flow target ``eps - x0``; stage 2 also
+   builds Plucker rays (B, T, 6, H, W) from the ground-truth cameras.
+2. Forward under ``torch.autocast(bf16)`` on GPU (fp32 on CPU); stage 1 runs only the PCBs
+   and the geometry branch and does not compute ``L_diff`` (nothing trainable affects it).
+3. Losses in fp32 (:func:`~fantasyworld.training.losses.compute_losses`) **per sample**, then
+   averaged: the objective of a step is the mean over the global batch of per-sample
+   objectives, so it does not depend on how the global batch is split over devices and
+   accumulation steps (the batch-wide valid-pixel normalisation of ``compute_losses`` would).
+4. Backward of ``sum(objective_i) / (B * grad_accum)``; FSDP2 reduce-scatters (averages)
+   gradients over ranks after every micro-batch.
+5. Global gradient norm, clipping, AdamW step, LR schedule (linear warmup, then constant).
+
+A non-finite loss (checked on every rank before backward, agreed by all-reduce) or gradient
+norm skips the optimizer step with a warning; ``max_nonfinite_steps`` skips in a row stop the
+run with :class:`NonFiniteLossError`. SIGTERM makes every rank finish the current step,
+write a checkpoint and return cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from fantasyworld.models.config import FantasyWorldConfig, get_preset
+from fantasyworld.models.fantasyworld import FantasyWorldModel
+from fantasyworld.models.wan_loading import CheckpointError, cast_keeping_fp32, load_wan_transformer
+from fantasyworld.training import checkpoint as ckpt
+from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
+from fantasyworld.training.data import build_stream_loader, sample_seed
+from fantasyworld.training.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
+from fantasyworld.training.logging import MetricsLogger, get_logger
+from fantasyworld.training.losses import compute_losses
+from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
+
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "train"]
+
+RUN_CONFIG_NAME = "train_config.yaml"
+MODEL_CONFIG_NAME = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run did.
+
+    Attributes:
+        step: optimizer steps completed.
+        stopped: ``finished`` or ``sigterm``.
+        run_dir: the run directory.
+        last_checkpoint: path of the newest ``step-N.safetensors`` (or None).
+        history: per-step logged values of this process's run (rank 0), as in ``metrics.jsonl``.
+    """
+
+    step: int
+    stopped: str
+    run_dir: Path
+    last_checkpoint: Path | None
+    history: list[dict[str, float]]
+
+
+def loss_keys(stage: int) -> tuple[str, ...]:
+    """Loss terms logged in ``stage`` (``loss_diff`` only in stage 2)."""
+    keys = ("objective", "loss_depth", "loss_pmap", "loss_camera", "loss_T", "loss_R", "loss_FL")
+    return keys + (("loss_diff",) if stage == 2 else ())
+
+
+def _lr_lambda(warmup_steps: int):
+    """Multiplier of the peak LR at 0-based step ``s``: ``(s + 1) / warmup`` during warmup, then 1."""
+
+    def fn(step: int) -> float:
+        if warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (step + 1) / warmup_steps)
+
+    return fn
+
+
+def _slice_sample(value: Any, i: int) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value[i:i + 1]
+    if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], torch.Tensor):
+            return [v[i:i + 1] for v in value]
+        return value[i:i + 1]
+    return value
+
+
+class _SignalFlag:
+    """Set by SIGTERM (installed only in the main thread); restored on :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        self.raised = True
+
+    def close(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig` and trains.
+
+    Args:
+        config: the validated run config.
+        world: the process's :class:`World` (default: :func:`init_world` from the environment).
+    """
+
+    def __init__(self, config: TrainConfig, world: World | None = None) -> None:
+        self.cfg = config
+        self.world = world or init_world(config.device)
+        self.log = get_logger()
+        self.run_dir = Path(config.output_dir)
+        self.global_batch = config.check_world(self.world.world_size)
+        dev = self.world.device
+        mp = config.mixed_precision
+        self.use_bf16 = (mp == "bf16") or (mp == "auto" and dev.type == "cuda")
+        self.stage = config.stage
+        self._setup_run_dir()
+        self._build_encoders()
+        self._build_model()
+        self._build_optimizer()
+        self._build_data()
+
+    # ---------------------------------------------------------------------------- setup
+    def _setup_run_dir(self) -> None:
+        cfg, world = self.cfg, self.world
+        self.resume_step = ckpt.latest_complete_step(self.run_dir) if cfg.resume else None
+        if not cfg.resume:
+            existing = ckpt.complete_steps(self.run_dir)
+            if existing:
+                raise ConfigError(
+                    f"output_dir {self.run_dir} already holds checkpoints (newest step-{existing[-1]}): "
+                    f"pass --resume (resume=true) to continue that run, or choose another output_dir")
+        if self.resume_step is None and cfg.stage == 2 and not cfg.init_from:
+            raise ConfigError(f"stage 2 needs a stage-1 checkpoint: no checkpoint to resume in {self.run_dir} "
+                              f"and init_from is not set (init_from=PATH/step-N.safetensors)")
+        if world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(self.run_dir)
+            (self.run_dir / RUN_CONFIG_NAME).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        barrier(world)
+
+    def _build_encoders(self) -> None:
+        """Frozen VAE / text (/ CLIP) encoders for raw data; nothing for a cache."""
+        cfg, dev = self.cfg, self.world.device
+        self.vae = self.text_encoder = self.tokenizer = self.image_encoder = self.image_processor = None
+        if cfg.data.root is None:
+            return
+        from fantasyworld.data import encoders
+
+        d = cfg.data
+        tiny = cfg.model.preset in TINY_PRESETS
+        dtype = torch.bfloat16 if self.use_bf16 else torch.float32
+        preset = get_preset(cfg.model.preset)
+        vae = d.vae or (TINY_ENCODER if tiny else None)
+        text = d.text_encoder or (TINY_ENCODER if tiny else None)
+        if vae == TINY_ENCODER:
+            self.vae = encoders.tiny_vae().to(dev)
+        else:
+            self.vae = encoders.load_vae(vae, dev, dtype)
+        if text == TINY_ENCODER:
+            model, self.tokenizer = encoders.tiny_text_encoder(d_model=int(preset.wan["text_dim"]))
+            self.text_encoder = model.to(dev)
+        else:
+            self.text_encoder, self.tokenizer = encoders.load_text_encoder(text, d.tokenizer, dev, dtype)
+        if preset.is_i2v:
+            image = d.image_encoder or (TINY_ENCODER if tiny else None)
+            if image == TINY_ENCODER:
+                model, self.image_processor = encoders.tiny_image_encoder()
+                self.image_encoder = model.to(dev)
+            else:
+                self.image_encoder, self.image_processor = encoders.load_image_encoder(image, dev, dtype)
+        for m in (self.vae, self.text_encoder, self.image_encoder):
+            if m is not None:
+                m.requires_grad_(False).eval()
+
+    def _build_model(self) -> None:
+        cfg, world = self.cfg, self.world
+        mcfg: FantasyWorldConfig = get_preset(cfg.model.preset)
+        self.model_config = mcfg
+        torch.manual_seed(cfg.seed)  # identical init on every rank (FSDP shards each rank's copy)
+        backbone = cfg.model.backbone_dir
+        transformer = None
+        if backbone not in (None, RANDOM):
+            wan_dtype = torch.bfloat16 if self.use_bf16 else torch.float32
+            transformer = load_wan_transformer(backbone, wan_dtype, "cpu", expected_config=mcfg.wan)
+        elif backbone == RANDOM and cfg.model.preset not in TINY_PRESETS and world.is_main:
+            self.log.warning(f"model.backbone_dir=random: preset {mcfg.name} gets a random Wan backbone "
+                             f"(smoke test only)")
+        model = FantasyWorldModel(mcfg, transformer=transformer)
+        model.set_stage(self.stage)
+        model.gradient_checkpointing = cfg.model.gradient_checkpointing
+        self.weight_keys = model.stage_state_keys(self.stage)
+
+        if self.resume_step is not None:
+            path = ckpt.weights_path(self.run_dir, self.resume_step)
+            model.load_fantasyworld(path, self.stage)
+        else:
+            self._load_init_from(model)
+
+        if self.use_bf16:
+            cast_keeping_fp32(model.transformer, torch.bfloat16)
+        model.to(world.device)
+        model.train()
+        if world.is_main:
+            mcfg.save(self.run_dir / MODEL_CONFIG_NAME)
+        self.model = shard_model(model, world)
+        self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not self.trainable:
+            raise RuntimeError(f"stage {self.stage}: no trainable parameters")
+
+    def _load_init_from(self, model: FantasyWorldModel) -> None:
+        """Load ``init_from`` strictly (stage 2: a stage-1 checkpoint is required)."""
+        cfg = self.cfg
+        if not cfg.init_from:
+            return
+        path = Path(cfg.init_from)
+        where = f"init_from={cfg.init_from}"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{where}: file does not exist. Stage 2 starts from the step-N.safetensors written by a stage-1 run "
+                f"(e.g. outputs/fantasy_world_stage1/step-20000.safetensors); set init_from to that file")
+        meta = ckpt.read_weights_metadata(path)
+        want_stage = 1
+        if meta.get("format") != "fantasyworld":
+            raise CheckpointError(f"{where}: not a FantasyWorld checkpoint (metadata format={meta.get('format')!r})")
+        if meta.get("stage") != str(want_stage):
+            hint = " (to continue a stage-2 run, resume it instead)" if meta.get("stage") == "2" else ""
+            raise CheckpointError(f"{where}: is a stage-{meta.get('stage')} checkpoint; stage {cfg.stage} must "
+                                  f"start from a stage-{want_stage} checkpoint{hint}")
+        if meta.get("preset") not in (None, model.config.name):
+            raise CheckpointError(f"{where}: checkpoint preset {meta.get('preset')!r} does not match "
+                                  f"model.preset {model.config.name!r}")
+        try:
+            model.load_fantasyworld(path, want_stage)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: stage-{want_stage} weights do not match model {model.config.name}: "
+                                  f"{exc}") from exc
+        if self.world.is_main:
+            self.log.info(f"loaded stage-{want_stage} weights from {path} (strict)")
+
+    def _build_optimizer(self) -> None:
+        o = self.cfg.optim
+        decay = [p for n, p in self.trainable if p.ndim >= 2 and "token" not in n]
+        no_decay = [p for n, p in self.trainable if not (p.ndim >= 2 and "token" not in n)]
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas),
+                                           eps=o.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o.warmup_steps))
+        self.start_step = 0
+        self.nonfinite_streak = 0
+        if self.resume_step is not None:
+            state = ckpt.read_state(self.run_dir, self.resume_step)
+            if state["stage"] != self.stage or state["preset"] != self.model_config.name:
+                raise CheckpointError(f"{ckpt.state_path(self.run_dir, self.resume_step)}: stage {state['stage']} "
+                                      f"preset {state['preset']} does not match the config (stage {self.stage}, "
+                                      f"preset {self.model_config.name})")
+            ckpt.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            self.scheduler.load_state_dict(state["lr_scheduler"])
+            self.start_step = int(state["step"])
+            self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+            if state["samples_seen"] != self.start_step * self.global_batch:
+                raise CheckpointError(
+                    f"cannot resume step {self.start_step}: the checkpoint consumed {state['samples_seen']} samples, "
+                    f"which is not step x global batch {self.global_batch} (the global batch changed)")
+            rngs = state["rng"]
+            if len(rngs) == self.world.world_size:
+                ckpt.restore_rng_state(rngs[self.world.rank], self.world.device)
+            elif self.world.is_main:
+                self.log.warning(f"resuming on {self.world.world_size} ranks from a {len(rngs)}-rank checkpoint: "
+                                 f"process RNG states are not restored (data order and noise are unaffected)")
+            if self.world.is_main:
+                self.log.info(f"resumed from {ckpt.weights_path(self.run_dir, self.resume_step)} at step "
+                              f"{self.start_step}")
+
+    def _build_data(self) -> None:
+        cfg, world = self.cfg, self.world
+        d = cfg.data
+        if d.cache_dir is not None:
+            from fantasyworld.data.cache import CachedClipDataset
+
+            dataset = CachedClipDataset(d.cache_dir)
+            self._check_cache(dataset)
+        else:
+            from fantasyworld.data.loader import RawClipDataset
+
+            dataset = RawClipDataset(d.root, num_frames=d.num_frames, height=d.height, width=d.width,
+                                     stride=d.stride, random=d.random_crop, allow_nonfinite=d.allow_nonfinite,
+                                     seed=cfg.seed)
+        self.dataset = dataset
+        self.loader = build_stream_loader(
+            dataset, seed=cfg.seed, batch_size=cfg.batch_size, world_size=world.world_size, rank=world.rank,
+            grad_accum=cfg.grad_accum, start_step=self.start_step, num_workers=d.num_workers,
+            pin_memory=world.device.type == "cuda")
+
+    def _check_cache(self, dataset) -> None:
+        """The cache's frames, size and text width must match the config and the preset."""
+        item = dataset[0]
+        t, h, w = item["depth"].shape
+        d = self.cfg.data
+        for key, got in (("num_frames", t), ("height", h), ("width", w)):
+            want = getattr(d, key)
+            if want is not None and want != got:
+                raise ConfigError(f"data.{key}={want} but the cache {d.cache_dir} holds {got}: set data.{key}={got} "
+                                  f"(or null) or rebuild the cache")
+        text_dim = int(self.model_config.wan["text_dim"])
+        if item["text_emb"].shape[-1] != text_dim:
+            raise ConfigError(f"cache {d.cache_dir} has text embeddings of width {item['text_emb'].shape[-1]} but "
+                              f"preset {self.model_config.name} expects text_dim {text_dim}")
+        if self.model_config.is_i2v and "cond_latent" not in item:
+            raise ConfigError(f"preset {self.model_config.name} is image-to-video but cache {d.cache_dir} has no "
+                              f"cond_latent / clip_image_emb (build it with --image-encoder)")
+
+    # ---------------------------------------------------------------------------- one step
+    @torch.no_grad()
+    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Model inputs and loss targets of one micro-batch (outside autocast).
+
+        Returns a dict with ``latents`` (noisy, (B, 16, F, H/8, W/8) fp32), ``timestep`` (B,),
+        ``text_emb``, optional ``cond_latent`` / ``image_emb`` / ``plucker`` (B, T, 6, H, W),
+        ``flow_target`` and the geometry ground truth ``depth, points, valid, w2c, intrinsics``.
+        """
+        from fantasyworld.data import encoders
+        from fantasyworld.geometry.plucker import plucker_rays
+
+        dev = self.world.device
+        cfg = self.cfg
+        out: dict[str, Any] = {k: batch[k].to(dev, non_blocking=True)
+                               for k in ("depth", "points", "valid", "w2c", "intrinsics")}
+        if "latents" in batch:
+            x0 = batch["latents"].to(dev).float()
+            text_emb = batch["text_emb"].to(dev).float()
+            if self.model_config.is_i2v:
+                out["cond_latent"] = batch["cond_latent"].to(dev).float()
+                out["image_emb"] = batch["clip_image_emb"].to(dev).float()
+        else:
+            video = batch["video"].to(dev)
+            x0 = encoders.encode_video(self.vae, video)
+            text_emb, _ = encoders.encode_text(self.text_encoder, self.tokenizer, list(batch["prompt"]))
+            if self.model_config.is_i2v:
+                out["cond_latent"] = encoders.i2v_condition_latent(self.vae, video)
+                out["image_emb"] = encoders.encode_image_clip(self.image_encoder, self.image_processor,
+                                                              video[:, :, 0])
+        # per-sample noise and noise level, keyed by the sample's stream position
+        noises, sigmas = [], []
+        for pos in batch["sample_position"].tolist():
+            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, pos))
+            sigmas.append(sample_training_sigmas(1, gen, cfg.loss.shift))
+            noises.append(torch.randn(x0.shape[1:], generator=gen))
+        sigma = torch.cat(sigmas).to(dev)
+        noise = torch.stack(noises).to(dev)
+        out["latents"] = add_noise(x0, noise, sigma)
+        out["timestep"] = sigma_to_timestep(sigma)
+        out["text_emb"] = text_emb
+        out["flow_target"] = flow_target(x0, noise) if self.stage == 2 else None
+        if self.stage == 2:
+            _, t, hh, ww = out["depth"].shape
+            out["plucker"] = plucker_rays(out["w2c"].float(), out["intrinsics"].float(), hh, ww)
+        return out
+
+    def forward_losses(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward and per-sample losses.
+
+        Returns:
+            ``(objective_sum, terms)``: the sum over the micro-batch of per-sample objectives
+            (scalar, fp32, differentiable) and the per-term sums (detached) for logging.
+        """
+        cfg = self.cfg
+        dev = self.world.device
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            outputs = self.model(
+                inputs["latents"], inputs["timestep"], inputs["text_emb"], plucker=inputs.get("plucker"),
+                cond_latent=inputs.get("cond_latent"), image_emb=inputs.get("image_emb"), stage=self.stage)
+        batch_size = inputs["latents"].shape[0]
+        gt = {k: inputs[k] for k in ("depth", "points", "valid", "w2c", "intrinsics")}
+        total = None
+        sums: dict[str, torch.Tensor] = {}
+        for i in range(batch_size):
+            out_i = {k: _slice_sample(v, i) for k, v in outputs.items()}
+            gt_i = {k: v[i:i + 1] for k, v in gt.items()}
+            target = inputs["flow_target"][i:i + 1] if self.stage == 2 else None
+            terms = compute_losses(out_i, gt_i, stage=self.stage, lambda_geo=cfg.loss.lambda_geo,
+                                   alpha=cfg.loss.alpha, flow_target=target)
+            total = terms["objective"] if total is None else total + terms["objective"]
+            for key in loss_keys(self.stage):
+                if key in terms:
+                    sums[key] = sums.get(key, 0.0) + terms[key].detach().float()
+        assert total is not None
+        return total, sums
+
+    def _grad_norm_and_clip(self) -> torch.Tensor:
+        """Global L2 norm of the trainable gradients (before clipping); clips in place."""
+        from torch.distributed.tensor import DTensor
+
+        params = [p for _, p in self.trainable if p.grad is not None]
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else math.inf
+        if not params:
+            return torch.zeros(())
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm, foreach=True)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        return norm.detach().float().cpu()
+
+    # ---------------------------------------------------------------------------- loop
+    def train(self) -> TrainResult:
+        """Run from ``start_step`` to ``cfg.steps`` (or until SIGTERM)."""
+        cfg, world = self.cfg, self.world
+        keys = loss_keys(self.stage)
+        logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=cfg.steps,
+                               start_step=self.start_step, tensorboard=cfg.log.tensorboard,
+                               progress=cfg.log.progress, every=cfg.log.every)
+        flag = _SignalFlag()
+        history: list[dict[str, float]] = []
+        last_ckpt: Path | None = (ckpt.weights_path(self.run_dir, self.start_step) if self.start_step else None)
+        stopped = "finished"
+        step = self.start_step
+        data_iter = iter(self.loader)
+        if world.is_main:
+            n_train = sum(p.numel() for _, p in self.trainable)
+            logger.write(f"stage {self.stage}, preset {self.model_config.name}: {n_train:,} trainable parameters "
+                         f"(per-rank shard sizes under FSDP), {world.world_size} process(es) on "
+                         f"{world.device.type}, global batch {self.global_batch} = {cfg.batch_size} x "
+                         f"{world.world_size} x {cfg.grad_accum}, {'bf16' if self.use_bf16 else 'fp32'} compute")
+        try:
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                self.model.train()
+                sums = torch.zeros(len(keys), dtype=torch.float64)
+                skipped = False
+                for _micro in range(cfg.grad_accum):
+                    batch = next(data_iter)
+                    if skipped:
+                        continue  # keep the data stream aligned; no compute for a skipped step
+                    inputs = self.prepare(batch)
+                    total, terms = self.forward_losses(inputs)
+                    bad = torch.tensor([0.0 if torch.isfinite(total).item() else 1.0])
+                    if all_reduce_max(bad, world).item() > 0:
+                        skipped = True
+                        self.optimizer.zero_grad(set_to_none=True)
+                        sums[:] = math.nan
+                        del total, terms
+                        continue
+                    (total / (cfg.batch_size * cfg.grad_accum)).backward()
+                    for j, key in enumerate(keys):
+                        if key in terms:
+                            sums[j] += float(terms[key])
+                grad_norm = math.nan
+                if not skipped:
+                    norm = self._grad_norm_and_clip()
+                    grad_norm = float(norm)
+                    if not math.isfinite(grad_norm):
+                        skipped = True
+                if skipped:
+                    self.optimizer.zero_grad(set_to_none=True)
+                else:
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                step += 1
+                # global means of the loss terms + the SIGTERM flag (any rank) in one collective
+                per_rank = sums / (cfg.batch_size * cfg.grad_accum)
+                vec = torch.cat([per_rank, torch.tensor([1.0 if flag.raised else 0.0], dtype=torch.float64)])
+                vec = all_reduce_mean(vec, world)
+                stop_signal = bool(vec[-1] > 0)
+                dt = time.perf_counter() - t0
+                values: dict[str, float] = {k: float(vec[j]) for j, k in enumerate(keys)}
+                values.update(lr=lr, grad_norm=grad_norm, skipped=float(skipped), step_time_s=dt,
+                              samples_per_s=self.global_batch / dt)
+                logger.log(step, values)
+                history.append({"step": step, **values})
+                if skipped:
+                    self.nonfinite_streak += 1
+                    logger.write(f"warning: step {step}: non-finite loss or gradient norm (objective "
+                                 f"{values['objective']}, grad norm {grad_norm}); step skipped "
+                                 f"({self.nonfinite_streak} in a row, limit {cfg.max_nonfinite_steps})")
+                    if self.nonfinite_streak >= cfg.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"{self.nonfinite_streak} optimizer steps in a row had a non-finite loss or gradient "
+                            f"(last: step {step}); stopping. Lower optim.lr, check the data (fantasyworld data "
+                            f"validate) or raise max_nonfinite_steps")
+                else:
+                    self.nonfinite_streak = 0
+                if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop_signal:
+                    last_ckpt = self.save(step)
+                if stop_signal:
+                    stopped = "sigterm"
+                    logger.write(f"SIGTERM: checkpoint written at step {step} ({last_ckpt}); exiting")
+                    break
+        finally:
+            flag.close()
+            logger.close()
+        return TrainResult(step, stopped, self.run_dir, last_ckpt, history)
+
+    def save(self, step: int) -> Path:
+        """Write the step's weights and resumable state (collective)."""
+        return ckpt.save_checkpoint(
+            self.run_dir, step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            world=self.world, weight_keys=self.weight_keys, stage=self.stage, preset=self.model_config.name,
+            samples_seen=step * self.global_batch, keep_last=self.cfg.checkpoint.keep_last,
+            extra_state={"nonfinite_streak": self.nonfinite_streak})
+
+
+def train(config: TrainConfig, world: World | None = None) -> TrainResult:
+    """Build a :class:`Trainer` and run it (the body of ``fantasyworld train``)."""
+    return Trainer(config, world).train()
