@@ -215,3 +215,19 @@ def test_cli_generate(ckpt, tmp_path, capsys) -> None:
     assert "bad.txt: the trajectory has 7 cameras but num_frames=5" in capsys.readouterr().err
     assert cli_main(["generate", "--list-cameras"]) == 0
     assert "orbit" in capsys.readouterr().out
+
+
+def test_tiled_decode_runs_and_auto_threshold(pipe, result) -> None:
+    vae = pipe.vae
+    saved = (vae.tile_sample_min_height, vae.tile_sample_min_width,
+             vae.tile_sample_stride_height, vae.tile_sample_stride_width)
+    vae.tile_sample_min_height = vae.tile_sample_min_width = 16
+    vae.tile_sample_stride_height = vae.tile_sample_stride_width = 8
+    try:
+        tiled = pipe.decode(torch.from_numpy(result.latents)[None], tiling=True)
+    finally:
+        (vae.tile_sample_min_height, vae.tile_sample_min_width,
+         vae.tile_sample_stride_height, vae.tile_sample_stride_width) = saved
+    assert tiled.shape == (1, T, H, W, 3) and tiled.dtype == np.uint8
+    assert not vae.use_tiling  # switched off again after the call
+    np.testing.assert_array_equal(pipe.decode(torch.from_numpy(result.latents)[None], tiling="auto")[0], result.video)
