@@ -265,7 +265,9 @@ class FantasyWorldPipeline:
                 te, tok = encoders.tiny_text_encoder(0)
             te = te.to(device)
         elif te_spec is not None:
-            te, tok = encoders.load_text_encoder(te_spec, tokenizer, device, dtype)
+            # UMT5 overflows in float16 (NaN activations): run it in bfloat16 instead
+            te_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
+            te, tok = encoders.load_text_encoder(te_spec, tokenizer, device, te_dtype)
         ie = proc = None
         if config.is_i2v:
             ie_spec = component(image_encoder, "image_encoder")
