@@ -21,7 +21,8 @@ Geometry (heads run once, never at the intermediate steps):
   the video) at the timestep of the last sampling step, ``1000 * sigmas[-2]`` (~5 for
   shift 5, 50 steps: the least noisy level the model saw during sampling and a level it
   is trained on). Depth, points and cameras therefore describe the decoded video.
-  Cost: one forward of batch ``B`` (1/100 of a 50-step CFG run).
+  Cost: one forward of batch ``B`` plus the heads (measured 1.12 s vs 1.01 s per CFG
+  step at 1.3B dims, 81x336x592, bf16, H200: ~2% of a 50-step run).
 * ``"last-step"``: the heads run inside the last sampling forward and are read from its
   conditional half. They see the state *before* the last Euler update,
   ``x_{sigma_last} = (1 - sigma_last) x0 + sigma_last eps`` with ``sigma_last =
