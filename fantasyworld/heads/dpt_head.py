@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from fantasyworld.heads.activations import activate_head
@@ -162,6 +163,8 @@ class DPTHead(nn.Module):
         self.intermediate_layer_idx = tuple(intermediate_layer_idx)
         self.latent_frames_chunk_size = latent_frames_chunk_size
         self.frames_chunk_size = frames_chunk_size
+        #: recompute each frame chunk's fusion stage in backward (memory knob; set by the model)
+        self.checkpoint_fusion = False
         self.temporal_chunk_size = temporal_chunk_size
         oc = list(out_channels)
 
@@ -281,13 +284,20 @@ class DPTHead(nn.Module):
             levels = [up(x, self.temporal_chunk_size) for up, x in zip(self.temporal_upsamplers, levels)]
         num_out = levels[0].shape[2]
 
+        def fuse_and_activate(*chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            raw = self._fuse(list(chunk), out_hw, aspect)
+            return activate_head(raw, self.activation, self.conf_activation)
+
         values, confs = [], []
         step = max(1, self.frames_chunk_size)
         for start in range(0, num_out, step):
             # (B, C_i, t, h_i, w_i) -> (B*t, C_i, h_i, w_i)
             chunk = [x[:, :, start : start + step].transpose(1, 2).flatten(0, 1) for x in levels]
-            raw = self._fuse(chunk, out_hw, aspect)
-            v, c = activate_head(raw, self.activation, self.conf_activation)
+            if self.checkpoint_fusion and torch.is_grad_enabled():
+                # keep one frame chunk's full-resolution activations alive at a time in backward
+                v, c = torch.utils.checkpoint.checkpoint(fuse_and_activate, *chunk, use_reentrant=False)
+            else:
+                v, c = fuse_and_activate(*chunk)
             t = v.shape[0] // b
             values.append(v.reshape(b, t, *v.shape[1:]))
             confs.append(c.reshape(b, t, *c.shape[1:]))

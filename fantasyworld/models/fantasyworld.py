@@ -80,8 +80,8 @@ class FantasyWorldModel(nn.Module):
             )
         #: recompute each layer's activations in backward (saves memory, costs ~1 forward)
         self.gradient_checkpointing = False
-        #: also recompute the DPT/camera heads; they work at pixel resolution and pixel frame
-        #: rate, so their activations dominate memory at 81 frames
+        #: also recompute the DPT heads' full-resolution fusion stage, one frame chunk at a
+        #: time; at 81 frames of pixel resolution their activations dominate memory
         self.checkpoint_heads = False
         self.stage = 2
         self.set_stage(2)
@@ -285,9 +285,7 @@ class FantasyWorldModel(nn.Module):
         # 7. heads
         if heads:
             inter_list = [kept[i] for i in cfg.dpt_layers]
-            run = lambda *t: geo_branch.run_heads(list(t[:-1]), t[-1], image_hw, tuple(heads))  # noqa: E731
-            if self.checkpoint_heads and torch.is_grad_enabled():
-                out.update(checkpoint(run, *inter_list, kept[cfg.num_irg - 1], use_reentrant=False))
-            else:
-                out.update(run(*inter_list, kept[cfg.num_irg - 1]))
+            for head in (geo_branch.depth_head, geo_branch.point_head):
+                head.checkpoint_fusion = self.checkpoint_heads
+            out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, tuple(heads)))
         return out
