@@ -4,7 +4,7 @@ Single process: ``fantasyworld train --config configs/stage1_tiny.yaml``. Severa
 ``torchrun --nproc_per_node 8 -m fantasyworld train --config configs/stage1_t2v_1.3b.yaml``
 (FSDP2, see :mod:`fantasyworld.training.parallel`). Overrides use dotted keys with YAML
 values: ``optim.lr=3e-4 steps=200 data.root=data/synth``. Exit codes: 0 finished or stopped
-by SIGTERM after writing a checkpoint, 1 non-finite losses, 2 bad config or checkpoint.
+by SIGTERM after writing a checkpoint, 1 non-finite losses, 2 bad config, checkpoint or data.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from fantasyworld.data.errors import DataError
     from fantasyworld.models.wan_loading import CheckpointError
     from fantasyworld.training.config import ConfigError, config_to_dict, load_config
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     world = init_world(config.device)
     try:
         result = Trainer(config, world).train()
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:

@@ -352,8 +352,8 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if unknown:
         k = unknown[0]
         close = difflib.get_close_matches(k, names, n=1)
-        raise ConfigError(f"unknown config key {prefix}{k!r}" + (f" (did you mean {prefix}{close[0]}?)" if close
-                                                                  else f"; valid keys: {', '.join(names)}"))
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; valid keys: {', '.join(names)}"
+        raise ConfigError(f"unknown config key '{prefix}{k}'{hint}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     return cls(**kwargs)
 

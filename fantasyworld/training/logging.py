@@ -30,11 +30,23 @@ _PREFIX = {"lr": "optim", "grad_norm": "optim", "skipped": "optim", "step_time_s
 _SHORT = {"objective": "obj", "loss_depth": "depth", "loss_pmap": "pmap", "loss_camera": "cam", "loss_diff": "diff"}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (test capture swaps it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ARG002 - the base class assigns it in __init__
+        pass
+
+
 def get_logger() -> logging.Logger:
     """The ``fantasyworld.train`` logger, printing ``[train] message`` to stderr once configured."""
     logger = logging.getLogger("fantasyworld.train")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[train] %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

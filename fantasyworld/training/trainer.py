@@ -31,6 +31,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -482,7 +483,9 @@ class Trainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
+                with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    self.scheduler.step()
                 step += 1
                 # global means of the loss terms + the SIGTERM flag (any rank) in one collective
                 per_rank = sums / (cfg.batch_size * cfg.grad_accum)
