@@ -26,6 +26,22 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _import_callable(spec: str):
+    """``"package.module:function"`` -> the callable."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--depth-estimator {spec}: expected MODULE:FUNCTION")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--depth-estimator {spec}: cannot import ({exc})") from exc
+    if not callable(fn):
+        raise ValueError(f"--depth-estimator {spec}: not callable")
+    return fn
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``generate`` sub-command."""
     from fantasyworld.inference.trajectories import NAMED_PATHS
@@ -58,7 +74,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                "tum"])
     g.add_argument("--fov", type=float, default=60.0, help="horizontal FoV (deg) when the camera has no intrinsics")
     g.add_argument("--resample-camera", action="store_true", help="resample a file of another length to --frames")
-    g.add_argument("--translation-scale", type=float, default=1.0, help="multiply the requested translations")
+    g.add_argument("--translation-scale", type=float, default=None,
+                   help="our checkpoints: multiply the requested translations (default 1); official_compat "
+                        "checkpoints: the official scene scale the translations are DIVIDED by")
+    g.add_argument("--scale-depth", default=None,
+                   help="official_compat only: first-frame depth map (.npy, or .npz with 'depth') the official "
+                        "translation scale is computed from (as the official does with MoGe-2)")
+    g.add_argument("--depth-estimator", default=None, metavar="MODULE:FUNCTION",
+                   help="official_compat only: importable callable, RGB uint8 (H, W, 3) -> depth (H, W), run on "
+                        "--image to get the official translation scale")
     g.add_argument("--list-cameras", action="store_true", help="print the named camera paths and exit")
     g = p.add_argument_group("sampling")
     g.add_argument("--frames", type=int, default=81, help="4k+1 frames")
@@ -102,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
     from fantasyworld.inference.trajectories import TrajectoryError
     from fantasyworld.models.wan_loading import CheckpointError
 
+    depth_estimator = None
+    if args.depth_estimator:
+        try:
+            depth_estimator = _import_callable(args.depth_estimator)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     h, w = args.size
@@ -117,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             height=h, width=w, num_steps=args.steps, guidance_scale=args.cfg, shift=args.shift, seed=args.seed,
             camera_magnitude=args.camera_magnitude, camera_format=args.camera_format, fov_deg=args.fov,
             resample_camera=args.resample_camera, translation_scale=args.translation_scale,
+            scale_depth=args.scale_depth, depth_estimator=depth_estimator,
             prompt_embeds=args.text_emb, negative_prompt_embeds=args.negative_text_emb, geometry=args.geometry,
             cfg_batch=not args.no_cfg_batch, vae_tiling={"auto": "auto", "on": True, "off": False}[args.vae_tiling],
             cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,

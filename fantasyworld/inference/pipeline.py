@@ -13,6 +13,15 @@ frame 0 and then into pose features (once: they do not depend on the timestep); 
 initial noise from a seeded CPU generator; run the Euler/CFG sampler (heads once, see
 :mod:`fantasyworld.inference.sampler`); decode the latents with the Wan VAE (tiled for
 large frames); fuse the coloured point cloud. No global random state is read or changed.
+
+Checkpoints whose config has ``official_compat: true`` (the converted official
+FantasyWorld-Wan2.1-I2V-14B-480P weights, ``fantasyworld convert-official``) get the
+official inference's camera preprocessing instead (:meth:`FantasyWorldPipeline.camera_inputs`):
+translations **divided** by a scene scale (given, or from a first-frame depth map or a depth
+estimator, :func:`~fantasyworld.models.official.official_translation_scale`), the principal
+point reset to ``(W/2, H/2)`` and the doubled intrinsics of the official Plücker rays
+(:func:`~fantasyworld.models.official.official_plucker`); and ``wan_override.safetensors``
+beside the weights, if the converter wrote one, is applied to the loaded backbone.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +48,12 @@ from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
 from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, CameraTrajectory, load_trajectory
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
+from fantasyworld.models.official import (
+    OVERRIDE_FILE,
+    apply_backbone_override,
+    official_plucker,
+    official_translation_scale,
+)
 from fantasyworld.models.wan_backbone import WAN_TEXT_LEN, build_wan_transformer, rebuild_rope
 from fantasyworld.models.wan_loading import CheckpointError, cast_keeping_fp32, load_wan_transformer
 
@@ -73,6 +91,8 @@ def resolve_checkpoint(checkpoint: str | Path, preset: str | None = None) -> tup
     ``step-N.safetensors`` (else its only ``*.safetensors``). The config is
     ``config.json`` beside the weights, else ``preset``, else the ``preset`` recorded in
     the file's metadata. The stage is the file's ``stage`` metadata (default 2).
+    A converted official checkpoint's ``wan_override.safetensors`` (backbone tensors, not
+    FantasyWorld weights) is never taken as the weights file.
     """
     path = Path(checkpoint)
     if not path.exists():
@@ -82,7 +102,7 @@ def resolve_checkpoint(checkpoint: str | Path, preset: str | None = None) -> tup
         if steps:
             path = steps[-1][1]
         else:
-            files = sorted(path.glob("*.safetensors"))
+            files = sorted(p for p in path.glob("*.safetensors") if p.name != OVERRIDE_FILE)
             if len(files) != 1:
                 raise CheckpointError(f"{checkpoint}: expected step-N.safetensors files or a single *.safetensors, "
                                       f"found {len(files)} safetensors files")
@@ -155,6 +175,77 @@ def _load_image(image: Any, height: int, width: int) -> torch.Tensor:
     return arr.permute(2, 0, 1)[None]
 
 
+def _raw_image(image: Any) -> np.ndarray:
+    """The first frame at its own resolution as ``(H, W, 3)`` uint8 (what the official
+    inference hands MoGe; a ``(3, H, W)`` tensor in [-1, 1] is converted back)."""
+    if isinstance(image, torch.Tensor):
+        img = image.detach().float().cpu()
+        img = img[0] if img.ndim == 4 else img
+        return ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if isinstance(image, (str, Path)):
+        try:
+            return np.asarray(Image.open(image).convert("RGB"))
+        except OSError as exc:
+            raise ValueError(f"{image}: cannot read image ({exc})") from exc
+    if isinstance(image, np.ndarray):
+        return np.asarray(Image.fromarray(image.astype(np.uint8)).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def load_depth_map(depth: Any) -> np.ndarray:
+    """A first-frame depth map for the official translation scale: an array/tensor, or a
+    ``.npy`` file, or a ``.npz`` file with a ``depth`` array (or a single array) ->
+    ``(H, W)`` float64. Singleton leading/trailing axes are dropped."""
+    if isinstance(depth, (str, Path)):
+        path = Path(depth)
+        try:
+            data = np.load(path, allow_pickle=False)
+            if isinstance(data, np.lib.npyio.NpzFile):
+                with data:
+                    if "depth" in data.files:
+                        arr = data["depth"]
+                    elif len(data.files) == 1:
+                        arr = data[data.files[0]]
+                    else:
+                        raise ValueError(f"no 'depth' array among {', '.join(data.files)}")
+            else:
+                arr = data
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read depth map (.npy, or .npz with 'depth'): {exc}") from exc
+        what = str(path)
+    else:
+        arr = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else np.asarray(depth)
+        what = "depth"
+    arr = np.asarray(arr, dtype=np.float64)
+    while arr.ndim > 2 and (arr.shape[0] == 1 or arr.shape[-1] == 1):
+        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"{what}: a depth map must be (H, W), got shape {arr.shape}")
+    return arr
+
+
+@dataclass
+class CameraInputs:
+    """What conditions the model on the camera (see :meth:`FantasyWorldPipeline.camera_inputs`).
+
+    Attributes:
+        plucker: ``(1, T, 6, H, W)`` float32 Plücker rays fed to the pose encoder.
+        trajectory: the conditioning cameras, relative to frame 0 with the translation
+            scale applied (reported as the requested cameras), real pixel intrinsics.
+        translation_scale: the factor applied to the translations (multiplied on our own
+            checkpoints, **divided** under ``official_compat``).
+        scale_source: ``"given"``, ``"depth"``, ``"depth_estimator"`` or ``"default"``.
+        official_compat: whether the official preprocessing was used.
+    """
+
+    plucker: torch.Tensor
+    trajectory: CameraTrajectory
+    translation_scale: float
+    scale_source: str
+    official_compat: bool
+    extra: dict = field(default_factory=dict)
+
+
 class FantasyWorldPipeline:
     """Generation with a trained FantasyWorld model (stage-2 weights) and its encoders.
 
@@ -178,6 +269,8 @@ class FantasyWorldPipeline:
         self.device = torch.device(device)
         self.dtype = as_dtype(dtype)
         self.source = source
+        #: Wan transformer tensors replaced from ``wan_override.safetensors`` (official checkpoints).
+        self.backbone_override: list[str] = []
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -218,6 +311,14 @@ class FantasyWorldPipeline:
             preset: preset name when the checkpoint has no ``config.json``.
             stage: override the checkpoint's ``stage`` metadata (1 loads a stage-1 file:
                 geometry only, no camera conditioning).
+
+        A checkpoint with ``official_compat: true`` whose directory holds
+        ``wan_override.safetensors`` (written by ``convert-official --backbone-override``)
+        gets those tensors copied into the backbone after it is loaded
+        (:func:`~fantasyworld.models.official.apply_backbone_override`); an override whose
+        names or shapes do not fit the backbone raises :class:`CheckpointError`. An override
+        file beside a checkpoint without ``official_compat`` is refused (only the converter
+        writes one; dropping it silently would run another model).
         """
         weights, config, file_stage = resolve_checkpoint(checkpoint, preset)
         stage = stage or file_stage
@@ -246,6 +347,14 @@ class FantasyWorldPipeline:
                 transformer = build_wan_transformer(config.wan, device)
         else:
             transformer = load_wan_transformer(spec, torch.float32, device, expected_config=config.wan)
+        overridden: list[str] = []
+        if (root / OVERRIDE_FILE).is_file():
+            if not config.official_compat:
+                raise CheckpointError(
+                    f"{root / OVERRIDE_FILE}: a backbone override beside a checkpoint whose config.json has "
+                    "official_compat false; only convert-official writes one (remove it, or use the converted "
+                    "checkpoint's config.json)")
+            overridden = apply_backbone_override(root, transformer)  # fp32 copy, before any cast
         # 2. FantasyWorld modules (random init is overwritten; keep the caller's RNG untouched)
         with _fork_rng(0):
             model = FantasyWorldModel(config, transformer, device=device)
@@ -277,7 +386,9 @@ class FantasyWorldPipeline:
                 ie = ie.to(device)
             else:
                 ie, proc = encoders.load_image_encoder(ie_spec, device, dtype)
-        return cls(model, vae_model, te, tok, ie, proc, device, dtype, source=str(weights))
+        pipe = cls(model, vae_model, te, tok, ie, proc, device, dtype, source=str(weights))
+        pipe.backbone_override = overridden
+        return pipe
 
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
@@ -352,6 +463,71 @@ class FantasyWorldPipeline:
         video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(0, 2, 3, 4, 1).cpu().numpy()
 
+    # ------------------------------------------------------------------ cameras
+    def camera_inputs(
+        self,
+        camera: CameraTrajectory | np.ndarray | str | Path,
+        num_frames: int,
+        height: int,
+        width: int,
+        *,
+        image: Any = None,
+        camera_magnitude: float | None = None,
+        camera_format: str = "auto",
+        fov_deg: float = DEFAULT_FOV_DEG,
+        resample_camera: bool = False,
+        translation_scale: float | None = None,
+        scale_depth: Any = None,
+        depth_estimator: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> CameraInputs:
+        """Resolve the camera and build the Plücker rays the pose encoder reads.
+
+        Our checkpoints: poses relative to frame 0, translations **multiplied** by
+        ``translation_scale`` (default 1), rays with the real pixel intrinsics.
+
+        ``official_compat`` checkpoints (the official inference's recipe): translations
+        **divided** by a scale taken from exactly one of ``translation_scale`` (given),
+        ``scale_depth`` (first-frame depth map: array or ``.npy``/``.npz`` file) or
+        ``depth_estimator(first image at its own resolution)`` (MoGe-2 in the official),
+        the depth unprojected with frame 0's intrinsics at ``(height, width)``
+        (:func:`~fantasyworld.models.official.official_translation_scale`); none of them
+        means scale 1 (the official ``--using_scale False``) with a warning. The rays are
+        :func:`~fantasyworld.models.official.official_plucker` (principal point reset to
+        ``(W/2, H/2)``, doubled intrinsics).
+        """
+        traj = load_trajectory(camera, num_frames, height, width, magnitude=camera_magnitude, fmt=camera_format,
+                               fov_deg=fov_deg, resample=resample_camera)
+        if not self.config.official_compat:
+            if scale_depth is not None or depth_estimator is not None:
+                raise ValueError("scale_depth / depth_estimator set the official translation scale and only apply "
+                                 f"to official_compat checkpoints ({self.config.name} is not one); use "
+                                 "translation_scale to multiply the translations")
+            factor = 1.0 if translation_scale is None else float(translation_scale)
+            rel = traj.scaled(factor) if factor != 1.0 else traj.relative()
+            return CameraInputs(rel.plucker(False), rel, factor, "given" if translation_scale is not None
+                                else "default", False)
+        given = [s is not None for s in (translation_scale, scale_depth, depth_estimator)]
+        if sum(given) > 1:
+            raise ValueError("official_compat: give at most one translation-scale source (translation_scale, "
+                             "scale_depth or depth_estimator)")
+        if not any(given):
+            warnings.warn("official_compat checkpoint without a translation scale: translations are used as given "
+                          "(scale 1, the official --using_scale False); the official inference divides them by "
+                          "the first frame's MoGe depth scale; pass translation_scale, scale_depth or "
+                          "depth_estimator", stacklevel=3)
+            scale, source = 1.0, "default"
+        elif translation_scale is not None:
+            scale, source = official_translation_scale(traj.K, scale=float(translation_scale)), "given"
+        elif scale_depth is not None:
+            scale, source = official_translation_scale(traj.K, depth=load_depth_map(scale_depth)), "depth"
+        else:
+            if image is None:
+                raise ValueError("depth_estimator needs the first-frame image (image=)")
+            scale = official_translation_scale(traj.K, image=_raw_image(image), depth_estimator=depth_estimator)
+            source = "depth_estimator"
+        plucker = official_plucker(traj.w2c, traj.K, height, width, scale)
+        return CameraInputs(plucker, traj.scaled(1.0 / scale), scale, source, True)
+
     # ------------------------------------------------------------------ generation
     def __call__(
         self,
@@ -371,7 +547,9 @@ class FantasyWorldPipeline:
         camera_format: str = "auto",
         fov_deg: float = DEFAULT_FOV_DEG,
         resample_camera: bool = False,
-        translation_scale: float = 1.0,
+        translation_scale: float | None = None,
+        scale_depth: Any = None,
+        depth_estimator: Callable[[np.ndarray], np.ndarray] | None = None,
         prompt_embeds: Any = None,
         negative_prompt_embeds: Any = None,
         geometry: str = "final",
@@ -398,8 +576,13 @@ class FantasyWorldPipeline:
             seed: the initial noise comes from ``torch.Generator('cpu').manual_seed(seed)``.
             camera_magnitude, camera_format, fov_deg, resample_camera: see
                 :func:`~fantasyworld.inference.trajectories.load_trajectory`.
-            translation_scale: multiplies the requested (relative) translations, to bring a
-                file's units to the model's scene scale.
+            translation_scale: our checkpoints: multiplies the requested (relative)
+                translations, to bring a file's units to the model's scene scale (default 1).
+                ``official_compat`` checkpoints: the official scene scale the translations
+                are **divided** by (see :meth:`camera_inputs`).
+            scale_depth, depth_estimator: ``official_compat`` only: take that scale from a
+                first-frame depth map (array or ``.npy``/``.npz``) or from
+                ``depth_estimator(image)`` instead (:meth:`camera_inputs`).
             prompt_embeds, negative_prompt_embeds: cached text embeddings (tensor or
                 safetensors file with ``text_emb``) instead of running the text encoder; a
                 missing negative with no text encoder uses zeros.
@@ -428,10 +611,12 @@ class FantasyWorldPipeline:
 
         # 1. camera trajectory -> Plücker rays -> pose features (once)
         start = time.perf_counter()
-        traj = load_trajectory(camera, num_frames, height, width, magnitude=camera_magnitude, fmt=camera_format,
-                               fov_deg=fov_deg, resample=resample_camera)
-        traj = traj.scaled(translation_scale) if translation_scale != 1.0 else traj.relative()
-        plucker = traj.plucker(cfg.official_compat).to(self.device)
+        cams = self.camera_inputs(camera, num_frames, height, width, image=image, camera_magnitude=camera_magnitude,
+                                  camera_format=camera_format, fov_deg=fov_deg, resample_camera=resample_camera,
+                                  translation_scale=translation_scale, scale_depth=scale_depth,
+                                  depth_estimator=depth_estimator)
+        traj = cams.trajectory
+        plucker = cams.plucker.to(self.device)
         with torch.no_grad():
             pose_feature = self.model.encode_camera(plucker.to(self.dtype)) if self.model.stage == 2 else None
         timings["camera"] = time.perf_counter() - start
@@ -490,13 +675,16 @@ class FantasyWorldPipeline:
             "negative_prompt": negative if negative_prompt_embeds is None else "<embeddings>",
             "image": None if image is None else (str(image) if isinstance(image, (str, Path)) else "<array>"),
             "camera": traj.source, "camera_magnitude": traj.extra.get("magnitude", camera_magnitude),
-            "translation_scale": translation_scale, "num_frames": num_frames, "height": height, "width": width,
+            "translation_scale": cams.translation_scale, "translation_scale_source": cams.scale_source,
+            "official_compat": cfg.official_compat, "num_frames": num_frames, "height": height, "width": width,
             "num_steps": num_steps, "guidance_scale": guidance_scale, "shift": shift, "seed": seed,
             "geometry": geometry, "geometry_timestep": res.geometry_timestep, "cfg_batch": cfg_batch,
             "cloud_source": cloud_source, "conf_percentile": conf_percentile, "max_points": max_points,
             "preset": cfg.name, "checkpoint": self.source, "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""), "fps": fps,
         }
+        if self.backbone_override:
+            settings["backbone_override"] = len(self.backbone_override)
         return GenerationResult(
             video=video, latents=res.latents[0].cpu().numpy(),
             depth=geo.get("depth"), depth_conf=geo.get("depth_conf"),
