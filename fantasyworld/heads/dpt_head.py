@@ -39,10 +39,13 @@ _INTERP_MAX_ELEMENTS = 1_610_612_736  # split bilinear resizes above this (offic
 def _interpolate(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear (align_corners=True) resize of ``(N, C, h, w)``, chunked over ``N`` when huge."""
     total = size[0] * size[1] * x.shape[0] * x.shape[1]
-    if total <= _INTERP_MAX_ELEMENTS:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-    chunks = x.chunk(total // _INTERP_MAX_ELEMENTS + 1, dim=0)
-    return torch.cat([F.interpolate(c, size=size, mode="bilinear", align_corners=True) for c in chunks])
+    # autocast would upcast bf16 maps to fp32 for the resize (2x the bytes of the largest
+    # tensors in the head); resize in the input's own dtype instead
+    with torch.autocast(device_type="cuda" if x.is_cuda else "cpu", enabled=False):
+        if total <= _INTERP_MAX_ELEMENTS:
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        chunks = x.chunk(total // _INTERP_MAX_ELEMENTS + 1, dim=0)
+        return torch.cat([F.interpolate(c, size=size, mode="bilinear", align_corners=True) for c in chunks])
 
 
 def _uv_pos_embed(h: int, w: int, channels: int, aspect_ratio: float, device: torch.device) -> torch.Tensor:
