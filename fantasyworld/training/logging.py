@@ -7,7 +7,8 @@ Scalar names (one vocabulary with :mod:`fantasyworld.training.losses`):
   means over the global batch (every rank, every micro-batch);
 * ``optim/lr``, ``optim/grad_norm`` (before clipping), ``optim/skipped`` (1 when a
   non-finite loss or gradient skipped the step);
-* ``perf/step_time_s``, ``perf/samples_per_s`` (global samples per second).
+* ``perf/step_time_s``, ``perf/samples_per_s`` (global samples per second) and, on GPUs,
+  ``perf/max_memory_gib`` (peak allocated memory of rank 0 so far).
 
 ``metrics.jsonl`` has one JSON object per step with the same values (keys without the
 prefixes) plus ``step``; on resume the rows after the resumed step are dropped, so the
@@ -26,7 +27,8 @@ from typing import Any
 __all__ = ["METRICS_NAME", "MetricsLogger", "get_logger", "read_metrics"]
 
 METRICS_NAME = "metrics.jsonl"
-_PREFIX = {"lr": "optim", "grad_norm": "optim", "skipped": "optim", "step_time_s": "perf", "samples_per_s": "perf"}
+_PREFIX = {"lr": "optim", "grad_norm": "optim", "skipped": "optim", "step_time_s": "perf", "samples_per_s": "perf",
+           "max_memory_gib": "perf"}
 _SHORT = {"objective": "obj", "loss_depth": "depth", "loss_pmap": "pmap", "loss_camera": "cam", "loss_diff": "diff"}
 
 

@@ -484,7 +484,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 lr = self.optimizer.param_groups[0]["lr"]
                 with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
                     self.scheduler.step()
                 step += 1
                 # global means of the loss terms + the SIGTERM flag (any rank) in one collective
@@ -496,6 +496,8 @@ class Trainer:
                 values: dict[str, float] = {k: float(vec[j]) for j, k in enumerate(keys)}
                 values.update(lr=lr, grad_norm=grad_norm, skipped=float(skipped), step_time_s=dt,
                               samples_per_s=self.global_batch / dt)
+                if world.device.type == "cuda":
+                    values["max_memory_gib"] = torch.cuda.max_memory_allocated(world.device) / 2**30
                 logger.log(step, values)
                 history.append({"step": step, **values})
                 if skipped:
