@@ -10,7 +10,7 @@ Runs the whole two-stage recipe on CPU with the shipped tiny configs
 
 Writes ``OUT/stage{1,2}/metrics.jsonl`` (every step), ``OUT/curves.json`` (window means of
 each loss term every ``--window`` steps, wall time, machine) and prints a Markdown table
-(the one in docs/benchmarks.md). Example (about 5 minutes on 2 CPU cores)::
+(the one in docs/benchmarks.md). Example (a few minutes on one CPU core)::
 
     python scripts/train_tiny_curves.py --out outputs/tiny_curves
 """
@@ -71,7 +71,9 @@ def main() -> None:
     p.add_argument("--steps1", type=int, default=400)
     p.add_argument("--steps2", type=int, default=150)
     p.add_argument("--window", type=int, default=50)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the tiny model's ops are so small that OpenMP synchronisation "
+                        "dominates with more, badly so on a busy machine)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.threads:

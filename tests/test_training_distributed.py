@@ -7,10 +7,14 @@ the same 4 samples per step (DistributedSampler-style split of one global batch)
 per-sample noise. Tolerances after 3 AdamW steps at lr 1e-3:
 
 * losses and gradient norms: relative 1e-5 (measured ~1e-7);
-* weights: ||w_dist - w_ref|| / ||w_ref - w_init|| < 1e-3 over all trainable tensors (measured
-  ~1e-4), and every element within 5e-4 (measured up to ~1e-4), i.e. a sixth of the most Adam
-  can move a parameter in 3 steps (lr x steps = 3e-3). Adam normalises each update, so elements
-  with a nearly-zero gradient amplify the floating-point difference of the reduction order.
+* weights, measured against how far training moved them (w_init: the run's weights before
+  step 1): ||w_dist - w_ref|| / ||w_ref - w_init|| < 5e-3 over all trainable tensors (measured
+  6e-5 in stage 1, 5e-4 in stage 2) and < 2e-2 for every tensor (measured up to 2e-3). No
+  per-element bound: Adam normalises each update, so an element with a nearly-zero gradient (the
+  stage-2 modules behind zero-initialised layers) turns the floating-point difference of the
+  reduction order into a step of up to lr in either direction. A real error (a sample seen twice,
+  gradients summed instead of averaged, a unit not all-gathered) gives differences of order 1 and
+  losses that part after step 1.
 """
 
 from __future__ import annotations
@@ -33,8 +37,16 @@ from fantasyworld.training.trainer import Trainer, loss_keys
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STEPS = 3
 LOSS_RTOL = 1e-5
-WEIGHT_RTOL = 1e-3
-WEIGHT_ATOL = 5e-4
+WEIGHT_RTOL = 5e-3
+WEIGHT_RTOL_PER_TENSOR = 2e-2
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny-model ops are far faster on one thread (OpenMP sync dominates, badly on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _overrides(data: Path, out: Path, **extra: object) -> list[str]:
@@ -82,7 +94,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     init_from = root / "single1" / f"step-{STEPS}.safetensors"
     cfg2 = load_config(CONFIGS / "stage2_tiny.yaml",
                        _overrides(data, root / "single2", batch_size=4, init_from=init_from))
-    Trainer(cfg2, single).train()
+    trainer = Trainer(cfg2, single)
+    save_file({k: v.detach().clone().contiguous() for k, v in trainer.model.fantasyworld_state_dict(2).items()},
+              str(root / "init2.safetensors"))
+    trainer.train()
     mp.start_processes(_worker, args=(2, _free_port(), str(data), str(root), str(init_from)), nprocs=2,
                        join=True, start_method="spawn")
     return root
@@ -98,11 +113,15 @@ def test_two_gloo_processes_match_one_process_losses_and_weights(runs: Path, sta
     ref_w = load_file(str(runs / f"single{stage}" / f"step-{STEPS}.safetensors"))
     dist_w = load_file(str(runs / f"dist{stage}" / f"step-{STEPS}.safetensors"))
     assert ref_w.keys() == dist_w.keys()
-    init = load_file(str(runs / ("init1.safetensors" if stage == 1 else f"single1/step-{STEPS}.safetensors")))
+    init = load_file(str(runs / f"init{stage}.safetensors"))
+    assert init.keys() == ref_w.keys()
     diff = torch.stack([(ref_w[k] - dist_w[k]).pow(2).sum() for k in ref_w]).sum().sqrt()
-    moved = torch.stack([(ref_w[k] - init[k]).pow(2).sum() for k in init]).sum().sqrt()
-    worst = max((ref_w[k] - dist_w[k]).abs().max().item() for k in ref_w)
-    print(f"stage {stage}: relative weight difference {float(diff / moved):.2e}, worst element {worst:.2e}")
+    moved = torch.stack([(ref_w[k] - init[k]).pow(2).sum() for k in ref_w]).sum().sqrt()
+    per_tensor = {k: float((ref_w[k] - dist_w[k]).norm() / (ref_w[k] - init[k]).norm())
+                  for k in ref_w if (ref_w[k] - init[k]).norm() > 1e-3}
+    worst = max(per_tensor, key=per_tensor.get)
+    print(f"stage {stage}: relative weight difference {float(diff / moved):.2e}, worst tensor {worst} "
+          f"{per_tensor[worst]:.2e}")
     assert moved > 0.1, moved  # training moved the weights: the comparison is not vacuous
     assert diff / moved < WEIGHT_RTOL
-    assert worst < WEIGHT_ATOL
+    assert per_tensor[worst] < WEIGHT_RTOL_PER_TENSOR
