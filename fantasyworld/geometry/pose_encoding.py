@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from fantasyworld.geometry import cameras
+from fantasyworld.geometry.cameras import invert_se3
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
 
 __all__ = [
@@ -53,17 +55,10 @@ def as_homogeneous(extrinsics: torch.Tensor) -> torch.Tensor:
 def se3_inverse(transform: torch.Tensor) -> torch.Tensor:
     """Closed-form inverse of rigid transforms ``(..., 3|4, 4)`` -> ``(..., 4, 4)``.
 
-    ``[R | t]^-1 = [R^T | -R^T t]``; turns w2c into c2w and back. Exact for rotations (no
-    general matrix inverse), so it keeps orthonormality in low precision.
+    ``[R | t]^-1 = [R^T | -R^T t]`` (:func:`fantasyworld.geometry.cameras.invert_se3`);
+    turns w2c into c2w and back, exact for rotations.
     """
-    transform = as_homogeneous(transform)
-    rot_t = transform[..., :3, :3].transpose(-1, -2)
-    trans = -(rot_t @ transform[..., :3, 3:4])
-    out = torch.zeros_like(transform)
-    out[..., :3, :3] = rot_t
-    out[..., :3, 3:4] = trans
-    out[..., 3, 3] = 1.0
-    return out
+    return invert_se3(as_homogeneous(transform))
 
 
 def encode_pose(w2c: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
@@ -127,9 +122,8 @@ def relative_to_first(w2c: torch.Tensor) -> torch.Tensor:
         camera-0 coordinates to camera-i coordinates, so ``out[..., 0]`` is the identity and
         the new "world" is camera 0 (a world point ``X`` becomes ``R_0 X + t_0``).
     """
-    w2c = as_homogeneous(w2c)
-    first_inv = se3_inverse(w2c[..., :1, :, :])  # (..., 1, 4, 4)
-    rel = w2c[..., 1:, :, :] @ first_inv
+    rel, _ = cameras.relative_to_first(as_homogeneous(w2c))
     # Frame 0 is the identity by construction; write it exactly (no round-off residue).
-    eye = torch.eye(4, dtype=w2c.dtype, device=w2c.device).expand_as(w2c[..., :1, :, :])
-    return torch.cat([eye, rel], dim=-3)
+    rel = rel.clone()
+    rel[..., 0, :, :] = torch.eye(4, dtype=rel.dtype, device=rel.device)
+    return rel
