@@ -444,8 +444,8 @@ class Trainer:
         data_iter = iter(self.loader)
         if world.is_main:
             n_train = sum(p.numel() for _, p in self.trainable)
-            logger.write(f"stage {self.stage}, preset {self.model_config.name}: {n_train:,} trainable parameters "
-                         f"(per-rank shard sizes under FSDP), {world.world_size} process(es) on "
+            logger.write(f"stage {self.stage}, preset {self.model_config.name}: {n_train:,} trainable parameters, "
+                         f"{world.world_size} process(es) on "
                          f"{world.device.type}, global batch {self.global_batch} = {cfg.batch_size} x "
                          f"{world.world_size} x {cfg.grad_accum}, {'bf16' if self.use_bf16 else 'fp32'} compute")
         try:
