@@ -66,6 +66,12 @@ class ModelConfig:
     preset (smoke tests and benchmarks only: nothing learned is meaningful)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing of every Wan/geometry layer (memory for compute)."""
+    checkpoint_heads: bool = False
+    """Also recompute the DPT heads' full-resolution fusion stage one frame chunk at a time
+    (1.3B, 81x336x592 on an H200: stage-2 peak 71 -> 50 GiB; docs/benchmarks.md)."""
+    compile: bool = False
+    """``torch.compile`` every repeated block (Wan, geometry, cross-attention, adapters) before
+    sharding; the first step pays the compile time (~50 s at 1.3B), then ~5-10% faster."""
 
 
 @dataclass(kw_only=True)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import yaml
 
+from fantasyworld.models.compile import compile_blocks
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.wan_loading import CheckpointError, cast_keeping_fp32, load_wan_transformer
@@ -231,6 +232,9 @@ class Trainer:
         model.train()
         if world.is_main:
             mcfg.save(self.run_dir / MODEL_CONFIG_NAME)
+        model.checkpoint_heads = cfg.model.checkpoint_heads
+        if cfg.model.compile:  # torchtitan order: checkpointing, then compile, then sharding
+            compile_blocks(model)
         self.model = shard_model(model, world)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.trainable:
