@@ -1,0 +1,448 @@
+"""``fantasyworld evaluate``: geometry of a trained checkpoint on held-out clips, against
+ground truth and trivial baselines.
+
+Two ways of getting geometry out of the model, per clip (letters: T pixel frames, H x W):
+
+``latents`` (reconstruction)
+    The clip is encoded with the VAE (normalised latent ``x0``), noised to
+    ``x = (1 - sigma) x0 + sigma eps`` with seeded ``eps`` and one forward with every head
+    runs at ``timestep = 1000 sigma`` with the clip's prompt. By default no camera
+    conditioning is given (``camera_conditioning="none"``: the cameras must be read from the
+    video); ``"gt"`` feeds the clip's own cameras as Plücker rays (stage-2 checkpoints).
+``generation``
+    Stage-2 checkpoints only: the inference pipeline generates a clip from the prompt along
+    the clip's own cameras (relative to frame 0, metric translations as in training, the
+    clip's intrinsics) and its geometry (heads on the final latent) is scored. Cameras are
+    compared with the requested ones; depth and points are compared with the clip's ground
+    truth although the generated world is only the prompt's and the cameras' version of it,
+    so those two numbers measure layout agreement, not reconstruction.
+
+Scores (:func:`score_clip`, per clip, then means over clips; see
+:mod:`fantasyworld.eval.metrics` for the definitions and alignments):
+
+* depth: ``abs_rel_median``, ``delta_1_25_median`` (median-ratio scale per clip),
+  ``abs_rel_scale_shift``, ``delta_1_25_scale_shift`` (least-squares scale and shift);
+* cameras: ``rot_err`` and ``trans_err`` (mean over all frame pairs of VGGT's relative
+  rotation / translation-direction angle error, degrees), ``rra@15``, ``rta@15``, ``auc@30``,
+  ``ate`` (Sim(3)-aligned RMSE, ground-truth units), ``rpe_trans``, ``rpe_rot``;
+* points: ``accuracy``, ``completeness``, ``chamfer`` after Umeyama Sim(3) alignment
+  (ground-truth units).
+
+Every mode is scored for the model and for the trivial baselines of
+:mod:`fantasyworld.eval.baselines` (constant depth, identity poses, one plane). The
+acceptance check compares, in the ``latents`` mode, ``abs_rel_median`` with the constant
+depth and ``rot_err`` with the identity poses: the model passes a bar when the baseline's
+mean is at least :data:`ACCEPTANCE_FACTOR` times the model's.
+
+Outputs in ``out_dir``: ``metrics.json`` (layout in docs/evaluation.md) and the report
+(:mod:`fantasyworld.eval.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fantasyworld.data.loader import RawClipDataset
+from fantasyworld.eval import baselines
+from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_errors, pointmap_metrics, pose_auc, rpe
+from fantasyworld.eval.split import HELD_OUT_FRACTION, select_split
+
+__all__ = [
+    "ACCEPTANCE_FACTOR",
+    "EvalSettings",
+    "MODES",
+    "acceptance",
+    "baseline_prediction",
+    "evaluate",
+    "predict_from_generation",
+    "predict_from_latents",
+    "score_clip",
+    "summarize",
+]
+
+#: A bar is met when ``baseline / model >= ACCEPTANCE_FACTOR``.
+ACCEPTANCE_FACTOR = 2.0
+MODES = ("latents", "generation")
+METRICS_VERSION = 1
+DEPTH_KEYS = ("abs_rel_median", "delta_1_25_median", "abs_rel_scale_shift", "delta_1_25_scale_shift")
+CAMERA_KEYS = ("rot_err", "trans_err", "rra@15", "rta@15", "auc@30", "ate", "rpe_trans", "rpe_rot")
+POINT_KEYS = ("accuracy", "completeness", "chamfer")
+#: ``(mode, metric, model key, baseline name)`` of the acceptance bars.
+ACCEPTANCE_BARS = (
+    ("depth_abs_rel", "abs_rel_median", "constant_depth"),
+    ("rotation_error", "rot_err", "identity_poses"),
+)
+
+
+@dataclass
+class EvalSettings:
+    """What ``evaluate`` runs.
+
+    Attributes:
+        split: ``held-out`` (default), ``train`` or ``all`` (:mod:`fantasyworld.eval.split`).
+        held_out_fraction: share of clips in the held-out split.
+        max_clips: evaluate at most this many clips of the split (``None``: all).
+        num_frames, height, width: clip size (``None``: the checkpoint's training run
+            config ``train_config.yaml`` if found, else the stored clip size rounded down to
+            ``4k + 1`` frames and multiples of 16 pixels).
+        sigma: noise level of the ``latents`` mode, in ``[0, 1)``.
+        camera_conditioning: ``none`` or ``gt`` (``latents`` mode, stage-2 checkpoints).
+        modes: which of :data:`MODES` to run (``generation`` is skipped for stage 1).
+        num_steps, guidance_scale, shift: sampler settings of the ``generation`` mode.
+        seed: noise seed (clip ``i`` uses ``seed + i``).
+        sample_clips: how many clips get figures in the report.
+    """
+
+    split: str = "held-out"
+    held_out_fraction: float = HELD_OUT_FRACTION
+    max_clips: int | None = None
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    sigma: float = 0.1
+    camera_conditioning: str = "none"
+    modes: tuple[str, ...] = MODES
+    num_steps: int = 20
+    guidance_scale: float = 1.0
+    shift: float = 5.0
+    seed: int = 0
+    sample_clips: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sigma < 1.0:
+            raise ValueError(f"sigma must be in [0, 1), got {self.sigma}")
+        if self.camera_conditioning not in ("none", "gt"):
+            raise ValueError(f"camera_conditioning must be 'none' or 'gt', got {self.camera_conditioning!r}")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes}")
+
+
+# ----------------------------------------------------------------------------- scoring
+def _camera_scores(pred_w2c: np.ndarray, gt_w2c: np.ndarray) -> dict[str, float]:
+    rot_err, trans_err = pairwise_pose_errors(pred_w2c, gt_w2c)
+    out = {
+        "rot_err": float(np.mean(rot_err)),
+        "trans_err": float(np.mean(trans_err)),
+        "rra@15": float(np.mean(rot_err < 15.0)),
+        "rta@15": float(np.mean(trans_err < 15.0)),
+        "auc@30": pose_auc(rot_err, trans_err, 30),
+        "ate": ate_rmse(pred_w2c, gt_w2c),
+    }
+    out.update(rpe(pred_w2c, gt_w2c))
+    return out
+
+
+def score_clip(pred: dict[str, np.ndarray], gt: dict[str, np.ndarray], max_points: int = 20_000
+               ) -> dict[str, float]:
+    """Scores of one clip's prediction against its ground truth.
+
+    Args:
+        pred: any of ``depth`` ``(T, H, W)``, ``w2c`` ``(T, 4, 4)``, ``world_points``
+            ``(T, H, W, 3)`` (each in the prediction's own frame and scale).
+        gt: ``depth`` ``(T, H, W)``, ``valid`` ``(T, H, W)`` bool, ``w2c`` ``(T, 4, 4)``,
+            ``points`` ``(T, H, W, 3)``.
+        max_points: subsample size of each cloud for the nearest-neighbour search.
+
+    Returns:
+        The keys of :data:`DEPTH_KEYS`, :data:`CAMERA_KEYS` and :data:`POINT_KEYS` for the
+        predictions given.
+    """
+    out: dict[str, float] = {}
+    valid = np.asarray(gt["valid"], dtype=bool)
+    if pred.get("depth") is not None:
+        d = depth_metrics(pred["depth"], gt["depth"], valid)
+        out.update({k: d[k] for k in DEPTH_KEYS})
+    if pred.get("w2c") is not None:
+        out.update(_camera_scores(pred["w2c"], gt["w2c"]))
+    if pred.get("world_points") is not None:
+        p = pointmap_metrics(pred["world_points"], gt["points"], valid, max_points=max_points)
+        out.update({k: p[k] for k in POINT_KEYS})
+    return out
+
+
+def baseline_prediction(gt: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The trivial predictions of :mod:`fantasyworld.eval.baselines` for one clip."""
+    t, h, w = np.asarray(gt["depth"]).shape
+    return {
+        "depth": baselines.constant_depth((t, h, w)),
+        "w2c": baselines.identity_poses(t),
+        "world_points": baselines.plane_points(gt["intrinsics"], h, w),
+    }
+
+
+def _nanmean(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def summarize(per_clip: dict[str, dict[str, dict[str, dict[str, float]]]]) -> dict[str, Any]:
+    """Means over clips: ``{mode: {"model": {...}, "baseline": {...}}}`` from
+    ``per_clip[clip][mode][method]``."""
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        for method in ("model", "baseline"):
+            rows = [c[mode][method] for c in per_clip.values() if mode in c and method in c[mode]]
+            if not rows:
+                continue
+            keys = [k for k in (*DEPTH_KEYS, *CAMERA_KEYS, *POINT_KEYS) if any(k in r for r in rows)]
+            out.setdefault(mode, {})[method] = {k: _nanmean([r.get(k, float("nan")) for r in rows]) for k in keys}
+            out[mode]["num_clips"] = len(rows)
+    return out
+
+
+def acceptance(summary: dict[str, Any], factor: float = ACCEPTANCE_FACTOR, mode: str = "latents"
+               ) -> dict[str, Any]:
+    """The issue's bars on ``summary[mode]``: each ``{model, baseline, ratio, passed}``
+    plus ``passed`` (all bars) and a one-line ``verdict``."""
+    res: dict[str, Any] = {"mode": mode, "factor": factor}
+    oks = []
+    for name, key, baseline in ACCEPTANCE_BARS:
+        model_v = summary.get(mode, {}).get("model", {}).get(key, float("nan"))
+        base_v = summary.get(mode, {}).get("baseline", {}).get(key, float("nan"))
+        ratio = base_v / model_v if model_v > 0 else (math.inf if base_v > 0 else float("nan"))
+        ok = bool(math.isfinite(base_v) and math.isfinite(model_v) and ratio >= factor)
+        oks.append(ok)
+        res[name] = {"metric": key, "baseline": baseline, "model_value": model_v, "baseline_value": base_v,
+                     "ratio": ratio, "passed": ok}
+    res["passed"] = all(oks)
+    parts = [f"{n}: baseline/model = {res[n]['ratio']:.2f} ({'met' if res[n]['passed'] else 'MISSED'})"
+             for n, *_ in ACCEPTANCE_BARS]
+    res["verdict"] = (f"{'PASS' if res['passed'] else 'FAIL'}: the model must be at least {factor:g}x better "
+                      f"than the trivial baselines; " + "; ".join(parts))
+    return res
+
+
+# ----------------------------------------------------------------------------- prediction
+def _cameras(pose_enc: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    from fantasyworld.inference.pipeline import cameras_from_pose_enc
+
+    w2c, _ = cameras_from_pose_enc(pose_enc.detach().cpu().double().numpy(), hw)
+    return w2c
+
+
+@torch.no_grad()
+def predict_from_latents(pipe, sample: dict[str, Any], sigma: float, seed: int, stage: int,
+                         camera_conditioning: str = "none") -> dict[str, np.ndarray]:
+    """Geometry from the clip's own latents at noise level ``sigma`` (module docstring).
+
+    Args:
+        pipe: a :class:`~fantasyworld.inference.pipeline.FantasyWorldPipeline`.
+        sample: one :class:`~fantasyworld.data.loader.RawClipDataset` item.
+        stage: forward stage (1: PCBs + geometry only).
+
+    Returns:
+        ``depth`` ``(T, H, W)``, ``depth_conf``, ``world_points`` ``(T, H, W, 3)``,
+        ``w2c`` ``(T, 4, 4)`` float64 (relative to the first predicted camera), ``pose_enc``.
+    """
+    from fantasyworld.data import encoders
+    from fantasyworld.geometry.plucker import plucker_rays
+    from fantasyworld.training.flow_matching import add_noise, sigma_to_timestep
+
+    model, device = pipe.model, pipe.device
+    video = sample["video"][None].to(device)  # (1, 3, T, H, W)
+    _, _, _, h, w = video.shape
+    x0 = encoders.encode_video(pipe.vae, video)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    sig = torch.full((1,), float(sigma), device=device)
+    latents = add_noise(x0, noise, sig).to(pipe.dtype)
+    text = pipe.encode_prompt(sample["prompt"]).to(pipe.dtype)
+    plucker = None
+    if camera_conditioning == "gt" and stage == 2:
+        plucker = plucker_rays(sample["w2c"][None].double(), sample["intrinsics"][None].double(), h, w)
+        plucker = plucker.to(device, pipe.dtype)
+    kwargs: dict[str, Any] = {}
+    if pipe.config.is_i2v:
+        kwargs["cond_latent"] = encoders.i2v_condition_latent(pipe.vae, video).to(pipe.dtype)
+        kwargs["image_emb"] = encoders.encode_image_clip(pipe.image_encoder, pipe.image_processor,
+                                                         video[:, :, 0]).to(pipe.dtype)
+    out = model(latents, sigma_to_timestep(sig).to(pipe.dtype), text, plucker=plucker, stage=stage, **kwargs)
+    res = {k: out[k][0].float().cpu().numpy() for k in ("depth", "depth_conf", "world_points", "pose_enc")}
+    res["w2c"] = _cameras(out["pose_enc"][0], (h, w))
+    return res
+
+
+def predict_from_generation(pipe, sample: dict[str, Any], seed: int, num_steps: int, guidance_scale: float,
+                            shift: float, progress: bool = False):
+    """Generate along the clip's cameras (module docstring); returns the
+    :class:`~fantasyworld.inference.result.GenerationResult`."""
+    from fantasyworld.inference.trajectories import CameraTrajectory
+
+    w2c = sample["w2c"].double().numpy()
+    k = sample["intrinsics"].double().numpy()
+    _, t, h, w = sample["video"].shape
+    traj = CameraTrajectory(w2c, k, h, w, source=f"clip:{sample['clip_id']}")
+    image = sample["video"][:, 0] if pipe.config.is_i2v else None
+    return pipe(sample["prompt"], image=image, camera=traj, num_frames=t, height=h, width=w, num_steps=num_steps,
+                guidance_scale=guidance_scale, shift=shift, seed=seed, negative_prompt="", progress=progress)
+
+
+def _ground_truth(sample: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {
+        "depth": sample["depth"].double().numpy(),
+        "valid": sample["valid"].numpy().astype(bool),
+        "w2c": sample["w2c"].double().numpy(),
+        "points": sample["points"].double().numpy(),
+        "intrinsics": sample["intrinsics"].double().numpy(),
+    }
+
+
+def _default_size(checkpoint: str | Path, dataset_root: Path, settings: EvalSettings) -> tuple[int, int, int]:
+    """``(num_frames, height, width)``: settings, else the training run config, else the data."""
+    from fantasyworld.data.formats import Reporter, load_metadata
+    from fantasyworld.data.loader import inspect_clip
+    from fantasyworld.inference.pipeline import resolve_checkpoint
+
+    t, h, w = settings.num_frames, settings.height, settings.width
+    weights, _, _ = resolve_checkpoint(checkpoint)
+    run_cfg = weights.parent / "train_config.yaml"
+    if run_cfg.is_file():
+        data = (yaml.safe_load(run_cfg.read_text()) or {}).get("data", {}) or {}
+        t, h, w = t or data.get("num_frames"), h or data.get("height"), w or data.get("width")
+    if t is None or h is None or w is None:
+        records = load_metadata(dataset_root)
+        info = inspect_clip(dataset_root, records[0], Reporter())
+        assert info is not None
+        t = t or (info.num_frames - 1) // 4 * 4 + 1
+        h = h or info.height // 16 * 16
+        w = w or info.width // 16 * 16
+    return int(t), int(h), int(w)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    out_dir: str | Path,
+    settings: EvalSettings | None = None,
+    *,
+    backbone: str | None = None,
+    vae: str | None = None,
+    text_encoder: str | None = None,
+    device: str = "cpu",
+    report: bool = True,
+    log: Callable[[str], None] | None = print,
+    pipe=None,
+) -> dict[str, Any]:
+    """Score ``checkpoint`` on the ``settings.split`` clips of ``data_root``; write
+    ``out_dir/metrics.json`` (and the report); return the metrics dict.
+
+    ``backbone``, ``vae``, ``text_encoder`` are passed to
+    :meth:`FantasyWorldPipeline.from_pretrained` (defaults: beside the checkpoint, else the
+    tiny presets' seeded random ones); ``pipe`` reuses an already loaded pipeline.
+    """
+    from fantasyworld.inference.pipeline import FantasyWorldPipeline, resolve_checkpoint
+
+    settings = settings or EvalSettings()
+    start = time.perf_counter()
+    say = log or (lambda _msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_root = Path(data_root)
+    weights, config, stage = resolve_checkpoint(checkpoint)
+    if pipe is None:
+        pipe = FantasyWorldPipeline.from_pretrained(checkpoint, backbone=backbone, vae=vae, text_encoder=text_encoder,
+                                                    device=device)
+    t, h, w = _default_size(checkpoint, data_root, settings)
+    dataset = RawClipDataset(data_root, num_frames=t, height=h, width=w)
+    all_ids = [r.clip_id for r in dataset.records]
+    chosen = select_split(all_ids, settings.split, settings.held_out_fraction)
+    if settings.max_clips is not None:
+        chosen = chosen[: settings.max_clips]
+    if not chosen:
+        raise ValueError(f"{data_root}: split {settings.split!r} holds no clip")
+    modes = [m for m in settings.modes if m != "generation" or stage == 2]
+    skipped = [m for m in settings.modes if m not in modes]
+    say(f"evaluate: {len(chosen)} {settings.split} clip(s) of {data_root} ({len(all_ids)} in all), {t}x{h}x{w}, "
+        f"stage-{stage} checkpoint {weights}, modes {', '.join(modes)}"
+        + (f" (skipped {', '.join(skipped)}: needs a stage-2 checkpoint)" if skipped else ""))
+
+    per_clip: dict[str, Any] = {}
+    samples: list[dict[str, Any]] = []
+    index_of = {c: i for i, c in enumerate(all_ids)}
+    for n, clip_id in enumerate(chosen):
+        t0 = time.perf_counter()
+        sample = dataset[index_of[clip_id]]
+        gt = _ground_truth(sample)
+        base_scores = score_clip(baseline_prediction(gt), gt)
+        clip_res: dict[str, Any] = {}
+        fig: dict[str, Any] = {"clip_id": clip_id, "gt": gt, "frames": _frames_uint8(sample["video"])}
+        seed = settings.seed + index_of[clip_id]
+        if "latents" in modes:
+            pred = predict_from_latents(pipe, sample, settings.sigma, seed, stage, settings.camera_conditioning)
+            clip_res["latents"] = {"model": score_clip(pred, gt), "baseline": base_scores}
+            fig["latents"] = pred
+        if "generation" in modes:
+            res = predict_from_generation(pipe, sample, seed, settings.num_steps, settings.guidance_scale,
+                                          settings.shift)
+            pred = {"depth": res.depth, "w2c": res.w2c, "world_points": res.world_points}
+            clip_res["generation"] = {"model": score_clip(pred, gt), "baseline": base_scores}
+            fig["generation"] = {**pred, "video": res.video}
+        per_clip[clip_id] = clip_res
+        if len(samples) < settings.sample_clips:
+            samples.append(fig)
+        lat = clip_res.get("latents", {}).get("model", {})
+        say(f"  [{n + 1}/{len(chosen)}] {clip_id}: " + (
+            f"abs_rel {lat.get('abs_rel_median', float('nan')):.3f} (baseline "
+            f"{base_scores['abs_rel_median']:.3f}), rot_err {lat.get('rot_err', float('nan')):.2f} deg (baseline "
+            f"{base_scores['rot_err']:.2f}), " if lat else "") + f"{time.perf_counter() - t0:.1f} s")
+
+    summary = summarize(per_clip)
+    accept = acceptance(summary) if "latents" in summary else None
+    metrics = {
+        "version": METRICS_VERSION,
+        "checkpoint": str(weights),
+        "preset": config.name,
+        "stage": stage,
+        "data": str(data_root),
+        "split": settings.split,
+        "clips": chosen,
+        "settings": {**asdict(settings), "modes": list(modes), "num_frames": t, "height": h, "width": w},
+        "baselines": baselines.BASELINE_DESCRIPTIONS,
+        "summary": summary,
+        "acceptance": accept,
+        "per_clip": per_clip,
+        "seconds": time.perf_counter() - start,
+    }
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1) + "\n")
+    if report:
+        from fantasyworld.eval.report import write_eval_report
+
+        write_eval_report(out, metrics, samples)
+    if accept is not None:
+        say(accept["verdict"])
+    say(f"evaluate: wrote {out / 'metrics.json'}" + (f" and {out / 'report.html'}" if report else "")
+        + f" in {time.perf_counter() - start:.1f} s")
+    return metrics
+
+
+def _frames_uint8(video: torch.Tensor) -> np.ndarray:
+    """``(3, T, H, W)`` in [-1, 1] -> ``(T, H, W, 3)`` uint8."""
+    return ((video.permute(1, 2, 3, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
+def _jsonable(x: Any) -> Any:
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+

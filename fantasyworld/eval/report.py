@@ -1,0 +1,310 @@
+"""The evaluation report: PNG figures drawn with PIL and one HTML page linking them.
+
+Files written into the evaluation folder by :func:`write_eval_report`:
+
+=======================  =====================================================================
+``report.html``          verdict, metric table, the figures, per-clip scores, links
+``metrics_table.png``    model vs trivial baseline per metric and mode, with the ratio
+``depth_samples.png``    per sample clip, three frames (first, middle, last): input frames,
+                         ground-truth depth, predicted depth (``latents`` mode), and for the
+                         ``generation`` mode the generated frames and their depth. Depth is
+                         Turbo-coloured inverse depth (near red, far blue); each prediction
+                         is median-aligned to the ground truth and shares its colour range.
+``trajectories.png``     per sample clip, a top view (camera 0's x right, z up the page) of the
+                         ground-truth camera centres (blue) and the predicted ones (red,
+                         Sim(3)-aligned to the ground truth), ticks along viewing directions
+=======================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from fantasyworld.eval.metrics import align_depth_median, apply_sim3, camera_centers, umeyama_alignment
+from fantasyworld.inference.export import turbo
+
+__all__ = ["depth_figure", "metrics_table_figure", "trajectory_figure", "write_eval_report"]
+
+_LOWER_IS_BETTER = {"abs_rel_median", "abs_rel_scale_shift", "rot_err", "trans_err", "ate", "rpe_trans", "rpe_rot",
+                    "accuracy", "completeness", "chamfer"}
+_TABLE_KEYS = ("abs_rel_median", "delta_1_25_median", "abs_rel_scale_shift", "delta_1_25_scale_shift", "rot_err",
+               "trans_err", "rra@15", "rta@15", "auc@30", "ate", "rpe_trans", "rpe_rot", "accuracy", "completeness",
+               "chamfer")
+_UNITS = {"rot_err": "deg", "trans_err": "deg", "rpe_rot": "deg"}
+_BLUE, _RED, _GREY = (31, 119, 180), (214, 39, 40), (150, 150, 150)
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _inv_depth_rgb(depth: np.ndarray, ref: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Turbo inverse depth ``(..., H, W, 3)`` normalised by the 2nd/98th percentiles of ``ref``."""
+    ok = np.isfinite(ref) & (ref > 0)
+    inv_ref = 1.0 / ref[ok] if ok.any() else np.ones(1)
+    lo, hi = np.percentile(inv_ref, [2, 98])
+    good = np.isfinite(depth) & (depth > 0)
+    inv = np.where(good, 1.0 / np.where(good, depth, 1.0), np.nan)
+    rgb = turbo(0.1 + 0.9 * ((inv - lo) / max(hi - lo, 1e-12)).clip(0, 1))
+    rgb[~good] = 0
+    if valid is not None:
+        rgb[~valid] = 0
+    return rgb
+
+
+def _panel(arr: np.ndarray, size: int) -> Image.Image:
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    scale = max(1, size // max(img.width, img.height))
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+
+
+def depth_figure(samples: list[dict[str, Any]], panel: int = 128) -> Image.Image:
+    """The ``depth_samples.png`` figure (module docstring) from evaluation samples."""
+    font = _font(12)
+    blocks: list[tuple[str, list[tuple[str, list[np.ndarray]]]]] = []
+    for s in samples:
+        gt_depth, valid = s["gt"]["depth"], s["gt"]["valid"]
+        t = gt_depth.shape[0]
+        frames = sorted({0, t // 2, t - 1})
+        rows = [("input frames", [s["frames"][i] for i in frames]),
+                ("ground-truth depth", [_inv_depth_rgb(gt_depth[i], gt_depth, valid[i]) for i in frames])]
+        for mode, label in (("latents", "predicted depth (from the clip's latents)"),
+                            ("generation", "generated frames / their predicted depth")):
+            pred = s.get(mode)
+            if pred is None or pred.get("depth") is None:
+                continue
+            aligned, _ = align_depth_median(pred["depth"], gt_depth, valid)
+            if mode == "generation" and pred.get("video") is not None:
+                rows.append(("generated frames (same prompt and cameras)", [pred["video"][i] for i in frames]))
+                label = "depth of the generated frames"
+            rows.append((label, [_inv_depth_rgb(aligned[i], gt_depth) for i in frames]))
+        blocks.append((f"{s['clip_id']}: frames {', '.join(str(i) for i in frames)}", rows))
+    if not blocks:
+        return Image.new("RGB", (320, 40), "white")
+    ph = _panel(blocks[0][1][0][1][0], panel).height
+    pw = _panel(blocks[0][1][0][1][0], panel).width
+    label_h, gap = 16, 6
+    ncols = max(len(r[1]) for _, rows in blocks for r in rows)
+    width = max(ncols * (pw + gap) + gap, 420)
+    height = sum(22 + len(rows) * (label_h + ph + gap) for _, rows in blocks) + gap
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    y = gap
+    for title, rows in blocks:
+        draw.text((gap, y), title, fill="black", font=_font(14))
+        y += 22
+        for label, panels in rows:
+            draw.text((gap, y), label, fill=(60, 60, 60), font=font)
+            y += label_h
+            for j, arr in enumerate(panels):
+                img.paste(_panel(arr, panel), (gap + j * (pw + gap), y))
+            y += ph + gap
+    return img
+
+
+def _top_view(c2w: np.ndarray, ref_w2c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and forward axes in camera 0's frame, as (x, z) pairs."""
+    rot0, t0 = ref_w2c0[:3, :3], ref_w2c0[:3, 3]
+    centres = c2w[:, :3, 3] @ rot0.T + t0
+    fwd = c2w[:, :3, 2] @ rot0.T
+    return centres[:, [0, 2]], fwd[:, [0, 2]]
+
+
+def trajectory_figure(samples: list[dict[str, Any]], mode: str = "latents", size: int = 260) -> Image.Image:
+    """The ``trajectories.png`` figure (module docstring): one panel per sample clip."""
+    font = _font(12)
+    panels = []
+    for s in samples:
+        gt_w2c = s["gt"]["w2c"]
+        pred = s.get(mode) or {}
+        tracks = {"ground truth": (np.linalg.inv(gt_w2c), _BLUE)}
+        if pred.get("w2c") is not None:
+            pred_c2w = np.linalg.inv(pred["w2c"])
+            scale, rot, trans = umeyama_alignment(camera_centers(pred["w2c"]), camera_centers(gt_w2c))
+            aligned = pred_c2w.copy()
+            aligned[:, :3, :3] = rot @ pred_c2w[:, :3, :3]
+            aligned[:, :3, 3] = apply_sim3(pred_c2w[:, :3, 3], scale, rot, trans)
+            tracks["predicted (Sim(3)-aligned)"] = (aligned, _RED)
+        views = {k: _top_view(c2w, gt_w2c[0]) + (col,) for k, (c2w, col) in tracks.items()}
+        pts = np.concatenate([v[0] for v in views.values()])
+        pts = pts[np.isfinite(pts).all(-1)]
+        lo, hi = (pts.min(0), pts.max(0)) if len(pts) else (np.zeros(2), np.ones(2))
+        extent = max(float((hi - lo).max()), 1e-3)
+        centre, half = (lo + hi) / 2, 0.65 * extent
+        pad = 20
+
+        def px(p: np.ndarray, centre=centre, half=half, pad=pad) -> tuple[float, float]:
+            return (pad + (p[0] - centre[0] + half) / (2 * half) * (size - 2 * pad),
+                    size - pad - (p[1] - centre[1] + half) / (2 * half) * (size - 2 * pad))
+
+        img = Image.new("RGB", (size, size + 44), "white")
+        draw = ImageDraw.Draw(img)
+        draw.rectangle([0, 0, size - 1, size - 1], outline=(200, 200, 200), fill=(250, 250, 250))
+        for centres, fwd, col in views.values():
+            ok = np.isfinite(centres).all(-1) & np.isfinite(fwd).all(-1)
+            xy = [px(p) for p in centres[ok]]
+            if len(xy) > 1:
+                draw.line(xy, fill=col, width=2)
+            for c, f in zip(centres[ok], fwd[ok]):
+                n = max(float(np.linalg.norm(f)), 1e-9)
+                draw.line([px(c), px(c + 0.12 * extent * f / n)], fill=col, width=1)
+            if xy:
+                x0, y0 = xy[0]
+                draw.ellipse([x0 - 3, y0 - 3, x0 + 3, y0 + 3], fill=col)
+        draw.text((4, 4), s["clip_id"], fill="black", font=font)
+        for j, (name, (_, _, col)) in enumerate(views.items()):
+            draw.rectangle([6, size + 8 + 16 * j, 18, size + 12 + 16 * j], fill=col)
+            draw.text((24, size + 3 + 16 * j), name, fill="black", font=font)
+        panels.append(img)
+    if not panels:
+        return Image.new("RGB", (size, 40), "white")
+    out = Image.new("RGB", (len(panels) * (size + 8) + 8, panels[0].height + 16), "white")
+    for i, p in enumerate(panels):
+        out.paste(p, (8 + i * (size + 8), 8))
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Header + one row per metric: metric, then per mode model / baseline / ratio."""
+    modes = [m for m in ("latents", "generation") if m in summary]
+    header = ["metric"]
+    for m in modes:
+        header += [f"{m}: model", f"{m}: baseline", f"{m}: better by"]
+    rows = [header]
+    for key in _TABLE_KEYS:
+        if not any(key in summary[m].get("model", {}) for m in modes):
+            continue
+        unit = f" ({_UNITS[key]})" if key in _UNITS else ""
+        arrow = " (lower better)" if key in _LOWER_IS_BETTER else " (higher better)"
+        row = [key + unit + arrow]
+        for m in modes:
+            mv = summary[m].get("model", {}).get(key)
+            bv = summary[m].get("baseline", {}).get(key)
+            ratio = None
+            if mv is not None and bv is not None and math.isfinite(mv) and math.isfinite(bv):
+                if key in _LOWER_IS_BETTER and mv > 0:
+                    ratio = bv / mv
+                elif key not in _LOWER_IS_BETTER and bv > 0:
+                    ratio = mv / bv
+            row += [_fmt(mv), _fmt(bv), "-" if ratio is None else f"{ratio:.2f}x"]
+        rows.append(row)
+    return rows
+
+
+def metrics_table_figure(metrics: dict[str, Any]) -> Image.Image:
+    """The ``metrics_table.png`` figure: the summary table and the verdict."""
+    rows = _table_rows(metrics["summary"])
+    font = _font(13)
+    widths = [max(int(font.getlength(r[j])) for r in rows) + 16 for j in range(len(rows[0]))]
+    row_h = 20
+    verdict = (metrics.get("acceptance") or {}).get("verdict", "")
+    lines = [f"{metrics.get('preset')} stage {metrics.get('stage')}, split {metrics.get('split')}, "
+             f"{len(metrics.get('clips', []))} clips; means over clips"] + ([verdict] if verdict else [])
+    text_h = 18 * len(lines) + 8
+    width = max(sum(widths) + 16, max(int(font.getlength(s)) for s in lines) + 16)
+    img = Image.new("RGB", (width, text_h + row_h * len(rows) + 16), "white")
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        ok = (metrics.get("acceptance") or {}).get("passed")
+        color = "black" if i == 0 else ((0, 120, 0) if ok else (180, 0, 0))
+        draw.text((8, 6 + 18 * i), line, fill=color, font=font)
+    y = text_h
+    for i, row in enumerate(rows):
+        if i == 0:
+            draw.rectangle([8, y, 8 + sum(widths), y + row_h], fill=(230, 230, 230))
+        elif i % 2 == 0:
+            draw.rectangle([8, y, 8 + sum(widths), y + row_h], fill=(246, 246, 246))
+        x = 8
+        for j, cell in enumerate(row):
+            draw.text((x + 6, y + 3), cell, fill="black", font=font)
+            x += widths[j]
+        y += row_h
+    return img
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _per_clip_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    keys = ("abs_rel_median", "rot_err", "trans_err", "ate", "chamfer")
+    rows = [["clip", "mode"] + [f"{k} model / baseline" for k in keys]]
+    for clip, res in metrics["per_clip"].items():
+        for mode, methods in res.items():
+            m, b = methods.get("model", {}), methods.get("baseline", {})
+            rows.append([clip, mode] + [f"{_fmt(m.get(k))} / {_fmt(b.get(k))}" for k in keys])
+    return rows
+
+
+def write_eval_report(out_dir: str | Path, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write the figures and ``report.html`` into ``out_dir``; returns ``{name: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("metrics_table.png", "depth_samples.png", "trajectories.png",
+                                           "report.html")}
+    metrics_table_figure(metrics).save(paths["metrics_table.png"])
+    depth_figure(samples).save(paths["depth_samples.png"])
+    mode = "latents" if any(s.get("latents") for s in samples) else "generation"
+    trajectory_figure(samples, mode).save(paths["trajectories.png"])
+    traj_gen = ""
+    if mode == "latents" and any(s.get("generation") for s in samples):
+        paths["trajectories_generation.png"] = out / "trajectories_generation.png"
+        trajectory_figure(samples, "generation").save(paths["trajectories_generation.png"])
+        traj_gen = ('<figure><img src="trajectories_generation.png"><figcaption>cameras predicted from the '
+                    'generated videos vs the requested (ground-truth) cameras</figcaption></figure>')
+    acc = metrics.get("acceptance") or {}
+    if acc:
+        color = "#060" if acc.get("passed") else "#b00"
+        verdict = f'<p style="color:{color};font-weight:bold">{html.escape(acc["verdict"])}</p>'
+    else:
+        verdict = "<p>No acceptance check (the latents mode was not run).</p>"
+    settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in metrics["settings"].items())
+    base = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in metrics["baselines"].items())
+    doc = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>FantasyWorld evaluation</title>
+<style>body{{font-family:sans-serif;margin:20px;max-width:1200px}} table{{border-collapse:collapse}}
+td,th{{font-size:13px;padding:2px 8px;text-align:left;border-bottom:1px solid #eee}}
+img{{image-rendering:pixelated;max-width:100%}} figure{{margin:10px 0}}</style></head><body>
+<h1>FantasyWorld evaluation</h1>
+<p>Checkpoint <code>{html.escape(str(metrics["checkpoint"]))}</code> ({html.escape(str(metrics["preset"]))}, stage
+{metrics["stage"]}) on <code>{html.escape(str(metrics["data"]))}</code>, split <b>{html.escape(metrics["split"])}</b>
+({len(metrics["clips"])} clips). Means over clips; definitions in docs/evaluation.md.</p>
+{verdict}
+<h2>Metrics: model vs trivial baselines</h2>
+{_html_table(_table_rows(metrics["summary"]))}
+<p>Baselines:</p><ul>{base}</ul>
+<figure><img src="metrics_table.png"><figcaption>metrics_table.png</figcaption></figure>
+<h2>Depth: ground truth vs predicted</h2>
+<figure><img src="depth_samples.png"><figcaption>Turbo inverse depth (near red, far blue), predictions
+median-aligned to the ground truth; black: invalid pixels</figcaption></figure>
+<h2>Camera trajectories (top view)</h2>
+<figure><img src="trajectories.png"><figcaption>camera 0's frame: x right, z (forward) up the page; blue ground
+truth, red predicted (Sim(3)-aligned), ticks show viewing directions</figcaption></figure>
+{traj_gen}
+<h2>Per clip</h2>
+{_html_table(_per_clip_rows(metrics))}
+<h2>Settings</h2><table>{settings}</table>
+<p>Files: <a href="metrics.json">metrics.json</a> <a href="metrics_table.png">metrics_table.png</a>
+<a href="depth_samples.png">depth_samples.png</a> <a href="trajectories.png">trajectories.png</a></p>
+</body></html>
+"""
+    paths["report.html"].write_text(doc)
+    return paths
