@@ -273,6 +273,10 @@ def write_eval_report(out_dir: str | Path, metrics: dict[str, Any], samples: lis
     if acc:
         color = "#060" if acc.get("passed") else "#b00"
         verdict = f'<p style="color:{color};font-weight:bold">{html.escape(acc["verdict"])}</p>'
+        if not acc.get("passed"):
+            verdict += ("<p><b>Not met.</b> At least one bar is missed: on these clips the model does not beat an "
+                        "image-free guess by the required factor on that quantity (the ratios above say by how "
+                        "much it does). docs/evaluation.md records the measured numbers and what limits them.</p>")
     else:
         verdict = "<p>No acceptance check (the latents mode was not run).</p>"
     settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
