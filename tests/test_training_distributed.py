@@ -40,13 +40,7 @@ LOSS_RTOL = 1e-5
 WEIGHT_RTOL = 5e-3
 WEIGHT_RTOL_PER_TENSOR = 2e-2
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny-model ops are far faster on one thread (OpenMP sync dominates, badly on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _overrides(data: Path, out: Path, **extra: object) -> list[str]:

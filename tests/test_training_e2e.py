@@ -17,13 +17,7 @@ from fantasyworld.training.logging import read_metrics
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STEPS1 = 30
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny-model ops are far faster on one thread (OpenMP sync dominates, badly on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mean(rows: list[dict], key: str) -> float:
