@@ -55,6 +55,7 @@ class DemoConfig:
         shift: timestep shift of the training noise levels. Below 1 it favours low noise:
             geometry is read from the latents, and the evaluation and the generation's
             heads run at low noise (``eval_sigma``, the sampler's last step).
+        camera_weight: weight of the camera loss in the geometry sum (paper: 3).
         eval_sigma: noise level of the evaluation's ``latents`` mode.
         gen_steps: Euler steps of every generation (the showcase and the evaluation's).
         max_eval_clips: cap on held-out clips evaluated (``None``: all).
@@ -70,6 +71,7 @@ class DemoConfig:
     lr: float = 3e-3
     warmup_steps: int = 20
     shift: float = 0.5
+    camera_weight: float = 3.0
     eval_sigma: float = 0.05
     gen_steps: int = 20
     max_eval_clips: int | None = 16
@@ -127,7 +129,7 @@ def _train_config(cfg: DemoConfig, stage: int, data_root: Path, run_dir: Path, i
         "data": {"root": str(data_root), "num_frames": cfg.num_frames, "height": cfg.size, "width": cfg.size,
                  "random_crop": False, "num_workers": 0, "vae": str(ASSETS / "vae"), "text_encoder": "tiny"},
         "optim": {"lr": cfg.lr, "weight_decay": 0.01, "warmup_steps": cfg.warmup_steps, "grad_clip": 1.0},
-        "loss": {"lambda_geo": 1.0, "alpha": 0.2, "shift": cfg.shift},
+        "loss": {"lambda_geo": 1.0, "alpha": 0.2, "shift": cfg.shift, "camera_weight": cfg.camera_weight},
         "checkpoint": {"every": max(steps, 1), "keep_last": 1},
         "log": {"every": 1, "tensorboard": False, "progress": cfg.progress},
     }

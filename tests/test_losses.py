@@ -274,3 +274,11 @@ def test_non_finite_ground_truth_outside_the_mask_gives_finite_losses_and_gradie
     losses["objective"].backward()
     assert all(torch.isfinite(v).all() for v in losses.values())
     assert torch.isfinite(outputs["depth"].grad).all() and torch.isfinite(outputs["world_points"].grad).all()
+
+
+def test_camera_weight_scales_only_the_camera_term() -> None:
+    """objective = lambda * (L_depth + L_pmap + w * L_camera); the paper's w is 3."""
+    terms = {"loss_depth": torch.tensor(0.5), "loss_pmap": torch.tensor(0.25), "loss_camera": torch.tensor(0.1)}
+    assert total_loss(dict(terms), lambda_geo=2.0, stage=1)["objective"].item() == pytest.approx(2.0 * (0.75 + 0.3))
+    out = total_loss(dict(terms), lambda_geo=2.0, stage=1, camera_weight=10.0)
+    assert out["objective"].item() == pytest.approx(2.0 * (0.75 + 1.0))

@@ -125,12 +125,14 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class LossConfig:
-    """``L = L_diff + lambda_geo * (L_depth + L_pmap + 3 * L_camera)`` (stage 1: no L_diff)."""
+    """``L = L_diff + lambda_geo * (L_depth + L_pmap + camera_weight * L_camera)`` (stage 1: no L_diff)."""
 
     lambda_geo: float = 1.0
     """Geometry weight lambda (the paper's value was not published; SPEC default 1.0)."""
     alpha: float = 0.2
     """Weight of the ``-log C`` confidence regulariser (VGGT default)."""
+    camera_weight: float = 3.0
+    """Weight of ``L_camera`` inside the geometry sum (the paper's 3)."""
     shift: float = 5.0
     """Timestep shift of the training noise schedule (Wan: 5)."""
 

@@ -273,7 +273,8 @@ def diffusion_loss(pred_flow: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 
 def total_loss(
-    terms: dict[str, torch.Tensor], lambda_geo: float = 1.0, stage: int = 1
+    terms: dict[str, torch.Tensor], lambda_geo: float = 1.0, stage: int = 1,
+    camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
 ) -> dict[str, torch.Tensor]:
     """Combine loss terms: ``objective = L_diff + lambda * (L_depth + L_pmap + 3 * L_camera)``.
 
@@ -284,6 +285,7 @@ def total_loss(
         lambda_geo: geometry weight (SPEC default 1.0; the paper's value was not published).
         stage: 1 or 2. Stage 1 never includes ``loss_diff`` (nothing trainable affects it,
             so it is dropped even if given); stage 2 requires it.
+        camera_weight: weight of ``L_camera`` inside the geometry sum (paper: 3).
 
     Returns:
         ``terms`` plus ``objective``; ``loss_diff`` only in stage 2.
@@ -293,7 +295,7 @@ def total_loss(
     out = {k: v for k, v in terms.items() if not (stage == 1 and k == "loss_diff")}
     geo_parts = [out[k] for k in ("loss_depth", "loss_pmap") if k in out]
     if "loss_camera" in out:
-        geo_parts.append(CAMERA_LOSS_WEIGHT_IN_TOTAL * out["loss_camera"])
+        geo_parts.append(camera_weight * out["loss_camera"])
     geo = torch.stack(geo_parts).sum() if geo_parts else None
 
     if stage == 2:
@@ -316,8 +318,9 @@ def compute_losses(
     lambda_geo: float = 1.0,
     alpha: float = 0.2,
     flow_target: torch.Tensor | None = None,
+    camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
 ) -> dict[str, torch.Tensor]:
-    """All losses of one training step.
+    """All losses of one training step (``camera_weight``: see :func:`total_loss`).
 
     Args:
         outputs: model outputs; uses whichever of ``depth`` / ``depth_conf`` ``(B, T, H, W)``,
@@ -349,4 +352,4 @@ def compute_losses(
         if flow_target is None or outputs.get("flow") is None:
             raise ValueError("stage 2 needs outputs['flow'] and flow_target")
         terms["loss_diff"] = diffusion_loss(outputs["flow"], flow_target)
-    return total_loss(terms, lambda_geo=lambda_geo, stage=stage)
+    return total_loss(terms, lambda_geo=lambda_geo, stage=stage, camera_weight=camera_weight)

@@ -411,7 +411,8 @@ class Trainer:
             gt_i = {k: v[i:i + 1] for k, v in gt.items()}
             target = inputs["flow_target"][i:i + 1] if self.stage == 2 else None
             terms = compute_losses(out_i, gt_i, stage=self.stage, lambda_geo=cfg.loss.lambda_geo,
-                                   alpha=cfg.loss.alpha, flow_target=target)
+                                   alpha=cfg.loss.alpha, flow_target=target,
+                                   camera_weight=cfg.loss.camera_weight)
             total = terms["objective"] if total is None else total + terms["objective"]
             for key in loss_keys(self.stage):
                 if key in terms:
