@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from plyfile import PlyData
 
-from fantasyworld.geometry.camera_io import read_colmap_text
+from fantasyworld.geometry.camera_io import read_colmap_text, write_colmap_text
 from fantasyworld.geometry.cameras import unproject_depth
-from fantasyworld.inference.colmap import write_colmap_model
 from fantasyworld.inference.export import colorize_depth, save_depth, turbo
 from fantasyworld.inference.ply import fuse_point_cloud, read_ply, write_ply
 from fantasyworld.inference.report import trajectory_svg
@@ -65,7 +64,7 @@ def test_colmap_writer_round_trip_against_the_documented_layout(tmp_path) -> Non
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(300, 3))
     rgb = rng.integers(0, 256, size=(300, 3)).astype(np.uint8)
-    write_colmap_model(tmp_path, traj.w2c, traj.K, 32, 48, xyz=xyz, rgb=rgb)
+    write_colmap_text(tmp_path, traj.w2c, traj.K, 32, 48, points=xyz, colors=rgb)
     # the layout of COLMAP's documentation: header comments, then per-image line pairs
     lines = (tmp_path / "images.txt").read_text().split("\n")
     body = [ln for ln in lines if not ln.startswith("#")]

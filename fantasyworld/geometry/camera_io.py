@@ -409,6 +409,18 @@ def read_colmap_text(model_dir: str | Path) -> ColmapModel:
     return ColmapModel(cameras, images, points)
 
 
+_COLMAP_CAMERAS_HEADER = ("# Camera list with one line of data per camera:\n"
+                          "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
+                          "# Number of cameras: {n}\n")
+_COLMAP_IMAGES_HEADER = ("# Image list with two lines of data per image:\n"
+                         "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
+                         "#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
+                         "# Number of images: {n}, mean observations per image: 0\n")
+_COLMAP_POINTS_HEADER = ("# 3D point list with one line of data per point:\n"
+                         "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
+                         "# Number of points: {n}, mean track length: 0\n")
+
+
 def write_colmap_text(
     model_dir: str | Path,
     w2c: np.ndarray,
@@ -423,37 +435,36 @@ def write_colmap_text(
 
     Args:
         w2c: ``(T, 4, 4)`` world-to-camera, OpenCV axes. K: ``(T, 3, 3)`` or ``(3, 3)`` pixel
-            intrinsics (corner convention, which COLMAP shares).
+            intrinsics (corner convention, which COLMAP shares); camera ``i+1`` belongs to
+            image ``i+1``.
         names: image names (default ``frame_0000.png`` ...).
-        points, colors: optional ``(N, 3)`` world points and uint8 colours for points3D.txt.
+        points, colors: optional ``(N, 3)`` world points and uint8 colours for points3D.txt
+            (point ids ``1..N``, reprojection error 0, empty tracks; grey without colours).
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     w2c = np.asarray(w2c, dtype=np.float64)
-    k = np.broadcast_to(np.asarray(K, dtype=np.float64), (len(w2c), 3, 3))
-    names = names or [f"frame_{i:04d}.png" for i in range(len(w2c))]
-    cam_lines = ["# Camera list with one line of data per camera:",
-                 "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
-    img_lines = ["# Image list with two lines of data per image:",
-                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-                 "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
-    quat = xyzw_to_wxyz(mat_to_quat(torch.from_numpy(w2c[:, :3, :3]))).numpy()
-    for i in range(len(w2c)):
-        fx, fy, cx, cy = k[i, 0, 0], k[i, 1, 1], k[i, 0, 2], k[i, 1, 2]
-        cam_lines.append(f"{i + 1} PINHOLE {width} {height} {fx:.12g} {fy:.12g} {cx:.12g} {cy:.12g}")
+    t = len(w2c)
+    k = np.broadcast_to(np.asarray(K, dtype=np.float64), (t, 3, 3))
+    names = names or [f"frame_{i:04d}.png" for i in range(t)]
+    quat = xyzw_to_wxyz(mat_to_quat(torch.from_numpy(w2c[:, :3, :3]))).numpy()  # (T, 4) wxyz, qw >= 0
+    cams = [f"{i + 1} PINHOLE {width} {height} {k[i, 0, 0]:.12g} {k[i, 1, 1]:.12g} {k[i, 0, 2]:.12g} "
+            f"{k[i, 1, 2]:.12g}\n" for i in range(t)]
+    (model_dir / "cameras.txt").write_text(_COLMAP_CAMERAS_HEADER.format(n=t) + "".join(cams))
+    imgs = []
+    for i in range(t):
         vals = " ".join(f"{v:.12g}" for v in (*quat[i], *w2c[i, :3, 3]))
-        img_lines.append(f"{i + 1} {vals} {i + 1} {names[i]}")
-        img_lines.append("")
-    (model_dir / "cameras.txt").write_text("\n".join(cam_lines) + "\n")
-    (model_dir / "images.txt").write_text("\n".join(img_lines) + "\n")
-    pt_lines = ["# 3D point list with one line of data per point:",
-                "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
-    if points is not None:
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        cols = np.full((len(pts), 3), 128, np.uint8) if colors is None else np.asarray(colors).reshape(-1, 3)
-        for j, (p, c) in enumerate(zip(pts, cols)):
-            pt_lines.append(f"{j + 1} {p[0]:.9g} {p[1]:.9g} {p[2]:.9g} {int(c[0])} {int(c[1])} {int(c[2])} 0")
-    (model_dir / "points3D.txt").write_text("\n".join(pt_lines) + "\n")
+        imgs.append(f"{i + 1} {vals} {i + 1} {names[i]}\n\n")  # empty POINTS2D line
+    (model_dir / "images.txt").write_text(_COLMAP_IMAGES_HEADER.format(n=t) + "".join(imgs))
+    pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    n = 0 if pts is None else len(pts)
+    with open(model_dir / "points3D.txt", "w") as fh:
+        fh.write(_COLMAP_POINTS_HEADER.format(n=n))
+        if n:
+            cols = np.full((n, 3), 128, np.uint8) if colors is None else np.asarray(colors, np.uint8).reshape(-1, 3)
+            ids = np.arange(1, n + 1, dtype=np.float64)
+            rows = np.column_stack([ids, pts, cols.astype(np.float64), np.zeros(n)])
+            np.savetxt(fh, rows, fmt=["%d", "%.9g", "%.9g", "%.9g", "%d", "%d", "%d", "%g"])  # vectorised
 
 
 # ----------------------------------------------------------------------------------------
