@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from fantasyworld.data import encoders
 from fantasyworld.data.synth import render_clip
 from fantasyworld.models.config import WAN_TINY
+from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
 from fantasyworld.models.wan_backbone import build_wan_transformer
-from fantasyworld.training.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
 
 PRETRAIN_SEED = 7919
 
@@ -178,7 +178,7 @@ def sample_preview(backbone, vae, text: torch.Tensor, device: torch.device, path
     """Euler samples (shift 5, no CFG) for 4 prompts, decoded, saved as one PNG strip."""
     from PIL import Image
 
-    from fantasyworld.training.flow_matching import euler_step, inference_sigmas
+    from fantasyworld.models.flow_matching import euler_step, inference_sigmas
 
     gen = torch.Generator().manual_seed(0)
     t_lat = 3

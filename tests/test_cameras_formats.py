@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fantasyworld.data.errors import CAMERA_COLUMNS, NON_FINITE, NON_ORTHONORMAL, DataError
+from fantasyworld.errors import CAMERA_COLUMNS, NON_FINITE, NON_ORTHONORMAL, DataError
 from fantasyworld.geometry import camera_io as cio
 from fantasyworld.geometry.cameras import (
     c2w_to_w2c,

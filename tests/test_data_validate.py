@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fantasyworld import errors as E
 from fantasyworld.cli import main
-from fantasyworld.data import errors as E
-from fantasyworld.data.errors import DataError
 from fantasyworld.data.formats import read_video, write_video
 from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.data.synth import synthesize_dataset
 from fantasyworld.data.validate import validate_dataset
+from fantasyworld.errors import DataError
 
 
 @pytest.fixture(scope="module")

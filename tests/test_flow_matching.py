@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from fantasyworld.training.flow_matching import (
+from fantasyworld.models.flow_matching import (
     NUM_TRAIN_TIMESTEPS,
     add_noise,
     euler_step,

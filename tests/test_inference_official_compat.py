@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from fantasyworld.cli import main as cli_main
+from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry import camera_io
 from fantasyworld.geometry.plucker import plucker_rays
 from fantasyworld.inference.pipeline import FantasyWorldPipeline, resolve_checkpoint
@@ -26,7 +27,6 @@ from fantasyworld.models.official import (
     official_plucker,
     official_scene_scale,
 )
-from fantasyworld.models.wan_loading import CheckpointError
 
 T, H, W = 5, 32, 48
 KW = dict(num_frames=T, height=H, width=W, num_steps=1, guidance_scale=1.0, geometry="none", progress=False)

@@ -8,7 +8,7 @@ import torch
 from fantasyworld.inference.sampler import Conditioning, guided_flow, initial_noise, sample
 from fantasyworld.inference.testing import tiny_model
 from fantasyworld.inference.trajectories import named_trajectory
-from fantasyworld.training.flow_matching import inference_sigmas
+from fantasyworld.models.flow_matching import inference_sigmas
 
 T, H, W = 5, 32, 48
 

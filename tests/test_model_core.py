@@ -189,7 +189,7 @@ def test_trainable_weights_round_trip(tmp_path, stage: int) -> None:
 def test_load_names_missing_and_unexpected_keys(tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from fantasyworld.models.wan_loading import CheckpointError
+    from fantasyworld.errors import CheckpointError
 
     model = FantasyWorldModel(get_preset("tiny"))
     path = tmp_path / "s1.safetensors"

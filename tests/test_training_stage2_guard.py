@@ -10,9 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from fantasyworld.cli import main
 from fantasyworld.data.synth import synthesize_dataset
+from fantasyworld.errors import CheckpointError
 from fantasyworld.models.config import get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
-from fantasyworld.models.wan_loading import CheckpointError
 from fantasyworld.training.config import ConfigError, load_config
 from fantasyworld.training.parallel import World
 from fantasyworld.training.trainer import Trainer

@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the conversion; 0 on success, 1 on a conversion error, 2 on bad arguments."""
     import torch
 
+    from fantasyworld.errors import CheckpointError
     from fantasyworld.models.config import FantasyWorldConfig
     from fantasyworld.models.official import convert_official
-    from fantasyworld.models.wan_loading import CheckpointError
 
     dtype = getattr(torch, _DTYPES[args.dtype]) if _DTYPES[args.dtype] else None
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -41,7 +41,7 @@ def _cache(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from fantasyworld.data.cache import build_cache
-    from fantasyworld.data.errors import DataError
+    from fantasyworld.errors import DataError
 
     h, w = args.size if args.size else (None, None)
     try:

@@ -56,9 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from fantasyworld.data.errors import DataError
+    from fantasyworld.errors import CheckpointError, DataError
     from fantasyworld.eval.evaluate import EvalSettings, evaluate
-    from fantasyworld.models.wan_loading import CheckpointError
 
     try:
         settings = EvalSettings(

@@ -26,8 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from fantasyworld.data.errors import DataError
-    from fantasyworld.models.wan_loading import CheckpointError
+    from fantasyworld.errors import CheckpointError, DataError
     from fantasyworld.training.config import ConfigError, config_to_dict, load_config
 
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])

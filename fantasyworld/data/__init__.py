@@ -2,7 +2,7 @@
 validation and the latent cache. See ``docs/data.md``.
 
 Modules (import what you need; nothing heavy is imported here):
-``errors`` (DataError), ``formats`` (layout, metadata, video/array readers), ``transforms``
+``formats`` (layout, metadata, video/array readers), ``transforms``
 (frame sampling, crop/resize), ``loader`` (RawClipDataset, collate, build_dataloader),
 ``validate``, ``synth`` (synthesize_dataset), ``encoders`` (VAE/UMT5/CLIP, tiny configs),
 ``cache`` (build_cache, CachedClipDataset).

@@ -30,8 +30,8 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from fantasyworld.data import encoders
-from fantasyworld.data.errors import MISSING_FILE, DataError
 from fantasyworld.data.loader import RawClipDataset
+from fantasyworld.errors import MISSING_FILE, DataError
 
 INDEX_NAME = "index.json"
 CACHE_VERSION = 1

@@ -43,7 +43,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from fantasyworld.data.errors import (
+from fantasyworld.errors import (
     BAD_DTYPE,
     BAD_INTRINSICS,
     BAD_METADATA,

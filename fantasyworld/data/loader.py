@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fantasyworld.data.errors import BAD_INTRINSICS, BAD_SHAPE, FRAME_COUNT, TOO_FEW_FRAMES, DataError
 from fantasyworld.data.formats import (
     DEFAULT_FOV_DEG,
     METADATA_NAME,
@@ -50,6 +49,7 @@ from fantasyworld.data.formats import (
     read_video,
 )
 from fantasyworld.data.transforms import CropResize, check_frame_count, sample_frame_indices
+from fantasyworld.errors import BAD_INTRINSICS, BAD_SHAPE, FRAME_COUNT, TOO_FEW_FRAMES, DataError
 from fantasyworld.geometry.camera_io import read_cameras, read_seed_cameras
 from fantasyworld.geometry.cameras import make_intrinsics
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fantasyworld.data.errors import FRAME_COUNT, DataError, Problem
 from fantasyworld.data.formats import Reporter, load_metadata, read_video
 from fantasyworld.data.loader import inspect_clip
+from fantasyworld.errors import FRAME_COUNT, DataError, Problem
 
 
 def validate_dataset(root: str | Path, decode_video: bool = True, check_values: bool = True,

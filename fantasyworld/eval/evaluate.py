@@ -247,7 +247,7 @@ def predict_from_latents(pipe, sample: dict[str, Any], sigma: float, seed: int, 
     """
     from fantasyworld.data import encoders
     from fantasyworld.geometry.plucker import plucker_rays
-    from fantasyworld.training.flow_matching import add_noise, sigma_to_timestep
+    from fantasyworld.models.flow_matching import add_noise, sigma_to_timestep
 
     model, device = pipe.model, pipe.device
     video = sample["video"][None].to(device)  # (1, 3, T, H, W)

@@ -4,7 +4,7 @@ Every reader returns the internal convention of :mod:`fantasyworld.geometry.came
 ``w2c`` ``(T, 4, 4)`` float64 world-to-camera with OpenCV axes (x right, y down,
 z forward) and, where the format has intrinsics, ``K`` ``(T, 3, 3)`` float64 pixel
 intrinsics with the corner pixel convention (pixel centre at ``u + 0.5``). Each function
-states the convention of its file. Problems raise :class:`~fantasyworld.data.errors.DataError`
+states the convention of its file. Problems raise :class:`~fantasyworld.errors.DataError`
 naming the file and the line.
 
 Formats (file conventions):
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fantasyworld.data.errors import CAMERA_COLUMNS, MISSING_FILE, NON_FINITE, NON_ORTHONORMAL, DataError
+from fantasyworld.errors import CAMERA_COLUMNS, MISSING_FILE, NON_FINITE, NON_ORTHONORMAL, DataError
 from fantasyworld.geometry.cameras import (
     c2w_to_w2c,
     make_intrinsics,

@@ -41,6 +41,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from fantasyworld.data import encoders
+from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.pose_encoding import decode_pose
 from fantasyworld.inference.ply import CLOUD_SOURCES, DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS, fuse_point_cloud
 from fantasyworld.inference.result import GenerationResult
@@ -55,7 +56,7 @@ from fantasyworld.models.official import (
     official_translation_scale,
 )
 from fantasyworld.models.wan_backbone import WAN_TEXT_LEN, build_wan_transformer, rebuild_rope
-from fantasyworld.models.wan_loading import CheckpointError, cast_keeping_fp32, load_wan_transformer
+from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 
 #: Wan2.1's default negative prompt (the official Wan and FantasyWorld scripts use it).
 WAN_NEGATIVE_PROMPT = (

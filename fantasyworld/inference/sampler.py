@@ -2,7 +2,7 @@
 
 Sampling (official FantasyWorld / Wan defaults: 50 steps, shift 5, CFG 5):
 
-* the sigma grid is :func:`~fantasyworld.training.flow_matching.inference_sigmas`
+* the sigma grid is :func:`~fantasyworld.models.flow_matching.inference_sigmas`
   (diffusers' ``FlowMatchEulerDiscreteScheduler(shift)``), ``sigma_0 = 1`` (pure noise)
   down to a terminal 0; the DiT is fed ``timestep = 1000 sigma``;
 * each step predicts the velocity ``v = eps - x0`` and takes
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from fantasyworld.training.flow_matching import euler_step, inference_sigmas, sigma_to_timestep
+from fantasyworld.models.flow_matching import euler_step, inference_sigmas, sigma_to_timestep
 
 GEOMETRY_MODES = ("final", "last-step", "none")
 HEADS = ("depth", "points", "camera")

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fantasyworld.data.errors import DataError
+from fantasyworld.errors import DataError, TrajectoryError
 from fantasyworld.geometry.camera_io import read_cameras
 from fantasyworld.geometry.cameras import c2w_to_w2c, intrinsics_from_fov, invert_se3, w2c_to_c2w
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
@@ -60,12 +60,6 @@ DEFAULT_FOV_DEG = 60.0
 DEFAULT_ORBIT_RADIUS = 1.0
 #: Forward path length of ``turn-left``/``turn-right`` (scene units).
 DEFAULT_TURN_DISTANCE = 0.5
-
-
-class TrajectoryError(ValueError):
-    """A requested camera trajectory is unknown, unreadable or does not fit the generation.
-
-    The message starts with the offending file or name."""
 
 
 @dataclass

@@ -32,12 +32,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fantasyworld.errors import CheckpointError
 from fantasyworld.layers.bicross_attention import BiCrossAttention, bicross_rotary
 from fantasyworld.models import wan_backbone as wanb
 from fantasyworld.models.camera_conditioning import CameraAdapter, PoseEncoder
 from fantasyworld.models.config import FantasyWorldConfig
 from fantasyworld.models.geometry_branch import GeometryBranch
-from fantasyworld.models.wan_loading import CheckpointError, check_state_dict
+from fantasyworld.models.wan_loading import check_state_dict
 
 #: Top-level modules trained in each stage (everything else is frozen).
 STAGE_TRAINABLE: dict[int, tuple[str, ...]] = {

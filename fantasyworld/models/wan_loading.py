@@ -27,11 +27,8 @@ from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from safetensors.torch import load_file, save_file
 
+from fantasyworld.errors import CheckpointError
 from fantasyworld.models.wan_backbone import build_wan_transformer, rebuild_rope
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not match the model it is loaded into; the message names keys."""
 
 
 def describe_key_mismatch(

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from fantasyworld.models.wan_loading import CheckpointError
+from fantasyworld.errors import CheckpointError
 from fantasyworld.training.parallel import World, barrier, gather_objects
 
 __all__ = [

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from fantasyworld.errors import ConfigError
+
 __all__ = [
     "CheckpointConfig",
     "ConfigError",
@@ -48,10 +50,6 @@ RANDOM = "random"
 """``model.backbone_dir`` value asking for a seeded random backbone for any preset (smoke tests)."""
 TINY_ENCODER = "tiny"
 """Encoder path value selecting the seeded tiny random encoders of :mod:`fantasyworld.data.encoders`."""
-
-
-class ConfigError(ValueError):
-    """A run config is invalid; the message names the key(s) and the fix."""
 
 
 @dataclass(kw_only=True)

@@ -39,14 +39,15 @@ from typing import Any
 import torch
 import yaml
 
+from fantasyworld.errors import CheckpointError, NonFiniteLossError
 from fantasyworld.models.compile import compile_blocks
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
-from fantasyworld.models.wan_loading import CheckpointError, cast_keeping_fp32, load_wan_transformer
+from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
+from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
 from fantasyworld.training.data import build_stream_loader, sample_seed
-from fantasyworld.training.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
 from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import compute_losses
 from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
@@ -55,10 +56,6 @@ __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "train"]
 
 RUN_CONFIG_NAME = "train_config.yaml"
 MODEL_CONFIG_NAME = "config.json"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
 @dataclass
