@@ -308,7 +308,8 @@ class FantasyWorldPipeline:
                 ``text_encoder`` may stay unset when every call passes ``prompt_embeds``.
             tokenizer: tokenizer directory (default: next to the text encoder).
             device, dtype: transformer placement and precision (``float32``, ``bfloat16``...).
-                Wan's fp32-kept modules stay fp32.
+                Every module that a ``_keep_in_fp32_modules`` list names stays fp32 (Wan's
+                ``scale_shift_table``, ``time_embedder`` and norms, the geometry timestep MLPs).
             preset: preset name when the checkpoint has no ``config.json``.
             stage: override the checkpoint's ``stage`` metadata (1 loads a stage-1 file:
                 geometry only, no camera conditioning).

@@ -207,13 +207,34 @@ def load_wan_state_dict(root: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     return cfg, state
 
 
+def fp32_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters (relative to ``model``) that must stay float32.
+
+    Any module in the tree (not only the root) may declare ``_keep_in_fp32_modules``, a tuple
+    of sub-module names, as diffusers' models do: a parameter is kept if one of its path
+    components below such a module is listed there. So the Wan transformer's own list
+    (``scale_shift_table``, ``time_embedder``, norms ...) and the geometry branch's
+    (``time_embedding``, ``time_projection``) are both honoured when the cast starts at the
+    :class:`~fantasyworld.models.fantasyworld.FantasyWorldModel` root.
+    """
+    keep: set[str] = set()
+    for prefix, module in model.named_modules():
+        names = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+        if not names:
+            continue
+        for rel, _ in module.named_parameters():
+            if any(k in rel.split(".") for k in names):
+                keep.add(f"{prefix}.{rel}" if prefix else rel)
+    return keep
+
+
 def cast_keeping_fp32(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast floating parameters to ``dtype`` except those in ``_keep_in_fp32_modules``."""
-    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    """Cast floating parameters to ``dtype`` in place, except :func:`fp32_parameter_names`."""
+    keep = fp32_parameter_names(model)
     for name, param in model.named_parameters():
         if not param.is_floating_point():
             continue
-        target = torch.float32 if any(k in name.split(".") for k in keep) else dtype
+        target = torch.float32 if name in keep else dtype
         if param.dtype != target:
             param.data = param.data.to(target)
     return model
