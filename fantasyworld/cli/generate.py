@@ -43,9 +43,7 @@ def _import_callable(spec: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``generate`` sub-command."""
-    from fantasyworld.inference.trajectories import NAMED_PATHS
-
+    """Add the ``generate`` sub-command (imports nothing heavy: ``--help`` stays fast)."""
     p = sub.add_parser("generate", help="generate a video with depth, points and cameras (see docs/inference.md)")
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="stage-2 step-N.safetensors or its directory (newest step)")
@@ -66,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--negative-text-emb", default=None, help="cached negative-prompt embeddings")
     g.add_argument("--image", default=None, help="first frame for I2V presets")
     g.add_argument("--camera", default="orbit",
-                   help=f"named path ({', '.join(NAMED_PATHS)}; 'NAME:MAGNITUDE' allowed) or a camera file "
+                   help="named path (--list-cameras lists them; 'NAME:MAGNITUDE' allowed) or a camera file "
                         "(seed rows, RealEstate10K txt, official JSON, COLMAP text dir, TUM)")
     g.add_argument("--camera-magnitude", type=float, default=None,
                    help="named path magnitude: distance, degrees or zoom factor")
@@ -121,10 +119,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
 
-    from fantasyworld.data.errors import DataError
+    from fantasyworld.errors import CheckpointError, DataError
     from fantasyworld.inference.pipeline import FantasyWorldPipeline
     from fantasyworld.inference.trajectories import TrajectoryError
-    from fantasyworld.models.wan_loading import CheckpointError
 
     depth_estimator = None
     if args.depth_estimator:

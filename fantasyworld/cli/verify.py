@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from fantasyworld.models.config import get_preset
     from fantasyworld.models.fantasyworld import FantasyWorldModel
     from fantasyworld.models.inventory import format_table, inventory, wan_trainable_violations
