@@ -6,7 +6,6 @@ All CPU, tiny dims; the 14B-dim modules are only built on the meta device.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from fantasyworld.layers.rope2d import Rope2D, frame_positions
 
 TINY = dict(features=32, out_channels=[16, 32, 64, 64])
 DIM_IN = 128
+MANIFEST = Path(__file__).resolve().parent / "data" / "official_fantasyworld_wan21_i2v_14b_keys.jsonl"
 GRID = (3, 2)  # token grid (h, w) -> 48 x 32 pixels
 
 
@@ -31,24 +31,15 @@ def _tokens(num_frames: int, seed: int = 0, batch: int = 1) -> list[torch.Tensor
 
 
 def _manifest(prefix: str) -> dict[str, tuple[int, ...]]:
-    """Official key -> shape for keys under ``prefix`` (prefix stripped); skip if absent."""
-    candidates = [
-        os.environ.get("FANTASYWORLD_REFERENCE_DIR", ""),
-        str(Path(__file__).resolve().parents[1] / "shared" / "reference"),
-        "/work/shared/reference",
-    ]
-    for d in candidates:
-        path = Path(d) / "official_fantasyworld_wan21_i2v_14b_keys.jsonl" if d else None
-        if path is not None and path.is_file():
-            out = {}
-            with path.open() as fh:
-                for line in fh:
-                    row = json.loads(line)
-                    if row["key"].startswith(prefix):
-                        out[row["key"][len(prefix) :]] = tuple(row["shape"])
-            assert out, f"no official keys under {prefix}"
-            return out
-    pytest.skip("official key manifest not available")
+    """Official key -> shape for keys under ``prefix`` (prefix stripped), from the committed manifest."""
+    out = {}
+    with MANIFEST.open() as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row["key"].startswith(prefix):
+                out[row["key"][len(prefix) :]] = tuple(row["shape"])
+    assert out, f"no official keys under {prefix}"
+    return out
 
 
 def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,6 @@ from fantasyworld.models.official import (
     WAN_IRG_COPY,
     WAN_OTHER,
     OfficialKeyMap,
-    find_reference_dir,
     load_manifest,
     manifest_meta_state,
     map_official_keys,
@@ -34,13 +34,12 @@ from fantasyworld.models.official import (
     our_reference_shapes,
 )
 
+MANIFEST_PATH = Path(__file__).resolve().parent / "data" / MANIFEST_NAME
+
 
 @pytest.fixture(scope="module")
 def manifest() -> list[dict]:
-    ref = find_reference_dir()
-    if ref is None:
-        pytest.skip(f"{MANIFEST_NAME} not found (set FANTASYWORLD_REFERENCE_DIR)")
-    return load_manifest(ref / MANIFEST_NAME)
+    return load_manifest(MANIFEST_PATH)
 
 
 @pytest.fixture(scope="module")

@@ -401,17 +401,6 @@ def map_official_keys(
 
 
 # ------------------------------------------------------------------------------ manifest
-def find_reference_dir() -> Path | None:
-    """The reference directory holding the key manifest: ``$FANTASYWORLD_REFERENCE_DIR``,
-    ``/work/shared/reference`` or ``<repo>/shared/reference``; ``None`` if none has it."""
-    candidates = [os.environ.get("FANTASYWORLD_REFERENCE_DIR", ""), "/work/shared/reference",
-                  str(Path(__file__).resolve().parents[2] / "shared" / "reference")]
-    for d in candidates:
-        if d and (Path(d) / MANIFEST_NAME).is_file():
-            return Path(d)
-    return None
-
-
 def load_manifest(path: str | Path) -> list[dict[str, Any]]:
     """Rows ``{"key", "shape", "dtype", "group", "component", ...}`` of the manifest."""
     rows = []
@@ -984,7 +973,7 @@ def official_plucker(
 __all__ = [
     "OFFICIAL_PRESET", "MANIFEST_NAME", "CONFIG_FILE", "WEIGHTS_FILE", "OVERRIDE_FILE", "REPORT_FILE",
     "OfficialCheckpointError", "KeyTarget", "OfficialKeyMap", "MappingResult", "GroupCount", "GROUP_TITLES",
-    "map_official_keys", "our_reference_shapes", "find_reference_dir", "load_manifest", "manifest_meta_state",
+    "map_official_keys", "our_reference_shapes", "load_manifest", "manifest_meta_state",
     "read_official_state_dict", "WanBaseReader", "compare_backbone", "check_wan_config", "BackboneDifference",
     "tensors_equal_at_common_precision", "ConversionReport", "convert_official", "ours_to_official",
     "apply_backbone_override", "DepthEstimator", "official_scene_scale", "official_translation_scale",
