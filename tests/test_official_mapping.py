@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from fantasyworld.geometry.plucker import plucker_rays
+from fantasyworld.inference.official_cameras import (
+    official_camera_inputs,
+    official_plucker,
+    official_scene_scale,
+    official_translation_scale,
+)
 from fantasyworld.models.config import get_preset
-from fantasyworld.models.official import (
+from fantasyworld.models.official.keys import (
     ADAPTER_IRG,
     ADAPTER_PCB,
     BICROSS,
@@ -27,10 +33,6 @@ from fantasyworld.models.official import (
     load_manifest,
     manifest_meta_state,
     map_official_keys,
-    official_camera_inputs,
-    official_plucker,
-    official_scene_scale,
-    official_translation_scale,
     our_reference_shapes,
 )
 

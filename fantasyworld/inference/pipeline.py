@@ -18,9 +18,9 @@ Checkpoints whose config has ``official_compat: true`` (the converted official
 FantasyWorld-Wan2.1-I2V-14B-480P weights, ``fantasyworld convert-official``) get the
 official inference's camera preprocessing instead (:meth:`FantasyWorldPipeline.camera_inputs`):
 translations **divided** by a scene scale (given, or from a first-frame depth map or a depth
-estimator, :func:`~fantasyworld.models.official.official_translation_scale`), the principal
+estimator, :func:`~fantasyworld.inference.official_cameras.official_translation_scale`), the principal
 point reset to ``(W/2, H/2)`` and the doubled intrinsics of the official Plücker rays
-(:func:`~fantasyworld.models.official.official_plucker`); and ``wan_override.safetensors``
+(:func:`~fantasyworld.inference.official_cameras.official_plucker`); and ``wan_override.safetensors``
 beside the weights, if the converter wrote one, is applied to the loaded backbone.
 """
 
@@ -43,18 +43,14 @@ from safetensors import safe_open
 from fantasyworld.data import encoders
 from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.pose_encoding import decode_pose
+from fantasyworld.inference.official_cameras import official_plucker, official_translation_scale
 from fantasyworld.inference.ply import CLOUD_SOURCES, DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS, fuse_point_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
 from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, CameraTrajectory, load_trajectory
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
-from fantasyworld.models.official import (
-    OVERRIDE_FILE,
-    apply_backbone_override,
-    official_plucker,
-    official_translation_scale,
-)
+from fantasyworld.models.official import OVERRIDE_FILE, apply_backbone_override
 from fantasyworld.models.wan_backbone import WAN_TEXT_LEN, build_wan_transformer, rebuild_rope
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 
@@ -492,9 +488,9 @@ class FantasyWorldPipeline:
         ``scale_depth`` (first-frame depth map: array or ``.npy``/``.npz`` file) or
         ``depth_estimator(first image at its own resolution)`` (MoGe-2 in the official),
         the depth unprojected with frame 0's intrinsics at ``(height, width)``
-        (:func:`~fantasyworld.models.official.official_translation_scale`); none of them
+        (:func:`~fantasyworld.inference.official_cameras.official_translation_scale`); none of them
         means scale 1 (the official ``--using_scale False``) with a warning. The rays are
-        :func:`~fantasyworld.models.official.official_plucker` (principal point reset to
+        :func:`~fantasyworld.inference.official_cameras.official_plucker` (principal point reset to
         ``(W/2, H/2)``, doubled intrinsics).
         """
         traj = load_trajectory(camera, num_frames, height, width, magnitude=camera_magnitude, fmt=camera_format,
