@@ -18,11 +18,12 @@ from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry import camera_io
 from fantasyworld.geometry.plucker import plucker_rays
 from fantasyworld.inference.official_cameras import official_plucker, official_scene_scale
-from fantasyworld.inference.pipeline import FantasyWorldPipeline, resolve_checkpoint
+from fantasyworld.inference.pipeline import FantasyWorldPipeline
 from fantasyworld.inference.testing import write_tiny_checkpoint
 from fantasyworld.inference.trajectories import load_trajectory, named_trajectory
 from fantasyworld.models.config import get_preset
 from fantasyworld.models.official import OVERRIDE_FILE, WEIGHTS_FILE
+from fantasyworld.models.weights import resolve_checkpoint
 
 T, H, W = 5, 32, 48
 KW = dict(num_frames=T, height=H, width=W, num_steps=1, guidance_scale=1.0, geometry="none", progress=False)

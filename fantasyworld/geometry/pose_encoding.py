@@ -23,6 +23,9 @@ Conventions (the same as VGGT's ``vggt/utils/pose_enc.py`` and FantasyWorld's ca
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from fantasyworld.geometry import cameras
@@ -30,8 +33,11 @@ from fantasyworld.geometry.cameras import invert_se3
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
 
 __all__ = [
+    "MAX_FOV_DEG",
+    "MIN_FOV_DEG",
     "POSE_ENCODING_DIM",
     "as_homogeneous",
+    "cameras_from_pose_enc",
     "decode_pose",
     "encode_pose",
     "relative_to_first",
@@ -109,6 +115,21 @@ def decode_pose(encoding: torch.Tensor, image_hw: tuple[int, int]) -> tuple[torc
     intrinsics[..., 1, 2] = height / 2.0
     intrinsics[..., 2, 2] = 1.0
     return w2c, intrinsics
+
+
+#: FoV clamp applied to predicted cameras before export (degrees).
+MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 179.0
+
+
+def cameras_from_pose_enc(pose_enc: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted ``(T, 9)`` pose encodings -> ``w2c`` ``(T, 4, 4)`` and pixel intrinsics
+    ``(T, 3, 3)`` (float64), decoded as the model does but with both fields of view clamped
+    to [:data:`MIN_FOV_DEG`, :data:`MAX_FOV_DEG`] so that an untrained or degenerate head
+    (FoV 0 -> infinite focal length) still yields finite, exportable cameras."""
+    enc = torch.from_numpy(np.asarray(pose_enc, dtype=np.float64)).clone()
+    enc[..., 7:9] = enc[..., 7:9].clamp(math.radians(MIN_FOV_DEG), math.radians(MAX_FOV_DEG))
+    w2c, k = decode_pose(enc, image_hw)
+    return w2c.numpy(), k.numpy()
 
 
 def relative_to_first(w2c: torch.Tensor) -> torch.Tensor:

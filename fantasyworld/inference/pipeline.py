@@ -26,33 +26,37 @@ beside the weights, if the converter wrote one, is applied to the loaded backbon
 
 from __future__ import annotations
 
-import math
-import re
+import contextlib
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 from fantasyworld.data import encoders
 from fantasyworld.errors import CheckpointError
-from fantasyworld.geometry.pose_encoding import decode_pose
-from fantasyworld.inference.official_cameras import official_plucker, official_translation_scale
-from fantasyworld.inference.ply import CLOUD_SOURCES, DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS, fuse_point_cloud
+from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
+from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
+from fantasyworld.inference.images import load_image
+from fantasyworld.inference.options import GenerationOptions
+from fantasyworld.inference.ply import CLOUD_SOURCES, fuse_point_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
-from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, CameraTrajectory, load_trajectory
-from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig, get_preset
+from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, CameraTrajectory
+from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.official import OVERRIDE_FILE, apply_backbone_override
 from fantasyworld.models.wan_backbone import WAN_TEXT_LEN, build_wan_transformer, rebuild_rope
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
+from fantasyworld.models.weights import as_dtype, resolve_checkpoint
+
+__all__ = [
+    "TINY_BACKBONE_SEED", "VAE_TILING_MIN_AREA", "WAN_NEGATIVE_PROMPT", "CameraInputs", "FantasyWorldPipeline",
+    "GenerationOptions", "cameras_from_pose_enc", "resolve_checkpoint",
+]
 
 #: Wan2.1's default negative prompt (the official Wan and FantasyWorld scripts use it).
 WAN_NEGATIVE_PROMPT = (
@@ -65,182 +69,12 @@ WAN_NEGATIVE_PROMPT = (
 VAE_TILING_MIN_AREA = 480 * 832
 #: Seed of the random backbone used for tiny presets when no backbone directory is given.
 TINY_BACKBONE_SEED = 0
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-#: FoV clamp applied to predicted cameras before export (degrees).
-MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 179.0
-_STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
-
-
-def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bfloat16"`` / ``torch.bfloat16`` ... -> ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def resolve_checkpoint(checkpoint: str | Path, preset: str | None = None) -> tuple[Path, FantasyWorldConfig, int]:
-    """Find the weights file, the model config and the stage of a checkpoint.
-
-    ``checkpoint`` is a ``.safetensors`` file or a directory; a directory gives its newest
-    ``step-N.safetensors`` (else its only ``*.safetensors``). The config is
-    ``config.json`` beside the weights, else ``preset``, else the ``preset`` recorded in
-    the file's metadata. The stage is the file's ``stage`` metadata (default 2).
-    A converted official checkpoint's ``wan_override.safetensors`` (backbone tensors, not
-    FantasyWorld weights) is never taken as the weights file.
-    """
-    path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint does not exist")
-    if path.is_dir():
-        steps = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := _STEP_FILE.match(p.name)))
-        if steps:
-            path = steps[-1][1]
-        else:
-            files = sorted(p for p in path.glob("*.safetensors") if p.name != OVERRIDE_FILE)
-            if len(files) != 1:
-                raise CheckpointError(f"{checkpoint}: expected step-N.safetensors files or a single *.safetensors, "
-                                      f"found {len(files)} safetensors files")
-            path = files[0]
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors checkpoint ({exc})") from exc
-    cfg_path = path.parent / "config.json"
-    if cfg_path.is_file():
-        config = FantasyWorldConfig.load(cfg_path)
-    elif preset or meta.get("preset"):
-        config = get_preset(preset or meta["preset"])
-    else:
-        raise CheckpointError(f"{path}: no config.json beside the checkpoint and no preset given (pass preset=...)")
-    stage = int(meta.get("stage", 2))
-    return path, config, stage
-
-
-def cameras_from_pose_enc(pose_enc: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted ``(T, 9)`` pose encodings -> ``w2c`` ``(T, 4, 4)`` and pixel intrinsics
-    ``(T, 3, 3)`` (float64), decoded as the model does but with both fields of view clamped
-    to [:data:`MIN_FOV_DEG`, :data:`MAX_FOV_DEG`] so that an untrained or degenerate head
-    (FoV 0 -> infinite focal length) still yields finite, exportable cameras."""
-    enc = torch.from_numpy(np.asarray(pose_enc, dtype=np.float64)).clone()
-    enc[..., 7:9] = enc[..., 7:9].clamp(math.radians(MIN_FOV_DEG), math.radians(MAX_FOV_DEG))
-    w2c, k = decode_pose(enc, image_hw)
-    return w2c.numpy(), k.numpy()
-
-
-def _fork_rng(seed: int):
-    """Context manager: seeded global torch RNG inside, caller's state restored after."""
-    class _Ctx:
-        def __enter__(self):
-            self._ctx = torch.random.fork_rng(devices=[])
-            self._ctx.__enter__()
-            torch.manual_seed(seed)
-
-        def __exit__(self, *exc):
-            return self._ctx.__exit__(*exc)
-
-    return _Ctx()
-
-
-def _load_image(image: Any, height: int, width: int) -> torch.Tensor:
-    """Path / PIL image / ``(H, W, 3)`` uint8 array / ``(3, H, W)`` tensor in [-1, 1] ->
-    ``(1, 3, height, width)`` float32 in [-1, 1], resized to cover and centre-cropped."""
-    if isinstance(image, torch.Tensor):
-        img = image.float()
-        if img.ndim == 3:
-            img = img[None]
-        return torch.nn.functional.interpolate(img, size=(height, width), mode="bilinear", antialias=True,
-                                               align_corners=False)
-    if isinstance(image, (str, Path)):
-        try:
-            pil = Image.open(image).convert("RGB")
-        except OSError as exc:
-            raise ValueError(f"{image}: cannot read image ({exc})") from exc
-    elif isinstance(image, np.ndarray):
-        pil = Image.fromarray(image.astype(np.uint8)).convert("RGB")
-    else:
-        pil = image.convert("RGB")
-    scale = max(height / pil.height, width / pil.width)
-    size = (max(width, round(pil.width * scale)), max(height, round(pil.height * scale)))
-    pil = pil.resize(size, Image.Resampling.BICUBIC)
-    left, top = (pil.width - width) // 2, (pil.height - height) // 2
-    pil = pil.crop((left, top, left + width, top + height))
-    arr = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 127.5 - 1.0)
-    return arr.permute(2, 0, 1)[None]
-
-
-def _raw_image(image: Any) -> np.ndarray:
-    """The first frame at its own resolution as ``(H, W, 3)`` uint8 (what the official
-    inference hands MoGe; a ``(3, H, W)`` tensor in [-1, 1] is converted back)."""
-    if isinstance(image, torch.Tensor):
-        img = image.detach().float().cpu()
-        img = img[0] if img.ndim == 4 else img
-        return ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    if isinstance(image, (str, Path)):
-        try:
-            return np.asarray(Image.open(image).convert("RGB"))
-        except OSError as exc:
-            raise ValueError(f"{image}: cannot read image ({exc})") from exc
-    if isinstance(image, np.ndarray):
-        return np.asarray(Image.fromarray(image.astype(np.uint8)).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
-
-
-def load_depth_map(depth: Any) -> np.ndarray:
-    """A first-frame depth map for the official translation scale: an array/tensor, or a
-    ``.npy`` file, or a ``.npz`` file with a ``depth`` array (or a single array) ->
-    ``(H, W)`` float64. Singleton leading/trailing axes are dropped."""
-    if isinstance(depth, (str, Path)):
-        path = Path(depth)
-        try:
-            data = np.load(path, allow_pickle=False)
-            if isinstance(data, np.lib.npyio.NpzFile):
-                with data:
-                    if "depth" in data.files:
-                        arr = data["depth"]
-                    elif len(data.files) == 1:
-                        arr = data[data.files[0]]
-                    else:
-                        raise ValueError(f"no 'depth' array among {', '.join(data.files)}")
-            else:
-                arr = data
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: cannot read depth map (.npy, or .npz with 'depth'): {exc}") from exc
-        what = str(path)
-    else:
-        arr = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else np.asarray(depth)
-        what = "depth"
-    arr = np.asarray(arr, dtype=np.float64)
-    while arr.ndim > 2 and (arr.shape[0] == 1 or arr.shape[-1] == 1):
-        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
-    if arr.ndim != 2:
-        raise ValueError(f"{what}: a depth map must be (H, W), got shape {arr.shape}")
-    return arr
-
-
-@dataclass
-class CameraInputs:
-    """What conditions the model on the camera (see :meth:`FantasyWorldPipeline.camera_inputs`).
-
-    Attributes:
-        plucker: ``(1, T, 6, H, W)`` float32 Plücker rays fed to the pose encoder.
-        trajectory: the conditioning cameras, relative to frame 0 with the translation
-            scale applied (reported as the requested cameras), real pixel intrinsics.
-        translation_scale: the factor applied to the translations (multiplied on our own
-            checkpoints, **divided** under ``official_compat``).
-        scale_source: ``"given"``, ``"depth"``, ``"depth_estimator"`` or ``"default"``.
-        official_compat: whether the official preprocessing was used.
-    """
-
-    plucker: torch.Tensor
-    trajectory: CameraTrajectory
-    translation_scale: float
-    scale_source: str
-    official_compat: bool
-    extra: dict = field(default_factory=dict)
+@contextlib.contextmanager
+def _fork_rng(seed: int) -> Iterator[None]:
+    """Seeded global torch RNG inside, caller's state restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class FantasyWorldPipeline:
@@ -427,7 +261,7 @@ class FantasyWorldPipeline:
         first frame (1, 3, H, W) in [-1, 1])`` built exactly as the latent cache builds them."""
         if self.image_encoder is None:
             raise ValueError(f"preset {self.config.name} is image-to-video but no image encoder is loaded")
-        first = _load_image(image, height, width).to(self.device)
+        first = load_image(image, height, width).to(self.device)
         video = torch.zeros(1, 3, num_frames, height, width, device=self.device)
         video[:, :, 0] = first[0]
         vae_dtype = next(self.vae.parameters()).dtype
@@ -493,38 +327,10 @@ class FantasyWorldPipeline:
         :func:`~fantasyworld.inference.official_cameras.official_plucker` (principal point reset to
         ``(W/2, H/2)``, doubled intrinsics).
         """
-        traj = load_trajectory(camera, num_frames, height, width, magnitude=camera_magnitude, fmt=camera_format,
-                               fov_deg=fov_deg, resample=resample_camera)
-        if not self.config.official_compat:
-            if scale_depth is not None or depth_estimator is not None:
-                raise ValueError("scale_depth / depth_estimator set the official translation scale and only apply "
-                                 f"to official_compat checkpoints ({self.config.name} is not one); use "
-                                 "translation_scale to multiply the translations")
-            factor = 1.0 if translation_scale is None else float(translation_scale)
-            rel = traj.scaled(factor) if factor != 1.0 else traj.relative()
-            return CameraInputs(rel.plucker(False), rel, factor, "given" if translation_scale is not None
-                                else "default", False)
-        given = [s is not None for s in (translation_scale, scale_depth, depth_estimator)]
-        if sum(given) > 1:
-            raise ValueError("official_compat: give at most one translation-scale source (translation_scale, "
-                             "scale_depth or depth_estimator)")
-        if not any(given):
-            warnings.warn("official_compat checkpoint without a translation scale: translations are used as given "
-                          "(scale 1, the official --using_scale False); the official inference divides them by "
-                          "the first frame's MoGe depth scale; pass translation_scale, scale_depth or "
-                          "depth_estimator", stacklevel=3)
-            scale, source = 1.0, "default"
-        elif translation_scale is not None:
-            scale, source = official_translation_scale(traj.K, scale=float(translation_scale)), "given"
-        elif scale_depth is not None:
-            scale, source = official_translation_scale(traj.K, depth=load_depth_map(scale_depth)), "depth"
-        else:
-            if image is None:
-                raise ValueError("depth_estimator needs the first-frame image (image=)")
-            scale = official_translation_scale(traj.K, image=_raw_image(image), depth_estimator=depth_estimator)
-            source = "depth_estimator"
-        plucker = official_plucker(traj.w2c, traj.K, height, width, scale)
-        return CameraInputs(plucker, traj.scaled(1.0 / scale), scale, source, True)
+        return build_camera_inputs(self.config, camera, num_frames, height, width, image=image,
+                                   camera_magnitude=camera_magnitude, camera_format=camera_format, fov_deg=fov_deg,
+                                   resample_camera=resample_camera, translation_scale=translation_scale,
+                                   scale_depth=scale_depth, depth_estimator=depth_estimator)
 
     # ------------------------------------------------------------------ generation
     def __call__(
@@ -540,24 +346,7 @@ class FantasyWorldPipeline:
         guidance_scale: float = 5.0,
         shift: float = 5.0,
         seed: int = 0,
-        *,
-        camera_magnitude: float | None = None,
-        camera_format: str = "auto",
-        fov_deg: float = DEFAULT_FOV_DEG,
-        resample_camera: bool = False,
-        translation_scale: float | None = None,
-        scale_depth: Any = None,
-        depth_estimator: Callable[[np.ndarray], np.ndarray] | None = None,
-        prompt_embeds: Any = None,
-        negative_prompt_embeds: Any = None,
-        geometry: str = "final",
-        cfg_batch: bool = True,
-        vae_tiling: bool | str = "auto",
-        cloud_source: str = "depth",
-        conf_percentile: float = DEFAULT_CONF_PERCENTILE,
-        max_points: int = DEFAULT_MAX_POINTS,
-        fps: float = 16.0,
-        progress: bool = True,
+        **options: Any,
     ) -> GenerationResult:
         """Generate one clip and its geometry.
 
@@ -572,122 +361,139 @@ class FantasyWorldPipeline:
             num_frames: ``T = 4k + 1``; height, width: multiples of 16.
             num_steps, guidance_scale, shift: Euler steps, CFG scale, schedule shift.
             seed: the initial noise comes from ``torch.Generator('cpu').manual_seed(seed)``.
-            camera_magnitude, camera_format, fov_deg, resample_camera: see
-                :func:`~fantasyworld.inference.trajectories.load_trajectory`.
-            translation_scale: our checkpoints: multiplies the requested (relative)
-                translations, to bring a file's units to the model's scene scale (default 1).
-                ``official_compat`` checkpoints: the official scene scale the translations
-                are **divided** by (see :meth:`camera_inputs`).
-            scale_depth, depth_estimator: ``official_compat`` only: take that scale from a
-                first-frame depth map (array or ``.npy``/``.npz``) or from
-                ``depth_estimator(image)`` instead (:meth:`camera_inputs`).
-            prompt_embeds, negative_prompt_embeds: cached text embeddings (tensor or
-                safetensors file with ``text_emb``) instead of running the text encoder; a
-                missing negative with no text encoder uses zeros.
-            geometry: ``"final"``, ``"last-step"`` or ``"none"`` (see the sampler).
-            cfg_batch: batch the CFG passes in one forward (default) or run them apart.
-            vae_tiling: ``"auto"``, True or False.
-            cloud_source: fused cloud from ``"depth"`` (depth + predicted cameras, VGGT's
-                recommendation) or ``"points"`` (the point-map head).
-            conf_percentile, max_points: point-cloud confidence filter and size cap.
-            fps: frame rate of the written videos.
-            progress: show tqdm bars.
+            options: keyword-only fields of :class:`~fantasyworld.inference.options.GenerationOptions`
+                (camera reading, translation scale, cached embeddings, sampler variant,
+                VAE tiling, point cloud, fps, progress); an unknown name is a ``TypeError``.
         """
         t0 = time.perf_counter()
-        cfg = self.config
-        if (num_frames - 1) % VAE_TEMPORAL_STRIDE:
-            raise ValueError(f"num_frames must be 4k+1 (the Wan VAE packs 4 frames per latent), got {num_frames}")
-        if height % 16 or width % 16 or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of 16 (8x VAE, 2x2 patches), "
-                             f"got {height}x{width}")
-        if cloud_source not in CLOUD_SOURCES:
-            raise ValueError(f"cloud_source must be one of {CLOUD_SOURCES}, got {cloud_source!r}")
-        if cfg.is_i2v and image is None:
-            raise ValueError(f"preset {cfg.name} is image-to-video: pass image=")
+        opts = GenerationOptions(**options)
+        self._check_call(image, num_frames, height, width, opts)
         timings: dict[str, float] = {}
         negative = WAN_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
 
         # 1. camera trajectory -> Plücker rays -> pose features (once)
         start = time.perf_counter()
-        cams = self.camera_inputs(camera, num_frames, height, width, image=image, camera_magnitude=camera_magnitude,
-                                  camera_format=camera_format, fov_deg=fov_deg, resample_camera=resample_camera,
-                                  translation_scale=translation_scale, scale_depth=scale_depth,
-                                  depth_estimator=depth_estimator)
-        traj = cams.trajectory
+        cams = self.camera_inputs(camera, num_frames, height, width, image=image, **opts.camera_kwargs())
         plucker = cams.plucker.to(self.device)
         with torch.no_grad():
             pose_feature = self.model.encode_camera(plucker.to(self.dtype)) if self.model.stage == 2 else None
         timings["camera"] = time.perf_counter() - start
 
         # 2. text (and image) conditioning
+        cond = self._conditioning(prompt, negative, image, num_frames, height, width, guidance_scale != 1.0,
+                                  pose_feature, opts, timings)
+
+        # 3. sampling
+        f = (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1
+        shape = (1, self.config.latent_channels, f, height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
+        noise = initial_noise(shape, seed, self.device)
+        res = sample(self.model, noise, cond, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
+                     geometry=opts.geometry, cfg_batch=opts.cfg_batch, progress=opts.progress)
+        timings.update(res.timings)
+
+        # 4. decode
         start = time.perf_counter()
-        use_cfg = guidance_scale != 1.0
-        text = self._embeddings(prompt_embeds, "prompt_embeds") if prompt_embeds is not None \
+        video = self.decode(res.latents, opts.vae_tiling)[0]
+        timings["decode"] = time.perf_counter() - start
+
+        # 5. geometry arrays and the fused cloud
+        geo, w2c, k, cloud = self._geometry(video, res.geometry, (height, width), seed, opts, timings)
+        timings["total"] = time.perf_counter() - t0
+        settings = self._settings(prompt, negative, image, cams, res, opts, num_frames=num_frames, height=height,
+                                  width=width, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
+                                  seed=seed, camera_magnitude=opts.camera_magnitude)
+        return GenerationResult(
+            video=video, latents=res.latents[0].cpu().numpy(),
+            depth=geo.get("depth"), depth_conf=geo.get("depth_conf"),
+            world_points=geo.get("world_points"), world_points_conf=geo.get("world_points_conf"),
+            pose_enc=geo.get("pose_enc"), w2c=w2c, intrinsics=k,
+            requested_w2c=cams.trajectory.w2c, requested_intrinsics=cams.trajectory.K, cloud=cloud,
+            settings=settings, timings=timings, fps=opts.fps,
+        )
+
+    # ------------------------------------------------------------------ steps of a call
+    def _check_call(self, image: Any, num_frames: int, height: int, width: int, opts: GenerationOptions) -> None:
+        """Reject a request the model or the VAE cannot serve (the message says what to change)."""
+        if (num_frames - 1) % VAE_TEMPORAL_STRIDE:
+            raise ValueError(f"num_frames must be 4k+1 (the Wan VAE packs 4 frames per latent), got {num_frames}")
+        if height % 16 or width % 16 or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of 16 (8x VAE, 2x2 patches), "
+                             f"got {height}x{width}")
+        if opts.cloud_source not in CLOUD_SOURCES:
+            raise ValueError(f"cloud_source must be one of {CLOUD_SOURCES}, got {opts.cloud_source!r}")
+        if self.config.is_i2v and image is None:
+            raise ValueError(f"preset {self.config.name} is image-to-video: pass image=")
+
+    def _conditioning(self, prompt: str, negative: str, image: Any, num_frames: int, height: int, width: int,
+                      use_cfg: bool, pose_feature: torch.Tensor | None, opts: GenerationOptions,
+                      timings: dict[str, float]) -> Conditioning:
+        """Text embeddings ``(1, Lt, text_dim)`` (and the negative ones under CFG), the I2V
+        conditioning latent and CLIP tokens, bundled with the pose features; fills ``timings``."""
+        start = time.perf_counter()
+        text = self._embeddings(opts.prompt_embeds, "prompt_embeds") if opts.prompt_embeds is not None \
             else self.encode_prompt(prompt)
         neg = None
         if use_cfg:
-            if negative_prompt_embeds is not None:
-                neg = self._embeddings(negative_prompt_embeds, "negative_prompt_embeds")
+            if opts.negative_prompt_embeds is not None:
+                neg = self._embeddings(opts.negative_prompt_embeds, "negative_prompt_embeds")
             elif self.text_encoder is not None:
                 neg = self.encode_prompt(negative)
             else:
                 neg = torch.zeros_like(text)
         timings["encode_text"] = time.perf_counter() - start
         cond_latent = image_emb = None
-        if cfg.is_i2v:
+        if self.config.is_i2v:
             start = time.perf_counter()
             cond_latent, image_emb, _ = self.encode_image(image, num_frames, height, width)
             timings["encode_image"] = time.perf_counter() - start
-        cond = Conditioning(text, neg, pose_feature, cond_latent, image_emb)
+        return Conditioning(text, neg, pose_feature, cond_latent, image_emb)
 
-        # 3. sampling
-        f = (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1
-        shape = (1, cfg.latent_channels, f, height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
-        noise = initial_noise(shape, seed, self.device)
-        res = sample(self.model, noise, cond, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                     geometry=geometry, cfg_batch=cfg_batch, progress=progress)
-        timings.update(res.timings)
-
-        # 4. decode
-        start = time.perf_counter()
-        video = self.decode(res.latents, vae_tiling)[0]
-        timings["decode"] = time.perf_counter() - start
-
-        # 5. geometry arrays and the fused cloud
-        geo = {k: v[0].cpu().numpy() for k, v in res.geometry.items() if isinstance(v, torch.Tensor)}
+    @staticmethod
+    def _geometry(video: np.ndarray, geometry: dict[str, Any], image_hw: tuple[int, int], seed: int,
+                  opts: GenerationOptions, timings: dict[str, float]):
+        """Head outputs of batch item 0 as numpy, the decoded cameras ``w2c`` ``(T, 4, 4)`` / ``K``
+        ``(T, 3, 3)`` (None without the camera head) and the fused cloud (None if not asked for)."""
+        geo = {k: v[0].cpu().numpy() for k, v in geometry.items() if isinstance(v, torch.Tensor)}
         w2c = k = None
         if "pose_enc" in geo:
-            w2c, k = cameras_from_pose_enc(geo["pose_enc"], (height, width))
-        cloud = None
+            w2c, k = cameras_from_pose_enc(geo["pose_enc"], image_hw)
         start = time.perf_counter()
-        if cloud_source == "depth" and "depth" in geo and w2c is not None:
-            cloud = fuse_point_cloud(video, geo["depth_conf"], depth=geo["depth"], w2c=w2c, intrinsics=k,
-                                     conf_percentile=conf_percentile, max_points=max_points, seed=seed)
-        elif cloud_source == "points" and "world_points" in geo:
-            cloud = fuse_point_cloud(video, geo["world_points_conf"], world_points=geo["world_points"],
-                                     conf_percentile=conf_percentile, max_points=max_points, seed=seed)
+        cloud = FantasyWorldPipeline._fuse_cloud(video, geo, w2c, k, seed, opts)
         timings["fuse"] = time.perf_counter() - start
-        timings["total"] = time.perf_counter() - t0
+        return geo, w2c, k, cloud
+
+    @staticmethod
+    def _fuse_cloud(video: np.ndarray, geo: dict[str, np.ndarray], w2c: np.ndarray | None, k: np.ndarray | None,
+                    seed: int, opts: GenerationOptions):
+        """The coloured point cloud from depth + predicted cameras or from the point maps (or None)."""
+        if opts.cloud_source == "depth" and "depth" in geo and w2c is not None:
+            return fuse_point_cloud(video, geo["depth_conf"], depth=geo["depth"], w2c=w2c, intrinsics=k,
+                                    conf_percentile=opts.conf_percentile, max_points=opts.max_points, seed=seed)
+        if opts.cloud_source == "points" and "world_points" in geo:
+            return fuse_point_cloud(video, geo["world_points_conf"], world_points=geo["world_points"],
+                                    conf_percentile=opts.conf_percentile, max_points=opts.max_points, seed=seed)
+        return None
+
+    def _settings(self, prompt: str, negative: str, image: Any, cams: CameraInputs, res: Any,
+                  opts: GenerationOptions, *, camera_magnitude: float | None, **call: Any) -> dict[str, Any]:
+        """The ``settings`` record of a result (what was asked and what was used)."""
+        cfg = self.config
         settings = {
-            "prompt": prompt if prompt_embeds is None else f"<embeddings> {prompt}".strip(),
-            "negative_prompt": negative if negative_prompt_embeds is None else "<embeddings>",
+            "prompt": prompt if opts.prompt_embeds is None else f"<embeddings> {prompt}".strip(),
+            "negative_prompt": negative if opts.negative_prompt_embeds is None else "<embeddings>",
             "image": None if image is None else (str(image) if isinstance(image, (str, Path)) else "<array>"),
-            "camera": traj.source, "camera_magnitude": traj.extra.get("magnitude", camera_magnitude),
+            "camera": cams.trajectory.source,
+            "camera_magnitude": cams.trajectory.extra.get("magnitude", camera_magnitude),
             "translation_scale": cams.translation_scale, "translation_scale_source": cams.scale_source,
-            "official_compat": cfg.official_compat, "num_frames": num_frames, "height": height, "width": width,
-            "num_steps": num_steps, "guidance_scale": guidance_scale, "shift": shift, "seed": seed,
-            "geometry": geometry, "geometry_timestep": res.geometry_timestep, "cfg_batch": cfg_batch,
-            "cloud_source": cloud_source, "conf_percentile": conf_percentile, "max_points": max_points,
+            "official_compat": cfg.official_compat, "num_frames": call["num_frames"], "height": call["height"],
+            "width": call["width"], "num_steps": call["num_steps"], "guidance_scale": call["guidance_scale"],
+            "shift": call["shift"], "seed": call["seed"],
+            "geometry": opts.geometry, "geometry_timestep": res.geometry_timestep, "cfg_batch": opts.cfg_batch,
+            "cloud_source": opts.cloud_source, "conf_percentile": opts.conf_percentile,
+            "max_points": opts.max_points,
             "preset": cfg.name, "checkpoint": self.source, "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""), "fps": fps,
+            "dtype": str(self.dtype).replace("torch.", ""), "fps": opts.fps,
         }
         if self.backbone_override:
             settings["backbone_override"] = len(self.backbone_override)
-        return GenerationResult(
-            video=video, latents=res.latents[0].cpu().numpy(),
-            depth=geo.get("depth"), depth_conf=geo.get("depth_conf"),
-            world_points=geo.get("world_points"), world_points_conf=geo.get("world_points_conf"),
-            pose_enc=geo.get("pose_enc"), w2c=w2c, intrinsics=k,
-            requested_w2c=traj.w2c, requested_intrinsics=traj.K, cloud=cloud,
-            settings=settings, timings=timings, fps=fps,
-        )
+        return settings

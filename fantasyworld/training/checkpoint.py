@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fantasyworld.errors import CheckpointError
+from fantasyworld.models.weights import weights_path
 from fantasyworld.training.parallel import World, barrier, gather_objects
 
 __all__ = [
@@ -57,11 +58,6 @@ __all__ = [
 
 STATE_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)\.state\.pt$")
-
-
-def weights_path(run_dir: str | Path, step: int) -> Path:
-    """``RUN/step-N.safetensors``."""
-    return Path(run_dir) / f"step-{step}.safetensors"
 
 
 def state_path(run_dir: str | Path, step: int) -> Path:

@@ -1,0 +1,72 @@
+"""Settings of one generation beyond prompt, camera, size, schedule and seed.
+
+:class:`GenerationOptions` groups the keyword-only arguments of
+:meth:`FantasyWorldPipeline.__call__ <fantasyworld.inference.pipeline.FantasyWorldPipeline.__call__>`
+(camera-file reading, the translation scale, cached embeddings, the sampler's variants, VAE
+tiling, the point cloud and the written videos); each field documents itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fantasyworld.inference.ply import DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS
+from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG
+
+__all__ = ["GenerationOptions"]
+
+
+@dataclass(kw_only=True)
+class GenerationOptions:
+    """Keyword-only settings of a generation (defaults are the documented behaviour)."""
+
+    camera_magnitude: float | None = None
+    """Named paths: distance, degrees or zoom factor (see
+    :func:`~fantasyworld.inference.trajectories.load_trajectory`)."""
+    camera_format: str = "auto"
+    """Camera files: the format (``auto`` sniffs it)."""
+    fov_deg: float = DEFAULT_FOV_DEG
+    """Horizontal field of view for named paths and files without intrinsics."""
+    resample_camera: bool = False
+    """Resample a camera file with another frame count to ``num_frames``."""
+    translation_scale: float | None = None
+    """Our checkpoints: multiplies the requested (relative) translations, to bring a file's
+    units to the model's scene scale (default 1). ``official_compat`` checkpoints: the
+    official scene scale the translations are **divided** by (see ``camera_inputs``)."""
+    scale_depth: Any = None
+    """``official_compat`` only: take that scale from a first-frame depth map (array or
+    ``.npy``/``.npz``)."""
+    depth_estimator: Callable[[np.ndarray], np.ndarray] | None = None
+    """``official_compat`` only: take that scale from ``depth_estimator(image)``."""
+    prompt_embeds: Any = None
+    """Cached text embeddings (tensor or safetensors file with ``text_emb``) instead of
+    running the text encoder."""
+    negative_prompt_embeds: Any = None
+    """Cached negative-prompt embeddings; a missing negative with no text encoder uses zeros."""
+    geometry: str = "final"
+    """``"final"``, ``"last-step"`` or ``"none"`` (see the sampler)."""
+    cfg_batch: bool = True
+    """Batch the CFG passes in one forward (default) or run them apart."""
+    vae_tiling: bool | str = "auto"
+    """``"auto"``, True or False."""
+    cloud_source: str = "depth"
+    """Fused cloud from ``"depth"`` (depth + predicted cameras, VGGT's recommendation) or
+    ``"points"`` (the point-map head)."""
+    conf_percentile: float = DEFAULT_CONF_PERCENTILE
+    """Point-cloud confidence filter (percentile of the confidences dropped)."""
+    max_points: int = DEFAULT_MAX_POINTS
+    """Point-cloud size cap."""
+    fps: float = 16.0
+    """Frame rate of the written videos."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+    def camera_kwargs(self) -> dict[str, Any]:
+        """The fields :meth:`FantasyWorldPipeline.camera_inputs` takes, by name."""
+        names = ("camera_magnitude", "camera_format", "fov_deg", "resample_camera", "translation_scale",
+                 "scale_depth", "depth_estimator")
+        return {name: getattr(self, name) for name in names}
