@@ -14,6 +14,7 @@ from fantasyworld.geometry.cameras import (
     look_at_w2c,
     make_intrinsics,
     normalize_scale,
+    points_in_first_camera,
     project_points,
     relative_to_first,
     resize_intrinsics,
@@ -108,7 +109,7 @@ def _random_cameras(t: int, seed: int = 0) -> np.ndarray:
 def test_relative_to_first_makes_frame0_identity_and_keeps_projections():
     w2c = torch.from_numpy(_random_cameras(4))[None]  # (1, 4, 4, 4)
     pts = torch.randn(1, 4, 3, 5, 3, dtype=torch.float64)
-    rel, pts_rel = relative_to_first(w2c, pts)
+    rel, pts_rel = relative_to_first(w2c), points_in_first_camera(w2c, pts)
     torch.testing.assert_close(rel[0, 0], torch.eye(4, dtype=torch.float64))
     # camera coordinates of every point are unchanged
     cam_a = torch.einsum("btij,bthwj->bthwi", w2c[..., :3, :3], pts) + w2c[..., None, None, :3, 3]
@@ -121,7 +122,7 @@ def test_normalize_scale_gives_unit_mean_distance():
     pts = torch.randn(1, 3, 4, 4, 3) * 7
     depth = torch.rand(1, 3, 4, 4) + 0.1
     valid = torch.rand(1, 3, 4, 4) > 0.3
-    rel, pts_rel = relative_to_first(w2c, pts)
+    rel, pts_rel = relative_to_first(w2c), points_in_first_camera(w2c, pts)
     w2c_n, pts_n, depth_n, scale = normalize_scale(rel, pts_rel, depth, valid)
     mean_dist = pts_n.norm(dim=-1)[valid].mean()
     assert mean_dist.item() == pytest.approx(1.0, rel=1e-5)
@@ -141,7 +142,7 @@ def test_plucker_rays_pass_through_pixel_centres():
     # (o x d) . d = 0
     torch.testing.assert_close((moment * d).sum(1), torch.zeros(3, h, w, dtype=torch.float64))
     # a point 3 units along each ray, expressed back in world frame, projects to (u+.5, v+.5)
-    rel, _ = relative_to_first(w2c)
+    rel = relative_to_first(w2c)
     c2w_rel = invert_se3(rel)
     origin = c2w_rel[0, :, :3, 3]  # (T, 3)
     pts = origin[:, :, None, None] + 3.0 * d  # (T, 3, H, W) in the relative frame

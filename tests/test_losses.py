@@ -246,7 +246,8 @@ def test_normalisation_agrees_with_geometry_cameras_module():
 
     batch = _random_scene(4)
     ours = normalize_geometry(batch["depth"], batch["points"], batch["valid"], batch["w2c"])
-    rel, pts = cameras.relative_to_first(batch["w2c"], batch["points"])
+    rel = cameras.relative_to_first(batch["w2c"])
+    pts = cameras.points_in_first_camera(batch["w2c"], batch["points"])
     w2c_n, pts_n, depth_n, scale = cameras.normalize_scale(rel, pts, batch["depth"], batch["valid"])
     valid = batch["valid"]
     torch.testing.assert_close(ours.scale, scale, atol=1e-5, rtol=1e-5)

@@ -11,13 +11,8 @@ import math
 
 import torch
 
-from fantasyworld.geometry.pose_encoding import (
-    as_homogeneous,
-    decode_pose,
-    encode_pose,
-    relative_to_first,
-    se3_inverse,
-)
+from fantasyworld.geometry.cameras import as_homogeneous, invert_se3, relative_to_first
+from fantasyworld.geometry.pose_encoding import decode_pose, encode_pose
 from fantasyworld.geometry.rotation import axis_angle_to_mat
 
 ATOL = 1e-9
@@ -99,5 +94,5 @@ def test_relative_to_first_makes_frame0_identity_and_matches_definition():
 
 def test_se3_inverse_and_homogeneous():
     w2c, _ = _random_cameras(2, 3, seed=3)
-    torch.testing.assert_close(se3_inverse(w2c) @ w2c, torch.eye(4, dtype=torch.float64).expand(2, 3, 4, 4))
+    torch.testing.assert_close(invert_se3(w2c) @ w2c, torch.eye(4, dtype=torch.float64).expand(2, 3, 4, 4))
     torch.testing.assert_close(as_homogeneous(w2c[..., :3, :]), w2c, atol=0, rtol=0)

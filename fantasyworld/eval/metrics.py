@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from fantasyworld.geometry.cameras import as_homogeneous, invert_se3
+
 __all__ = [
     "abs_rel",
     "align_depth_median",
@@ -183,29 +185,18 @@ def apply_sim3(points: Any, scale: float, rot: np.ndarray, trans: np.ndarray) ->
 
 
 def _homogeneous(w2c: Any) -> np.ndarray:
+    """``(T, 3|4, 4)`` cameras as numpy ``(T, 4, 4)`` (a 3x4 input becomes float64)."""
     w2c = to_numpy(w2c)
-    if w2c.shape[-2:] == (4, 4):
-        return w2c
-    if w2c.shape[-2:] != (3, 4):
+    if w2c.shape[-2:] == (3, 4):
+        w2c = w2c.astype(np.float64)
+    elif w2c.shape[-2:] != (4, 4):
         raise ValueError(f"expected (T, 3|4, 4) cameras, got {w2c.shape}")
-    out = np.zeros(w2c.shape[:-2] + (4, 4))
-    out[..., :3, :] = w2c
-    out[..., 3, 3] = 1.0
-    return out
-
-
-def _se3_inv(mat: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(mat)
-    rot_t = np.swapaxes(mat[..., :3, :3], -1, -2)
-    out[..., :3, :3] = rot_t
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", rot_t, mat[..., :3, 3])
-    out[..., 3, 3] = 1.0
-    return out
+    return as_homogeneous(w2c)
 
 
 def camera_centers(w2c: Any) -> np.ndarray:
     """Camera centres ``(T, 3)`` in world coordinates from w2c ``(T, 3|4, 4)``: ``-R^T t``."""
-    return _se3_inv(_homogeneous(w2c))[..., :3, 3]
+    return invert_se3(_homogeneous(w2c))[..., :3, 3]
 
 
 def rotation_angle_deg(rot: np.ndarray) -> np.ndarray:
@@ -222,7 +213,7 @@ def rotation_angle_deg(rot: np.ndarray) -> np.ndarray:
 
 def _aligned_c2w(pred_w2c: Any, gt_w2c: Any, align: bool) -> tuple[np.ndarray, np.ndarray, float]:
     """c2w poses ``(T, 4, 4)`` of prediction (Sim(3)-aligned on centres if ``align``) and gt."""
-    pred_c2w, gt_c2w = _se3_inv(_homogeneous(pred_w2c)), _se3_inv(_homogeneous(gt_w2c))
+    pred_c2w, gt_c2w = invert_se3(_homogeneous(pred_w2c)), invert_se3(_homogeneous(gt_w2c))
     if pred_c2w.shape != gt_c2w.shape:
         raise ValueError(f"trajectories differ in shape: {pred_c2w.shape} vs {gt_c2w.shape}")
     scale = 1.0
@@ -247,9 +238,9 @@ def rpe(pred_w2c: Any, gt_w2c: Any, align: bool = True, delta: int = 1) -> dict[
     pred_c2w, gt_c2w, _ = _aligned_c2w(pred_w2c, gt_w2c, align)
     if pred_c2w.shape[0] <= delta:
         raise ValueError("trajectory too short for RPE")
-    rel_gt = _se3_inv(gt_c2w[:-delta]) @ gt_c2w[delta:]
-    rel_pred = _se3_inv(pred_c2w[:-delta]) @ pred_c2w[delta:]
-    err = _se3_inv(rel_gt) @ rel_pred
+    rel_gt = invert_se3(gt_c2w[:-delta]) @ gt_c2w[delta:]
+    rel_pred = invert_se3(pred_c2w[:-delta]) @ pred_c2w[delta:]
+    err = invert_se3(rel_gt) @ rel_pred
     trans = np.linalg.norm(err[:, :3, 3], axis=-1)
     rot = rotation_angle_deg(err[:, :3, :3])
     return {"rpe_trans": float(np.sqrt(np.mean(trans**2))), "rpe_rot": float(np.sqrt(np.mean(rot**2)))}
@@ -264,8 +255,8 @@ def pairwise_pose_errors(pred_w2c: Any, gt_w2c: Any) -> tuple[np.ndarray, np.nda
     """
     pred, gt = _homogeneous(pred_w2c), _homogeneous(gt_w2c)
     i, j = np.triu_indices(pred.shape[0], k=1)  # same order as torch.combinations
-    rel_gt = gt[i] @ _se3_inv(gt[j])
-    rel_pred = pred[i] @ _se3_inv(pred[j])
+    rel_gt = gt[i] @ invert_se3(gt[j])
+    rel_pred = pred[i] @ invert_se3(pred[j])
     rot_err = rotation_angle_deg(np.swapaxes(rel_gt[:, :3, :3], -1, -2) @ rel_pred[:, :3, :3])
     eps = 1e-15
     t_gt = rel_gt[:, :3, 3] / (np.linalg.norm(rel_gt[:, :3, 3], axis=-1, keepdims=True) + eps)

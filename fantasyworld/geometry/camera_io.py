@@ -33,13 +33,13 @@ import torch
 
 from fantasyworld.errors import CAMERA_COLUMNS, MISSING_FILE, NON_FINITE, NON_ORTHONORMAL, DataError
 from fantasyworld.geometry.cameras import (
+    as_homogeneous,
     c2w_to_w2c,
     make_intrinsics,
     normalized_to_pixel_intrinsics,
     pixel_to_normalized_intrinsics,
     resize_intrinsics,
     rotation_orthonormality_error,
-    to_homogeneous_pose,
     w2c_to_c2w,
 )
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat, wxyz_to_xyzw, xyzw_to_wxyz
@@ -132,7 +132,7 @@ def read_seed_cameras(path: str | Path, check: bool = True) -> np.ndarray:
     """
     path = Path(path)
     rows, _ = _parse_rows(path, 12)
-    w2c = to_homogeneous_pose(rows.reshape(-1, 3, 4))
+    w2c = as_homogeneous(rows.reshape(-1, 3, 4))
     if check:
         check_rotations(path, w2c)
     return w2c
@@ -164,7 +164,7 @@ def read_re10k_cameras(path: str | Path, height: int, width: int, check: bool = 
     """
     path = Path(path)
     rows, skipped = _parse_rows(path, 19, skip_header=True)
-    w2c = to_homogeneous_pose(rows[:, 7:].reshape(-1, 3, 4))
+    w2c = as_homogeneous(rows[:, 7:].reshape(-1, 3, 4))
     if check:
         check_rotations(path, w2c)
     k_norm = make_intrinsics(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4])
@@ -225,7 +225,7 @@ def read_official_json(path: str | Path, height: int, width: int, check: bool = 
         raise DataError(path, CAMERA_COLUMNS, f"cameras_interp has shape {c2w.shape}, expected (N, 4, 4)")
     if not np.isfinite(c2w).all():
         raise DataError(path, NON_FINITE, "NaN or inf in cameras_interp")
-    c2w = to_homogeneous_pose(c2w[:, :3, :4])
+    c2w = as_homogeneous(c2w[:, :3, :4])
     if check:
         check_rotations(path, c2w)
     focal = float(data.get("focal_length", 500.0))

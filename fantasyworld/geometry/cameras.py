@@ -67,10 +67,18 @@ def c2w_to_w2c(c2w: Array) -> Array:
     return invert_se3(c2w)
 
 
-def to_homogeneous_pose(mat34: Array) -> Array:
-    """``(..., 3, 4)`` pose rows -> ``(..., 4, 4)`` with bottom row ``[0, 0, 0, 1]``."""
-    out = _eye_like(mat34, 4)
-    out[..., :3, :4] = mat34
+def as_homogeneous(mat: Array) -> Array:
+    """Rigid transforms ``(..., 3, 4)`` or ``(..., 4, 4)`` -> ``(..., 4, 4)`` (bottom row ``[0, 0, 0, 1]``).
+
+    A ``(..., 4, 4)`` input is returned as is (not copied); a ``(..., 3, 4)`` one gets a new
+    array/tensor of its dtype.
+    """
+    if tuple(mat.shape[-2:]) == (4, 4):
+        return mat
+    if tuple(mat.shape[-2:]) != (3, 4):
+        raise ValueError(f"expected (..., 3, 4) or (..., 4, 4) extrinsics, got {tuple(mat.shape)}")
+    out = _eye_like(mat, 4)
+    out[..., :3, :4] = mat
     return out
 
 
@@ -162,30 +170,43 @@ def crop_intrinsics(k: Array, top: int | float, left: int | float) -> Array:
     return out
 
 
-def relative_to_first(w2c: Array, points: Array | None = None) -> tuple[Array, Array | None]:
-    """Re-express poses (and world points) in the coordinate frame of camera 0.
+def relative_to_first(w2c: Array) -> Array:
+    """Re-express a trajectory in the coordinate frame of camera 0.
 
     Args:
-        w2c: ``(..., T, 4, 4)`` world-to-camera.
-        points: optional world points ``(..., T, H, W, 3)`` (or any ``(..., N, 3)`` layout
-            whose leading dims match ``w2c``'s ``...``).
+        w2c: world-to-camera ``(..., T, 3|4, 4)``, OpenCV axes.
 
     Returns:
-        ``w2c_rel = w2c @ c2w[0]`` (so ``w2c_rel[..., 0, :, :]`` is the identity) and the
-        points mapped by ``w2c[0]`` (``None`` if not given).
+        ``(..., T, 4, 4)`` with ``out[..., i] = w2c_i @ inverse(w2c_0)``: the maps from
+        camera-0 coordinates to camera-i coordinates. ``out[..., 0]`` is written as the exact
+        identity (no round-off residue); the new "world" is camera 0 (a world point ``X``
+        becomes ``R_0 X + t_0``, see :func:`points_in_first_camera`).
+    """
+    w2c = as_homogeneous(w2c)
+    rel = w2c @ invert_se3(w2c[..., :1, :, :])
+    rel[..., 0, :, :] = _eye_like(rel[..., 0, :, :], 4)
+    return rel
+
+
+def points_in_first_camera(w2c: Array, points: Array) -> Array:
+    """World points in the coordinate frame of camera 0 (the frame of :func:`relative_to_first`).
+
+    Args:
+        w2c: world-to-camera ``(..., T, 4, 4)``; only frame 0 is used.
+        points: world points ``(..., T, H, W, 3)`` (or any ``(..., N, 3)`` layout whose
+            leading dims match ``w2c``'s ``...``).
+
+    Returns:
+        ``R_0 X + t_0`` for each point, same shape as ``points``.
     """
     first = w2c[..., :1, :, :]
-    w2c_rel = w2c @ invert_se3(first)
-    if points is None:
-        return w2c_rel, None
     rot = first[..., 0, :3, :3]
     trans = first[..., 0, :3, 3]
     lead = rot.shape[:-2]
     extra = points.ndim - len(lead) - 1
     rot_b = rot.reshape(*lead, *([1] * extra), 3, 3)
     trans_b = trans.reshape(*lead, *([1] * extra), 3)
-    pts = (rot_b @ points[..., None])[..., 0] + trans_b
-    return w2c_rel, pts
+    return (rot_b @ points[..., None])[..., 0] + trans_b
 
 
 def scene_scale(points: Array, valid: Array, w2c_first: Array) -> Array:

@@ -1,4 +1,5 @@
-"""VGGT's ``absT_quaR_FoV`` camera encoding and relative-to-first-frame poses.
+"""VGGT's ``absT_quaR_FoV`` camera encoding (``as_homogeneous`` and ``relative_to_first``
+are :mod:`fantasyworld.geometry.cameras`'s, importable from here too).
 
 Conventions (the same as VGGT's ``vggt/utils/pose_enc.py`` and FantasyWorld's camera head):
 
@@ -28,8 +29,7 @@ import math
 import numpy as np
 import torch
 
-from fantasyworld.geometry import cameras
-from fantasyworld.geometry.cameras import invert_se3
+from fantasyworld.geometry.cameras import as_homogeneous, relative_to_first
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
 
 __all__ = [
@@ -41,30 +41,9 @@ __all__ = [
     "decode_pose",
     "encode_pose",
     "relative_to_first",
-    "se3_inverse",
 ]
 
 POSE_ENCODING_DIM = 9
-
-
-def as_homogeneous(extrinsics: torch.Tensor) -> torch.Tensor:
-    """Rigid transforms ``(..., 3, 4)`` or ``(..., 4, 4)`` -> ``(..., 4, 4)`` (last row ``[0, 0, 0, 1]``)."""
-    if extrinsics.shape[-2:] == (4, 4):
-        return extrinsics
-    if extrinsics.shape[-2:] != (3, 4):
-        raise ValueError(f"expected (..., 3, 4) or (..., 4, 4) extrinsics, got {tuple(extrinsics.shape)}")
-    bottom = torch.zeros(*extrinsics.shape[:-2], 1, 4, dtype=extrinsics.dtype, device=extrinsics.device)
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([extrinsics, bottom], dim=-2)
-
-
-def se3_inverse(transform: torch.Tensor) -> torch.Tensor:
-    """Closed-form inverse of rigid transforms ``(..., 3|4, 4)`` -> ``(..., 4, 4)``.
-
-    ``[R | t]^-1 = [R^T | -R^T t]`` (:func:`fantasyworld.geometry.cameras.invert_se3`);
-    turns w2c into c2w and back, exact for rotations.
-    """
-    return invert_se3(as_homogeneous(transform))
 
 
 def encode_pose(w2c: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
@@ -130,21 +109,3 @@ def cameras_from_pose_enc(pose_enc: np.ndarray, image_hw: tuple[int, int]) -> tu
     enc[..., 7:9] = enc[..., 7:9].clamp(math.radians(MIN_FOV_DEG), math.radians(MAX_FOV_DEG))
     w2c, k = decode_pose(enc, image_hw)
     return w2c.numpy(), k.numpy()
-
-
-def relative_to_first(w2c: torch.Tensor) -> torch.Tensor:
-    """Re-express a trajectory in the first camera's frame.
-
-    Args:
-        w2c: world-to-camera extrinsics ``(..., T, 3|4, 4)``, OpenCV axes.
-
-    Returns:
-        ``(..., T, 4, 4)`` with ``out[..., i] = w2c_i @ inverse(w2c_0)``: the maps from
-        camera-0 coordinates to camera-i coordinates, so ``out[..., 0]`` is the identity and
-        the new "world" is camera 0 (a world point ``X`` becomes ``R_0 X + t_0``).
-    """
-    rel, _ = cameras.relative_to_first(as_homogeneous(w2c))
-    # Frame 0 is the identity by construction; write it exactly (no round-off residue).
-    rel = rel.clone()
-    rel[..., 0, :, :] = torch.eye(4, dtype=rel.dtype, device=rel.device)
-    return rel
