@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import count_flops  # noqa: E402
 
 from fantasyworld.geometry.plucker import plucker_rays  # noqa: E402
-from fantasyworld.models.compile import compile_blocks  # noqa: E402
 from fantasyworld.models.config import get_preset  # noqa: E402
 from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
+from fantasyworld.models.parallelize import compile_blocks  # noqa: E402
 from fantasyworld.models.wan_backbone import rebuild_rope  # noqa: E402
 from fantasyworld.models.wan_loading import cast_keeping_fp32  # noqa: E402
 from fantasyworld.training.losses import compute_losses  # noqa: E402

@@ -38,6 +38,7 @@ from fantasyworld.models import wan_backbone as wanb
 from fantasyworld.models.camera_conditioning import CameraAdapter, PoseEncoder
 from fantasyworld.models.config import FantasyWorldConfig
 from fantasyworld.models.geometry_branch import GeometryBranch
+from fantasyworld.models.irg_layer import IRGLayer
 from fantasyworld.models.wan_loading import check_state_dict
 
 #: Top-level modules trained in each stage (everything else is frozen).
@@ -53,8 +54,34 @@ class FantasyWorldModel(nn.Module):
     Sub-modules: ``transformer`` (diffusers ``WanTransformer3DModel``, frozen),
     ``geometry`` (:class:`GeometryBranch`), ``interactions`` (one
     :class:`BiCrossAttention` per IRG layer), ``pose_encoder`` and ``camera_adapters``
-    (keyed by Wan block index).
+    (keyed by Wan block index). ``irg_layers`` (one :class:`IRGLayer` per IRG layer)
+    reference those parts in the stage-2 order; they own no parameters.
+
+    How the model is compiled and sharded is declared here and applied from outside by
+    :mod:`fantasyworld.models.parallelize` (paths of sub-modules, ``.*`` = every element).
     """
+
+    #: regions compiled one by one: block path -> sub-modules compiled with it ("" = the block)
+    _compile_regions: dict[str, tuple[str, ...]] = {
+        "transformer.blocks.*": ("", "attn1", "ffn"),
+        "geometry.frame_blocks.*": ("", "attn", "mlp"),
+        "geometry.global_blocks.*": ("", "attn", "mlp"),
+        "interactions.*": ("",),
+        "camera_adapters.*": ("",),
+    }
+    #: FSDP units, innermost first; the model itself is the root (Wan's own forward never runs)
+    _fsdp_units: tuple[str, ...] = (
+        "geometry.frame_blocks.*", "geometry.global_blocks.*", "interactions.*",
+        "geometry.depth_head", "geometry.point_head", "geometry.camera_head",
+    )
+    #: methods the forward calls on a unit instead of ``forward`` (the IRG layers run the
+    #: global blocks in halves); FSDP must all-gather on them as on ``forward``
+    _fsdp_forward_methods: dict[str, tuple[str, ...]] = {
+        "geometry.global_blocks.*": ("modulation_terms", "attention_half", "ffn_half"),
+    }
+    #: frozen modules replicated on every rank, never sharded (the Wan blocks run in halves,
+    #: so a Wan block cannot be an FSDP unit whose hooks fire)
+    _fsdp_ignored: tuple[str, ...] = ("transformer",)
 
     def __init__(
         self,
@@ -79,13 +106,29 @@ class FantasyWorldModel(nn.Module):
             self.camera_adapters = nn.ModuleDict(
                 {str(i): CameraAdapter(config.wan_dim, config.pose_feature_dim) for i in config.camera_adapter_blocks}
             )
+        #: the stage-2 IRG layers; they reference the parts above (no parameters of their own)
+        self.irg_layers = nn.ModuleList(
+            IRGLayer(self.transformer.blocks[config.num_pcb + i], self.geometry.global_blocks[i],
+                     self.interactions[i], self.camera_adapters[str(config.num_pcb + i)]
+                     if str(config.num_pcb + i) in self.camera_adapters else None)
+            for i in range(config.num_irg)
+        )
         #: recompute each layer's activations in backward (saves memory, costs ~1 forward)
         self.gradient_checkpointing = False
-        #: also recompute the DPT heads' full-resolution fusion stage, one frame chunk at a
-        #: time; at 81 frames of pixel resolution their activations dominate memory
         self.checkpoint_heads = False
         self.stage = 2
         self.set_stage(2)
+
+    @property
+    def checkpoint_heads(self) -> bool:
+        """Also recompute the DPT heads' full-resolution fusion stage, one frame chunk at a
+        time; at 81 frames of pixel resolution their activations dominate memory."""
+        return self.geometry.depth_head.checkpoint_fusion
+
+    @checkpoint_heads.setter
+    def checkpoint_heads(self, value: bool) -> None:
+        for head in (self.geometry.depth_head, self.geometry.point_head):
+            head.checkpoint_fusion = bool(value)
 
     # ------------------------------------------------------------------ stages
     def fantasyworld_modules(self) -> dict[str, nn.Module]:
@@ -238,11 +281,11 @@ class FantasyWorldModel(nn.Module):
                 with torch.no_grad():
                     x = wanb.run_block(block, x, inputs)
             else:
-                x = self._ckpt(lambda xx, blk=block, ad=adapter: wanb.run_block(blk, xx, inputs, ad), x)
+                x = self._ckpt(wanb.run_block, block, x, inputs, adapter)
 
         # 3./4. latent bridge, special tokens, geometry modulation
         geo_branch = self.geometry
-        tokens = self._ckpt(lambda xx: geo_branch.bridge(xx, inputs.grid, camera_pose_enc), x)
+        tokens = self._ckpt(geo_branch.bridge, x, inputs.grid, camera_pose_enc)
         temb6 = geo_branch.time_modulation(timestep)
         rope_frame, rope_global = geo_branch.rotary(inputs.grid, x.device)
         p = tokens.shape[1]
@@ -254,27 +297,13 @@ class FantasyWorldModel(nn.Module):
         kept: dict[int, torch.Tensor] = {}
         # 5. IRG layers
         for i in range(cfg.num_irg):
-            frame_blk, global_blk = geo_branch.frame_blocks[i], geo_branch.global_blocks[i]
-            tokens = self._ckpt(lambda t, blk=frame_blk: blk(t, temb6, rope_frame), tokens)  # (B*F, P, D)
+            tokens = self._ckpt(geo_branch.frame_blocks[i], tokens, temb6, rope_frame)  # (B*F, P, D)
             frame_out = tokens.view(b, f, p, -1)
             g = tokens.view(b, f * p, -1)
             if stage == 1:
-                g = self._ckpt(lambda t, blk=global_blk: blk(t, temb6, rope_global), g)
+                g = self._ckpt(geo_branch.global_blocks[i], g, temb6, rope_global)
             else:
-                wan_blk = wan.blocks[cfg.num_pcb + i]
-                adapter = self._adapter(cfg.num_pcb + i, pose_feature)
-                inter = self.interactions[i]
-
-                def irg_layer(xx, gg, wan_blk=wan_blk, adapter=adapter, global_blk=global_blk, inter=inter):
-                    mod = global_blk.modulation_terms(temb6, gg.shape[0])
-                    xx = wanb.attention_half(wan_blk, xx, inputs, adapter)
-                    gg = global_blk.attention_half(gg, mod, rope_global)
-                    xx, gg = inter(xx, gg, rope_v, rope_g)
-                    xx = wanb.ffn_half(wan_blk, xx, inputs)
-                    gg = global_blk.ffn_half(gg, mod)
-                    return xx, gg
-
-                x, g = self._ckpt(irg_layer, x, g)
+                x, g = self._ckpt(self.irg_layers[i], x, g, inputs, temb6, rope_global, rope_v, rope_g, pose_feature)
             tokens = g.view(b * f, p, -1)
             if i in want:
                 kept[i] = torch.cat([frame_out, g.view(b, f, p, -1)], dim=-1)  # (B, F, P, 2D)
@@ -286,7 +315,5 @@ class FantasyWorldModel(nn.Module):
         # 7. heads
         if heads:
             inter_list = [kept[i] for i in cfg.dpt_layers]
-            for head in (geo_branch.depth_head, geo_branch.point_head):
-                head.checkpoint_fusion = self.checkpoint_heads
             out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, tuple(heads)))
         return out

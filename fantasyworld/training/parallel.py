@@ -6,7 +6,9 @@ One code path from a single CPU process to ``torchrun --nproc_per_node N``:
   process there is no process group and the model stays a plain module. With several it
   starts a process group (``nccl`` on GPUs, ``gloo`` on CPU) and :func:`shard_model`
   applies FSDP2 ``fully_shard``.
-* Sharding layout (applied from outside the model, innermost first, then the root):
+* Sharding layout, declared by the model (``FantasyWorldModel._fsdp_units`` ...) and applied
+  from outside it by :func:`fantasyworld.models.parallelize.apply_fsdp`, innermost first,
+  then the root:
 
   - each geometry frame block, global block, bidirectional cross-attention and head is its
     own FSDP unit;
@@ -21,9 +23,10 @@ One code path from a single CPU process to ``torchrun --nproc_per_node N``:
     frozen weights have no gradients or optimizer states, so replication costs only the
     bf16 weights (2.6 GB for 1.3B, 28 GB for 14B per GPU).
   - the geometry global blocks are also run in halves in stage 2
-    (``modulation_terms`` / ``attention_half`` / ``ffn_half``): these methods are
-    registered with ``register_fsdp_forward_method`` so that calling them all-gathers the
-    block's parameters as ``forward`` would.
+    (``modulation_terms`` / ``attention_half`` / ``ffn_half``, called by the
+    :class:`~fantasyworld.models.irg_layer.IRGLayer`): these methods are registered with
+    ``register_fsdp_forward_method`` so that calling them all-gathers the block's
+    parameters as ``forward`` would.
 
 * Mixed precision: ``MixedPrecisionPolicy(param_dtype=None, reduce_dtype=float32,
   cast_forward_inputs=False)``: parameters keep their stored dtype (trainable fp32, frozen
@@ -36,18 +39,15 @@ from __future__ import annotations
 
 import datetime
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fantasyworld.models.parallelize import apply_fsdp
+
 __all__ = ["World", "all_reduce_max", "all_reduce_mean", "init_world", "shard_model", "shutdown"]
-
-#: Geometry-block methods that the FantasyWorld forward calls instead of ``forward``.
-GLOBAL_BLOCK_METHODS = ("modulation_terms", "attention_half", "ffn_half")
-
 
 @dataclass
 class World:
@@ -106,32 +106,15 @@ def shard_model(model: nn.Module, world: World) -> nn.Module:
     """Apply FSDP2 to a :class:`FantasyWorldModel` already on ``world.device`` (see module doc).
 
     A no-op for a single process. Must run after the weights are loaded and before the
-    optimizer is built.
+    optimizer is built. The units are the model's declaration, applied by
+    :func:`fantasyworld.models.parallelize.apply_fsdp` over a 1-D mesh of all ranks.
     """
     if not world.distributed:
         return model
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    # FSDP2 warns when a unit returns a view, because an in-place op on it would skip the
-    # pre-backward all-gather. Nothing downstream of the heads/blocks modifies outputs in
-    # place (the distributed-equivalence test checks the gradients), so the warning is noise.
-    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(world.device.type, (world.world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32, cast_forward_inputs=False)
-    geo = model.geometry
-    for block in geo.frame_blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    for block in geo.global_blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-        for name in GLOBAL_BLOCK_METHODS:
-            register_fsdp_forward_method(block, name)
-    for inter in model.interactions:
-        fully_shard(inter, mesh=mesh, mp_policy=mp)
-    for head in (geo.depth_head, geo.point_head, geo.camera_head):
-        fully_shard(head, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=set(model.transformer.parameters()))
-    return model
+    return apply_fsdp(model, mesh)
 
 
 def all_reduce_max(values: torch.Tensor, world: World) -> torch.Tensor:

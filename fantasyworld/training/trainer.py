@@ -40,10 +40,10 @@ import torch
 import yaml
 
 from fantasyworld.errors import CheckpointError, NonFiniteLossError
-from fantasyworld.models.compile import compile_blocks
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
+from fantasyworld.models.parallelize import compile_blocks
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict

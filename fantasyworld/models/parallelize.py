@@ -1,0 +1,102 @@
+"""Activation checkpointing, ``torch.compile`` and FSDP2, applied from outside the model.
+
+torchtitan's order (``models/flux/parallelize.py``): 1. activation checkpointing, 2. per-block
+compile, 3. ``fully_shard`` on each unit, then on the root. The model file imports none of
+this; it declares, as class attributes of
+:class:`~fantasyworld.models.fantasyworld.FantasyWorldModel`, what is compiled
+(``_compile_regions``), what is an FSDP unit (``_fsdp_units``), which methods other than
+``forward`` the model calls on a unit (``_fsdp_forward_methods``) and what is replicated
+instead of sharded (``_fsdp_ignored``). Paths name sub-modules; a trailing ``.*`` means
+every element of a ``ModuleList``/``ModuleDict``.
+
+* Compile: repeated blocks, not the whole model, keep compile time bounded: every instance
+  of a block class shares one compiled graph (parameters are graph inputs), so the first
+  call pays for one block of each kind. Regions the model drives piecewise (the Wan
+  attention/FFN halves of the IRG layers, the geometry blocks' halves) are covered by
+  compiling the sub-modules they call (``attn1``, ``ffn``, ``attn``, ``mlp``).
+* FSDP2 (see :mod:`fantasyworld.training.parallel` for the process group and the reasons):
+  each declared unit is its own FSDP unit, the model wrapper is the root, the frozen Wan
+  parameters are ``ignored_params`` (replicated, never all-gathered).
+* Mixed precision: ``MixedPrecisionPolicy(param_dtype=None, reduce_dtype=float32,
+  cast_forward_inputs=False)``: parameters keep their stored dtype, bf16 compute comes from
+  ``torch.autocast``, gradients are reduced in fp32, forward inputs are never cast (a cast
+  would turn the fp32 RoPE tables into bf16 and break non-reentrant checkpointing).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["apply_fsdp", "compile_blocks", "parallelize", "resolve_modules"]
+
+
+def resolve_modules(model: nn.Module, path: str) -> Iterator[nn.Module]:
+    """The sub-modules a declared path names: ``a.b`` is one module, ``a.b.*`` every child of ``a.b``."""
+    if path.endswith(".*"):
+        yield from model.get_submodule(path[:-2]).children()
+    else:
+        yield model.get_submodule(path)
+
+
+def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = False) -> nn.Module:
+    """Compile every region of ``model._compile_regions`` in place (blocks and their driven sub-modules)."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    kw = {"mode": mode, "fullgraph": fullgraph, "dynamic": False}
+    for path, parts in model._compile_regions.items():
+        for block in resolve_modules(model, path):
+            for part in parts:
+                (block.get_submodule(part) if part else block).compile(**kw)
+    return model
+
+
+def apply_fsdp(model: nn.Module, mesh: Any) -> nn.Module:
+    """``fully_shard`` each unit of ``model._fsdp_units`` (innermost first), then the root.
+
+    Args:
+        model: the model, on its device, weights loaded, before the optimizer is built.
+        mesh: a 1-D ``DeviceMesh`` over the data-parallel ranks.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    # FSDP2 warns when a unit returns a view, because an in-place op on it would skip the
+    # pre-backward all-gather. Nothing downstream of the heads/blocks modifies outputs in
+    # place (the distributed-equivalence test checks the gradients), so the warning is noise.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    for path in model._fsdp_units:
+        for unit in resolve_modules(model, path):
+            fully_shard(unit, mesh=mesh, mp_policy=mp)
+            for name in model._fsdp_forward_methods.get(path, ()):
+                register_fsdp_forward_method(unit, name)
+    ignored = {p for path in model._fsdp_ignored for m in resolve_modules(model, path) for p in m.parameters()}
+    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=ignored)
+    return model
+
+
+def parallelize(
+    model: nn.Module,
+    mesh: Any = None,
+    *,
+    activation_checkpointing: bool | None = None,
+    compile: bool = False,
+    compile_mode: str | None = None,
+) -> nn.Module:
+    """Apply 1. activation checkpointing, 2. compile, 3. FSDP (if ``mesh``), in that order.
+
+    Args:
+        activation_checkpointing: set ``model.gradient_checkpointing`` (None: leave it).
+        compile: compile the declared regions (:func:`compile_blocks`).
+        mesh: a 1-D device mesh; None for a single process (no sharding).
+    """
+    if activation_checkpointing is not None:
+        model.gradient_checkpointing = activation_checkpointing
+    if compile:
+        compile_blocks(model, mode=compile_mode)
+    if mesh is not None:
+        apply_fsdp(model, mesh)
+    return model
