@@ -79,9 +79,3 @@ def axis_angle_to_mat(axis_angle: torch.Tensor) -> torch.Tensor:
     quat = torch.cat([axis_angle * k, torch.cos(half)], dim=-1)
     return quat_to_mat(quat)
 
-
-def rotation_angle(mat: torch.Tensor) -> torch.Tensor:
-    """Angle in radians of rotation matrices ``(..., 3, 3)``, in ``[0, pi]``."""
-    trace = mat[..., 0, 0] + mat[..., 1, 1] + mat[..., 2, 2]
-    cos = ((trace - 1) / 2).clamp(-1.0, 1.0)
-    return torch.arccos(cos)

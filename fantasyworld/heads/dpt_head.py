@@ -18,7 +18,7 @@ Pipeline (official order, verified against FantasyWorld ``vggt/heads/dpt_head.py
 
 The official call passes the IRG layers ``[23, 17, 11, 7]`` to levels 0..3 (deepest layer to
 the finest level); that choice belongs to the caller (:attr:`DPTHead.intermediate_layer_idx`,
-:meth:`DPTHead.select_layers`).
+recorded here; the model picks the layers, ``GeometryBranch.run_heads``).
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ class DPTHead(nn.Module):
         pos_embed: add the UV position embedding (official: yes).
         temporal_upsample: causal 4x temporal upsampling (official: yes); without it the output
             has ``T = F`` frames and the head has no ``temporal_upsamplers``.
-        intermediate_layer_idx: geometry layers feeding levels 0..3 (used by
-            :meth:`select_layers`; official ``(23, 17, 11, 7)``).
+        intermediate_layer_idx: geometry layers feeding levels 0..3 (recorded for
+            the caller; official ``(23, 17, 11, 7)``).
         latent_frames_chunk_size: latent frames per step of the per-frame projection stage
             (official 4).
         frames_chunk_size: pixel frames per step of the fusion/output stage (official 16).
@@ -209,10 +209,6 @@ class DPTHead(nn.Module):
         """Point-map head: ``output_dim=4``, ``sign * (exp|y| - 1)`` xyz, ``1 + exp`` confidence."""
         return cls(dim_in, output_dim=4, activation="inv_log", conf_activation="expp1", **kwargs)
 
-    def select_layers(self, all_layers: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Pick the 4 inputs of :meth:`forward` from all geometry layer outputs."""
-        return [all_layers[i] for i in self.intermediate_layer_idx]
-
     def num_output_frames(self, num_latent_frames: int) -> int:
         """``F -> 4 (F - 1) + 1`` with temporal upsampling, else ``F``."""
         if self.temporal_upsamplers is None:
@@ -263,7 +259,7 @@ class DPTHead(nn.Module):
 
         Args:
             tokens: 4 tensors ``(B, F, P, dim_in)``, ``P = patch_start_idx + h * w``, patch
-                tokens row-major; entry ``i`` feeds level ``i`` (see :meth:`select_layers`).
+                tokens row-major; entry ``i`` feeds level ``i`` (layer ``intermediate_layer_idx[i]``).
             grid_hw: token grid ``(h, w)``.
 
         Returns:
