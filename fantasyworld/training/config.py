@@ -42,6 +42,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "read_config_file",
 ]
 
 TINY_PRESETS = ("tiny", "tiny-i2v")
@@ -415,17 +416,55 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+BASE_KEY = "base"
+"""Top-level YAML key naming a config this one extends (path relative to this file)."""
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``: nested sections merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a YAML run config with its ``base:`` chain resolved.
+
+    ``base: stage1_tiny.yaml`` makes this file state only what differs: the base is read
+    first (itself possibly with a base) and this file's keys are merged over it, section by
+    section. Raises :class:`ConfigError` for a missing file, invalid YAML, a non-mapping, or
+    a cycle of bases.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in _chain:
+        raise ConfigError(f"{path}: base configs form a cycle ({' -> '.join(str(p) for p in _chain)})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name, got {base!r}")
+    return _merge(read_config_file(path.parent / base, (*_chain, path.resolve())), data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML run config (or start from defaults with ``path=None``), apply overrides, validate."""
+    """Read a YAML run config (or start from defaults with ``path=None``), resolve its
+    ``base:`` chain (:func:`read_config_file`), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = read_config_file(path)
     data = apply_overrides(data, overrides or [])
     try:
         return config_from_dict(data)
