@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from fantasyworld.data import encoders
 from fantasyworld.data.cache import CachedClipDataset, build_cache
 from fantasyworld.data.loader import RawClipDataset, build_dataloader
 from fantasyworld.data.synth import synthesize_dataset
+from fantasyworld.models import encoders
 
 # name: (stored clip: frames, H, W), (sample: frames, H, W), clips
 SIZES = {

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fantasyworld.data import encoders
 from fantasyworld.data.synth import render_clip
+from fantasyworld.models import encoders
 from fantasyworld.models.config import WAN_TINY
 from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
 from fantasyworld.models.wan_backbone import build_wan_transformer

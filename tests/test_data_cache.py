@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fantasyworld.cli import main
-from fantasyworld.data import encoders
 from fantasyworld.data.cache import CachedClipDataset, build_cache
 from fantasyworld.data.loader import RawClipDataset, build_dataloader
 from fantasyworld.data.synth import synthesize_dataset
+from fantasyworld.models import encoders
 
 T, H, W = 9, 32, 48  # -> latents (16, 3, 4, 6)
 

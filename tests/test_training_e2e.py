@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fantasyworld.cli import main
-from fantasyworld.data.encoders import save_tiny_encoders
 from fantasyworld.models.config import FantasyWorldConfig
+from fantasyworld.models.encoders import save_tiny_encoders
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.training.logging import read_metrics
 

@@ -4,6 +4,6 @@ validation and the latent cache. See ``docs/data.md``.
 Modules (import what you need; nothing heavy is imported here):
 ``formats`` (layout, metadata, video/array readers), ``transforms``
 (frame sampling, crop/resize), ``loader`` (RawClipDataset, collate, build_dataloader),
-``validate``, ``synth`` (synthesize_dataset), ``encoders`` (VAE/UMT5/CLIP, tiny configs),
+``validate``, ``synth`` (synthesize_dataset),
 ``cache`` (build_cache, CachedClipDataset).
 """

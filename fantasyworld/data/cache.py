@@ -29,9 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from fantasyworld.data import encoders
 from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.errors import MISSING_FILE, DataError
+from fantasyworld.models import encoders
 
 INDEX_NAME = "index.json"
 CACHE_VERSION = 1

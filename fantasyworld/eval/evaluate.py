@@ -245,8 +245,8 @@ def predict_from_latents(pipe, sample: dict[str, Any], sigma: float, seed: int, 
         ``depth`` ``(T, H, W)``, ``depth_conf``, ``world_points`` ``(T, H, W, 3)``,
         ``w2c`` ``(T, 4, 4)`` float64 (relative to the first predicted camera), ``pose_enc``.
     """
-    from fantasyworld.data import encoders
     from fantasyworld.geometry.plucker import plucker_rays
+    from fantasyworld.models import encoders
     from fantasyworld.models.flow_matching import add_noise, sigma_to_timestep
 
     model, device = pipe.model, pipe.device

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from fantasyworld.data import encoders
 from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
@@ -46,6 +45,7 @@ from fantasyworld.inference.ply import CLOUD_SOURCES, fuse_point_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
 from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, CameraTrajectory
+from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.official import OVERRIDE_FILE, apply_backbone_override
@@ -133,7 +133,7 @@ class FantasyWorldPipeline:
                 the preset's name) builds the seeded random tiny backbone
                 (seed :data:`TINY_BACKBONE_SEED`, the one the tiny tests and demo use).
             vae, text_encoder, image_encoder: local directories (``from_pretrained``), or
-                ``"tiny"`` for the tiny random encoders of :mod:`fantasyworld.data.encoders`.
+                ``"tiny"`` for the tiny random encoders of :mod:`fantasyworld.models.encoders`.
                 Default: ``<checkpoint dir>/<name>`` if present, else ``"tiny"`` for tiny presets.
                 ``text_encoder`` may stay unset when every call passes ``prompt_embeds``.
             tokenizer: tokenizer directory (default: next to the text encoder).

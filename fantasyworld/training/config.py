@@ -50,7 +50,7 @@ TINY_PRESETS = ("tiny", "tiny-i2v")
 RANDOM = "random"
 """``model.backbone_dir`` value asking for a seeded random backbone for any preset (smoke tests)."""
 TINY_ENCODER = "tiny"
-"""Encoder path value selecting the seeded tiny random encoders of :mod:`fantasyworld.data.encoders`."""
+"""Encoder path value selecting the seeded tiny random encoders of :mod:`fantasyworld.models.encoders`."""
 
 
 @dataclass(kw_only=True)

@@ -171,7 +171,7 @@ class Trainer:
         self.vae = self.text_encoder = self.tokenizer = self.image_encoder = self.image_processor = None
         if cfg.data.root is None:
             return
-        from fantasyworld.data import encoders
+        from fantasyworld.models import encoders
 
         d = cfg.data
         tiny = cfg.model.preset in TINY_PRESETS
@@ -348,8 +348,8 @@ class Trainer:
         ``text_emb``, optional ``cond_latent`` / ``image_emb`` / ``plucker`` (B, T, 6, H, W),
         ``flow_target`` and the geometry ground truth ``depth, points, valid, w2c, intrinsics``.
         """
-        from fantasyworld.data import encoders
         from fantasyworld.geometry.plucker import plucker_rays
+        from fantasyworld.models import encoders
 
         dev = self.world.device
         cfg = self.cfg

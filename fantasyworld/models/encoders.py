@@ -1,4 +1,4 @@
-"""Frozen encoders of the cache step: Wan VAE, UMT5 text encoder, CLIP vision (I2V).
+"""Frozen encoders: Wan VAE, UMT5 text encoder, CLIP vision (I2V), used by the cache, training and inference.
 
 Loading goes through the libraries' own ``from_pretrained`` on **local directories only**
 (``local_files_only=True``; nothing is downloaded). The tiny random configurations below
