@@ -50,7 +50,7 @@ from fantasyworld.data.formats import (
 )
 from fantasyworld.data.transforms import CropResize, check_frame_count, sample_frame_indices
 from fantasyworld.errors import BAD_INTRINSICS, BAD_SHAPE, FRAME_COUNT, TOO_FEW_FRAMES, DataError
-from fantasyworld.geometry.camera_io import read_cameras, read_seed_cameras
+from fantasyworld.geometry.camera_io import camera_format, read_cameras
 from fantasyworld.geometry.cameras import make_intrinsics
 
 
@@ -101,12 +101,10 @@ def inspect_clip(root: Path, record: ClipRecord, report: Reporter) -> ClipInfo |
     except DataError as err:
         report(err)
     try:
-        if record.camera_format == "seed":
-            w2c = read_seed_cameras(record.cameras)
-        else:
-            seq = read_cameras(record.cameras, height or 1, width or 1, fmt=record.camera_format)
-            # seed rows and TUM carry no intrinsics: the record's (or the default) apply
-            w2c, K = seq.w2c, (None if record.camera_format == "tum" else seq.K)
+        seq = read_cameras(record.cameras, height or 1, width or 1, fmt=record.camera_format)
+        # formats without intrinsics (seed rows, TUM ...): the record's (or the default) apply
+        has_k = camera_format(record.camera_format, record.cameras).has_intrinsics
+        w2c, K = seq.w2c, (seq.K if has_k else None)
     except DataError as err:
         report(err)
     sources: dict[str, ArraySource] = {}

@@ -51,7 +51,7 @@ import torch
 
 from fantasyworld.errors import DataError, TrajectoryError
 from fantasyworld.geometry.camera_io import read_cameras
-from fantasyworld.geometry.cameras import c2w_to_w2c, intrinsics_from_fov, invert_se3, w2c_to_c2w
+from fantasyworld.geometry.cameras import as_homogeneous, c2w_to_w2c, intrinsics_from_fov, invert_se3, w2c_to_c2w
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
 
 #: Default horizontal field of view (degrees) for named paths and files without intrinsics.
@@ -331,8 +331,7 @@ def load_trajectory(
         w2c = np.asarray(camera, dtype=np.float64)
         if w2c.ndim != 3 or w2c.shape[1:] not in ((4, 4), (3, 4)):
             raise TrajectoryError(f"array: expected (T, 4, 4) world-to-camera matrices, got {w2c.shape}")
-        if w2c.shape[1] == 3:
-            w2c = np.concatenate([w2c, np.tile([[[0.0, 0, 0, 1]]], (len(w2c), 1, 1))], axis=1)
+        w2c = as_homogeneous(w2c)
         k = np.tile(intrinsics_from_fov(fov_deg, height, width), (len(w2c), 1, 1))
         return _check_length(CameraTrajectory(w2c, k, height, width, "array"), num_frames, resample)
     spec = str(camera)
