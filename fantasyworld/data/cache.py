@@ -32,10 +32,10 @@ from torch.utils.data import Dataset
 from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.errors import MISSING_FILE, DataError
 from fantasyworld.models import encoders
+from fantasyworld.models.weights import DTYPES
 
 INDEX_NAME = "index.json"
 CACHE_VERSION = 1
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def encode_sample(sample: dict[str, Any], vae, text_encoder, tokenizer, image_encoder=None,
@@ -82,7 +82,7 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    compute = _DTYPES[dtype]
+    compute = DTYPES[dtype]
     vae = encoders.load_vae(vae_dir, device, compute)
     text_encoder, tokenizer = encoders.load_text_encoder(text_encoder_dir, tokenizer_dir, device, compute)
     image_encoder = image_processor = None
@@ -101,7 +101,7 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
         if overwrite or not path.exists():
             sample = dataset[i]
             tensors = encode_sample(sample, vae, text_encoder, tokenizer, image_encoder, image_processor,
-                                    _DTYPES[latent_dtype], _DTYPES[geometry_dtype])
+                                    DTYPES[latent_dtype], DTYPES[geometry_dtype])
             save_file(tensors, str(path), metadata={"clip_id": record.clip_id, "prompt": record.prompt,
                                                      "version": str(CACHE_VERSION)})
         entries.append({"clip_id": record.clip_id, "file": path.name})
