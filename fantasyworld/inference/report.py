@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fantasyworld.geometry.cameras import invert_se3
+from fantasyworld.geometry.cameras import invert_se3, relative_to_first
 
 _COLORS = {"requested": "#1f77b4", "predicted": "#d62728"}
 
 
 def _relative_c2w(w2c: np.ndarray) -> np.ndarray:
-    w2c = np.asarray(w2c, dtype=np.float64)
-    return invert_se3(w2c @ invert_se3(w2c[:1]))
+    """Camera-to-world ``(T, 4, 4)`` of a trajectory expressed relative to its first camera."""
+    return invert_se3(relative_to_first(np.asarray(w2c, dtype=np.float64)))
 
 
 def _path_length(centres: np.ndarray) -> float:
