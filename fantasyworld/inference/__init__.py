@@ -6,6 +6,10 @@ Modules, one job each:
 * :mod:`~fantasyworld.inference.sampler` - flow-matching Euler with batched CFG, heads once;
 * :mod:`~fantasyworld.inference.pipeline` - :class:`FantasyWorldPipeline` (loading, encoders,
   decode, ``__call__``);
+* :mod:`~fantasyworld.inference.options` - :class:`GenerationOptions`, the keyword-only settings of a call;
+* :mod:`~fantasyworld.inference.camera_inputs` - trajectory -> Plücker rays (ours or the official recipe);
+* :mod:`~fantasyworld.inference.official_cameras` - the official inference's camera quirks;
+* :mod:`~fantasyworld.inference.images` - first-frame images and depth maps given to a call;
 * :mod:`~fantasyworld.inference.result` - :class:`GenerationResult` and ``save(dir)``;
 * :mod:`~fantasyworld.inference.export` - videos, depth/point arrays, camera files;
 * :mod:`~fantasyworld.inference.ply` - point-cloud fusion and PLY I/O;
