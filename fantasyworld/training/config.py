@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from fantasyworld.errors import ConfigError
+from fantasyworld.training.lr_schedule import LR_SCHEDULE_NAMES
 
 __all__ = [
     "CheckpointConfig",
@@ -108,7 +109,7 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """AdamW on the trainable parameters, linear warmup then constant learning rate."""
+    """AdamW on the trainable parameters: linear warmup, then a constant or cosine learning rate."""
 
     lr: float = 1e-5
     """Peak learning rate (seed: 1e-5 for both stages)."""
@@ -116,7 +117,12 @@ class OptimConfig:
     weight_decay: float = 0.01
     eps: float = 1e-8
     warmup_steps: int = 0
-    """Linear warmup from lr / warmup_steps to lr over this many optimizer steps, then constant."""
+    """Linear warmup from lr / warmup_steps to lr over this many optimizer steps, then ``schedule``."""
+    schedule: str = "constant"
+    """After warmup: ``constant`` (the peak lr) or ``cosine`` (half a cosine from the peak down to
+    ``min_lr_ratio * lr`` at the run's last step, ``steps``); see ``training.trainer.LR_SCHEDULES``."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule as a fraction of ``lr``."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm (all ranks, all trainable parameters) to this; null: off
     (the norm is still logged)."""
@@ -267,6 +273,10 @@ class TrainConfig:
             fail(f"optim.lr must be > 0, got {o.lr}")
         if o.warmup_steps < 0:
             fail(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+        if o.schedule not in LR_SCHEDULE_NAMES:
+            fail(f"optim.schedule must be one of {', '.join(LR_SCHEDULE_NAMES)}, got {o.schedule!r}")
+        if not 0 <= o.min_lr_ratio <= 1:
+            fail(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
         if o.grad_clip is not None and not o.grad_clip > 0:
             fail(f"optim.grad_clip must be > 0 or null (off), got {o.grad_clip}")
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):

@@ -50,6 +50,7 @@ from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, Con
 from fantasyworld.training.data import build_stream_loader, sample_seed
 from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import compute_losses
+from fantasyworld.training.lr_schedule import lr_multiplier
 from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "train"]
@@ -81,17 +82,6 @@ def loss_keys(stage: int) -> tuple[str, ...]:
     """Loss terms logged in ``stage`` (``loss_diff`` only in stage 2)."""
     keys = ("objective", "loss_depth", "loss_pmap", "loss_camera", "loss_T", "loss_R", "loss_FL")
     return keys + (("loss_diff",) if stage == 2 else ())
-
-
-def _lr_lambda(warmup_steps: int):
-    """Multiplier of the peak LR at 0-based step ``s``: ``(s + 1) / warmup`` during warmup, then 1."""
-
-    def fn(step: int) -> float:
-        if warmup_steps <= 0:
-            return 1.0
-        return min(1.0, (step + 1) / warmup_steps)
-
-    return fn
 
 
 def _slice_sample(value: Any, i: int) -> Any:
@@ -274,7 +264,8 @@ class Trainer:
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas),
                                            eps=o.eps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o.warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(o.schedule, o.warmup_steps, self.cfg.steps, o.min_lr_ratio))
         self.start_step = 0
         self.nonfinite_streak = 0
         if self.resume_step is not None:
