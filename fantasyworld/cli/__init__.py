@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "train",
     "generate",
     "evaluate",
+    "view",
     "export",
     "convert",
 )
