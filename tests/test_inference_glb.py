@@ -53,6 +53,12 @@ def test_result_save_writes_a_glb_that_trimesh_reads_back_exactly(generated) -> 
     np.testing.assert_allclose(transform, OPENCV_TO_GLTF)
 
 
+def test_save_without_glb_writes_none(generated, tmp_path) -> None:
+    result, _, _ = generated
+    paths = result.save(tmp_path, colmap=False, report=False, glb=False)
+    assert "scene.glb" not in paths and not (tmp_path / "scene.glb").exists() and (tmp_path / "points.ply").is_file()
+
+
 def test_glb_caps_the_cloud_with_a_seeded_subsample(tmp_path) -> None:
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(5000, 3)).astype(np.float32)
