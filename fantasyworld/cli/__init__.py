@@ -19,6 +19,8 @@ _COMMAND_MODULES = (
     "train",
     "generate",
     "evaluate",
+    "view",
+    "export",
     "convert",
 )
 

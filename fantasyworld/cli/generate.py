@@ -100,6 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-points", type=int, default=200_000)
     g.add_argument("--fps", type=float, default=16.0)
     g.add_argument("--no-colmap", action="store_true")
+    g.add_argument("--export", default="glb", choices=["glb", "none"],
+                   help="glb (default): also write scene.glb, the fused cloud and camera frustums for Blender and "
+                        "web viewers; none: skip it")
     g.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,
             fps=args.fps, progress=not args.quiet)
         result.timings["load"] = load_s
-        paths = result.save(args.out, colmap=not args.no_colmap)
+        paths = result.save(args.out, colmap=not args.no_colmap, glb=args.export == "glb")
     except (TrajectoryError, CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,8 +34,9 @@ acceptance check compares, in the ``latents`` mode, ``abs_rel_median`` with the 
 depth and ``rot_err`` with the identity poses: the model passes a bar when the baseline's
 mean is at least :data:`ACCEPTANCE_FACTOR` times the model's.
 
-Outputs in ``out_dir``: ``metrics.json`` (layout in docs/evaluation.md) and the report
-(:mod:`fantasyworld.eval.report`).
+Outputs in ``out_dir``: ``metrics.json`` (layout in docs/evaluation.md), the report
+(:mod:`fantasyworld.eval.report`) and, with it, the sample clips' scenes for the viewer
+(``scenes/<clip>.npz``, :mod:`fantasyworld.eval.scenes`).
 """
 
 from __future__ import annotations
@@ -419,6 +420,10 @@ def evaluate(
         from fantasyworld.eval.report import write_eval_report
 
         write_eval_report(out, metrics, samples)
+        from fantasyworld.eval.scenes import write_scene
+
+        for fig in samples:  # for `fantasyworld view OUT`
+            write_scene(out, fig)
     if accept is not None:
         say(accept["verdict"])
     say(f"evaluate: wrote {out / 'metrics.json'}" + (f" and {out / 'report.html'}" if report else "")

@@ -22,6 +22,8 @@ Files written by :meth:`GenerationResult.save` (see docs/inference.md):
 ``colmap/sparse/0/*.txt``       COLMAP text model (cameras, images, points3D = the fused cloud)
 ``latents.npy``                 (16, F, H/8, W/8) float32 final latents (normalised)
 ``generation.json``             settings, shapes, timings
+``scene.glb``                   glTF binary: the fused cloud (capped) and the predicted and
+                                requested camera frustums (:mod:`~fantasyworld.inference.glb`)
 ``report.html``                 video, depth video, top-down trajectory plot
 ==============================  ===========================================================
 """
@@ -38,6 +40,7 @@ import numpy as np
 from fantasyworld.geometry.cameras import w2c_to_c2w
 from fantasyworld.inference import export
 from fantasyworld.inference.colmap import write_gaussian_splatting_scene
+from fantasyworld.inference.glb import FrustumSet, write_glb
 from fantasyworld.inference.ply import PointCloud, write_ply
 from fantasyworld.inference.report import write_report
 
@@ -97,10 +100,12 @@ class GenerationResult:
             out["cloud_xyz"] = list(self.cloud.xyz.shape)
         return out
 
-    def save(self, out_dir: str | Path, colmap: bool = True, report: bool = True) -> dict[str, Path]:
+    def save(self, out_dir: str | Path, colmap: bool = True, report: bool = True, glb: bool = True
+             ) -> dict[str, Path]:
         """Write every output into ``out_dir`` (created); returns ``{file name: path}``.
 
-        Geometry files are skipped when the generation ran without geometry.
+        Geometry files are skipped when the generation ran without geometry; ``glb`` writes
+        ``scene.glb`` (cloud capped at :data:`~fantasyworld.inference.glb.DEFAULT_GLB_MAX_POINTS`).
         """
         start = time.perf_counter()
         out = Path(out_dir)
@@ -126,6 +131,12 @@ class GenerationResult:
         if self.cloud is not None:
             paths["points.ply"] = out / "points.ply"
             write_ply(paths["points.ply"], self.cloud.xyz, self.cloud.rgb, self.cloud.conf)
+        if glb and self.w2c is not None:
+            paths["scene.glb"] = out / "scene.glb"
+            frustums = [FrustumSet("predicted", self.w2c, self.intrinsics, h, w),
+                        FrustumSet("requested", self.requested_w2c, self.requested_intrinsics, h, w)]
+            write_glb(paths["scene.glb"], None if self.cloud is None else self.cloud.xyz,
+                      None if self.cloud is None else self.cloud.rgb, frustums)
         if colmap and self.w2c is not None:
             model_dir = write_gaussian_splatting_scene(
                 out / "colmap", self.video, self.w2c, self.intrinsics,

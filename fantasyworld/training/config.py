@@ -1,8 +1,8 @@
 """Typed, self-checking run configuration of ``fantasyworld train``.
 
 A run config is a tree of keyword-only dataclasses (torchtitan style): :class:`TrainConfig`
-at the top with the sections ``model``, ``data``, ``optim``, ``loss``, ``checkpoint`` and
-``log``. It is read from YAML (:func:`load_config`), then ``key=value`` overrides are
+at the top with the sections ``model``, ``data``, ``optim``, ``loss``, ``checkpoint``, ``log`` and
+``validation``. It is read from YAML (:func:`load_config`), then ``key=value`` overrides are
 applied with dotted keys (``optim.lr=3e-4``, ``steps=100``), values parsed as YAML and
 coerced to the field's type. Unknown keys, wrong types and bad combinations raise
 :class:`ConfigError` with a message that names the key and says what to change.
@@ -39,6 +39,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "ValidationConfig",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
@@ -164,6 +165,40 @@ class LogConfig:
 
 
 @dataclass(kw_only=True)
+class ValidationConfig:
+    """Validation samples during training (:mod:`fantasyworld.training.validation`): every
+    ``every`` steps the current weights predict geometry on fixed held-out clips (and, in
+    stage 2, generate a short clip); scores, depth and trajectory images go to
+    ``validation/``, ``validation.jsonl`` and TensorBoard, and the best weights to
+    ``best.safetensors``. Off by default."""
+
+    every: int = 0
+    """Validate every N optimizer steps and at the last step (0: off). Each validation costs
+    about ``max_clips`` forwards (plus ``generate_steps`` in stage 2); docs/training.md."""
+    root: str | None = None
+    """Raw seed-layout dataset of the validation clips (default: ``data.root``); required when
+    training from a cache (it is encoded with ``data.vae`` / ``data.text_encoder``)."""
+    split: str = "held-out"
+    """Which clips of ``root``: ``held-out`` (clip-id hash, as ``fantasyworld evaluate``), ``train`` or ``all``."""
+    held_out_fraction: float = 0.2
+    """Share of the clips in the held-out split."""
+    max_clips: int = 2
+    """The first N clips of the split (a fixed set for the whole run)."""
+    sigma: float = 0.1
+    """Noise level of the latents the geometry is read from, in [0, 1)."""
+    camera_conditioning: str = "none"
+    """Stage 2: feed the clips' cameras as Plucker rays (``gt``) or not (``none``)."""
+    generate_steps: int = 4
+    """Stage 2, one process: Euler steps of a short generation along the first clip's cameras (0: off)."""
+    metric: str = "abs_rel_median"
+    """Validation score that picks the best checkpoint (a key of ``fantasyworld evaluate``'s scores)."""
+    keep_best: bool = True
+    """Write ``best.safetensors`` (+ ``best.json``) whenever ``metric`` improves."""
+    seed: int = 0
+    """Noise seed of the validation forwards (clip i uses seed + i)."""
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     """One training run (stage 1 or stage 2)."""
 
@@ -200,6 +235,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -288,6 +324,34 @@ class TrainConfig:
                  f"{self.checkpoint.every}, {self.checkpoint.keep_last}")
         if self.log.every < 1:
             fail(f"log.every must be >= 1, got {self.log.every}")
+        self._validate_validation(fail)
+
+    def _validate_validation(self, fail) -> None:
+        from fantasyworld.eval.split import SPLITS
+
+        v = self.validation
+        if v.every < 0:
+            fail(f"validation.every must be >= 0 (0: off), got {v.every}")
+        if not v.every:
+            return
+        if v.root is None and self.data.root is None:
+            fail("validation.every > 0 needs raw clips with ground truth: set validation.root to a seed-layout "
+                 "dataset (training from data.cache_dir has no frames to validate on)")
+        if v.split not in SPLITS:
+            fail(f"validation.split must be one of {', '.join(SPLITS)}, got {v.split!r}")
+        if not 0.0 < v.held_out_fraction < 1.0 or v.max_clips < 1 or v.generate_steps < 0:
+            fail("validation.held_out_fraction must be in (0, 1), validation.max_clips >= 1 and "
+                 "validation.generate_steps >= 0")
+        if not 0.0 <= v.sigma < 1.0:
+            fail(f"validation.sigma must be in [0, 1), got {v.sigma}")
+        if v.camera_conditioning not in ("none", "gt"):
+            fail(f"validation.camera_conditioning must be none or gt, got {v.camera_conditioning!r}")
+        from fantasyworld.training.validation import METRICS
+
+        if v.metric not in METRICS:
+            close = difflib.get_close_matches(v.metric, METRICS, n=1)
+            fail(f"validation.metric {v.metric!r} is unknown; choose one of {', '.join(METRICS)}"
+                 + (f" (did you mean {close[0]!r}?)" if close else ""))
 
     def check_world(self, world_size: int) -> int:
         """The global batch for ``world_size`` devices; raises if it contradicts ``global_batch_size``."""

@@ -18,6 +18,9 @@ One optimizer step (letter legend B per-device batch, T pixel frames, F latent f
 4. Backward of ``sum(objective_i) / (B * grad_accum)``; FSDP2 reduce-scatters (averages)
    gradients over ranks after every micro-batch.
 5. Global gradient norm, clipping, AdamW step, LR schedule (linear warmup, then constant).
+6. Checkpoint every ``checkpoint.every`` steps; validation samples every
+   ``validation.every`` steps (:mod:`fantasyworld.training.validation`, off by default; it
+   does not change the training).
 
 A non-finite loss (checked on every rank before backward, agreed by all-reduce) or gradient
 norm skips the optimizer step with a warning; ``max_nonfinite_steps`` skips in a row stop the
@@ -135,6 +138,11 @@ class Trainer:
         self._build_model()
         self._build_optimizer()
         self._build_data()
+        self.validator = None
+        if config.validation.every:
+            from fantasyworld.training.validation import Validator
+
+            self.validator = Validator(self)
 
     # ---------------------------------------------------------------------------- setup
     def _setup_run_dir(self) -> None:
@@ -156,10 +164,11 @@ class Trainer:
         barrier(world)
 
     def _build_encoders(self) -> None:
-        """Frozen VAE / text (/ CLIP) encoders for raw data; nothing for a cache."""
+        """Frozen VAE / text (/ CLIP) encoders for raw data (or raw validation clips); nothing
+        for a cache."""
         cfg, dev = self.cfg, self.world.device
         self.vae = self.text_encoder = self.tokenizer = self.image_encoder = self.image_processor = None
-        if cfg.data.root is None:
+        if cfg.data.root is None and not (cfg.validation.every and cfg.validation.root):
             return
         from fantasyworld.models import encoders
 
@@ -507,6 +516,8 @@ class Trainer:
                     self.nonfinite_streak = 0
                 if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop_signal:
                     last_ckpt = self.save(step)
+                if self.validator is not None and self.validator.due(step) and not stop_signal:
+                    self.validator.run(step, logger)
                 if stop_signal:
                     stopped = "sigterm"
                     logger.write(f"SIGTERM: checkpoint written at step {step} ({last_ckpt}); exiting")
