@@ -1,0 +1,280 @@
+"""Where camera learning stops: stage-1 geometry on cached latents, with controls.
+
+Renders (once) ``--clips`` synthetic worlds, splits them with the evaluation's hash split,
+encodes every clip once with the shipped tiny VAE, and trains one learner on the training
+worlds; held-out and training worlds are scored at the end (and every ``--eval-every``
+steps) with the evaluation's own metrics against its trivial baselines: relative rotation
+error vs identity poses, depth AbsRel (median-aligned) vs constant depth, translation
+direction vs identity.
+
+Learners (``--learner``):
+
+* ``fantasyworld``: the ``tiny`` preset on the shipped tiny backbone, stage 1, the project's
+  losses (``compute_losses``), AdamW with warmup and a constant or cosine schedule;
+  ``--camera-input ground-truth`` replaces the camera head's input tokens by a fixed random
+  projection of the ground-truth encodings of each latent frame's pixel frames (a control:
+  it measures what the camera head and its loss can do when the information is present);
+  ``--camera-only`` drops the depth and point losses;
+* ``mlp``: a two-layer MLP from the whole clip's latents (or pixels, ``--mlp-input pixels``)
+  straight to the quaternions relative to frame 0 (a control: can a generic learner
+  generalise relative rotation from this data at all?).
+
+Runs on a CPU or one GPU. One JSON per run (``--out/NAME.json``) with the settings, the
+curves and the final scores; docs/evaluation.md#camera-learning has the measured table.
+
+    python benchmarks/camera_probe.py --name base --clips 400 --steps 1500
+    python benchmarks/camera_probe.py --name control --camera-input ground-truth --schedule cosine
+    python benchmarks/camera_probe.py --name mlp --learner mlp --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fantasyworld.data.loader import RawClipDataset, collate
+from fantasyworld.data.synth import synthesize_dataset
+from fantasyworld.demo import ASSETS
+from fantasyworld.eval.evaluate import baseline_prediction, score_clip
+from fantasyworld.eval.split import split_clip_ids
+from fantasyworld.geometry.pose_encoding import decode_pose, encode_pose, relative_to_first
+from fantasyworld.models import encoders
+from fantasyworld.models.config import get_preset
+from fantasyworld.models.fantasyworld import FantasyWorldModel
+from fantasyworld.models.flow_matching import add_noise, sample_training_sigmas, sigma_to_timestep
+from fantasyworld.models.wan_loading import load_wan_transformer
+from fantasyworld.training.losses import compute_losses
+from fantasyworld.training.lr_schedule import lr_multiplier
+
+GT_KEYS = ("depth", "points", "valid", "w2c", "intrinsics")
+EVAL_SIGMA = 0.05
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", default="run")
+    p.add_argument("--out", default="camera_probe_out")
+    p.add_argument("--worlds-dir", default=None, help="where the rendered worlds live (default: beside --out)")
+    p.add_argument("--clips", type=int, default=400)
+    p.add_argument("--frames", type=int, default=9)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--learner", choices=("fantasyworld", "mlp"), default="fantasyworld")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--sigma", default="shift:0.5", help="'shift:S' (training schedule) or 'fixed:SIGMA'")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="0: off")
+    p.add_argument("--camera-weight", type=float, default=3.0)
+    p.add_argument("--camera-input", choices=("model", "ground-truth"), default="model")
+    p.add_argument("--camera-only", action="store_true")
+    p.add_argument("--mlp-input", choices=("latents", "pixels"), default="latents")
+    p.add_argument("--train-subset", type=int, default=0, help="train on the first N training worlds only")
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-clips", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+class ClipSet:
+    """Every clip of a split on the device: latents, text, ground truth, the raw video."""
+
+    def __init__(self, ds: RawClipDataset, indices: list[int], vae, text_model, tokenizer, device) -> None:
+        batch = collate([ds[i] for i in indices])
+        with torch.no_grad():
+            self.latents = torch.cat([encoders.encode_video(vae, batch["video"][i:i + 64].to(device))
+                                      for i in range(0, len(indices), 64)])
+            self.text = torch.cat([encoders.encode_text(text_model, tokenizer, batch["prompt"][i:i + 64])[0]
+                                   for i in range(0, len(indices), 64)]).to(device)
+        self.video = batch["video"].to(device)
+        self.gt = {k: batch[k].to(device) for k in GT_KEYS}
+        self.size = len(indices)
+
+    def select(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[idx] for k, v in self.gt.items()}
+
+
+def pose_targets(gt: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
+    """Ground-truth ``absT_quaR_FoV`` encodings relative to frame 0, ``(B, T, 9)``."""
+    return encode_pose(relative_to_first(gt["w2c"]), gt["intrinsics"], image_hw)
+
+
+def score(pred_w2c: torch.Tensor, pred_depth: torch.Tensor | None, gt: dict[str, torch.Tensor]) -> list[dict]:
+    """Per-clip ``(model, baseline)`` scores with the evaluation's metrics."""
+    rows = []
+    for i in range(pred_w2c.shape[0]):
+        g = {"depth": gt["depth"][i].double().cpu().numpy(), "valid": gt["valid"][i].cpu().numpy(),
+             "w2c": gt["w2c"][i].double().cpu().numpy(), "points": gt["points"][i].double().cpu().numpy(),
+             "intrinsics": gt["intrinsics"][i].double().cpu().numpy()}
+        pred: dict[str, Any] = {"w2c": pred_w2c[i].double().cpu().numpy()}
+        base = baseline_prediction(g)
+        base.pop("world_points")
+        if pred_depth is not None:
+            pred["depth"] = pred_depth[i].double().cpu().numpy()
+        else:
+            base.pop("depth")
+        rows.append((score_clip(pred, g), score_clip(base, g)))
+    return rows
+
+
+def summarise(rows: list[tuple[dict, dict]]) -> dict[str, float]:
+    def mean(which: int, key: str) -> float:
+        return float(np.nanmean([r[which][key] for r in rows])) if key in rows[0][which] else float("nan")
+
+    out = {"rot_err": mean(0, "rot_err"), "rot_err_identity": mean(1, "rot_err")}
+    out["rotation_ratio"] = out["rot_err_identity"] / out["rot_err"]
+    out["translation_ratio"] = mean(1, "trans_err") / mean(0, "trans_err")
+    if "abs_rel_median" in rows[0][0]:
+        out["abs_rel"] = mean(0, "abs_rel_median")
+        out["depth_ratio"] = mean(1, "abs_rel_median") / out["abs_rel"]
+    return out
+
+
+class FantasyWorldLearner:
+    """The tiny preset's stage 1 with the project's losses (see the module docstring)."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        config = get_preset("tiny")
+        wan = load_wan_transformer(ASSETS / "backbone", torch.float32, "cpu", expected_config=config.wan)
+        self.model = FantasyWorldModel(config, transformer=wan).to(device).set_stage(1)
+        self.model.train()
+        self.args, self.device = args, device
+        self.hw = (args.size, args.size)
+        self.gt_tokens: torch.Tensor | None = None
+        if args.camera_input == "ground-truth":
+            head = self.model.geometry.camera_head
+            width = head.token_norm.normalized_shape[0]
+            proj = torch.randn(36, width, generator=torch.Generator().manual_seed(args.seed)).to(device)
+
+            def replace_tokens(_module, inputs):
+                enc = self.gt_tokens  # (B, T, 9): frame 0 repeated 4x, then 4 pixel frames per latent frame
+                grouped = torch.cat([enc[:, :1].repeat(1, 4, 1), enc[:, 1:]], 1).reshape(enc.shape[0], -1, 36)
+                return (grouped @ proj,) + tuple(inputs[1:])
+
+            head.register_forward_pre_hook(replace_tokens)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def forward(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> dict:
+        gt = clips.select(idx)
+        self.gt_tokens = pose_targets(gt, self.hw)
+        noise = torch.randn(clips.latents[idx].shape, generator=gen).to(self.device)
+        latents = add_noise(clips.latents[idx], noise, sigma)
+        heads = ("camera",) if self.args.camera_only else ("depth", "points", "camera")
+        return self.model(latents, sigma_to_timestep(sigma), clips.text[idx], stage=1, heads=heads)
+
+    def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        out = self.forward(clips, idx, sigma, gen)
+        return compute_losses(out, clips.select(idx), stage=1, camera_weight=self.args.camera_weight)["objective"]
+
+    @torch.no_grad()
+    def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        out = self.forward(clips, idx, torch.full((len(idx),), EVAL_SIGMA, device=self.device), gen)
+        self.model.train()
+        w2c, _ = decode_pose(out["pose_enc"].double(), self.hw)
+        return w2c, out.get("depth")
+
+
+class MlpLearner:
+    """Latents (or pixels) of the whole clip -> quaternions relative to frame 0."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, clips: ClipSet) -> None:
+        self.args, self.device, self.hw = args, device, (args.size, args.size)
+        width = self._inputs(clips, torch.arange(1, device=device)).shape[1]
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(width, 512), torch.nn.GELU(), torch.nn.Dropout(0.2),
+            torch.nn.Linear(512, 512), torch.nn.GELU(), torch.nn.Linear(512, args.frames * 4),
+        ).to(device)
+        self.params = list(self.net.parameters())
+
+    def _inputs(self, clips: ClipSet, idx: torch.Tensor) -> torch.Tensor:
+        x = clips.latents[idx] if self.args.mlp_input == "latents" else clips.video[idx]
+        return x.flatten(1)
+
+    def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        target = pose_targets(clips.select(idx), self.hw)[..., 3:7]
+        pred = self.net(self._inputs(clips, idx)).view(len(idx), -1, 4)
+        return torch.nn.functional.smooth_l1_loss(pred, target)
+
+    @torch.no_grad()
+    def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, None]:
+        self.net.eval()
+        quat = self.net(self._inputs(clips, idx)).view(len(idx), -1, 4)
+        self.net.train()
+        enc = torch.zeros(*quat.shape[:2], 9, device=quat.device)
+        enc[..., 3:7] = quat
+        enc[..., 7:] = 1.0
+        return decode_pose(enc.double(), self.hw)[0], None
+
+
+def evaluate(learner, clips: ClipSet, limit: int) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    for start in range(0, min(limit, clips.size), 16):
+        idx = torch.arange(start, min(start + 16, limit, clips.size), device=clips.latents.device)
+        w2c, depth = learner.predict(clips, idx, gen)
+        rows += score(w2c, depth, clips.select(idx))
+    return summarise(rows)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    worlds = Path(args.worlds_dir or out / "worlds") / f"{args.clips}x{args.frames}x{args.size}"
+    if not (worlds / "metadata.json").is_file():
+        synthesize_dataset(worlds, num_clips=args.clips, num_frames=args.frames, height=args.size,
+                           width=args.size, seed=0, progress=True)
+    torch.manual_seed(args.seed)
+    ds = RawClipDataset(worlds, num_frames=args.frames, height=args.size, width=args.size)
+    ids = [r.clip_id for r in ds.records]
+    train_ids, held_ids = split_clip_ids(ids, 0.2)
+    where = {c: i for i, c in enumerate(ids)}
+    train_idx = [where[c] for c in train_ids][: args.train_subset or None]
+    vae = encoders.load_vae(ASSETS / "vae").to(device)
+    text_model, tokenizer = encoders.tiny_text_encoder(d_model=32)
+    text_model = text_model.to(device)
+    train = ClipSet(ds, train_idx, vae, text_model, tokenizer, device)
+    held = ClipSet(ds, [where[c] for c in held_ids], vae, text_model, tokenizer, device)
+    learner = FantasyWorldLearner(args, device) if args.learner == "fantasyworld" else MlpLearner(args, device, train)
+
+    opt = torch.optim.AdamW(learner.params, lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(args.schedule, 20, args.steps))
+    gen = torch.Generator().manual_seed(args.seed)
+    kind, value = args.sigma.split(":")
+    curves, t0 = [], time.perf_counter()
+    for step in range(args.steps):
+        idx = torch.randint(0, train.size, (args.batch,), generator=gen).to(device)
+        if kind == "fixed":
+            sigma = torch.full((args.batch,), float(value))
+        else:
+            sigma = sample_training_sigmas(args.batch, gen, float(value))
+        loss = learner.loss(train, idx, sigma.to(device), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(learner.params, args.grad_clip)
+        opt.step()
+        sched.step()
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            curves.append({"step": step + 1, "loss": loss.item(), "train": evaluate(learner, train, 32),
+                           "held_out": evaluate(learner, held, args.eval_clips)})
+            print(args.name, json.dumps(curves[-1]), flush=True)
+    result = {"settings": vars(args), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "train_worlds": train.size, "held_out_worlds": held.size, "time_s": time.perf_counter() - t0,
+              "curves": curves, "train": evaluate(learner, train, 32),
+              "held_out": evaluate(learner, held, args.eval_clips)}
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(args.name, json.dumps({k: result[k] for k in ("time_s", "train", "held_out")}), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
