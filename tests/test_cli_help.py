@@ -24,7 +24,8 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["train", "--help"], ["verify-config", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["train", "--help"], ["verify-config", "--help"],
+                                  ["view", "--help"], ["export", "--help"]])
 def test_help_imports_no_torch(argv: list[str]) -> None:
     env_path = str(ROOT)
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,
@@ -35,4 +36,5 @@ def test_help_imports_no_torch(argv: list[str]) -> None:
 
 def test_parser_lists_every_command() -> None:
     choices = build_parser()._subparsers._group_actions[0].choices
-    assert set(choices) == {"demo", "verify-config", "data", "train", "generate", "evaluate", "convert-official"}
+    assert set(choices) == {"demo", "verify-config", "data", "train", "generate", "evaluate", "convert-official",
+                            "view", "export"}

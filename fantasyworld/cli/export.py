@@ -12,8 +12,6 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``export`` sub-command."""
-    from fantasyworld.inference.glb import DEFAULT_GLB_MAX_POINTS
-
     p = sub.add_parser("export", help="export an output folder's scene (GLB: point cloud + camera frustums)",
                        description="Read a generate, evaluate or demo output folder and write its fused point cloud "
                                    "and camera frustums as a binary glTF file (Blender, web viewers, Gradio).")
@@ -21,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--glb", action="store_true", help="write a GLB file (the only format so far; required)")
     p.add_argument("--out", default=None, help="GLB path (default: scene.glb in the folder the scene comes from)")
     p.add_argument("--clip", default=None, help="evaluate/demo folders: the evaluation clip to export")
-    p.add_argument("--max-points", type=int, default=DEFAULT_GLB_MAX_POINTS, help="point cap (seeded subsample)")
+    p.add_argument("--max-points", type=int, default=None,
+                   help="point cap (seeded subsample; default: the GLB writer's DEFAULT_GLB_MAX_POINTS)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: choose a format: --glb", file=sys.stderr)
         return 2
     try:
-        path, info = write_output_glb(args.out_dir, args.out, clip=args.clip, max_points=args.max_points)
+        kwargs = {} if args.max_points is None else {"max_points": args.max_points}
+        path, info = write_output_glb(args.out_dir, args.out, clip=args.clip, **kwargs)
     except NotAnOutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
