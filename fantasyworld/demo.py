@@ -4,7 +4,7 @@ Steps (each prints a header with the elapsed time; training shows its progress b
 
 1. **Worlds**: :func:`~fantasyworld.data.synth.synthesize_dataset` renders ``num_clips``
    procedural worlds (seed 0) into ``OUT/data/worlds``; the held-out split of
-   :mod:`fantasyworld.eval.split` (clip-id hash) is set aside and the other clips are linked
+   :mod:`fantasyworld.data.split` (clip-id hash) is set aside and the other clips are linked
    into ``OUT/data/train``, the only data training reads.
 2. **Stage 1** (geometry branch on the frozen backbone) and 3. **stage 2** (plus the
    interaction and camera modules and the diffusion loss), both with the project's trainer
@@ -143,9 +143,9 @@ def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = No
     import torch
 
     from fantasyworld.data.formats import load_metadata
+    from fantasyworld.data.split import split_clip_ids
     from fantasyworld.data.synth import synthesize_dataset
     from fantasyworld.eval.evaluate import EvalSettings, evaluate
-    from fantasyworld.eval.split import split_clip_ids
     from fantasyworld.inference.pipeline import FantasyWorldPipeline
     from fantasyworld.training.trainer import Trainer
 

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from fantasyworld.data.split import clip_hash, select_split, split_clip_ids
 from fantasyworld.eval import baselines
 from fantasyworld.eval.evaluate import acceptance, baseline_prediction, score_clip, summarize
 from fantasyworld.eval.metrics import nearest_distances
-from fantasyworld.eval.split import clip_hash, select_split, split_clip_ids
 
 
 def _yaw_w2c(deg: float, centre: tuple[float, float, float]) -> np.ndarray:

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from fantasyworld.cli import main
+from fantasyworld.data.split import split_clip_ids
 from fantasyworld.data.synth import synthesize_dataset
 from fantasyworld.eval.evaluate import CAMERA_KEYS, DEPTH_KEYS, POINT_KEYS
-from fantasyworld.eval.split import split_clip_ids
 from fantasyworld.inference.testing import write_tiny_checkpoint
 
 

@@ -1,7 +1,7 @@
 """The package's import graph is layered: no module imports a room above its own floor.
 
 Floors, lowest first (docs/architecture.md): errors -> geometry -> layers | heads -> models
--> data -> training | inference -> eval | viewer -> demo -> cli (-> ``__main__``). A room may import its own room and
+-> data -> training | inference -> eval -> demo | viewer -> cli (-> ``__main__``). A room may import its own room and
 any lower floor. ``training`` and ``inference`` are peers: neither imports the other.
 ``heads`` may use ``layers`` (shared blocks), not the other way round. Every import counts,
 including those inside functions, ``import fantasyworld.x`` forms and relative imports.
@@ -24,8 +24,8 @@ FLOORS: dict[str, int] = {
     "models": 3,
     "data": 4,
     "training": 5, "inference": 5,
-    "eval": 6, "viewer": 6,
-    "demo": 7,
+    "eval": 6,
+    "demo": 7, "viewer": 7,
     "cli": 8,
     "__main__": 9,
     "assets": 0,

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fantasyworld.data.synth import synthesize_dataset
+from fantasyworld.eval.validation import BEST_INFO, BEST_WEIGHTS, VALIDATION_LOG, Validator, check_metric
 from fantasyworld.training.config import ConfigError, config_from_dict
 from fantasyworld.training.logging import MetricsLogger
 from fantasyworld.training.trainer import Trainer, loss_keys
-from fantasyworld.training.validation import BEST_INFO, BEST_WEIGHTS, VALIDATION_LOG
 
 STEPS = 4
 
@@ -40,11 +40,11 @@ def _config(data, out, stage=1, init_from=None, **validation):
 def runs(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("val")
     data = synthesize_dataset(root / "data", num_clips=3, num_frames=5, height=32, width=32, seed=5, workers=1)
-    plain = Trainer(_config(data, root / "plain")).train()
-    trainer = Trainer(_config(data, root / "validated", every=2, split="all", max_clips=2))
+    plain = Trainer(_config(data, root / "plain"), validator=Validator).train()
+    trainer = Trainer(_config(data, root / "validated", every=2, split="all", max_clips=2), validator=Validator)
     validated = trainer.train()
     stage2 = Trainer(_config(data, root / "stage2", stage=2, init_from=validated.last_checkpoint, every=2,
-                             split="all", max_clips=2, generate_steps=2)).train()
+                             split="all", max_clips=2, generate_steps=2), validator=Validator).train()
     return {"data": data, "plain": plain, "validated": validated, "stage2": stage2, "trainer": trainer}
 
 
@@ -97,9 +97,11 @@ def test_validation_config_errors_name_the_key(runs, tmp_path) -> None:
     with pytest.raises(ConfigError, match="set validation.root"):
         config_from_dict({**base, "validation": {"every": 10}})
     with pytest.raises(ConfigError, match="did you mean 'abs_rel_median'"):
-        config_from_dict({**base, "validation": {"every": 10, "root": "x", "metric": "abs_rel_medain"}})
+        check_metric(config_from_dict({**base, "validation": {"every": 10, "root": "x",
+                                                              "metric": "abs_rel_medain"}}).validation.metric)
     with pytest.raises(ConfigError, match="holds no clip"):
-        Trainer(_config(runs["data"], tmp_path / "none", every=2, split="train", held_out_fraction=0.99))
+        Trainer(_config(runs["data"], tmp_path / "none", every=2, split="train", held_out_fraction=0.99),
+                validator=Validator)
 
 
 def test_a_validation_leaves_rng_states_weights_and_training_mode_alone(runs, tmp_path) -> None:

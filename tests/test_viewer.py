@@ -15,10 +15,10 @@ viser = pytest.importorskip("viser")
 
 from fantasyworld.cli import main as cli_main  # noqa: E402
 from fantasyworld.eval.scenes import write_scene  # noqa: E402
-from fantasyworld.inference.outputs import NotAnOutputError, load_output  # noqa: E402
 from fantasyworld.inference.ply import read_ply  # noqa: E402
 from fantasyworld.inference.testing import write_tiny_checkpoint  # noqa: E402
 from fantasyworld.viewer.app import build_viewer, confidence_mask  # noqa: E402
+from fantasyworld.viewer.outputs import NotAnOutputError, load_output  # noqa: E402
 
 T, H, W = 5, 32, 48
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

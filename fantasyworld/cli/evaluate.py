@@ -22,7 +22,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` sub-command."""
-    from fantasyworld.eval.split import HELD_OUT_FRACTION, SPLITS
+    from fantasyworld.data.split import HELD_OUT_FRACTION, SPLITS
 
     p = sub.add_parser("evaluate", help="score a checkpoint's geometry on held-out clips (see docs/evaluation.md)")
     p.add_argument("--checkpoint", required=True, help="step-N.safetensors or its run directory (newest step)")

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export; print the file and what it holds."""
-    from fantasyworld.inference.outputs import NotAnOutputError, write_output_glb
+    from fantasyworld.viewer.outputs import NotAnOutputError, write_output_glb
 
     if not args.glb:
         print("error: choose a format: --glb", file=sys.stderr)

@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         return 0
 
+    from fantasyworld.eval.validation import Validator
     from fantasyworld.training.parallel import init_world, shutdown
     from fantasyworld.training.trainer import NonFiniteLossError, Trainer
 
     world = init_world(config.device)
     try:
-        result = Trainer(config, world).train()
+        result = Trainer(config, world, validator=Validator).train()
     except (ConfigError, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the folder, then serve until interrupted."""
-    from fantasyworld.inference.outputs import NotAnOutputError, load_output
+    from fantasyworld.viewer.outputs import NotAnOutputError, load_output
 
     try:
         scene = load_output(args.out_dir, args.clip)  # a bad folder fails before viser is imported

@@ -54,9 +54,9 @@ import torch
 import yaml
 
 from fantasyworld.data.loader import RawClipDataset
+from fantasyworld.data.split import HELD_OUT_FRACTION, select_split
 from fantasyworld.eval import baselines
 from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_errors, pointmap_metrics, pose_auc, rpe
-from fantasyworld.eval.split import HELD_OUT_FRACTION, select_split
 
 __all__ = [
     "ACCEPTANCE_FACTOR",
@@ -90,7 +90,7 @@ class EvalSettings:
     """What ``evaluate`` runs.
 
     Attributes:
-        split: ``held-out`` (default), ``train`` or ``all`` (:mod:`fantasyworld.eval.split`).
+        split: ``held-out`` (default), ``train`` or ``all`` (:mod:`fantasyworld.data.split`).
         held_out_fraction: share of clips in the held-out split.
         max_clips: evaluate at most this many clips of the split (``None``: all).
         num_frames, height, width: clip size (``None``: the checkpoint's training run

@@ -15,7 +15,7 @@ Modules, one job each:
 * :mod:`~fantasyworld.inference.ply` - point-cloud fusion and PLY I/O;
 * :mod:`~fantasyworld.inference.colmap` - COLMAP text model / 3DGS scene layout;
 * :mod:`~fantasyworld.inference.glb` - GLB scenes (point cloud + camera frustums);
-* :mod:`~fantasyworld.inference.outputs` - read a generate / evaluate / demo folder back;
+* :mod:`~fantasyworld.viewer.outputs` - read a generate / evaluate / demo folder back;
 * :mod:`~fantasyworld.inference.report` - ``report.html`` with the SVG trajectory plot;
 * :mod:`~fantasyworld.inference.testing` - tiny checkpoints for tests and smoke runs.
 

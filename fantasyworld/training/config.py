@@ -166,7 +166,7 @@ class LogConfig:
 
 @dataclass(kw_only=True)
 class ValidationConfig:
-    """Validation samples during training (:mod:`fantasyworld.training.validation`): every
+    """Validation samples during training (:mod:`fantasyworld.eval.validation`): every
     ``every`` steps the current weights predict geometry on fixed held-out clips (and, in
     stage 2, generate a short clip); scores, depth and trajectory images go to
     ``validation/``, ``validation.jsonl`` and TensorBoard, and the best weights to
@@ -327,7 +327,7 @@ class TrainConfig:
         self._validate_validation(fail)
 
     def _validate_validation(self, fail) -> None:
-        from fantasyworld.eval.split import SPLITS
+        from fantasyworld.data.split import SPLITS
 
         v = self.validation
         if v.every < 0:
@@ -346,12 +346,7 @@ class TrainConfig:
             fail(f"validation.sigma must be in [0, 1), got {v.sigma}")
         if v.camera_conditioning not in ("none", "gt"):
             fail(f"validation.camera_conditioning must be none or gt, got {v.camera_conditioning!r}")
-        from fantasyworld.training.validation import METRICS
-
-        if v.metric not in METRICS:
-            close = difflib.get_close_matches(v.metric, METRICS, n=1)
-            fail(f"validation.metric {v.metric!r} is unknown; choose one of {', '.join(METRICS)}"
-                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+        # validation.metric is checked by the validator itself (its score names live in eval/)
 
     def check_world(self, world_size: int) -> int:
         """The global batch for ``world_size`` devices; raises if it contradicts ``global_batch_size``."""

@@ -19,7 +19,7 @@ One optimizer step (letter legend B per-device batch, T pixel frames, F latent f
    gradients over ranks after every micro-batch.
 5. Global gradient norm, clipping, AdamW step, LR schedule (linear warmup, then constant).
 6. Checkpoint every ``checkpoint.every`` steps; validation samples every
-   ``validation.every`` steps (:mod:`fantasyworld.training.validation`, off by default; it
+   ``validation.every`` steps (:mod:`fantasyworld.eval.validation`, passed in as ``validator``, off by default; it
    does not change the training).
 
 A non-finite loss (checked on every rank before backward, agreed by all-reduce) or gradient
@@ -35,6 +35,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,11 @@ class Trainer:
         world: the process's :class:`World` (default: :func:`init_world` from the environment).
     """
 
-    def __init__(self, config: TrainConfig, world: World | None = None) -> None:
+    def __init__(self, config: TrainConfig, world: World | None = None,
+                 validator: Callable[[Trainer], Any] | None = None) -> None:
+        """``validator``: builds the periodic validation from the trainer (needed when
+        ``validation.every`` is set; ``fantasyworld train`` passes
+        :class:`fantasyworld.eval.validation.Validator`, which lives above training)."""
         self.cfg = config
         self.world = world or init_world(config.device)
         self.log = get_logger()
@@ -140,9 +145,10 @@ class Trainer:
         self._build_data()
         self.validator = None
         if config.validation.every:
-            from fantasyworld.training.validation import Validator
-
-            self.validator = Validator(self)
+            if validator is None:
+                raise ConfigError("validation.every is set but no validator was given: run `fantasyworld train`, "
+                                  "or pass validator=fantasyworld.eval.validation.Validator to Trainer")
+            self.validator = validator(self)
 
     # ---------------------------------------------------------------------------- setup
     def _setup_run_dir(self) -> None:
@@ -536,6 +542,7 @@ class Trainer:
             extra_state={"nonfinite_streak": self.nonfinite_streak})
 
 
-def train(config: TrainConfig, world: World | None = None) -> TrainResult:
+def train(config: TrainConfig, world: World | None = None,
+          validator: Callable[[Trainer], Any] | None = None) -> TrainResult:
     """Build a :class:`Trainer` and run it (the body of ``fantasyworld train``)."""
-    return Trainer(config, world).train()
+    return Trainer(config, world, validator).train()

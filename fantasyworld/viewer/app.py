@@ -1,6 +1,6 @@
 """The viser scene of one output folder, and the blocking server of ``fantasyworld view``.
 
-Scene tree (world frame and cameras as in :mod:`fantasyworld.inference.outputs`: OpenCV
+Scene tree (world frame and cameras as in :mod:`fantasyworld.viewer.outputs`: OpenCV
 axes, so the viewer's up direction is -y; cameras are 4x4 world-to-camera):
 
 * ``/cloud``: the fused coloured cloud, the points at or above the ``confidence
@@ -28,7 +28,7 @@ import numpy as np
 
 from fantasyworld.geometry.cameras import invert_se3
 from fantasyworld.inference.glb import FrustumSet, frustum_depth
-from fantasyworld.inference.outputs import OutputScene, load_output
+from fantasyworld.viewer.outputs import OutputScene, load_output
 
 __all__ = ["SceneViewer", "build_viewer", "confidence_mask", "serve"]
 

@@ -50,6 +50,19 @@ BEST_WEIGHTS = "best.safetensors"
 BEST_INFO = "best.json"
 
 
+def check_metric(metric: str) -> None:
+    """Raise :class:`~fantasyworld.errors.ConfigError` naming ``validation.metric`` (and the
+    closest known score) when ``metric`` is not one of :data:`METRICS`."""
+    import difflib
+
+    from fantasyworld.training.config import ConfigError
+
+    if metric not in METRICS:
+        close = difflib.get_close_matches(metric, METRICS, n=1)
+        raise ConfigError(f"validation.metric {metric!r} is unknown; choose one of {', '.join(METRICS)}"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
 def _better(value: float, best: float | None, metric: str) -> bool:
     if not math.isfinite(value):
         return False
@@ -67,10 +80,11 @@ class Validator:
 
     def __init__(self, trainer) -> None:
         from fantasyworld.data.loader import RawClipDataset
+        from fantasyworld.data.split import select_split
         from fantasyworld.eval.evaluate import _frames_uint8, _ground_truth
-        from fantasyworld.eval.split import select_split
         from fantasyworld.training.config import ConfigError
 
+        check_metric(trainer.cfg.validation.metric)
         self.trainer = trainer
         self.cfg = trainer.cfg.validation
         d = trainer.cfg.data
