@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from fantasyworld.data.loader import RawClipDataset, collate
+from fantasyworld.data.split import split_clip_ids
 from fantasyworld.data.synth import synthesize_dataset
 from fantasyworld.demo import ASSETS
 from fantasyworld.eval.evaluate import baseline_prediction, score_clip
-from fantasyworld.eval.split import split_clip_ids
 from fantasyworld.geometry.pose_encoding import decode_pose, encode_pose, relative_to_first
 from fantasyworld.models import encoders
 from fantasyworld.models.config import get_preset
