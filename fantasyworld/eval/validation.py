@@ -178,15 +178,8 @@ class Validator:
 
             for name, arr in images.items():
                 Image.fromarray(arr).save(out / f"step-{step:06d}_{name}.png")
-            writer = getattr(logger, "writer", None)
-            if writer is not None:
-                for name, arr in images.items():
-                    writer.add_image(f"val/{name}", arr, step, dataformats="HWC")
-                for k, v in means.items():
-                    if math.isfinite(v):
-                        writer.add_scalar(f"val/{k}", v, step)
-                writer.add_scalar("val/seconds", seconds, step)
-                writer.flush()
+            logger.log_images(step, {f"val/{name}": arr for name, arr in images.items()})
+            logger.log_scalars(step, {**{f"val/{k}": v for k, v in means.items()}, "val/seconds": seconds})
             with self.log_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             logger.write(f"validation at step {step} on {len(self.clip_ids)} clip(s): {cfg.metric} {value:.4g}"

@@ -155,11 +155,16 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class LogConfig:
-    """TensorBoard scalars, ``metrics.jsonl`` and the progress bar (rank 0 only)."""
+    """TensorBoard scalars, ``metrics.jsonl``, optional Weights & Biases and the progress bar
+    (rank 0 only)."""
 
     every: int = 1
     """Log scalars every N steps (``metrics.jsonl`` gets every step)."""
     tensorboard: bool = True
+    wandb: bool = False
+    """Also log to Weights & Biases in offline mode (``RUN/wandb/offline-run-*``, nothing is sent;
+    ``wandb sync`` uploads it later). Needs ``pip install -e ".[wandb]"``."""
+    wandb_project: str = "fantasyworld"
     progress: bool = True
     """A tqdm progress bar with the loss breakdown."""
 

@@ -24,6 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fantasyworld.errors import ConfigError
+
 __all__ = ["METRICS_NAME", "MetricsLogger", "get_logger", "read_metrics"]
 
 METRICS_NAME = "metrics.jsonl"
@@ -64,6 +68,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _start_wandb(run_dir: Path, project: str, run_config: dict, start_step: int):
+    """An offline W&B run in ``RUN/wandb`` (a resumed run starts a new offline run that
+    continues the step axis)."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError('log.wandb needs Weights & Biases: pip install -e ".[wandb]"') from exc
+    return wandb.init(mode="offline", dir=str(run_dir), project=project, name=run_dir.name,
+                      config=run_config, tags=[f"resumed-at-{start_step}"] if start_step else None)
+
+
 class MetricsLogger:
     """Writes metrics on the main rank; every method is a no-op elsewhere.
 
@@ -72,15 +87,18 @@ class MetricsLogger:
         enabled: this is the main rank.
         total_steps, start_step: progress-bar range; ``start_step > 0`` also truncates
             ``metrics.jsonl`` and purges TensorBoard events after it.
-        tensorboard, progress, every: see :class:`~fantasyworld.training.config.LogConfig`.
+        tensorboard, progress, every, wandb: see :class:`~fantasyworld.training.config.LogConfig`.
+        wandb_project, run_config: the W&B project and the run configuration it records.
     """
 
     def __init__(self, run_dir: str | Path, *, enabled: bool, total_steps: int, start_step: int = 0,
-                 tensorboard: bool = True, progress: bool = True, every: int = 1) -> None:
+                 tensorboard: bool = True, progress: bool = True, every: int = 1, wandb: bool = False,
+                 wandb_project: str = "fantasyworld", run_config: dict | None = None) -> None:
         self.enabled = enabled
         self.every = every
         self.path = Path(run_dir) / METRICS_NAME
         self.writer = None
+        self.wandb_run = None
         self.bar = None
         if not enabled:
             return
@@ -90,6 +108,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1 if start_step else None)
+        if wandb:
+            self.wandb_run = _start_wandb(Path(run_dir), wandb_project, run_config or {}, start_step)
         if progress:
             from tqdm import tqdm
 
@@ -104,15 +124,38 @@ class MetricsLogger:
                                 for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer is not None and step % self.every == 0:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(f"{_PREFIX.get(key, 'loss')}/{key}", value, step)
+        if step % self.every == 0:
+            self.log_scalars(step, {f"{_PREFIX.get(k, 'loss')}/{k}": v for k, v in values.items()})
         if self.bar is not None:
             post = {_SHORT[k]: f"{values[k]:.4g}" for k in _SHORT if k in values and values[k] is not None}
             post["lr"] = f"{values.get('lr', 0.0):.2e}"
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(1)
+
+    def log_scalars(self, step: int, values: dict[str, Any]) -> None:
+        """Finite numbers of ``values`` (full tag names, e.g. ``val/rot_err``) to TensorBoard and W&B."""
+        if not self.enabled:
+            return
+        finite = {k: float(v) for k, v in values.items()
+                  if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self.writer is not None:
+            for key, value in finite.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb_run is not None and finite:
+            self.wandb_run.log(finite, step=step)
+
+    def log_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """``(H, W, 3)`` uint8 images under their tag names to TensorBoard and W&B."""
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for key, arr in images.items():
+                self.writer.add_image(key, arr, step, dataformats="HWC")
+            self.writer.flush()
+        if self.wandb_run is not None and images:
+            import wandb
+
+            self.wandb_run.log({k: wandb.Image(arr) for k, arr in images.items()}, step=step)
 
     def write(self, message: str) -> None:
         """Print a line without breaking the progress bar."""
@@ -128,6 +171,9 @@ class MetricsLogger:
             self.writer.flush()
             self.writer.close()
             self.writer = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

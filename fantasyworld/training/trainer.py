@@ -443,7 +443,8 @@ class Trainer:
         keys = loss_keys(self.stage)
         logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=cfg.steps,
                                start_step=self.start_step, tensorboard=cfg.log.tensorboard,
-                               progress=cfg.log.progress, every=cfg.log.every)
+                               progress=cfg.log.progress, every=cfg.log.every, wandb=cfg.log.wandb,
+                               wandb_project=cfg.log.wandb_project, run_config=config_to_dict(cfg))
         flag = _SignalFlag()
         history: list[dict[str, float]] = []
         last_ckpt: Path | None = (ckpt.weights_path(self.run_dir, self.start_step) if self.start_step else None)
