@@ -89,8 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cfg", type=float, default=5.0, help="guidance scale (1 disables CFG)")
     g.add_argument("--shift", type=float, default=5.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--geometry", default="final", choices=["final", "last-step", "none"],
-                   help="final: heads on the denoised latent (extra forward); last-step: heads in the last step")
+    g.add_argument("--geometry", default="auto", choices=["auto", "final", "last-step", "none"],
+                   help="final: heads on the denoised latent (extra forward); last-step: heads in the last step; "
+                        "auto: last-step for official_compat checkpoints (as the official), final otherwise")
+    g.add_argument("--schedule", default="auto", choices=["auto", "project", "official"],
+                   help="sigma grid: project (diffusers' flow-matching Euler), official (the released sampler's "
+                        "grid and bf16-rounded timesteps); auto: official for official_compat checkpoints")
     g.add_argument("--no-cfg-batch", action="store_true", help="run the CFG passes as two forwards")
     g.add_argument("--vae-tiling", default="auto", choices=["auto", "on", "off"])
     g = p.add_argument_group("outputs")
@@ -150,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             resample_camera=args.resample_camera, translation_scale=args.translation_scale,
             scale_depth=args.scale_depth, depth_estimator=depth_estimator,
             prompt_embeds=args.text_emb, negative_prompt_embeds=args.negative_text_emb, geometry=args.geometry,
+            schedule=args.schedule,
             cfg_batch=not args.no_cfg_batch, vae_tiling={"auto": "auto", "on": True, "off": False}[args.vae_tiling],
             cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,
             fps=args.fps, progress=not args.quiet)

@@ -47,8 +47,25 @@ class GenerationOptions:
     running the text encoder."""
     negative_prompt_embeds: Any = None
     """Cached negative-prompt embeddings; a missing negative with no text encoder uses zeros."""
-    geometry: str = "final"
-    """``"final"``, ``"last-step"`` or ``"none"`` (see the sampler)."""
+    geometry: str = "auto"
+    """``"final"``, ``"last-step"`` or ``"none"`` (see the sampler); ``"auto"``: ``last-step``
+    for ``official_compat`` checkpoints (the official reads geometry inside the last step's
+    conditional pass), ``final`` for this project's."""
+    schedule: str = "auto"
+    """Sampling grid: ``"project"`` (diffusers' flow-matching Euler grid), ``"official"`` (the
+    released sampler: its grid and bfloat16-rounded timesteps) or ``"auto"``: ``official``
+    for ``official_compat`` checkpoints, ``project`` otherwise."""
+
+    def resolved(self, official_compat: bool) -> tuple[str, str]:
+        """``(schedule, geometry)`` with ``auto`` resolved for a checkpoint."""
+        schedule = self.schedule if self.schedule != "auto" else ("official" if official_compat else "project")
+        geometry = self.geometry if self.geometry != "auto" else ("last-step" if official_compat else "final")
+        return schedule, geometry
+
+    def sampling(self, official_compat: bool) -> dict[str, Any]:
+        """The keyword arguments of :func:`~fantasyworld.inference.sampler.sample` these options set."""
+        schedule, geometry = self.resolved(official_compat)
+        return {"schedule": schedule, "geometry": geometry, "cfg_batch": self.cfg_batch, "progress": self.progress}
     cfg_batch: bool = True
     """Batch the CFG passes in one forward (default) or run them apart."""
     vae_tiling: bool | str = "auto"

@@ -388,7 +388,7 @@ class FantasyWorldPipeline:
         shape = (1, self.config.latent_channels, f, height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
         noise = initial_noise(shape, seed, self.device)
         res = sample(self.model, noise, cond, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                     geometry=opts.geometry, cfg_batch=opts.cfg_batch, progress=opts.progress)
+                     **opts.sampling(self.config.official_compat))
         timings.update(res.timings)
 
         # 4. decode
@@ -488,7 +488,8 @@ class FantasyWorldPipeline:
             "official_compat": cfg.official_compat, "num_frames": call["num_frames"], "height": call["height"],
             "width": call["width"], "num_steps": call["num_steps"], "guidance_scale": call["guidance_scale"],
             "shift": call["shift"], "seed": call["seed"],
-            "geometry": opts.geometry, "geometry_timestep": res.geometry_timestep, "cfg_batch": opts.cfg_batch,
+            **dict(zip(("schedule", "geometry"), opts.resolved(cfg.official_compat), strict=True)),
+            "geometry_timestep": res.geometry_timestep, "cfg_batch": opts.cfg_batch,
             "cloud_source": opts.cloud_source, "conf_percentile": opts.conf_percentile,
             "max_points": opts.max_points,
             "preset": cfg.name, "checkpoint": self.source, "device": str(self.device),

@@ -2,9 +2,15 @@
 
 Sampling (official FantasyWorld / Wan defaults: 50 steps, shift 5, CFG 5):
 
-* the sigma grid is :func:`~fantasyworld.models.flow_matching.inference_sigmas`
-  (diffusers' ``FlowMatchEulerDiscreteScheduler(shift)``), ``sigma_0 = 1`` (pure noise)
-  down to a terminal 0; the DiT is fed ``timestep = 1000 sigma``;
+* ``schedule="project"`` (this project's checkpoints): the sigma grid is
+  :func:`~fantasyworld.models.flow_matching.inference_sigmas` (diffusers'
+  ``FlowMatchEulerDiscreteScheduler(shift)``), ``sigma_0 = 1`` (pure noise) down to a
+  terminal 0; the DiT is fed ``timestep = 1000 sigma``;
+* ``schedule="official"`` (the released sampler, used for ``official_compat``
+  checkpoints): the grid is :func:`~fantasyworld.models.flow_matching.official_inference_sigmas`
+  (``linspace(1, 0, steps + 1)`` without its last element, shifted; last sigma 0.0926 at 50
+  steps), the DiT timestep ``1000 sigma`` is rounded to bfloat16 (995.93 -> 996) and the
+  last Euler step goes to 0; pair it with ``geometry="last-step"`` as the official does;
 * each step predicts the velocity ``v = eps - x0`` and takes
   ``x <- x + (sigma_next - sigma) v``; the Euler state is kept in fp32 whatever the
   model dtype;
@@ -39,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from fantasyworld.models.flow_matching import euler_step, inference_sigmas, sigma_to_timestep
+from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, euler_step, round_timestep_bf16, sigma_to_timestep
 
 GEOMETRY_MODES = ("final", "last-step", "none")
 HEADS = ("depth", "points", "camera")
@@ -143,6 +149,7 @@ def guided_flow(
     *,
     cfg_batch: bool = True,
     heads: tuple[str, ...] | None = None,
+    round_timestep: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One guided velocity prediction.
 
@@ -155,6 +162,7 @@ def guided_flow(
         cfg_batch: run conditional and unconditional passes as one ``2B`` forward (else two
             ``B`` forwards, for memory-bound cases and for tests).
         heads: heads to run (read from the conditional samples).
+        round_timestep: feed the DiT the bfloat16-rounded timestep (the official sampler).
 
     Returns:
         ``(v, geometry)``: the guided velocity ``(B, 16, F, H/8, W/8)`` fp32 and the head
@@ -164,6 +172,8 @@ def guided_flow(
     dtype = _model_dtype(model)
     use_cfg = guidance_scale != 1.0 and cond.negative_text_emb is not None
     t = sigma_to_timestep(torch.as_tensor(sigma, dtype=torch.float32, device=x.device)).reshape(1)
+    if round_timestep:
+        t = round_timestep_bf16(t)
     if use_cfg and cfg_batch:
         x_in = torch.cat([x, x]).to(dtype)
         out = model(x_in, t.expand(2 * b), **cond.model_kwargs(True, dtype), stage=2, heads=heads)
@@ -193,15 +203,21 @@ def sample(
     heads: tuple[str, ...] = HEADS,
     cfg_batch: bool = True,
     progress: bool = True,
+    schedule: str = "project",
 ) -> SampleResult:
     """Denoise ``noise`` ``(B, 16, F, H/8, W/8)`` (standard normal) into latents and geometry.
 
     See the module docstring for the schedule, CFG batching and the ``geometry`` modes.
     The function draws no random numbers: it is deterministic given ``noise``.
+    ``schedule``: a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`
+    (``official`` also rounds the DiT timestep to bfloat16).
     """
     if geometry not in GEOMETRY_MODES:
         raise ValueError(f"geometry must be one of {GEOMETRY_MODES}, got {geometry!r}")
-    sigmas = inference_sigmas(num_steps, shift).to(noise.device)
+    if schedule not in SIGMA_SCHEDULES:
+        raise ValueError(f"schedule must be one of {tuple(SIGMA_SCHEDULES)}, got {schedule!r}")
+    official = schedule == "official"
+    sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift).to(noise.device)
     x = noise.float()
     geo: dict[str, torch.Tensor] = {}
     geo_t: float | None = None
@@ -210,9 +226,10 @@ def sample(
     for i in range(num_steps):
         last = i == num_steps - 1
         want = tuple(heads) if (last and geometry == "last-step") else None
-        v, out = guided_flow(model, x, sigmas[i], cond, guidance_scale, cfg_batch=cfg_batch, heads=want)
+        v, out = guided_flow(model, x, sigmas[i], cond, guidance_scale, cfg_batch=cfg_batch, heads=want,
+                             round_timestep=official)
         if want:
-            geo, geo_t = out, float(sigma_to_timestep(sigmas[i]))
+            geo, geo_t = out, float(_timestep(sigmas[i], official))
         x = euler_step(x, v, sigmas[i], sigmas[i + 1])
         bar.update(1)
     bar.close()
@@ -220,7 +237,7 @@ def sample(
     timings = {"denoise": time.perf_counter() - start}
     if geometry == "final":
         start = time.perf_counter()
-        geo_t = float(sigma_to_timestep(sigmas[-2]))
+        geo_t = float(_timestep(sigmas[-2], official))
         t = torch.full((x.shape[0],), geo_t, device=x.device)
         dtype = _model_dtype(model)
         out = model(x.to(dtype), t, **cond.model_kwargs(False, dtype), stage=2, heads=tuple(heads))
@@ -228,6 +245,11 @@ def sample(
         _sync(noise.device)
         timings["geometry"] = time.perf_counter() - start
     return SampleResult(latents=x, geometry=geo, sigmas=sigmas.cpu(), geometry_timestep=geo_t, timings=timings)
+
+
+def _timestep(sigma: torch.Tensor, rounded: bool) -> torch.Tensor:
+    t = sigma_to_timestep(sigma)
+    return round_timestep_bf16(t) if rounded else t
 
 
 def _sync(device: torch.device) -> None:

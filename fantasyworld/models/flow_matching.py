@@ -19,10 +19,13 @@ import torch
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
+    "SIGMA_SCHEDULES",
     "add_noise",
     "euler_step",
     "flow_target",
     "inference_sigmas",
+    "official_inference_sigmas",
+    "round_timestep_bf16",
     "sample_training_sigmas",
     "shifted_sigmas",
     "sigma_to_timestep",
@@ -103,6 +106,33 @@ def inference_sigmas(
     u = torch.linspace(1.0, s_min, num_steps, dtype=torch.float64)
     sigmas = shifted_sigmas(u, shift).to(torch.float32)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def official_inference_sigmas(num_steps: int, shift: float = 5.0) -> torch.Tensor:
+    """The official FantasyWorld sampler's grid ``(num_steps + 1,)`` float32 (DiffSynth-style
+    flow matching with ``sigma_min = 0`` and one extra step).
+
+    ``s = linspace(1, 0, num_steps + 1)`` without its last element, shifted once
+    (``shift s / (1 + (shift - 1) s)``), then a terminal 0 the last Euler step goes to. With
+    50 steps and shift 5 the last sampled sigma is ``0.5 / 5.4 = 0.0926`` (the project's grid,
+    :func:`inference_sigmas`, ends at 0.0244).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
+    sigmas = shifted_sigmas(u, shift).to(torch.float32)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+#: Sampling grids by name: ``project`` (diffusers' ``FlowMatchEulerDiscreteScheduler``, the
+#: default for this project's checkpoints) and ``official`` (the released sampler).
+SIGMA_SCHEDULES = {"project": inference_sigmas, "official": official_inference_sigmas}
+
+
+def round_timestep_bf16(timestep: torch.Tensor) -> torch.Tensor:
+    """``timestep`` rounded to bfloat16 and back to float32, as the official sampler feeds the
+    DiT (e.g. 995.93 -> 996: above 512 bfloat16 keeps multiples of 4)."""
+    return timestep.to(torch.bfloat16).to(torch.float32)
 
 
 def euler_step(
