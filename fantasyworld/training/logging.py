@@ -75,8 +75,11 @@ def _start_wandb(run_dir: Path, project: str, run_config: dict, start_step: int)
         import wandb
     except ImportError as exc:
         raise ConfigError('log.wandb needs Weights & Biases: pip install -e ".[wandb]"') from exc
+    # console="off": the run records what is logged, not a copy of the terminal (wrapping the
+    # process's stdout/stderr breaks under replaced streams, e.g. notebooks and test runners)
     return wandb.init(mode="offline", dir=str(run_dir), project=project, name=run_dir.name,
-                      config=run_config, tags=[f"resumed-at-{start_step}"] if start_step else None)
+                      config=run_config, tags=[f"resumed-at-{start_step}"] if start_step else None,
+                      settings=wandb.Settings(console="off"))
 
 
 class MetricsLogger:
