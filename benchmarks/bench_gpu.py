@@ -9,7 +9,9 @@ One command on a GPU machine (random weights, bf16)::
   checkpointing for stage 1 and stage 2 of a preset at a resolution; s/step, samples/s,
   peak memory, MFU = model FLOPs (counted on the meta device by ``benchmarks/flops.py``,
   attention included, recompute excluded) / (time x measured matmul rate), and the top
-  kernels from ``torch.profiler``.
+  kernels from ``torch.profiler``. The step is the trainer's: a random latent-cache batch
+  goes through the trainer's input builder (``fantasyworld.models.inputs``) and its
+  per-sample losses.
 * ``infer``: one denoising step with CFG batched (B=2, heads off), the plain Wan
   transformer's own batch-2 forward for comparison, the final step with heads, and a
   VAE decode.
@@ -35,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flops import count_flops  # noqa: E402
 
-from fantasyworld.geometry.plucker import plucker_rays  # noqa: E402
 from fantasyworld.models.config import get_preset  # noqa: E402
 from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
+from fantasyworld.models.inputs import training_inputs  # noqa: E402
 from fantasyworld.models.parallelize import compile_blocks  # noqa: E402
 from fantasyworld.models.wan_backbone import rebuild_rope  # noqa: E402
 from fantasyworld.models.wan_loading import cast_keeping_fp32  # noqa: E402
-from fantasyworld.training.losses import compute_losses  # noqa: E402
+from fantasyworld.training.losses import per_sample_losses  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -103,28 +105,26 @@ def build_model(preset: str, trainable_dtype: torch.dtype) -> FantasyWorldModel:
     return model
 
 
-def make_batch(cfg, b: int, frames: int, h: int, w: int) -> tuple[dict, dict]:
+def make_batch(cfg, b: int, frames: int, h: int, w: int, stage: int, device: torch.device = DEV) -> dict:
+    """A random latent-cache clip batch of ``b`` samples turned into the trainer's model inputs
+    and loss targets (:func:`~fantasyworld.models.inputs.training_inputs`, stage ``stage``)."""
     f = (frames - 1) // 4 + 1
-    g = torch.Generator(device=DEV).manual_seed(0)
-    t = torch.arange(frames, device=DEV, dtype=torch.float32)
-    w2c = torch.eye(4, device=DEV).repeat(b, frames, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(frames, dtype=torch.float32)
+    w2c = torch.eye(4).repeat(b, frames, 1, 1)
     w2c[:, :, 2, 3] = -0.05 * t
-    K = torch.tensor([[0.8 * w, 0, w / 2], [0, 0.8 * w, h / 2], [0, 0, 1]], device=DEV).repeat(b, frames, 1, 1)
-    depth = 1 + torch.rand(b, frames, h, w, device=DEV, generator=g)
-    batch = {
-        "depth": depth, "points": torch.randn(b, frames, h, w, 3, device=DEV, generator=g),
-        "valid": torch.ones(b, frames, h, w, dtype=torch.bool, device=DEV), "w2c": w2c, "intrinsics": K,
-    }
-    inputs = {
-        "latents": torch.randn(b, 16, f, h // 8, w // 8, device=DEV, generator=g, dtype=torch.bfloat16),
-        "timestep": torch.full((b,), 500.0, device=DEV),
-        "text_emb": torch.randn(b, 512, cfg.wan["text_dim"], device=DEV, generator=g, dtype=torch.bfloat16),
-        "plucker": plucker_rays(w2c, K, h, w).to(torch.bfloat16),
+    K = torch.tensor([[0.8 * w, 0, w / 2], [0, 0.8 * w, h / 2], [0, 0, 1]]).repeat(b, frames, 1, 1)
+    clip = {
+        "latents": torch.randn(b, 16, f, h // 8, w // 8, generator=g),
+        "text_emb": torch.randn(b, 512, cfg.wan["text_dim"], generator=g),
+        "depth": 1 + torch.rand(b, frames, h, w, generator=g), "points": torch.randn(b, frames, h, w, 3, generator=g),
+        "valid": torch.ones(b, frames, h, w, dtype=torch.bool), "w2c": w2c, "intrinsics": K,
+        "sample_position": torch.arange(b, dtype=torch.int64),
     }
     if cfg.is_i2v:
-        inputs["cond_latent"] = torch.randn(b, 20, f, h // 8, w // 8, device=DEV, generator=g, dtype=torch.bfloat16)
-        inputs["image_emb"] = torch.randn(b, 257, cfg.wan["image_dim"], device=DEV, generator=g, dtype=torch.bfloat16)
-    return inputs, batch
+        clip["cond_latent"] = torch.randn(b, 20, f, h // 8, w // 8, generator=g)
+        clip["clip_image_emb"] = torch.randn(b, 257, cfg.wan["image_dim"], generator=g)
+    return training_inputs(clip, device=device, stage=stage, seed=0, shift=5.0, is_i2v=cfg.is_i2v)
 
 
 def top_kernels(fn, n: int = 12) -> list[dict]:
@@ -154,16 +154,14 @@ def bench_train(
         compile_blocks(model)
     params = [p for _, p in model.trainable_named_parameters()]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
-    inputs, gt = make_batch(model.config, batch, frames, h, w)
-    target = torch.randn_like(inputs["latents"], dtype=torch.float32)
+    inputs = make_batch(model.config, batch, frames, h, w, stage)
 
-    def step():
+    def step():  # the trainer's step: its forward, per-sample losses and mean objective
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(inputs["latents"], inputs["timestep"], inputs["text_emb"], plucker=inputs["plucker"],
+            out = model(inputs["latents"], inputs["timestep"], inputs["text_emb"], plucker=inputs.get("plucker"),
                         cond_latent=inputs.get("cond_latent"), image_emb=inputs.get("image_emb"), stage=stage)
-        losses = compute_losses(out, gt, stage=stage, lambda_geo=1.0, alpha=0.2,
-                                flow_target=target if stage == 2 else None)
-        losses["objective"].backward()
+        total, _ = per_sample_losses(out, inputs, stage=stage, lambda_geo=1.0, alpha=0.2)
+        (total / batch).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -193,7 +191,8 @@ def bench_infer(preset: str, frames: int, h: int, w: int, rate: float, profile: 
     model = build_model(preset, torch.bfloat16).eval()
     if compiled:
         compile_blocks(model)
-    inputs, _ = make_batch(model.config, 2, frames, h, w)
+    inputs = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in make_batch(model.config, 2, frames, h, w, stage=2).items()}
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         pose = model.encode_camera(inputs["plucker"])
 

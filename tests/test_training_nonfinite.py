@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fantasyworld.data.synth import synthesize_dataset
-from fantasyworld.training import trainer as trainer_mod
+from fantasyworld.training import losses as losses_mod
 from fantasyworld.training.config import load_config
 from fantasyworld.training.parallel import World
 from fantasyworld.training.trainer import NonFiniteLossError, Trainer
@@ -28,7 +28,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _poison(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int] | None) -> None:
     """Make ``compute_losses`` return a NaN objective on the given 1-based steps (None: always)."""
-    real = trainer_mod.compute_losses
+    real = losses_mod.compute_losses
     calls = {"n": 0}
 
     def fake(*args, **kwargs):
@@ -39,7 +39,7 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int] | None) -> None
             out["objective"] = out["objective"] * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_mod, "compute_losses", fake)
+    monkeypatch.setattr(losses_mod, "compute_losses", fake)  # per_sample_losses calls it per sample
 
 
 def _config(data: Path, out: Path, steps: int, **extra: object):

@@ -57,6 +57,7 @@ from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.data.split import HELD_OUT_FRACTION, select_split
 from fantasyworld.eval import baselines
 from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_errors, pointmap_metrics, pose_auc, rpe
+from fantasyworld.models import inputs
 
 __all__ = [
     "ACCEPTANCE_FACTOR",
@@ -246,29 +247,22 @@ def predict_from_latents(pipe, sample: dict[str, Any], sigma: float, seed: int, 
         ``depth`` ``(T, H, W)``, ``depth_conf``, ``world_points`` ``(T, H, W, 3)``,
         ``w2c`` ``(T, 4, 4)`` float64 (relative to the first predicted camera), ``pose_enc``.
     """
-    from fantasyworld.geometry.plucker import plucker_rays
-    from fantasyworld.models import encoders
-    from fantasyworld.models.flow_matching import add_noise, sigma_to_timestep
-
-    model, device = pipe.model, pipe.device
-    video = sample["video"][None].to(device)  # (1, 3, T, H, W)
+    model, device, dtype = pipe.model, pipe.device, pipe.dtype
+    video = sample["video"][None]  # (1, 3, T, H, W)
     _, _, _, h, w = video.shape
-    x0 = encoders.encode_video(pipe.vae, video)
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
+    clean = inputs.clean_inputs({"video": video}, device, pipe.config.is_i2v, pipe,
+                                text_emb=pipe.encode_prompt(sample["prompt"]))
+    x0 = clean.pop("x0")
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     sig = torch.full((1,), float(sigma), device=device)
-    latents = add_noise(x0, noise, sig).to(pipe.dtype)
-    text = pipe.encode_prompt(sample["prompt"]).to(pipe.dtype)
+    latents, timestep = inputs.noisy_latents(x0, noise, sig)
     plucker = None
     if camera_conditioning == "gt" and stage == 2:
-        plucker = plucker_rays(sample["w2c"][None].double(), sample["intrinsics"][None].double(), h, w)
-        plucker = plucker.to(device, pipe.dtype)
-    kwargs: dict[str, Any] = {}
-    if pipe.config.is_i2v:
-        kwargs["cond_latent"] = encoders.i2v_condition_latent(pipe.vae, video).to(pipe.dtype)
-        kwargs["image_emb"] = encoders.encode_image_clip(pipe.image_encoder, pipe.image_processor,
-                                                         video[:, :, 0]).to(pipe.dtype)
-    out = model(latents, sigma_to_timestep(sig).to(pipe.dtype), text, plucker=plucker, stage=stage, **kwargs)
+        plucker = inputs.camera_rays(sample["w2c"][None], sample["intrinsics"][None], h, w, torch.float64)
+        plucker = plucker.to(device, dtype)
+    kwargs = {k: v.to(dtype) for k, v in clean.items()}
+    text = kwargs.pop("text_emb")
+    out = model(latents.to(dtype), timestep.to(dtype), text, plucker=plucker, stage=stage, **kwargs)
     res = {k: out[k][0].float().cpu().numpy() for k in ("depth", "depth_conf", "world_points", "pose_enc")}
     res["w2c"] = _cameras(out["pose_enc"][0], (h, w))
     return res

@@ -13,7 +13,8 @@ Consequences:
   accumulation steps (1 process with batch ``2b`` sees what 2 processes with ``b`` see);
 * the data position is the step itself: resuming at step ``s`` restarts the stream at
   ``s G`` without reading the skipped samples;
-* per-sample randomness (noise, timestep) is keyed by the position (:func:`sample_seed`),
+* per-sample randomness (noise, timestep) is keyed by the position
+  (:func:`~fantasyworld.models.inputs.sample_seed`),
   so it is also independent of the split and of resumption.
 """
 
@@ -22,21 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fantasyworld.data.loader import collate
+from fantasyworld.models.inputs import sample_seed
 
 __all__ = ["PositionDataset", "StepBatchSampler", "build_stream_loader", "sample_seed"]
-
-
-def sample_seed(seed: int, position: int, stream: int = 0) -> int:
-    """A 63-bit seed for the randomness of the sample at global ``position``.
-
-    ``stream`` separates independent uses (0: diffusion noise and timestep).
-    """
-    return int(np.random.SeedSequence([seed, stream, position]).generate_state(2, np.uint64)[0] >> 1)
 
 
 class PositionDataset(Dataset):

@@ -45,7 +45,7 @@ so the last iteration has weight 1 and the sum is divided by the iteration count
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,8 @@ __all__ = [
     "camera_loss",
     "camera_loss_terms",
     "compute_losses",
+    "loss_keys",
+    "per_sample_losses",
     "depth_loss",
     "diffusion_loss",
     "normalize_geometry",
@@ -353,3 +355,64 @@ def compute_losses(
             raise ValueError("stage 2 needs outputs['flow'] and flow_target")
         terms["loss_diff"] = diffusion_loss(outputs["flow"], flow_target)
     return total_loss(terms, lambda_geo=lambda_geo, stage=stage, camera_weight=camera_weight)
+
+
+def loss_keys(stage: int) -> tuple[str, ...]:
+    """Loss terms logged in ``stage`` (``loss_diff`` only in stage 2)."""
+    keys = ("objective", "loss_depth", "loss_pmap", "loss_camera", "loss_T", "loss_R", "loss_FL")
+    return keys + (("loss_diff",) if stage == 2 else ())
+
+
+def _slice_sample(value: Any, i: int) -> Any:
+    """Sample ``i`` of a model output (a tensor ``(B, ...)`` or a list of them), batch dim kept."""
+    if isinstance(value, torch.Tensor):
+        return value[i:i + 1]
+    if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], torch.Tensor):
+            return [v[i:i + 1] for v in value]
+        return value[i:i + 1]
+    return value
+
+
+def per_sample_losses(
+    outputs: dict[str, Any],
+    inputs: dict[str, Any],
+    *,
+    stage: int,
+    lambda_geo: float = 1.0,
+    alpha: float = 0.2,
+    camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`compute_losses` of each sample of a micro-batch, summed over the samples.
+
+    The objective of a step is the mean of per-sample objectives, so it does not depend on
+    how the global batch is split over devices and accumulation steps (the batch-wide
+    valid-pixel normalisation of :func:`compute_losses` would).
+
+    Args:
+        outputs: the model outputs of the micro-batch (B samples).
+        inputs: :func:`~fantasyworld.models.inputs.training_inputs` of the micro-batch: the
+            ground truth ``depth, points, valid, w2c, intrinsics`` and (stage 2)
+            ``flow_target`` (B, 16, F, H/8, W/8).
+        stage, lambda_geo, alpha, camera_weight: as for :func:`compute_losses`.
+
+    Returns:
+        ``(objective_sum, terms)``: the sum over the samples of their objectives (scalar, fp32,
+        differentiable) and the per-term sums of :func:`loss_keys` (detached fp32).
+    """
+    batch_size = inputs["latents"].shape[0]
+    gt = {k: inputs[k] for k in ("depth", "points", "valid", "w2c", "intrinsics")}
+    total = None
+    sums: dict[str, torch.Tensor] = {}
+    for i in range(batch_size):
+        out_i = {k: _slice_sample(v, i) for k, v in outputs.items()}
+        gt_i = {k: v[i:i + 1] for k, v in gt.items()}
+        target = inputs["flow_target"][i:i + 1] if stage == 2 else None
+        terms = compute_losses(out_i, gt_i, stage=stage, lambda_geo=lambda_geo, alpha=alpha, flow_target=target,
+                               camera_weight=camera_weight)
+        total = terms["objective"] if total is None else total + terms["objective"]
+        for key in loss_keys(stage):
+            if key in terms:
+                sums[key] = sums.get(key, 0.0) + terms[key].detach().float()
+    assert total is not None
+    return total, sums

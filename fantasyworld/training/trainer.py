@@ -5,13 +5,13 @@ One optimizer step (letter legend B per-device batch, T pixel frames, F latent f
 1. For each of ``grad_accum`` micro-batches (outside autocast, as vggt prepares batches):
    latents ``x0`` (B, 16, F, H/8, W/8) and text embeddings (B, L, D) come from the cache or
    are encoded on the fly with the frozen VAE / text encoder; per sample (seeded by its
-   stream position, :mod:`fantasyworld.training.data`) a noise ``eps`` and a noise level
+   stream position, :mod:`fantasyworld.models.inputs`) a noise ``eps`` and a noise level
    ``sigma`` from Wan's shifted schedule (shift 5, uniform ``u``) give
    ``x_sigma = (1 - sigma) x0 + sigma eps`` and the flow target ``eps - x0``; stage 2 also
    builds Plucker rays (B, T, 6, H, W) from the ground-truth cameras.
 2. Forward under ``torch.autocast(bf16)`` on GPU (fp32 on CPU); stage 1 runs only the PCBs
    and the geometry branch and does not compute ``L_diff`` (nothing trainable affects it).
-3. Losses in fp32 (:func:`~fantasyworld.training.losses.compute_losses`) **per sample**, then
+3. Losses in fp32 (:func:`~fantasyworld.training.losses.per_sample_losses`) **per sample**, then
    averaged: the objective of a step is the mean over the global batch of per-sample
    objectives, so it does not depend on how the global batch is split over devices and
    accumulation steps (the batch-wide valid-pixel normalisation of ``compute_losses`` would).
@@ -46,14 +46,14 @@ import yaml
 from fantasyworld.errors import CheckpointError, NonFiniteLossError
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
-from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
+from fantasyworld.models.inputs import training_inputs
 from fantasyworld.models.parallelize import compile_blocks
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
-from fantasyworld.training.data import build_stream_loader, sample_seed
+from fantasyworld.training.data import build_stream_loader
 from fantasyworld.training.logging import MetricsLogger, get_logger
-from fantasyworld.training.losses import compute_losses
+from fantasyworld.training.losses import loss_keys, per_sample_losses
 from fantasyworld.training.lr_schedule import lr_multiplier
 from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
 
@@ -80,22 +80,6 @@ class TrainResult:
     run_dir: Path
     last_checkpoint: Path | None
     history: list[dict[str, float]]
-
-
-def loss_keys(stage: int) -> tuple[str, ...]:
-    """Loss terms logged in ``stage`` (``loss_diff`` only in stage 2)."""
-    keys = ("objective", "loss_depth", "loss_pmap", "loss_camera", "loss_T", "loss_R", "loss_FL")
-    return keys + (("loss_diff",) if stage == 2 else ())
-
-
-def _slice_sample(value: Any, i: int) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value[i:i + 1]
-    if isinstance(value, (list, tuple)):
-        if value and isinstance(value[0], torch.Tensor):
-            return [v[i:i + 1] for v in value]
-        return value[i:i + 1]
-    return value
 
 
 class _SignalFlag:
@@ -346,82 +330,27 @@ class Trainer:
                               f"cond_latent / clip_image_emb (build it with --image-encoder)")
 
     # ---------------------------------------------------------------------------- one step
-    @torch.no_grad()
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Model inputs and loss targets of one micro-batch (outside autocast).
-
-        Returns a dict with ``latents`` (noisy, (B, 16, F, H/8, W/8) fp32), ``timestep`` (B,),
-        ``text_emb``, optional ``cond_latent`` / ``image_emb`` / ``plucker`` (B, T, 6, H, W),
-        ``flow_target`` and the geometry ground truth ``depth, points, valid, w2c, intrinsics``.
-        """
-        from fantasyworld.geometry.plucker import plucker_rays
-        from fantasyworld.models import encoders
-
-        dev = self.world.device
-        cfg = self.cfg
-        out: dict[str, Any] = {k: batch[k].to(dev, non_blocking=True)
-                               for k in ("depth", "points", "valid", "w2c", "intrinsics")}
-        if "latents" in batch:
-            x0 = batch["latents"].to(dev).float()
-            text_emb = batch["text_emb"].to(dev).float()
-            if self.model_config.is_i2v:
-                out["cond_latent"] = batch["cond_latent"].to(dev).float()
-                out["image_emb"] = batch["clip_image_emb"].to(dev).float()
-        else:
-            video = batch["video"].to(dev)
-            x0 = encoders.encode_video(self.vae, video)
-            text_emb, _ = encoders.encode_text(self.text_encoder, self.tokenizer, list(batch["prompt"]))
-            if self.model_config.is_i2v:
-                out["cond_latent"] = encoders.i2v_condition_latent(self.vae, video)
-                out["image_emb"] = encoders.encode_image_clip(self.image_encoder, self.image_processor,
-                                                              video[:, :, 0])
-        # per-sample noise and noise level, keyed by the sample's stream position
-        noises, sigmas = [], []
-        for pos in batch["sample_position"].tolist():
-            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, pos))
-            sigmas.append(sample_training_sigmas(1, gen, cfg.loss.shift))
-            noises.append(torch.randn(x0.shape[1:], generator=gen))
-        sigma = torch.cat(sigmas).to(dev)
-        noise = torch.stack(noises).to(dev)
-        out["latents"] = add_noise(x0, noise, sigma)
-        out["timestep"] = sigma_to_timestep(sigma)
-        out["text_emb"] = text_emb
-        out["flow_target"] = flow_target(x0, noise) if self.stage == 2 else None
-        if self.stage == 2:
-            _, t, hh, ww = out["depth"].shape
-            out["plucker"] = plucker_rays(out["w2c"].float(), out["intrinsics"].float(), hh, ww)
-        return out
+        """Model inputs and loss targets of one micro-batch (outside autocast):
+        :func:`~fantasyworld.models.inputs.training_inputs` with this run's seed, shift and
+        encoders."""
+        return training_inputs(batch, device=self.world.device, stage=self.stage, seed=self.cfg.seed,
+                               shift=self.cfg.loss.shift, is_i2v=self.model_config.is_i2v, encoders=self)
 
     def forward_losses(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward and per-sample losses.
+        """Forward and per-sample losses (:func:`~fantasyworld.training.losses.per_sample_losses`).
 
         Returns:
             ``(objective_sum, terms)``: the sum over the micro-batch of per-sample objectives
             (scalar, fp32, differentiable) and the per-term sums (detached) for logging.
         """
-        cfg = self.cfg
-        dev = self.world.device
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        loss = self.cfg.loss
+        with torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             outputs = self.model(
                 inputs["latents"], inputs["timestep"], inputs["text_emb"], plucker=inputs.get("plucker"),
                 cond_latent=inputs.get("cond_latent"), image_emb=inputs.get("image_emb"), stage=self.stage)
-        batch_size = inputs["latents"].shape[0]
-        gt = {k: inputs[k] for k in ("depth", "points", "valid", "w2c", "intrinsics")}
-        total = None
-        sums: dict[str, torch.Tensor] = {}
-        for i in range(batch_size):
-            out_i = {k: _slice_sample(v, i) for k, v in outputs.items()}
-            gt_i = {k: v[i:i + 1] for k, v in gt.items()}
-            target = inputs["flow_target"][i:i + 1] if self.stage == 2 else None
-            terms = compute_losses(out_i, gt_i, stage=self.stage, lambda_geo=cfg.loss.lambda_geo,
-                                   alpha=cfg.loss.alpha, flow_target=target,
-                                   camera_weight=cfg.loss.camera_weight)
-            total = terms["objective"] if total is None else total + terms["objective"]
-            for key in loss_keys(self.stage):
-                if key in terms:
-                    sums[key] = sums.get(key, 0.0) + terms[key].detach().float()
-        assert total is not None
-        return total, sums
+        return per_sample_losses(outputs, inputs, stage=self.stage, lambda_geo=loss.lambda_geo, alpha=loss.alpha,
+                                 camera_weight=loss.camera_weight)
 
     def _grad_norm_and_clip(self) -> torch.Tensor:
         """Global L2 norm of the trainable gradients (before clipping); clips in place."""
