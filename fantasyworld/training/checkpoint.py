@@ -36,12 +36,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from fantasyworld.errors import CheckpointError
+from fantasyworld import errors
+from fantasyworld.errors import CheckpointError, ConfigError
 from fantasyworld.models.weights import weights_path
 from fantasyworld.training.parallel import World, barrier, gather_objects
 
 __all__ = [
     "STATE_VERSION",
+    "check_output_dir",
     "complete_steps",
     "gather_trainable_state",
     "latest_complete_step",
@@ -63,6 +65,16 @@ _STEP_RE = re.compile(r"^step-(\d+)\.state\.pt$")
 def state_path(run_dir: str | Path, step: int) -> Path:
     """``RUN/step-N.state.pt``."""
     return Path(run_dir) / f"step-{step}.state.pt"
+
+
+def check_output_dir(run_dir: str | Path) -> None:
+    """Raise :class:`ConfigError` unless ``run_dir`` is (or can be made) a writable directory:
+    ``output_dir`` (or a parent of it) being a file, or a read-only folder, is named before
+    anything is built or written."""
+    try:
+        errors.check_output_dir(run_dir, "output_dir")
+    except errors.OutputError as exc:
+        raise ConfigError(f"{exc} (choose another output_dir)") from None
 
 
 def complete_steps(run_dir: str | Path) -> list[int]:

@@ -147,6 +147,7 @@ class Trainer:
     # ---------------------------------------------------------------------------- setup
     def _setup_run_dir(self) -> None:
         cfg, world = self.cfg, self.world
+        ckpt.check_output_dir(self.run_dir)
         self.resume_step = ckpt.latest_complete_step(self.run_dir) if cfg.resume else None
         if not cfg.resume:
             existing = ckpt.complete_steps(self.run_dir)
