@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from fantasyworld.cli import main
 from fantasyworld.data.synth import synthesize_dataset
@@ -142,3 +143,44 @@ def test_torn_metrics_line_is_tolerated_and_truncated_on_resume(clean_root: Path
     assert main(["train", "--resume", *_train(clean_root, run, "steps=3", "checkpoint.every=2")[1:]]) == 0
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
     assert all(json.loads(line) for line in metrics.read_text().splitlines())  # the torn line is gone
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+#: damage to the newest checkpoint (step 4) of a run -> the file it is in
+DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "weights truncated": (lambda run: _truncate(run / "step-4.safetensors"), "step-4.safetensors"),
+    "state truncated": (lambda run: _truncate(run / "step-4.state.pt"), "step-4.state.pt"),
+    "state garbage": (lambda run: (run / "step-4.state.pt").write_bytes(b"\x00garbage" * 512), "step-4.state.pt"),
+}
+
+
+@pytest.fixture(scope="module")
+def full_run(clean_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("full") / "run"
+    assert main(_train(clean_root, run, "steps=4", "checkpoint.every=2", "checkpoint.keep_last=3")) == 0
+    return run
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_resume_walks_back_over_a_damaged_newest_checkpoint(clean_root: Path, full_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str], damage: str) -> None:
+    from safetensors.torch import load_file
+
+    plant, name = DAMAGES[damage]
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    plant(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", *_train(clean_root, run, "steps=4", "checkpoint.every=2",
+                                              "checkpoint.keep_last=3")[1:]]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint step-4: {run / name}: " in err and "Traceback" not in err
+    assert f"resumed from {run / 'step-2.safetensors'} at step 2" in err
+    # the resumed run rewrites step 4: the same weights and losses as the uninterrupted run
+    want, got = load_file(str(full_run / "step-4.safetensors")), load_file(str(run / "step-4.safetensors"))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    keys = ("step", "objective", "loss_depth", "loss_pmap", "loss_camera", "lr", "grad_norm")
+    assert [[r[k] for k in keys] for r in read_metrics(run)] == [[r[k] for k in keys] for r in read_metrics(full_run)]

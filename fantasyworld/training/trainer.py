@@ -148,7 +148,8 @@ class Trainer:
     def _setup_run_dir(self) -> None:
         cfg, world = self.cfg, self.world
         ckpt.check_output_dir(self.run_dir)
-        self.resume_step = ckpt.latest_complete_step(self.run_dir) if cfg.resume else None
+        warn = self.log.warning if world.is_main else None
+        self.resume_step = ckpt.latest_resumable_step(self.run_dir, warn) if cfg.resume else None
         if not cfg.resume:
             existing = ckpt.complete_steps(self.run_dir)
             if existing:
