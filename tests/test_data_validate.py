@@ -185,6 +185,8 @@ FAULTS: dict[str, tuple[Callable[[Path], str], str]] = {
     "clips null": (_set_clips(None), E.BAD_METADATA),
     "clips a number": (_set_clips(3), E.BAD_METADATA),
     "camera file not UTF-8": (_camera_not_utf8, E.UNREADABLE),
+    "prompt a list": (_set_field("prompt", ["a", "room"]), E.BAD_METADATA),
+    "clips empty": (_set_clips([]), E.BAD_METADATA),
 }
 
 #: what the message of each metadata fault must say besides the file
@@ -199,6 +201,8 @@ MESSAGES = {
     "clips null": "'clips' must be a list of clip records, got null",
     "clips a number": "'clips' must be a list of clip records, got a number",
     "camera file not UTF-8": "not UTF-8 text",
+    "prompt a list": "prompt must be a string, got a list",
+    "clips empty": "'clips' holds no clip records",
 }
 
 

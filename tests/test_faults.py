@@ -74,6 +74,8 @@ TRAIN_DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "clips null": (_edit_meta(lambda m: {**m, "clips": None}), "metadata.json", "'clips' must be a list"),
     "clips a number": (_edit_meta(lambda m: {**m, "clips": 4}), "metadata.json", "'clips' must be a list"),
     "metadata a bare number": (_edit_meta(lambda m: 5), "metadata.json", "must be a list of clip records"),
+    "empty dataset": (_edit_meta(lambda m: {**m, "clips": []}), "metadata.json", "holds no clip records"),
+    "prompt a list": (_edit_record("prompt", ["a", "room"]), "metadata.json", "prompt must be a string"),
     "camera file not UTF-8": (_camera_bytes, "camera_params/clip_00000.txt", "not UTF-8 text"),
 }
 

@@ -141,6 +141,9 @@ def load_metadata(root: str | Path, report: Reporter | None = None) -> list[Clip
         report(DataError(meta_path, BAD_METADATA,
                          f"{where} must be a list of clip records, got {_json_type(entries)}"))
         return []
+    if not entries:
+        report(DataError(meta_path, BAD_METADATA, f"{where} holds no clip records (an empty dataset)"))
+        return []
     records: list[ClipRecord] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
@@ -171,6 +174,11 @@ def load_metadata(root: str | Path, report: Reporter | None = None) -> list[Clip
         paths = {k: resolve_in_root(root, str(v), meta_path, report) for k, v in rels.items()}
         if any(p is None for p in paths.values()):
             continue
+        prompt = entry.get("prompt", entry.get("caption", ""))
+        if not isinstance(prompt, str):
+            report(DataError(meta_path, BAD_METADATA,
+                             f"clip {clip_id!r}: prompt must be a string, got {_json_type(prompt)}"))
+            continue
         fps = entry.get("fps", 16.0)
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
             report(DataError(meta_path, BAD_METADATA,
@@ -199,7 +207,7 @@ def load_metadata(root: str | Path, report: Reporter | None = None) -> list[Clip
                 continue
         records.append(ClipRecord(
             clip_id=clip_id,
-            prompt=str(entry.get("prompt", entry.get("caption", ""))),
+            prompt=prompt,
             video=paths["video"], depth=paths["depth"], points=paths["points"], cameras=paths["cameras"],
             camera_format=fmt,
             fps=float(fps),
