@@ -12,14 +12,16 @@ This module imports nothing from the package (it is the ground floor).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "BAD_DTYPE", "BAD_INTRINSICS", "BAD_METADATA", "BAD_SHAPE", "CAMERA_COLUMNS", "CORRUPT_VIDEO", "DUPLICATE_ID",
     "FRAME_COUNT", "KINDS", "MISSING_FILE", "NON_FINITE", "NON_ORTHONORMAL", "PATH_ESCAPE", "TOO_FEW_FRAMES",
-    "CheckpointError", "ConfigError", "DataError", "FantasyWorldError", "NonFiniteLossError", "Problem",
-    "TrajectoryError",
+    "UNREADABLE",
+    "CheckpointError", "ConfigError", "DataError", "FantasyWorldError", "NonFiniteLossError", "OutputError", "Problem",
+    "TrajectoryError", "check_output_dir",
 ]
 
 # Data problem kinds (stable names, used by tests and by scripts that parse the report).
@@ -36,10 +38,12 @@ DUPLICATE_ID = "duplicate_clip_id"
 BAD_METADATA = "bad_metadata"
 BAD_INTRINSICS = "bad_intrinsics"
 TOO_FEW_FRAMES = "too_few_frames"
+UNREADABLE = "unreadable_file"  # exists but cannot be read as text (not UTF-8, no permission)
 
 KINDS = (
     MISSING_FILE, CORRUPT_VIDEO, FRAME_COUNT, BAD_SHAPE, BAD_DTYPE, NON_FINITE, CAMERA_COLUMNS,
     NON_ORTHONORMAL, PATH_ESCAPE, DUPLICATE_ID, BAD_METADATA, BAD_INTRINSICS, TOO_FEW_FRAMES,
+    UNREADABLE,
 )
 
 
@@ -99,3 +103,25 @@ class TrajectoryError(FantasyWorldError, ValueError):
 
 class NonFiniteLossError(FantasyWorldError, RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+class OutputError(FantasyWorldError, ValueError):
+    """An output folder cannot be written (it is a file, or read-only); the message names it."""
+
+
+def check_output_dir(path: str | Path, label: str = "output folder") -> None:
+    """Raise :class:`OutputError` unless ``path`` is, or can be created as, a writable directory.
+
+    Checked before any work starts, so a bad ``--out`` / ``output_dir`` fails at once and
+    writes nothing. ``label`` names the option in the message (``--out``, ``output_dir``).
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+        raise OutputError(f"{label} {path}: {what}, not a directory")
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        what = "is read-only" if probe == path else f"cannot be created: {probe} is read-only"
+        raise OutputError(f"{label} {path}: {what}")

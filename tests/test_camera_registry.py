@@ -11,6 +11,7 @@ import pytest
 
 from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.data.synth import synthesize_dataset
+from fantasyworld.errors import UNREADABLE, DataError
 from fantasyworld.geometry import camera_io
 from fantasyworld.geometry.camera_io import CameraFormat, CameraSequence, read_cameras, read_seed_cameras
 from fantasyworld.inference.trajectories import load_trajectory
@@ -72,3 +73,40 @@ def test_loader_keeps_record_intrinsics_for_a_format_without_them(dummy_format, 
     np.testing.assert_allclose(item["w2c"].numpy(), w2c.astype(np.float32), atol=1e-5)
     k = item["intrinsics"][0].numpy()
     np.testing.assert_allclose([k[0, 0], k[1, 1], k[0, 2], k[1, 2]], [40.0, 41.0, 24.0, 16.0])
+
+
+def test_unknown_format_is_a_data_error_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "cams.txt"
+    path.write_text("0 0 0 0 0 0 0 0 0 0 0 0\n")
+    with pytest.raises(DataError) as err:
+        read_cameras(path, H, W, fmt="nope")
+    assert err.value.path == str(path) and "unknown camera format 'nope'" in err.value.message
+    assert "seed" in err.value.message  # the known formats are listed
+
+
+@pytest.mark.parametrize("fmt, content", [
+    ("seed", b"\xff\xfe 1 0 0 0\n"),
+    ("auto", b"\x80\x81\x82\n"),
+    ("official_json", b"\xff{}"),
+])
+def test_camera_file_that_is_not_utf8_is_a_data_error(tmp_path, fmt, content) -> None:
+    path = tmp_path / ("cams.json" if fmt == "official_json" else "cams.txt")
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_cameras(path, H, W, fmt=fmt)
+    assert err.value.kind == UNREADABLE and err.value.path == str(path) and "not UTF-8" in err.value.message
+
+
+@pytest.mark.parametrize("content, what", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "'cameras_interp'"),
+    ('{"cameras_interp": "abc"}', "not a numeric"),
+    ('{"cameras_interp": [[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]], "focal_length": "x"}',
+     "focal_length 'x' is not a number"),
+])
+def test_malformed_official_json_is_a_data_error(tmp_path, content, what) -> None:
+    path = tmp_path / "cams.json"
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        read_cameras(path, H, W, fmt="official_json")
+    assert err.value.path == str(path) and what in err.value.message

@@ -131,6 +131,34 @@ def _duplicate(root):
     return "metadata.json"
 
 
+def _set_field(key: str, value: object) -> Callable[[Path], str]:
+    def plant(root: Path) -> str:
+        meta = _meta(root)
+        meta["clips"][0][key] = value
+        _set_meta(root, meta)
+        return "metadata.json"
+    return plant
+
+
+def _record_not_object(root):
+    meta = _meta(root)
+    meta["clips"][0] = 7
+    _set_meta(root, meta)
+    return "metadata.json"
+
+
+def _set_clips(value: object) -> Callable[[Path], str]:
+    def plant(root: Path) -> str:
+        _set_meta(root, {**_meta(root), "clips": value})
+        return "metadata.json"
+    return plant
+
+
+def _camera_not_utf8(root):
+    (root / "camera_params/clip_00000.txt").write_bytes(b"\xff\xfe\x00 not text\n")
+    return "camera_params/clip_00000.txt"
+
+
 FAULTS: dict[str, tuple[Callable[[Path], str], str]] = {
     "missing video": (_missing, E.MISSING_FILE),
     "corrupt video": (_corrupt, E.CORRUPT_VIDEO),
@@ -147,6 +175,34 @@ FAULTS: dict[str, tuple[Callable[[Path], str], str]] = {
     "non-orthonormal rotation": (_non_orthonormal, E.NON_ORTHONORMAL),
     "path escaping the root": (_path_escape, E.PATH_ESCAPE),
     "duplicate clip id": (_duplicate, E.DUPLICATE_ID),
+    "fps a string": (_set_field("fps", "fast"), E.BAD_METADATA),
+    "fps negative": (_set_field("fps", -3), E.BAD_METADATA),
+    "intrinsics a string": (_set_field("intrinsics", "500 500 12 8"), E.BAD_INTRINSICS),
+    "intrinsics ragged rows": (_set_field("intrinsics", [[1, 2, 3, 4], [1, 2]]), E.BAD_INTRINSICS),
+    "unknown camera_format": (_set_field("camera_format", "nope"), E.BAD_METADATA),
+    "video path a number": (_set_field("video", 5), E.BAD_METADATA),
+    "record not an object": (_record_not_object, E.BAD_METADATA),
+    "clips null": (_set_clips(None), E.BAD_METADATA),
+    "clips a number": (_set_clips(3), E.BAD_METADATA),
+    "camera file not UTF-8": (_camera_not_utf8, E.UNREADABLE),
+    "prompt a list": (_set_field("prompt", ["a", "room"]), E.BAD_METADATA),
+    "clips empty": (_set_clips([]), E.BAD_METADATA),
+}
+
+#: what the message of each metadata fault must say besides the file
+MESSAGES = {
+    "fps a string": "fps must be a positive number, got a string",
+    "fps negative": "fps must be a positive number",
+    "intrinsics a string": "intrinsics must be",
+    "intrinsics ragged rows": "intrinsics must be",
+    "unknown camera_format": "unknown camera_format 'nope'",
+    "video path a number": "video must be a path string, got a number",
+    "record not an object": "record 0 must be an object",
+    "clips null": "'clips' must be a list of clip records, got null",
+    "clips a number": "'clips' must be a list of clip records, got a number",
+    "camera file not UTF-8": "not UTF-8 text",
+    "prompt a list": "prompt must be a string, got a list",
+    "clips empty": "'clips' holds no clip records",
 }
 
 
@@ -175,6 +231,8 @@ def test_planted_fault_is_reported_by_validate_and_raised_by_loader(clean_root, 
         ds = RawClipDataset(root, num_frames=5)
         ds[0]
     assert err.value.kind == kind and err.value.path.endswith(rel)
+    if name in MESSAGES:
+        assert MESSAGES[name] in err.value.message and MESSAGES[name] in first.message
 
 
 def test_clean_dataset_loads_and_validates(clean_root):

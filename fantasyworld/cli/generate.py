@@ -122,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint or not args.out:
         print("error: --checkpoint and --out are required", file=sys.stderr)
         return 2
+    from fantasyworld.errors import OutputError, check_output_dir
+
+    try:
+        check_output_dir(args.out, "--out")
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
@@ -162,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
         paths = result.save(args.out, colmap=not args.no_colmap, glb=args.export == "glb")
     except (TrajectoryError, CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {args.out}: cannot write the outputs ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
     if not args.quiet:
         print(f"wrote {len(paths)} outputs to {args.out} (open {paths['report.html']})")

@@ -34,6 +34,7 @@ Depth/points must be float arrays at the video resolution.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from fantasyworld.errors import (
     PATH_ESCAPE,
     DataError,
 )
+from fantasyworld.geometry.camera_io import CAMERA_FORMATS
 
 DEFAULT_FOV_DEG = 60.0
 METADATA_NAME = "metadata.json"
@@ -128,13 +130,27 @@ def load_metadata(root: str | Path, report: Reporter | None = None) -> list[Clip
         return []
     if isinstance(data, dict) and "clips" in data:
         entries = data["clips"]
+        where = "'clips'"
     elif isinstance(data, dict):
-        entries = [{"clip_id": k, **v} for k, v in data.items()]
+        entries = [{"clip_id": k, **v} if isinstance(v, dict) else v for k, v in data.items()]
+        where = "the top-level object"
     else:
         entries = data
+        where = "the top level"
+    if not isinstance(entries, list):
+        report(DataError(meta_path, BAD_METADATA,
+                         f"{where} must be a list of clip records, got {_json_type(entries)}"))
+        return []
+    if not entries:
+        report(DataError(meta_path, BAD_METADATA, f"{where} holds no clip records (an empty dataset)"))
+        return []
     records: list[ClipRecord] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            report(DataError(meta_path, BAD_METADATA,
+                             f"record {i} must be an object with a clip_id, got {_json_type(entry)}"))
+            continue
         clip_id = entry.get("clip_id", entry.get("id", entry.get("video_id")))
         if clip_id is None:
             report(DataError(meta_path, BAD_METADATA, f"record {i} has no clip_id"))
@@ -150,12 +166,39 @@ def load_metadata(root: str | Path, report: Reporter | None = None) -> list[Clip
             "points": entry.get("points", _default_array_path(root, "points", clip_id)),
             "cameras": entry.get("cameras", f"camera_params/{clip_id}.txt"),
         }
+        bad_paths = [k for k, v in rels.items() if not isinstance(v, str) or not v]
+        if bad_paths:
+            report(DataError(meta_path, BAD_METADATA, f"clip {clip_id!r}: {bad_paths[0]} must be a path string, "
+                                                      f"got {_json_type(rels[bad_paths[0]])}"))
+            continue
         paths = {k: resolve_in_root(root, str(v), meta_path, report) for k, v in rels.items()}
         if any(p is None for p in paths.values()):
             continue
+        prompt = entry.get("prompt", entry.get("caption", ""))
+        if not isinstance(prompt, str):
+            report(DataError(meta_path, BAD_METADATA,
+                             f"clip {clip_id!r}: prompt must be a string, got {_json_type(prompt)}"))
+            continue
+        fps = entry.get("fps", 16.0)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            report(DataError(meta_path, BAD_METADATA,
+                             f"clip {clip_id!r}: fps must be a positive number, got {_json_type(fps)} {fps!r:.40}"))
+            continue
+        fmt = entry.get("camera_format", "seed")
+        if not isinstance(fmt, str) or (fmt != "auto" and fmt not in CAMERA_FORMATS):
+            report(DataError(meta_path, BAD_METADATA,
+                             f"clip {clip_id!r}: unknown camera_format {fmt!r:.40} "
+                             f"(known: auto, {', '.join(CAMERA_FORMATS)})"))
+            continue
         intr = entry.get("intrinsics")
         if intr is not None:
-            intr = np.asarray(intr, dtype=np.float64)
+            try:
+                intr = np.asarray(intr, dtype=np.float64)
+            except (TypeError, ValueError):
+                report(DataError(meta_path, BAD_INTRINSICS,
+                                 f"clip {clip_id!r}: intrinsics must be [fx, fy, cx, cy] numbers (or a list of such "
+                                 f"rows), got {_json_type(intr)}"))
+                continue
             bad = intr.shape[-1:] != (4,) or intr.ndim > 2
             if bad or not np.isfinite(intr).all() or (intr[..., :2] <= 0).any():
                 report(DataError(meta_path, BAD_INTRINSICS,
@@ -164,14 +207,31 @@ def load_metadata(root: str | Path, report: Reporter | None = None) -> list[Clip
                 continue
         records.append(ClipRecord(
             clip_id=clip_id,
-            prompt=str(entry.get("prompt", entry.get("caption", ""))),
+            prompt=prompt,
             video=paths["video"], depth=paths["depth"], points=paths["points"], cameras=paths["cameras"],
-            camera_format=str(entry.get("camera_format", "seed")),
-            fps=float(entry.get("fps", 16.0)),
+            camera_format=fmt,
+            fps=float(fps),
             intrinsics=intr,
             extra={k: v for k, v in entry.items() if k not in rels and k not in ("clip_id", "prompt")},
         ))
     return records
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of ``value``'s type, for messages about malformed metadata."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def write_metadata(root: str | Path, records: list[dict]) -> None:

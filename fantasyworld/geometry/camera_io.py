@@ -37,13 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fantasyworld.errors import CAMERA_COLUMNS, NON_FINITE, DataError
+from fantasyworld.errors import BAD_METADATA, CAMERA_COLUMNS, NON_FINITE, DataError
 from fantasyworld.geometry.camera_sequence import (
     ROTATION_TOLERANCE,
     CameraSequence,
     check_rotations,
     missing,
     parse_rows,
+    read_text,
     split_row,
 )
 from fantasyworld.geometry.cameras import (
@@ -111,7 +112,7 @@ def read_re10k_cameras(path: str | Path, height: int, width: int, check: bool = 
     if check:
         check_rotations(path, w2c)
     k_norm = make_intrinsics(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4])
-    header = path.read_text().splitlines()[skipped - 1].strip() if skipped else ""
+    header = read_text(path).splitlines()[skipped - 1].strip() if skipped else ""
     return CameraSequence(
         w2c=w2c,
         K=normalized_to_pixel_intrinsics(k_norm, height, width),
@@ -161,9 +162,16 @@ def read_official_json(path: str | Path, height: int, width: int, check: bool = 
         :class:`CameraSequence` with w2c and pixel K at ``(height, width)``.
     """
     path = Path(path)
-    missing(path)
-    data = json.loads(path.read_text())
-    c2w = np.asarray(data["cameras_interp"], dtype=np.float64)
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, CAMERA_COLUMNS, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict) or "cameras_interp" not in data:
+        raise DataError(path, CAMERA_COLUMNS, "expected a JSON object with a 'cameras_interp' list")
+    try:
+        c2w = np.asarray(data["cameras_interp"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(path, CAMERA_COLUMNS, "cameras_interp is not a numeric (N, 4, 4) array") from None
     if c2w.ndim != 3 or c2w.shape[1:] not in ((4, 4), (3, 4)):
         raise DataError(path, CAMERA_COLUMNS, f"cameras_interp has shape {c2w.shape}, expected (N, 4, 4)")
     if not np.isfinite(c2w).all():
@@ -171,7 +179,10 @@ def read_official_json(path: str | Path, height: int, width: int, check: bool = 
     c2w = as_homogeneous(c2w[:, :3, :4])
     if check:
         check_rotations(path, c2w)
-    focal = float(data.get("focal_length", 500.0))
+    try:
+        focal = float(data.get("focal_length", 500.0))
+    except (TypeError, ValueError):
+        raise DataError(path, CAMERA_COLUMNS, f"focal_length {data['focal_length']!r} is not a number") from None
     k = make_intrinsics(focal, focal, (width - 1) / 2.0, (height - 1) / 2.0)
     return CameraSequence(w2c=c2w_to_w2c(c2w), K=np.broadcast_to(k, (len(c2w), 3, 3)).copy())
 
@@ -265,7 +276,8 @@ def camera_format(name: str, path: str | Path | None = None) -> CameraFormat:
             raise ValueError("camera format 'auto' needs the file to sniff")
         name = sniff_camera_format(path)
     if name not in CAMERA_FORMATS:
-        raise ValueError(f"unknown camera format {name!r}")
+        raise DataError(path if path is not None else name, BAD_METADATA,
+                        f"unknown camera format {name!r} (known: auto, {', '.join(CAMERA_FORMATS)})")
     return CAMERA_FORMATS[name]
 
 
@@ -278,7 +290,7 @@ def sniff_camera_format(path: str | Path) -> str:
     for fmt in CAMERA_FORMATS.values():
         if fmt.suffix is not None and path.suffix.lower() == fmt.suffix:
             return fmt.name
-    last = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    last = [ln for ln in read_text(path).splitlines() if ln.strip() and not ln.startswith("#")]
     ncols = len([p for p in split_row.split(last[-1].strip()) if p]) if last else 0
     by_columns = {f.columns: f.name for f in CAMERA_FORMATS.values() if f.columns is not None}
     if ncols not in by_columns:

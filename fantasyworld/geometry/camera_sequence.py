@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fantasyworld.errors import CAMERA_COLUMNS, MISSING_FILE, NON_FINITE, NON_ORTHONORMAL, DataError
+from fantasyworld.errors import CAMERA_COLUMNS, MISSING_FILE, NON_FINITE, NON_ORTHONORMAL, UNREADABLE, DataError
 from fantasyworld.geometry.cameras import rotation_orthonormality_error
 
-__all__ = ["ROTATION_TOLERANCE", "CameraSequence", "check_rotations", "missing", "parse_rows", "split_row"]
+__all__ = ["ROTATION_TOLERANCE", "CameraSequence", "check_rotations", "missing", "parse_rows", "read_text", "split_row"]
 
 #: Tolerance of :func:`check_rotations`: files written with 6 decimals reach ~1e-6.
 ROTATION_TOLERANCE = 1e-3
@@ -54,11 +54,23 @@ def missing(path: Path) -> None:
         raise DataError(path, MISSING_FILE, "file does not exist")
 
 
+def read_text(path: Path) -> str:
+    """The text of a camera file; raises a ``missing_file`` or ``unreadable_file``
+    :class:`DataError` (not UTF-8, a directory, no permission) instead of an ``OSError`` or
+    ``UnicodeDecodeError``. The message never quotes the file's bytes."""
+    missing(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, UNREADABLE, f"not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise DataError(path, UNREADABLE, f"cannot read file ({type(exc).__name__}: {exc.strerror})") from None
+
+
 def parse_rows(path: Path, ncols: int, skip_header: bool = False) -> tuple[np.ndarray, int]:
     """Numeric rows of a text file; blank and ``#`` lines skipped. Returns rows and the
     number of leading lines skipped as a header."""
-    missing(path)
-    lines = path.read_text().splitlines()
+    lines = read_text(path).splitlines()
     rows: list[list[float]] = []
     skipped = 0
     for lineno, line in enumerate(lines, start=1):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fantasyworld.errors import CAMERA_COLUMNS, DataError
-from fantasyworld.geometry.camera_sequence import CameraSequence, missing
+from fantasyworld.geometry.camera_sequence import CameraSequence, read_text
 from fantasyworld.geometry.cameras import make_intrinsics, resize_intrinsics
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat, wxyz_to_xyzw, xyzw_to_wxyz
 
@@ -93,8 +93,7 @@ class ColmapModel:
 
 
 def _colmap_lines(path: Path) -> list[str]:
-    missing(path)
-    return [ln.rstrip("\n") for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    return [ln.rstrip("\n") for ln in read_text(path).splitlines() if not ln.startswith("#")]
 
 
 def read_colmap_text(model_dir: str | Path) -> ColmapModel:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from fantasyworld.errors import CheckpointError
+from fantasyworld import errors
+from fantasyworld.errors import CheckpointError, ConfigError
 from fantasyworld.models.weights import weights_path
 from fantasyworld.training.parallel import World, barrier, gather_objects
 
 __all__ = [
     "STATE_VERSION",
+    "check_output_dir",
     "complete_steps",
     "gather_trainable_state",
+    "checkpoint_problem",
     "latest_complete_step",
+    "latest_resumable_step",
     "load_optimizer_state",
     "prune_checkpoints",
     "read_state",
@@ -63,6 +68,16 @@ _STEP_RE = re.compile(r"^step-(\d+)\.state\.pt$")
 def state_path(run_dir: str | Path, step: int) -> Path:
     """``RUN/step-N.state.pt``."""
     return Path(run_dir) / f"step-{step}.state.pt"
+
+
+def check_output_dir(run_dir: str | Path) -> None:
+    """Raise :class:`ConfigError` unless ``run_dir`` is (or can be made) a writable directory:
+    ``output_dir`` (or a parent of it) being a file, or a read-only folder, is named before
+    anything is built or written."""
+    try:
+        errors.check_output_dir(run_dir, "output_dir")
+    except errors.OutputError as exc:
+        raise ConfigError(f"{exc} (choose another output_dir)") from None
 
 
 def complete_steps(run_dir: str | Path) -> list[int]:
@@ -84,17 +99,67 @@ def latest_complete_step(run_dir: str | Path) -> int | None:
     return steps[-1] if steps else None
 
 
+def checkpoint_problem(run_dir: str | Path, step: int) -> str | None:
+    """Why step ``step`` of ``run_dir`` cannot be resumed (``"<file>: <what>"``), or ``None``.
+
+    Cheap: the weights' safetensors header must cover the file (a truncated file fails) and
+    the state must open as a torch zip archive (memory-mapped, nothing is read in full)."""
+    wpath, spath = weights_path(run_dir, step), state_path(run_dir, step)
+    try:
+        with safe_open(str(wpath), framework="pt") as f:
+            f.keys()
+    except Exception as exc:
+        return f"{wpath}: unreadable weights ({type(exc).__name__}: {exc})"
+    try:
+        state = torch.load(str(spath), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        return f"{spath}: unreadable training state ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        return f"{spath}: not a training state of version {STATE_VERSION}"
+    return None
+
+
+def latest_resumable_step(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> int | None:
+    """The newest complete step whose weights and state both load (:func:`checkpoint_problem`),
+    or ``None``. Each newer step it walks back over is passed to ``warn`` with the reason, so a
+    damaged newest checkpoint (a kill mid-write on a filesystem without atomic renames, a
+    truncated copy) falls back to the previous one instead of ending the run."""
+    for step in reversed(complete_steps(run_dir)):
+        problem = checkpoint_problem(run_dir, step)
+        if problem is None:
+            return step
+        if warn is not None:
+            warn(f"skipping checkpoint step-{step}: {problem}")
+    return None
+
+
 def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)``, fsync, then rename onto ``path``."""
+    """``write(tmp_path)``, fsync, rename onto ``path``, then fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory so that a rename into it survives a power loss (no-op where
+    directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> None:

@@ -61,11 +61,31 @@ def get_logger() -> logging.Logger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of ``RUN/metrics.jsonl`` (empty if absent)."""
+    """Rows of ``RUN/metrics.jsonl`` (empty if absent).
+
+    A line that is not a JSON object (the last line torn by a kill mid-write, or any damaged
+    line) is skipped with a warning naming the file and the line; a resumed run's
+    :class:`MetricsLogger` then rewrites the file without it."""
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(lineno)
+    if bad:
+        get_logger().warning(f"{path}: skipped {len(bad)} line(s) that are not JSON objects "
+                             f"(line {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''})")
+    return rows
 
 
 def _start_wandb(run_dir: Path, project: str, run_config: dict, start_step: int):

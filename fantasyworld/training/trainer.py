@@ -137,7 +137,9 @@ class Trainer:
     # ---------------------------------------------------------------------------- setup
     def _setup_run_dir(self) -> None:
         cfg, world = self.cfg, self.world
-        self.resume_step = ckpt.latest_complete_step(self.run_dir) if cfg.resume else None
+        ckpt.check_output_dir(self.run_dir)
+        warn = self.log.warning if world.is_main else None
+        self.resume_step = ckpt.latest_resumable_step(self.run_dir, warn) if cfg.resume else None
         if not cfg.resume:
             existing = ckpt.complete_steps(self.run_dir)
             if existing:

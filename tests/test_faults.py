@@ -1,0 +1,188 @@
+"""Faulty inputs to ``train`` and ``generate``: each is a named error (the file and what is
+wrong), a non-zero exit and no traceback; a torn metrics line does not break a resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from fantasyworld.cli import main
+from fantasyworld.data.synth import synthesize_dataset
+from fantasyworld.training.logging import METRICS_NAME, read_metrics
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SIZE = ["data.num_frames=5", "data.height=16", "data.width=32"]
+QUIET = ["log.progress=false", "log.tensorboard=false"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("faults") / "ds"
+    synthesize_dataset(root, num_clips=2, num_frames=5, height=16, width=32, seed=0, workers=1)
+    return root
+
+
+def _train(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(CONFIGS / "stage1_tiny.yaml"), f"output_dir={out}", f"data.root={data}",
+            *SIZE, *QUIET, *extra]
+
+
+def _tree_hash(path: Path) -> str:
+    """A digest of every file name and content under ``path`` (or of the file itself)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        digest.update(str(f.relative_to(path.parent)).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def _edit_record(key: str, value: object) -> Callable[[Path], None]:
+    def plant(root: Path) -> None:
+        meta = json.loads((root / "metadata.json").read_text())
+        meta["clips"][0][key] = value
+        (root / "metadata.json").write_text(json.dumps(meta))
+    return plant
+
+
+def _edit_meta(fn: Callable[[dict], dict]) -> Callable[[Path], None]:
+    def plant(root: Path) -> None:
+        (root / "metadata.json").write_text(json.dumps(fn(json.loads((root / "metadata.json").read_text()))))
+    return plant
+
+
+def _camera_bytes(root: Path) -> None:
+    (root / "camera_params/clip_00000.txt").write_bytes(b"\xff\xfe\x00\x81 binary\n")
+
+
+#: fault -> (plant, the file the message names, what it says)
+TRAIN_DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "fps a string": (_edit_record("fps", "fast"), "metadata.json", "fps must be a positive number"),
+    "intrinsics a string": (_edit_record("intrinsics", "abc"), "metadata.json", "intrinsics must be"),
+    "unknown camera_format": (_edit_record("camera_format", "nope"), "metadata.json", "unknown camera_format"),
+    "records not objects": (_edit_meta(lambda m: {**m, "clips": [1, "x"]}), "metadata.json",
+                            "record 0 must be an object"),
+    "clips null": (_edit_meta(lambda m: {**m, "clips": None}), "metadata.json", "'clips' must be a list"),
+    "clips a number": (_edit_meta(lambda m: {**m, "clips": 4}), "metadata.json", "'clips' must be a list"),
+    "metadata a bare number": (_edit_meta(lambda m: 5), "metadata.json", "must be a list of clip records"),
+    "empty dataset": (_edit_meta(lambda m: {**m, "clips": []}), "metadata.json", "holds no clip records"),
+    "prompt a list": (_edit_record("prompt", ["a", "room"]), "metadata.json", "prompt must be a string"),
+    "camera file not UTF-8": (_camera_bytes, "camera_params/clip_00000.txt", "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_DATA_FAULTS))
+def test_train_data_fault_is_a_named_error(clean_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           name: str) -> None:
+    plant, rel, what = TRAIN_DATA_FAULTS[name]
+    root = tmp_path / "ds"
+    shutil.copytree(clean_root, root)
+    plant(root)
+    before = _tree_hash(root)
+    assert main(_train(root, tmp_path / "run", "steps=1")) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and rel in line and what in line, err
+    assert "Traceback" not in err
+    assert _tree_hash(root) == before  # the dataset is only read
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_train_output_dir_that_is_a_file(clean_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         where: str) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder\n")
+    out = blocker if where == "file" else blocker / "run"
+    assert main(_train(clean_root, out, "steps=1")) == 2
+    err = capsys.readouterr().err
+    expected = "is a file, not a directory" if where == "file" else f"cannot be created: {blocker} is a file"
+    assert f"output_dir {out}: {expected}" in err
+    assert "Traceback" not in err
+    assert blocker.read_text() == "not a folder\n"
+
+
+def test_train_read_only_output_dir(clean_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == parent else real_access(p, mode))
+    assert main(_train(clean_root, parent / "run", "steps=1")) == 2
+    err = capsys.readouterr().err
+    assert f"output_dir {parent / 'run'}: cannot be created: {parent} is read-only" in err
+    assert list(parent.iterdir()) == []
+
+
+def test_generate_out_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "result.mp4"
+    out.write_bytes(b"previous result")
+    # refused before the checkpoint is even looked at
+    assert main(["generate", "--checkpoint", str(tmp_path / "absent"), "--prompt", "a room",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: is a file, not a directory" in err and "Traceback" not in err
+    assert out.read_bytes() == b"previous result"
+
+
+def test_torn_metrics_line_is_tolerated_and_truncated_on_resume(clean_root: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(_train(clean_root, run, "steps=2", "checkpoint.every=2")) == 0
+    metrics = run / METRICS_NAME
+    with metrics.open("a") as f:
+        f.write('{"step": 3, "objective": 4.1')  # killed mid-write: no closing brace, no newline
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    assert f"{metrics}: skipped 1 line(s)" in capsys.readouterr().err
+    assert main(["train", "--resume", *_train(clean_root, run, "steps=3", "checkpoint.every=2")[1:]]) == 0
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+    assert all(json.loads(line) for line in metrics.read_text().splitlines())  # the torn line is gone
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+#: damage to the newest checkpoint (step 4) of a run -> the file it is in
+DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "weights truncated": (lambda run: _truncate(run / "step-4.safetensors"), "step-4.safetensors"),
+    "state truncated": (lambda run: _truncate(run / "step-4.state.pt"), "step-4.state.pt"),
+    "state garbage": (lambda run: (run / "step-4.state.pt").write_bytes(b"\x00garbage" * 512), "step-4.state.pt"),
+}
+
+
+@pytest.fixture(scope="module")
+def full_run(clean_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("full") / "run"
+    assert main(_train(clean_root, run, "steps=4", "checkpoint.every=2", "checkpoint.keep_last=3")) == 0
+    return run
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_resume_walks_back_over_a_damaged_newest_checkpoint(clean_root: Path, full_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str], damage: str) -> None:
+    from safetensors.torch import load_file
+
+    plant, name = DAMAGES[damage]
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    plant(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", *_train(clean_root, run, "steps=4", "checkpoint.every=2",
+                                              "checkpoint.keep_last=3")[1:]]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint step-4: {run / name}: " in err and "Traceback" not in err
+    assert f"resumed from {run / 'step-2.safetensors'} at step 2" in err
+    # the resumed run rewrites step 4: the same weights and losses as the uninterrupted run
+    want, got = load_file(str(full_run / "step-4.safetensors")), load_file(str(run / "step-4.safetensors"))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    keys = ("step", "objective", "loss_depth", "loss_pmap", "loss_camera", "lr", "grad_norm")
+    assert [[r[k] for k in keys] for r in read_metrics(run)] == [[r[k] for k in keys] for r in read_metrics(full_run)]
