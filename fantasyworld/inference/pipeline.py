@@ -65,7 +65,7 @@ WAN_NEGATIVE_PROMPT = (
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 #: Frames at or above this pixel area are decoded with the VAE's tiling (``vae_tiling="auto"``):
-#: at 480x832 tiling trades ~2.5x decode time for ~40% less decoder memory (STACK.md).
+#: at 480x832 tiling trades ~2.5x decode time for ~40% less decoder memory.
 VAE_TILING_MIN_AREA = 480 * 832
 #: Seed of the random backbone used for tiny presets when no backbone directory is given.
 TINY_BACKBONE_SEED = 0

@@ -13,7 +13,7 @@ One code path from a single CPU process to ``torchrun --nproc_per_node N``:
   - each geometry frame block, global block, bidirectional cross-attention and head is its
     own FSDP unit;
   - the :class:`~fantasyworld.models.fantasyworld.FantasyWorldModel` wrapper is the root
-    (STACK.md: the Wan model's own ``forward`` never runs, so its root parameters would
+    (the Wan model's own ``forward`` never runs, so its root parameters would
     never be unsharded if ``WanTransformer3DModel`` were the root); it holds the latent
     bridge, special tokens, timestep MLPs, pose encoder and camera adapters;
   - the frozen Wan2.1 parameters are ``ignored_params``: replicated on every rank, never
@@ -32,7 +32,7 @@ One code path from a single CPU process to ``torchrun --nproc_per_node N``:
   cast_forward_inputs=False)``: parameters keep their stored dtype (trainable fp32, frozen
   Wan bf16 with fp32-kept modules), bf16 compute comes from ``torch.autocast``, gradients are
   reduced in fp32, and forward inputs are never cast (a cast would turn the fp32 RoPE tables
-  into bf16 and break non-reentrant checkpointing; STACK.md).
+  into bf16 and break non-reentrant checkpointing).
 """
 
 from __future__ import annotations
