@@ -53,14 +53,10 @@ BEST_INFO = "best.json"
 def check_metric(metric: str) -> None:
     """Raise :class:`~fantasyworld.errors.ConfigError` naming ``validation.metric`` (and the
     closest known score) when ``metric`` is not one of :data:`METRICS`."""
-    import difflib
-
-    from fantasyworld.training.config import ConfigError
+    from fantasyworld.training.config import ConfigError, unknown_choice
 
     if metric not in METRICS:
-        close = difflib.get_close_matches(metric, METRICS, n=1)
-        raise ConfigError(f"validation.metric {metric!r} is unknown; choose one of {', '.join(METRICS)}"
-                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(unknown_choice("validation.metric", metric, METRICS))
 
 
 def _better(value: float, best: float | None, metric: str) -> bool:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.ply import CLOUD_SOURCES, fuse_point_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
-from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, CameraTrajectory
+from fantasyworld.inference.trajectories import CameraTrajectory
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
 from fantasyworld.models.fantasyworld import FantasyWorldModel
@@ -296,41 +296,13 @@ class FantasyWorldPipeline:
         return video.permute(0, 2, 3, 4, 1).cpu().numpy()
 
     # ------------------------------------------------------------------ cameras
-    def camera_inputs(
-        self,
-        camera: CameraTrajectory | np.ndarray | str | Path,
-        num_frames: int,
-        height: int,
-        width: int,
-        *,
-        image: Any = None,
-        camera_magnitude: float | None = None,
-        camera_format: str = "auto",
-        fov_deg: float = DEFAULT_FOV_DEG,
-        resample_camera: bool = False,
-        translation_scale: float | None = None,
-        scale_depth: Any = None,
-        depth_estimator: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> CameraInputs:
-        """Resolve the camera and build the Plücker rays the pose encoder reads.
-
-        Our checkpoints: poses relative to frame 0, translations **multiplied** by
-        ``translation_scale`` (default 1), rays with the real pixel intrinsics.
-
-        ``official_compat`` checkpoints (the official inference's recipe): translations
-        **divided** by a scale taken from exactly one of ``translation_scale`` (given),
-        ``scale_depth`` (first-frame depth map: array or ``.npy``/``.npz`` file) or
-        ``depth_estimator(first image at its own resolution)`` (MoGe-2 in the official),
-        the depth unprojected with frame 0's intrinsics at ``(height, width)``
-        (:func:`~fantasyworld.inference.official_cameras.official_translation_scale`); none of them
-        means scale 1 (the official ``--using_scale False``) with a warning. The rays are
-        :func:`~fantasyworld.inference.official_cameras.official_plucker` (principal point reset to
-        ``(W/2, H/2)``, doubled intrinsics).
-        """
-        return build_camera_inputs(self.config, camera, num_frames, height, width, image=image,
-                                   camera_magnitude=camera_magnitude, camera_format=camera_format, fov_deg=fov_deg,
-                                   resample_camera=resample_camera, translation_scale=translation_scale,
-                                   scale_depth=scale_depth, depth_estimator=depth_estimator)
+    def camera_inputs(self, camera: CameraTrajectory | np.ndarray | str | Path, num_frames: int, height: int,
+                      width: int, **options: Any) -> CameraInputs:
+        """Resolve the camera and build the Plücker rays for this pipeline's model:
+        :func:`~fantasyworld.inference.camera_inputs.build_camera_inputs` with the model's config
+        (its keyword ``options``: ``image``, ``camera_magnitude``, ``camera_format``, ``fov_deg``,
+        ``resample_camera``, ``translation_scale``, ``scale_depth``, ``depth_estimator``)."""
+        return build_camera_inputs(self.config, camera, num_frames, height, width, **options)
 
     # ------------------------------------------------------------------ generation
     def __call__(

@@ -171,9 +171,7 @@ def guided_flow(
     b = x.shape[0]
     dtype = _model_dtype(model)
     use_cfg = guidance_scale != 1.0 and cond.negative_text_emb is not None
-    t = sigma_to_timestep(torch.as_tensor(sigma, dtype=torch.float32, device=x.device)).reshape(1)
-    if round_timestep:
-        t = round_timestep_bf16(t)
+    t = _timestep(torch.as_tensor(sigma, dtype=torch.float32, device=x.device), round_timestep).reshape(1)
     if use_cfg and cfg_batch:
         x_in = torch.cat([x, x]).to(dtype)
         out = model(x_in, t.expand(2 * b), **cond.model_kwargs(True, dtype), stage=2, heads=heads)

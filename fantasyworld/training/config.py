@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,9 +277,7 @@ class TrainConfig:
 
         m = self.model
         if m.preset not in PRESET_NAMES:
-            close = difflib.get_close_matches(m.preset, PRESET_NAMES, n=1)
-            fail(f"model.preset {m.preset!r} is unknown; choose one of {', '.join(PRESET_NAMES)}"
-                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+            fail(unknown_choice("model.preset", m.preset, PRESET_NAMES))
         tiny = m.preset in TINY_PRESETS
         if m.backbone_dir is None and not tiny:
             fail(f"model.backbone_dir is required for preset {m.preset!r}: set it to the local Wan2.1 "
@@ -424,6 +423,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def unknown_choice(key: str, value: str, choices: Sequence[str]) -> str:
+    """``"KEY 'value' is unknown; choose one of a, b (did you mean 'a'?)"`` for a config value
+    outside its vocabulary (the suggestion only when one is close)."""
+    close = difflib.get_close_matches(value, choices, n=1)
+    return (f"{key} {value!r} is unknown; choose one of {', '.join(choices)}"
+            + (f" (did you mean {close[0]!r}?)" if close else ""))
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
