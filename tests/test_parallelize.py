@@ -20,8 +20,8 @@ def model(request) -> FantasyWorldModel:
 def test_irg_layers_reference_their_parts_and_add_no_weights(model) -> None:
     cfg = model.config
     assert len(model.irg_layers) == cfg.num_irg
-    assert not any(k.startswith("irg_layers") for k in model.state_dict())
-    assert not any(n.startswith("irg_layers") for n, _ in model.named_parameters())
+    assert not any(k.startswith(("irg_layers", "pcb_layers")) for k in model.state_dict())
+    assert not any(n.startswith(("irg_layers", "pcb_layers")) for n, _ in model.named_parameters())
     for i, layer in enumerate(model.irg_layers):
         assert isinstance(layer, IRGLayer) and not list(layer.parameters()) and not list(layer.children())
         assert layer.wan_block is model.transformer.blocks[cfg.num_pcb + i]
@@ -40,7 +40,8 @@ def test_checkpoint_heads_is_set_on_the_heads_once(model) -> None:
 
 
 def test_declared_paths_resolve_and_units_cover_every_head_and_block(model) -> None:
-    for table in (model._compile_regions, model._fsdp_units, model._fsdp_forward_methods, model._fsdp_ignored):
+    regions = [path for table in model._compile_regions.values() for path in table]
+    for table in (regions, model._fsdp_units, model._fsdp_forward_methods, model._fsdp_ignored):
         for path in table:
             assert list(par.resolve_modules(model, path)), path
     for path, methods in model._fsdp_forward_methods.items():
@@ -60,7 +61,7 @@ def test_declared_paths_resolve_and_units_cover_every_head_and_block(model) -> N
 def test_compile_blocks_compiles_exactly_the_declared_regions(model, monkeypatch) -> None:
     compiled: list[int] = []
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: compiled.append(id(self)))
-    par.compile_blocks(model)
+    par.compile_blocks(model, granularity="blocks")
     expected = []
     for blk in model.transformer.blocks:
         expected += [blk, blk.attn1, blk.ffn]
@@ -68,6 +69,15 @@ def test_compile_blocks_compiles_exactly_the_declared_regions(model, monkeypatch
         expected += [blk, blk.attn, blk.mlp]
     expected += [*model.interactions, *model.camera_adapters.values()]
     assert sorted(compiled) == sorted(id(m) for m in expected)
+    # default: each forward layer whole (every Wan block is in exactly one PCB or IRG layer)
+    compiled.clear()
+    par.compile_blocks(model)
+    layers = [*model.pcb_layers, *model.irg_layers, *model.geometry.frame_blocks, *model.geometry.global_blocks]
+    assert sorted(compiled) == sorted(id(m) for m in layers)
+    covered = [layer.wan_block for layer in [*model.pcb_layers, *model.irg_layers]]
+    assert [id(b) for b in covered] == [id(b) for b in model.transformer.blocks]
+    with pytest.raises(ValueError, match="granularity"):
+        par.compile_blocks(model, granularity="model")
 
 
 def test_parallelize_applies_checkpointing_then_compile_in_order(model, monkeypatch) -> None:

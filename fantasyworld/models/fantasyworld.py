@@ -39,6 +39,7 @@ from fantasyworld.models.camera_conditioning import CameraAdapter, PoseEncoder
 from fantasyworld.models.config import FantasyWorldConfig
 from fantasyworld.models.geometry_branch import GeometryBranch
 from fantasyworld.models.irg_layer import IRGLayer
+from fantasyworld.models.pcb_layer import PCBLayer
 from fantasyworld.models.wan_loading import check_state_dict
 
 #: Top-level modules trained in each stage (everything else is frozen).
@@ -61,13 +62,25 @@ class FantasyWorldModel(nn.Module):
     :mod:`fantasyworld.models.parallelize` (paths of sub-modules, ``.*`` = every element).
     """
 
-    #: regions compiled one by one: block path -> sub-modules compiled with it ("" = the block)
-    _compile_regions: dict[str, tuple[str, ...]] = {
-        "transformer.blocks.*": ("", "attn1", "ffn"),
-        "geometry.frame_blocks.*": ("", "attn", "mlp"),
-        "geometry.global_blocks.*": ("", "attn", "mlp"),
-        "interactions.*": ("",),
-        "camera_adapters.*": ("",),
+    #: regions compiled one by one, per granularity: block path -> sub-modules compiled with it
+    #: ("" = the block). ``layers``: each forward layer whole (a PCB layer with its adapter, an
+    #: IRG layer with both streams and the cross-attention, a geometry frame block; the stage-1
+    #: global blocks), so the modulation/norm/RoPE elementwise work fuses across the parts.
+    #: ``blocks``: every repeated block and the sub-modules the layers drive piecewise.
+    _compile_regions: dict[str, dict[str, tuple[str, ...]]] = {
+        "layers": {
+            "pcb_layers.*": ("",),
+            "irg_layers.*": ("",),
+            "geometry.frame_blocks.*": ("",),
+            "geometry.global_blocks.*": ("",),
+        },
+        "blocks": {
+            "transformer.blocks.*": ("", "attn1", "ffn"),
+            "geometry.frame_blocks.*": ("", "attn", "mlp"),
+            "geometry.global_blocks.*": ("", "attn", "mlp"),
+            "interactions.*": ("",),
+            "camera_adapters.*": ("",),
+        },
     }
     #: FSDP units, innermost first; the model itself is the root (Wan's own forward never runs)
     _fsdp_units: tuple[str, ...] = (
@@ -106,7 +119,13 @@ class FantasyWorldModel(nn.Module):
             self.camera_adapters = nn.ModuleDict(
                 {str(i): CameraAdapter(config.wan_dim, config.pose_feature_dim) for i in config.camera_adapter_blocks}
             )
-        #: the stage-2 IRG layers; they reference the parts above (no parameters of their own)
+        #: the preconditioning layers and the stage-2 IRG layers; they reference the parts
+        #: above (no parameters of their own)
+        self.pcb_layers = nn.ModuleList(
+            PCBLayer(self.transformer.blocks[i], self.camera_adapters[str(i)] if str(i) in self.camera_adapters
+                     else None)
+            for i in range(config.num_pcb)
+        )
         self.irg_layers = nn.ModuleList(
             IRGLayer(self.transformer.blocks[config.num_pcb + i], self.geometry.global_blocks[i],
                      self.interactions[i], self.camera_adapters[str(config.num_pcb + i)]
@@ -210,12 +229,6 @@ class FantasyWorldModel(nn.Module):
         """Plucker rays (B, T, 6, H, W) -> pose features (B, L, P) for the adapters."""
         return self.pose_encoder(plucker.to(next(self.pose_encoder.parameters()).dtype))
 
-    def _adapter(self, block_idx: int, pose_feature: torch.Tensor | None):
-        if pose_feature is None or str(block_idx) not in self.camera_adapters:
-            return None
-        adapter = self.camera_adapters[str(block_idx)]
-        return lambda attn_out: adapter(attn_out, pose_feature.to(attn_out.dtype))
-
     def forward(
         self,
         latents: torch.Tensor,
@@ -275,13 +288,11 @@ class FantasyWorldModel(nn.Module):
 
         # 2. preconditioning blocks
         for i in range(cfg.num_pcb):
-            adapter = self._adapter(i, pose_feature)
-            block = wan.blocks[i]
             if stage == 1:
                 with torch.no_grad():
-                    x = wanb.run_block(block, x, inputs)
+                    x = self.pcb_layers[i](x, inputs)
             else:
-                x = self._ckpt(wanb.run_block, block, x, inputs, adapter)
+                x = self._ckpt(self.pcb_layers[i], x, inputs, pose_feature)
 
         # 3./4. latent bridge, special tokens, geometry modulation
         geo_branch = self.geometry

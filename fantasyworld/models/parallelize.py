@@ -4,16 +4,17 @@ torchtitan's order (``models/flux/parallelize.py``): 1. activation checkpointing
 compile, 3. ``fully_shard`` on each unit, then on the root. The model file imports none of
 this; it declares, as class attributes of
 :class:`~fantasyworld.models.fantasyworld.FantasyWorldModel`, what is compiled
-(``_compile_regions``), what is an FSDP unit (``_fsdp_units``), which methods other than
+(``_compile_regions``, per granularity), what is an FSDP unit (``_fsdp_units``), which methods other than
 ``forward`` the model calls on a unit (``_fsdp_forward_methods``) and what is replicated
 instead of sharded (``_fsdp_ignored``). Paths name sub-modules; a trailing ``.*`` means
 every element of a ``ModuleList``/``ModuleDict``.
 
-* Compile: repeated blocks, not the whole model, keep compile time bounded: every instance
-  of a block class shares one compiled graph (parameters are graph inputs), so the first
-  call pays for one block of each kind. Regions the model drives piecewise (the Wan
-  attention/FFN halves of the IRG layers, the geometry blocks' halves) are covered by
-  compiling the sub-modules they call (``attn1``, ``ffn``, ``attn``, ``mlp``).
+* Compile: repeated layers, not the whole model, keep compile time bounded: every instance
+  of a layer class shares one compiled graph (parameters are graph inputs), so the first
+  call pays for one layer of each kind. The default granularity compiles each forward
+  layer whole (the PCB and IRG layer modules, which reference their parts); ``blocks``
+  compiles the blocks and the sub-modules the layers drive piecewise (``attn1``, ``ffn``,
+  ``attn``, ``mlp``).
 * FSDP2 (see :mod:`fantasyworld.training.parallel` for the process group and the reasons):
   each declared unit is its own FSDP unit, the model wrapper is the root, the frozen Wan
   parameters are ``ignored_params`` (replicated, never all-gathered).
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["apply_fsdp", "compile_blocks", "parallelize", "resolve_modules"]
+__all__ = ["COMPILE_GRANULARITIES", "apply_fsdp", "compile_blocks", "parallelize", "resolve_modules"]
 
 
 def resolve_modules(model: nn.Module, path: str) -> Iterator[nn.Module]:
@@ -43,11 +44,26 @@ def resolve_modules(model: nn.Module, path: str) -> Iterator[nn.Module]:
         yield model.get_submodule(path)
 
 
-def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = False) -> nn.Module:
-    """Compile every region of ``model._compile_regions`` in place (blocks and their driven sub-modules)."""
+#: compile granularities a model declares in ``_compile_regions`` (the first is the default)
+COMPILE_GRANULARITIES = ("layers", "blocks")
+
+
+def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = False,
+                   granularity: str = "layers") -> nn.Module:
+    """Compile every region of ``model._compile_regions[granularity]`` in place.
+
+    ``layers`` (default) compiles each forward layer whole (a Wan block with its camera
+    adapter; an IRG layer: Wan attention half, geometry attention half, bidirectional
+    cross-attention and both FFN halves in one graph); ``blocks`` compiles the repeated blocks
+    and the sub-modules the layers drive piecewise (the earlier scheme, kept for comparison).
+    Layers of one kind share one graph (their parameters are graph inputs), so the first call
+    compiles one layer of each kind.
+    """
+    if granularity not in model._compile_regions:
+        raise ValueError(f"compile granularity must be one of {tuple(model._compile_regions)}, got {granularity!r}")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     kw = {"mode": mode, "fullgraph": fullgraph, "dynamic": False}
-    for path, parts in model._compile_regions.items():
+    for path, parts in model._compile_regions[granularity].items():
         for block in resolve_modules(model, path):
             for part in parts:
                 (block.get_submodule(part) if part else block).compile(**kw)
