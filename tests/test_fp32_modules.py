@@ -12,15 +12,17 @@ import pytest
 import torch
 from torch import nn
 
+from fantasyworld.inference.memory_tiers import MEMORY_TIERS
 from fantasyworld.inference.pipeline import FantasyWorldPipeline
 from fantasyworld.inference.testing import write_tiny_checkpoint
 from fantasyworld.models.wan_loading import cast_keeping_fp32, fp32_parameter_names
 
 
-@pytest.fixture(scope="module")
-def pipe_bf16(tmp_path_factory) -> FantasyWorldPipeline:
+@pytest.fixture(scope="module", params=list(MEMORY_TIERS))
+def pipe_bf16(request, tmp_path_factory) -> FantasyWorldPipeline:
+    # every memory tier loads through the same host-memory cast before placing the modules
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "tiny", seed=1)
-    return FantasyWorldPipeline.from_pretrained(ckpt, dtype="bfloat16")
+    return FantasyWorldPipeline.from_pretrained(ckpt, dtype="bfloat16", memory=request.param)
 
 
 def _declared_fp32(model: nn.Module) -> dict[str, list[str]]:

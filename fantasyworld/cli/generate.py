@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from fantasyworld.inference.memory_tiers import DEFAULT_MEMORY_TIER, MEMORY_TIERS
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -95,7 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--schedule", default="auto", choices=["auto", "project", "official"],
                    help="sigma grid: project (diffusers' flow-matching Euler), official (the released sampler's "
                         "grid and bf16-rounded timesteps); auto: official for official_compat checkpoints")
-    g.add_argument("--no-cfg-batch", action="store_true", help="run the CFG passes as two forwards")
+    g.add_argument("--no-cfg-batch", action="store_true",
+                   help="run the CFG passes as two forwards (default: the memory tier's choice)")
+    g.add_argument("--memory", default=DEFAULT_MEMORY_TIER, choices=list(MEMORY_TIERS),
+                   help="memory tier, the card's GiB: " + "; ".join(f"{k}: {t.description}"
+                                                                  for k, t in MEMORY_TIERS.items()))
     g.add_argument("--vae-tiling", default="auto", choices=["auto", "on", "off"])
     g = p.add_argument_group("outputs")
     g.add_argument("--out", default=None, help="output folder")
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         pipe = FantasyWorldPipeline.from_pretrained(
             args.checkpoint, backbone=args.backbone, vae=args.vae, text_encoder=args.text_encoder,
             tokenizer=args.tokenizer, image_encoder=args.image_encoder, device=device, dtype=dtype,
-            preset=args.preset)
+            preset=args.preset, memory=args.memory)
         load_s = time.perf_counter() - start
         result = pipe(
             args.prompt, args.negative_prompt, image=args.image, camera=args.camera, num_frames=args.frames,
@@ -161,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
             resample_camera=args.resample_camera, translation_scale=args.translation_scale,
             scale_depth=args.scale_depth, depth_estimator=depth_estimator,
             prompt_embeds=args.text_emb, negative_prompt_embeds=args.negative_text_emb, geometry=args.geometry,
-            schedule=args.schedule,
-            cfg_batch=not args.no_cfg_batch, vae_tiling={"auto": "auto", "on": True, "off": False}[args.vae_tiling],
+            schedule=args.schedule, cfg_batch=False if args.no_cfg_batch else None,
+            vae_tiling={"auto": "auto", "on": True, "off": False}[args.vae_tiling],
             cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,
             fps=args.fps, progress=not args.quiet)
         result.timings["load"] = load_s
@@ -176,4 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {len(paths)} outputs to {args.out} (open {paths['report.html']})")
         print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+        if "peak_memory_gib" in result.settings:
+            print("peak GPU memory: " + ", ".join(f"{k} {v:.1f} GiB"
+                                                 for k, v in result.settings["peak_memory_gib"].items()))
     return 0

@@ -62,14 +62,16 @@ class GenerationOptions:
         geometry = self.geometry if self.geometry != "auto" else ("last-step" if official_compat else "final")
         return schedule, geometry
 
-    def sampling(self, official_compat: bool) -> dict[str, Any]:
-        """The keyword arguments of :func:`~fantasyworld.inference.sampler.sample` these options set."""
+    def sampling(self, official_compat: bool, tier_cfg_batch: bool = True) -> dict[str, Any]:
+        """The keyword arguments of :func:`~fantasyworld.inference.sampler.sample` these options set
+        (``tier_cfg_batch``: the memory tier's CFG batching, used when ``cfg_batch`` is unset)."""
         schedule, geometry = self.resolved(official_compat)
-        return {"schedule": schedule, "geometry": geometry, "cfg_batch": self.cfg_batch, "progress": self.progress}
-    cfg_batch: bool = True
-    """Batch the CFG passes in one forward (default) or run them apart."""
+        cfg_batch = tier_cfg_batch if self.cfg_batch is None else self.cfg_batch
+        return {"schedule": schedule, "geometry": geometry, "cfg_batch": cfg_batch, "progress": self.progress}
+    cfg_batch: bool | None = None
+    """Batch the CFG passes in one forward or run them apart; None: the memory tier's choice."""
     vae_tiling: bool | str = "auto"
-    """``"auto"``, True or False."""
+    """``"auto"`` (the memory tier's choice: tiles large frames by default), True or False."""
     cloud_source: str = "depth"
     """Fused cloud from ``"depth"`` (depth + predicted cameras, VGGT's recommendation) or
     ``"points"`` (the point-map head)."""

@@ -40,8 +40,10 @@ from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
 from fantasyworld.inference.images import load_image
+from fantasyworld.inference.memory import BlockSwap, PhaseMeter, on_device, to_device_except
+from fantasyworld.inference.memory_tiers import MemoryTier, get_memory_tier
 from fantasyworld.inference.options import GenerationOptions
-from fantasyworld.inference.ply import CLOUD_SOURCES, fuse_point_cloud
+from fantasyworld.inference.ply import CLOUD_SOURCES, generation_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
 from fantasyworld.inference.trajectories import CameraTrajectory
@@ -92,7 +94,7 @@ class FantasyWorldPipeline:
 
     def __init__(self, model: FantasyWorldModel, vae, text_encoder=None, tokenizer=None, image_encoder=None,
                  image_processor=None, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32,
-                 source: str = "") -> None:
+                 source: str = "", memory: str | MemoryTier | None = None) -> None:
         self.model = model.eval()
         self.vae = vae
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
@@ -100,9 +102,34 @@ class FantasyWorldPipeline:
         self.device = torch.device(device)
         self.dtype = as_dtype(dtype)
         self.source = source
+        #: placement of the components between phases (:mod:`fantasyworld.inference.memory_tiers`)
+        self.memory = get_memory_tier(memory)
+        #: the Wan blocks' host-memory streaming of the ``block_swap`` tiers (None: all resident)
+        self.block_swap: BlockSwap | None = None
         #: Wan transformer tensors replaced from ``wan_override.safetensors`` (official checkpoints).
         self.backbone_override: list[str] = []
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._place()
+
+    def _place(self) -> None:
+        """Put each component where the memory tier keeps it: the encoders in host memory when
+        offloaded (they visit the GPU for their phase), the Wan blocks in pinned host memory under
+        block swap, everything else on :attr:`device`."""
+        cuda = self.device.type == "cuda"
+        swap = self.memory.block_swap and cuda
+        if swap:
+            layers = [*self.model.pcb_layers, *self.model.irg_layers]
+            self.block_swap = BlockSwap(layers, [layer.wan_block for layer in layers], self.device)
+            to_device_except(self.model, list(self.model.transformer.blocks), self.device)
+        else:
+            self.model.to(self.device)
+        self.vae.to(self.device)
+        encoder_home = "cpu" if (self.memory.offload_encoders and cuda) else self.device
+        for module in (self.text_encoder, self.image_encoder):
+            if module is not None:
+                module.to(encoder_home)
+        if cuda:
+            torch.cuda.empty_cache()
 
     @property
     def config(self) -> FantasyWorldConfig:
@@ -122,6 +149,7 @@ class FantasyWorldPipeline:
         dtype: str | torch.dtype = "float32",
         preset: str | None = None,
         stage: int | None = None,
+        memory: str | MemoryTier | None = None,
     ) -> FantasyWorldPipeline:
         """Load a checkpoint and its frozen components (local files only, nothing downloaded).
 
@@ -143,6 +171,10 @@ class FantasyWorldPipeline:
             preset: preset name when the checkpoint has no ``config.json``.
             stage: override the checkpoint's ``stage`` metadata (1 loads a stage-1 file:
                 geometry only, no camera conditioning).
+            memory: memory tier (``"80"``, ``"48"``, ``"24"``: card GiB, see
+                :mod:`fantasyworld.inference.memory_tiers`); default ``"80"``.
+
+        Weights are read and cast in host memory, then placed by the tier (never fp32 on the card).
 
         A checkpoint with ``official_compat: true`` whose directory holds
         ``wan_override.safetensors`` (written by ``convert-official --backbone-override``)
@@ -155,7 +187,8 @@ class FantasyWorldPipeline:
         weights, config, file_stage = resolve_checkpoint(checkpoint, preset)
         stage = stage or file_stage
         root = weights.parent
-        device = torch.device(device)
+        target = torch.device(device)
+        device = torch.device("cpu")  # build and cast in host memory; ``_place`` moves by tier
         dtype = as_dtype(dtype)
         tiny = config.name.startswith("tiny")
 
@@ -218,7 +251,7 @@ class FantasyWorldPipeline:
                 ie = ie.to(device)
             else:
                 ie, proc = encoders.load_image_encoder(ie_spec, device, dtype)
-        pipe = cls(model, vae_model, te, tok, ie, proc, device, dtype, source=str(weights))
+        pipe = cls(model, vae_model, te, tok, ie, proc, target, dtype, source=str(weights), memory=memory)
         pipe.backbone_override = overridden
         return pipe
 
@@ -230,7 +263,8 @@ class FantasyWorldPipeline:
         if prompt not in self._text_cache:
             if self.text_encoder is None:
                 raise ValueError("no text encoder loaded: pass text_encoder= to from_pretrained or prompt_embeds=")
-            emb, _ = encoders.encode_text(self.text_encoder, self.tokenizer, [prompt], max_length=WAN_TEXT_LEN)
+            with on_device([self.text_encoder], self.device, self.memory.offload_encoders):
+                emb, _ = encoders.encode_text(self.text_encoder, self.tokenizer, [prompt], max_length=WAN_TEXT_LEN)
             self._text_cache[prompt] = emb.cpu()
         return self._text_cache[prompt].to(self.device)
 
@@ -266,7 +300,8 @@ class FantasyWorldPipeline:
         video[:, :, 0] = first[0]
         vae_dtype = next(self.vae.parameters()).dtype
         cond = encoders.i2v_condition_latent(self.vae, video.to(vae_dtype)).float()
-        clip = encoders.encode_image_clip(self.image_encoder, self.image_processor, first).float()
+        with on_device([self.image_encoder], self.device, self.memory.offload_encoders):
+            clip = encoders.encode_image_clip(self.image_encoder, self.image_processor, first).float()
         return cond, clip, first
 
     @torch.no_grad()
@@ -340,40 +375,42 @@ class FantasyWorldPipeline:
         t0 = time.perf_counter()
         opts = GenerationOptions(**options)
         self._check_call(image, num_frames, height, width, opts)
-        timings: dict[str, float] = {}
+        meter = PhaseMeter(self.device)
         negative = WAN_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
 
         # 1. camera trajectory -> Plücker rays -> pose features (once)
-        start = time.perf_counter()
-        cams = self.camera_inputs(camera, num_frames, height, width, image=image, **opts.camera_kwargs())
-        plucker = cams.plucker.to(self.device)
-        with torch.no_grad():
-            pose_feature = self.model.encode_camera(plucker.to(self.dtype)) if self.model.stage == 2 else None
-        timings["camera"] = time.perf_counter() - start
+        with meter.phase("camera"):
+            cams = self.camera_inputs(camera, num_frames, height, width, image=image, **opts.camera_kwargs())
+            plucker = cams.plucker.to(self.device)
+            with torch.no_grad():
+                pose_feature = self.model.encode_camera(plucker.to(self.dtype)) if self.model.stage == 2 else None
 
         # 2. text (and image) conditioning
         cond = self._conditioning(prompt, negative, image, num_frames, height, width, guidance_scale != 1.0,
-                                  pose_feature, opts, timings)
+                                  pose_feature, opts, meter)
 
         # 3. sampling
         f = (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1
         shape = (1, self.config.latent_channels, f, height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
         noise = initial_noise(shape, seed, self.device)
-        res = sample(self.model, noise, cond, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                     **opts.sampling(self.config.official_compat))
-        timings.update(res.timings)
+        with meter.phase("sample"):
+            res = sample(self.model, noise, cond, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
+                         **opts.sampling(self.config.official_compat, self.memory.cfg_batch))
 
         # 4. decode
-        start = time.perf_counter()
-        video = self.decode(res.latents, opts.vae_tiling)[0]
-        timings["decode"] = time.perf_counter() - start
+        with meter.phase("decode"):
+            video = self.decode(res.latents, self._vae_tiling(opts))[0]
 
         # 5. geometry arrays and the fused cloud
-        geo, w2c, k, cloud = self._geometry(video, res.geometry, (height, width), seed, opts, timings)
-        timings["total"] = time.perf_counter() - t0
+        with meter.phase("fuse"):
+            geo, w2c, k, cloud = self._geometry(video, res.geometry, (height, width), seed, opts)
+        timings = {**meter.seconds, **res.timings, "total": time.perf_counter() - t0}
+        del timings["sample"]  # reported as its parts (denoise, geometry)
         settings = self._settings(prompt, negative, image, cams, res, opts, num_frames=num_frames, height=height,
                                   width=width, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
                                   seed=seed, camera_magnitude=opts.camera_magnitude)
+        if meter.peak_gib:
+            settings["peak_memory_gib"] = {k: round(v, 3) for k, v in meter.peak_gib.items()}
         return GenerationResult(
             video=video, latents=res.latents[0].cpu().numpy(),
             depth=geo.get("depth"), depth_conf=geo.get("depth_conf"),
@@ -398,53 +435,42 @@ class FantasyWorldPipeline:
 
     def _conditioning(self, prompt: str, negative: str, image: Any, num_frames: int, height: int, width: int,
                       use_cfg: bool, pose_feature: torch.Tensor | None, opts: GenerationOptions,
-                      timings: dict[str, float]) -> Conditioning:
+                      meter: PhaseMeter) -> Conditioning:
         """Text embeddings ``(1, Lt, text_dim)`` (and the negative ones under CFG), the I2V
-        conditioning latent and CLIP tokens, bundled with the pose features; fills ``timings``."""
-        start = time.perf_counter()
-        text = self._embeddings(opts.prompt_embeds, "prompt_embeds") if opts.prompt_embeds is not None \
-            else self.encode_prompt(prompt)
-        neg = None
-        if use_cfg:
-            if opts.negative_prompt_embeds is not None:
-                neg = self._embeddings(opts.negative_prompt_embeds, "negative_prompt_embeds")
-            elif self.text_encoder is not None:
-                neg = self.encode_prompt(negative)
-            else:
-                neg = torch.zeros_like(text)
-        timings["encode_text"] = time.perf_counter() - start
+        conditioning latent and CLIP tokens, bundled with the pose features; phases
+        ``encode_text`` and ``encode_image`` of ``meter``."""
+        with meter.phase("encode_text"):
+            text = self._embeddings(opts.prompt_embeds, "prompt_embeds") if opts.prompt_embeds is not None \
+                else self.encode_prompt(prompt)
+            neg = None
+            if use_cfg:
+                if opts.negative_prompt_embeds is not None:
+                    neg = self._embeddings(opts.negative_prompt_embeds, "negative_prompt_embeds")
+                elif self.text_encoder is not None:
+                    neg = self.encode_prompt(negative)
+                else:
+                    neg = torch.zeros_like(text)
         cond_latent = image_emb = None
         if self.config.is_i2v:
-            start = time.perf_counter()
-            cond_latent, image_emb, _ = self.encode_image(image, num_frames, height, width)
-            timings["encode_image"] = time.perf_counter() - start
+            with meter.phase("encode_image"):
+                cond_latent, image_emb, _ = self.encode_image(image, num_frames, height, width)
         return Conditioning(text, neg, pose_feature, cond_latent, image_emb)
+
+    def _vae_tiling(self, opts: GenerationOptions) -> bool | str:
+        """The call's VAE tiling: the option when set, else the memory tier's."""
+        return self.memory.vae_tiling if opts.vae_tiling == "auto" else opts.vae_tiling
 
     @staticmethod
     def _geometry(video: np.ndarray, geometry: dict[str, Any], image_hw: tuple[int, int], seed: int,
-                  opts: GenerationOptions, timings: dict[str, float]):
+                  opts: GenerationOptions):
         """Head outputs of batch item 0 as numpy, the decoded cameras ``w2c`` ``(T, 4, 4)`` / ``K``
         ``(T, 3, 3)`` (None without the camera head) and the fused cloud (None if not asked for)."""
         geo = {k: v[0].cpu().numpy() for k, v in geometry.items() if isinstance(v, torch.Tensor)}
         w2c = k = None
         if "pose_enc" in geo:
             w2c, k = cameras_from_pose_enc(geo["pose_enc"], image_hw)
-        start = time.perf_counter()
-        cloud = FantasyWorldPipeline._fuse_cloud(video, geo, w2c, k, seed, opts)
-        timings["fuse"] = time.perf_counter() - start
+        cloud = generation_cloud(video, geo, w2c, k, opts.cloud_source, opts.conf_percentile, opts.max_points, seed)
         return geo, w2c, k, cloud
-
-    @staticmethod
-    def _fuse_cloud(video: np.ndarray, geo: dict[str, np.ndarray], w2c: np.ndarray | None, k: np.ndarray | None,
-                    seed: int, opts: GenerationOptions):
-        """The coloured point cloud from depth + predicted cameras or from the point maps (or None)."""
-        if opts.cloud_source == "depth" and "depth" in geo and w2c is not None:
-            return fuse_point_cloud(video, geo["depth_conf"], depth=geo["depth"], w2c=w2c, intrinsics=k,
-                                    conf_percentile=opts.conf_percentile, max_points=opts.max_points, seed=seed)
-        if opts.cloud_source == "points" and "world_points" in geo:
-            return fuse_point_cloud(video, geo["world_points_conf"], world_points=geo["world_points"],
-                                    conf_percentile=opts.conf_percentile, max_points=opts.max_points, seed=seed)
-        return None
 
     def _settings(self, prompt: str, negative: str, image: Any, cams: CameraInputs, res: Any,
                   opts: GenerationOptions, *, camera_magnitude: float | None, **call: Any) -> dict[str, Any]:
@@ -461,7 +487,9 @@ class FantasyWorldPipeline:
             "width": call["width"], "num_steps": call["num_steps"], "guidance_scale": call["guidance_scale"],
             "shift": call["shift"], "seed": call["seed"],
             **dict(zip(("schedule", "geometry"), opts.resolved(cfg.official_compat), strict=True)),
-            "geometry_timestep": res.geometry_timestep, "cfg_batch": opts.cfg_batch,
+            "geometry_timestep": res.geometry_timestep,
+            "cfg_batch": self.memory.cfg_batch if opts.cfg_batch is None else opts.cfg_batch,
+            "memory_tier": self.memory.name,
             "cloud_source": opts.cloud_source, "conf_percentile": opts.conf_percentile,
             "max_points": opts.max_points,
             "preset": cfg.name, "checkpoint": self.source, "device": str(self.device),

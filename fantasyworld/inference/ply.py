@@ -100,6 +100,22 @@ def fuse_point_cloud(
     )
 
 
+def generation_cloud(video: np.ndarray, geo: dict[str, np.ndarray], w2c: np.ndarray | None,
+                     intrinsics: np.ndarray | None, source: str, conf_percentile: float, max_points: int,
+                     seed: int) -> PointCloud | None:
+    """The coloured cloud of one generation: ``source="depth"`` unprojects the depth with the
+    predicted cameras (w2c ``(T, 4, 4)``, K ``(T, 3, 3)``), ``"points"`` takes the point maps;
+    None when the heads it needs did not run. ``geo`` holds the head outputs of one sample as
+    numpy (``depth``/``depth_conf`` ``(T, H, W)``, ``world_points`` ``(T, H, W, 3)`` ...)."""
+    if source == "depth" and "depth" in geo and w2c is not None:
+        return fuse_point_cloud(video, geo["depth_conf"], depth=geo["depth"], w2c=w2c, intrinsics=intrinsics,
+                                conf_percentile=conf_percentile, max_points=max_points, seed=seed)
+    if source == "points" and "world_points" in geo:
+        return fuse_point_cloud(video, geo["world_points_conf"], world_points=geo["world_points"],
+                                conf_percentile=conf_percentile, max_points=max_points, seed=seed)
+    return None
+
+
 def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray | None = None) -> None:
     """Binary little-endian PLY with one ``vertex`` element: ``x y z`` float32,
     ``red green blue`` uint8 and (if given) ``confidence`` float32. Written in one

@@ -1,0 +1,144 @@
+"""Placement helpers of the memory tiers (:mod:`fantasyworld.inference.memory_tiers`).
+
+:func:`on_device` brings offloaded encoders to the GPU for their phase; :class:`BlockSwap`
+streams the frozen Wan blocks' weights from pinned host memory one layer ahead of use;
+:class:`PhaseMeter` records the seconds and the peak GPU memory of each phase of a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["BlockSwap", "PhaseMeter", "on_device", "to_device_except"]
+
+
+@contextlib.contextmanager
+def on_device(modules: Iterable[nn.Module | None], device: torch.device, offload: bool) -> Iterator[None]:
+    """With ``offload``: move ``modules`` to ``device`` for the body and back to the host after
+    (freeing the cached blocks); without: a no-op (the modules stay where they are)."""
+    mods = [m for m in modules if m is not None]
+    if not offload or device.type == "cpu":
+        yield
+        return
+    for m in mods:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.to("cpu")
+        torch.cuda.empty_cache()
+
+
+def to_device_except(model: nn.Module, skip: Iterable[nn.Module], device: torch.device) -> None:
+    """Move every parameter and buffer of ``model`` to ``device`` except those of the ``skip``
+    sub-modules (and their descendants), which stay where they are."""
+    skipped = {id(m) for s in skip for m in s.modules()}
+    for module in model.modules():
+        if id(module) not in skipped:
+            module._apply(lambda t: t.to(device), recurse=False)  # this module's own tensors only
+
+
+class PhaseMeter:
+    """Seconds and peak GPU memory (GiB, ``torch.cuda.max_memory_allocated``) per named phase.
+
+    ``with meter.phase("denoise"): ...`` resets the peak counter at entry and records both at
+    exit (after a device synchronize, so asynchronous kernels count in their phase). On the
+    CPU only the seconds are recorded.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = {}
+        self.peak_gib: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+                self.peak_gib[name] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class BlockSwap:
+    """Keep frozen blocks' weights in pinned host memory and give each to the GPU for its layer.
+
+    For a sequence of layer modules run in order, each using one frozen block (the PCB and IRG
+    layers of :class:`~fantasyworld.models.fantasyworld.FantasyWorldModel`, which reference
+    their Wan block), a forward pre-hook makes the layer's block resident (waiting for its
+    copy) and starts copying the **next** layer's block on a side stream; a forward hook drops
+    the block's GPU tensors afterwards (the host copy is the master: the weights are frozen,
+    so nothing is copied back). At most two blocks are on the GPU at a time. Parameters and
+    buffers are swapped by replacing ``.data``, so module structure and names are untouched.
+
+    Only for inference under ``torch.no_grad()`` (backward would need the weights again).
+
+    Args:
+        layers: the layer modules in execution order.
+        blocks: the frozen block each layer uses (same length as ``layers``).
+        device: the CUDA device the layers run on.
+    """
+
+    def __init__(self, layers: list[nn.Module], blocks: list[nn.Module], device: torch.device) -> None:
+        if len(layers) != len(blocks):
+            raise ValueError(f"BlockSwap: {len(layers)} layers but {len(blocks)} blocks")
+        self.device = torch.device(device)
+        self.blocks = blocks
+        self.stream = torch.cuda.Stream(self.device)
+        self._host: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        self._ready: dict[int, torch.cuda.Event] = {}
+        for block in blocks:
+            pairs = []
+            for t in [*block.parameters(), *block.buffers()]:
+                host = t.data.to("cpu").pin_memory()
+                t.data = host
+                pairs.append((t, host))
+            self._host.append(pairs)
+        torch.cuda.empty_cache()
+        self._handles = []
+        for i, layer in enumerate(layers):
+            self._handles.append(layer.register_forward_pre_hook(lambda m, a, i=i: self._before(i)))
+            self._handles.append(layer.register_forward_hook(lambda m, a, o, i=i: self._after(i)))
+
+    def _prefetch(self, i: int) -> None:
+        if i >= len(self.blocks) or i in self._ready:
+            return
+        with torch.cuda.stream(self.stream):
+            for t, host in self._host[i]:
+                t.data = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self._ready[i] = event
+
+    def _before(self, i: int) -> None:
+        self._prefetch(i)
+        torch.cuda.current_stream(self.device).wait_event(self._ready.pop(i))
+        for t, _ in self._host[i]:
+            t.data.record_stream(torch.cuda.current_stream(self.device))
+        self._prefetch((i + 1) % len(self.blocks))  # the next layer, or layer 0 of the next forward
+
+    def _after(self, i: int) -> None:
+        for t, host in self._host[i]:
+            t.data = host
+
+    def remove(self) -> None:
+        """Drop the hooks and put every block back on the GPU."""
+        for h in self._handles:
+            h.remove()
+        for pairs in self._host:
+            for t, host in pairs:
+                t.data = host.to(self.device)
+        self._ready.clear()
