@@ -99,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "grid and bf16-rounded timesteps); auto: official for official_compat checkpoints")
     g.add_argument("--no-cfg-batch", action="store_true",
                    help="run the CFG passes as two forwards (default: the memory tier's choice)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer layer (first step pays the compile time)")
     g.add_argument("--memory", default=DEFAULT_MEMORY_TIER, choices=list(MEMORY_TIERS),
                    help="memory tier, the card's GiB: " + "; ".join(f"{k}: {t.description}"
                                                                   for k, t in MEMORY_TIERS.items()))
@@ -159,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, backbone=args.backbone, vae=args.vae, text_encoder=args.text_encoder,
             tokenizer=args.tokenizer, image_encoder=args.image_encoder, device=device, dtype=dtype,
             preset=args.preset, memory=args.memory)
+        if args.compile:
+            pipe.compile()
         load_s = time.perf_counter() - start
         result = pipe(
             args.prompt, args.negative_prompt, image=args.image, camera=args.camera, num_frames=args.frames,

@@ -51,6 +51,7 @@ from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.official import OVERRIDE_FILE, apply_backbone_override
+from fantasyworld.models.parallelize import compile_blocks
 from fantasyworld.models.wan_backbone import WAN_TEXT_LEN, build_wan_transformer, rebuild_rope
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 from fantasyworld.models.weights import as_dtype, resolve_checkpoint
@@ -102,10 +103,8 @@ class FantasyWorldPipeline:
         self.device = torch.device(device)
         self.dtype = as_dtype(dtype)
         self.source = source
-        #: placement of the components between phases (:mod:`fantasyworld.inference.memory_tiers`)
-        self.memory = get_memory_tier(memory)
-        #: the Wan blocks' host-memory streaming of the ``block_swap`` tiers (None: all resident)
-        self.block_swap: BlockSwap | None = None
+        self.memory = get_memory_tier(memory)  # placement between phases (inference.memory_tiers)
+        self.block_swap: BlockSwap | None = None  # Wan blocks streamed from host memory (block-swap tiers)
         #: Wan transformer tensors replaced from ``wan_override.safetensors`` (official checkpoints).
         self.backbone_override: list[str] = []
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -134,6 +133,13 @@ class FantasyWorldPipeline:
     @property
     def config(self) -> FantasyWorldConfig:
         return self.model.config
+
+    def compile(self, granularity: str = "layers") -> FantasyWorldPipeline:
+        """``torch.compile`` the transformer's layers (:func:`~fantasyworld.models.parallelize.compile_blocks`;
+        not with block swap, whose hooks run between layers); the first call pays the compile time."""
+        if self.block_swap is None:
+            compile_blocks(self.model, granularity=granularity)
+        return self
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -304,31 +310,14 @@ class FantasyWorldPipeline:
             clip = encoders.encode_image_clip(self.image_encoder, self.image_processor, first).float()
         return cond, clip, first
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiling: bool | str = "auto") -> np.ndarray:
-        """Normalised latents ``(B, 16, F, h, w)`` -> ``(B, T, H, W, 3)`` uint8 frames.
-
-        De-normalises as ``z * std + mean`` (the VAE config's statistics) and decodes with
-        ``AutoencoderKLWan.decode``; ``tiling="auto"`` tiles frames of at least
-        :data:`VAE_TILING_MIN_AREA` pixels.
-        """
-        vae = self.vae
-        param = next(vae.parameters())
-        z = latents.to(param.device, torch.float32)
-        mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
-        z = z * std + mean
-        area = z.shape[-2] * z.shape[-1] * VAE_SPATIAL_STRIDE**2
-        use_tiling = area >= VAE_TILING_MIN_AREA if tiling == "auto" else bool(tiling)
-        if use_tiling:
-            vae.enable_tiling()
-        try:
-            video = vae.decode(z.to(param.dtype)).sample.float()  # (B, 3, T, H, W) in ~[-1, 1]
-        finally:
-            if use_tiling:
-                vae.disable_tiling()
-        video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+        """Normalised latents ``(B, 16, F, h, w)`` -> ``(B, T, H, W, 3)`` uint8 frames
+        (:func:`~fantasyworld.models.encoders.decode_video`; ``tiling="auto"`` tiles frames of at
+        least :data:`VAE_TILING_MIN_AREA` pixels)."""
+        if tiling == "auto":
+            tiling = latents.shape[-2] * latents.shape[-1] * VAE_SPATIAL_STRIDE**2 >= VAE_TILING_MIN_AREA
+        video = encoders.decode_video(self.vae, latents, tiling=bool(tiling))
+        return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
     # ------------------------------------------------------------------ cameras
     def camera_inputs(self, camera: CameraTrajectory | np.ndarray | str | Path, num_frames: int, height: int,

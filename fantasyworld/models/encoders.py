@@ -90,6 +90,24 @@ def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def decode_video(vae, latents: torch.Tensor, tiling: bool = False) -> torch.Tensor:
+    """Normalised latents ``(B, 16, F, h, w)`` -> video ``(B, 3, T, H, W)`` fp32 in ~[-1, 1]
+    (de-normalised as ``z * std + mean`` with the VAE config's statistics, then
+    ``AutoencoderKLWan.decode``, with the VAE's spatial tiling if ``tiling``)."""
+    param = next(vae.parameters())
+    z = latents.to(param.device, torch.float32)
+    mean, std = _latent_stats(vae, z)
+    z = z * std + mean
+    if tiling:
+        vae.enable_tiling()
+    try:
+        return vae.decode(z.to(param.dtype)).sample.float()
+    finally:
+        if tiling:
+            vae.disable_tiling()
+
+
+@torch.no_grad()
 def encode_text(text_encoder, tokenizer, prompts: list[str], max_length: int = TEXT_LEN
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts -> ``(B, max_length, D)`` fp32 embeddings zeroed after each prompt's tokens,
