@@ -1,0 +1,277 @@
+"""The whole ``generate`` per memory tier, and the CFG step against the plain Wan forward, in one run.
+
+One command on a GPU machine (random weights of the real sizes, bf16)::
+
+    python benchmarks/bench_generate.py --preset wan2.1-i2v-14b-480p --size 336x592 --frames 81 \\
+        --steps 3 --tiers 80,48,24 --out generate.json
+
+What it builds: the FantasyWorld model of the preset (Wan + geometry branch), a UMT5-XXL
+text encoder, a CLIP ViT-H/14 image encoder and the Wan2.1 VAE, all with the real shapes and
+random weights (meta device -> GPU -> N(0, 0.02), norm weights 1, zero-initialised gates zero),
+in bf16 with every fp32-declared module kept fp32; tokenizer: the offline word-level one.
+
+What it measures:
+
+* ``tiers``: :class:`~fantasyworld.inference.pipeline.FantasyWorldPipeline` end to end (camera,
+  text and image encoding, ``--steps`` CFG denoising steps, the geometry pass with all heads,
+  the VAE decode, the fused cloud) for each memory tier, under
+  ``torch.cuda.set_per_process_memory_fraction`` set to the tier's cap (``80``: none, ``48``:
+  46 GiB, ``24``: 22 GiB): seconds and peak GPU memory per phase, and the 50-step estimate
+  ``encode + 50 x (denoise / steps) + geometry + decode``. The peak of a run does not depend
+  on the number of steps (every step allocates the same), so a few steps give it.
+* ``step``: one CFG step (batch 2: conditional and unconditional halves, heads off) of ours
+  and the plain diffusers Wan transformer's own batch-2 forward on the same inputs, eager,
+  then ours with each layer compiled and Wan with its blocks compiled; the ratios, and the
+  compiled step's output error against eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fantasyworld.inference.memory_tiers import get_memory_tier  # noqa: E402
+from fantasyworld.inference.pipeline import FantasyWorldPipeline  # noqa: E402
+from fantasyworld.inference.sampler import Conditioning  # noqa: E402
+from fantasyworld.models import encoders  # noqa: E402
+from fantasyworld.models.config import get_preset  # noqa: E402
+from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
+from fantasyworld.models.parallelize import compile_blocks  # noqa: E402
+from fantasyworld.models.wan_backbone import rebuild_rope  # noqa: E402
+from fantasyworld.models.wan_loading import cast_keeping_fp32  # noqa: E402
+
+#: memory tier -> the cap the run is held to (GiB; None: the whole card)
+TIER_CAPS_GIB = {"80": None, "48": 46.0, "24": 22.0}
+ZERO_INIT = ("gamma_m1", "gamma_m2", "v_proj.group2.2")
+
+
+def log(*a) -> None:
+    print(*a, flush=True)
+
+
+def random_init_(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Materialise a meta-device module on ``device`` with random weights (dtypes kept)."""
+    module = module.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(z in name for z in ZERO_INIT):
+                p.zero_()
+            elif p.ndim == 1 and ("norm" in name or "layer_norm" in name or name.endswith(("ls1.gamma", "ls2.gamma"))):
+                p.fill_(1.0 if "norm" in name else 0.01)
+            elif p.ndim == 1 and name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02)
+    return module
+
+
+def build_components(preset: str, device: torch.device, dtype: torch.dtype):
+    """``(model, vae, text_encoder, tokenizer, image_encoder, processor)`` of real sizes (tiny
+    presets: the tiny encoders)."""
+    cfg = get_preset(preset)
+    with torch.device("meta"):
+        model = FantasyWorldModel(cfg, device="meta")
+    if dtype != torch.float32:
+        cast_keeping_fp32(model, dtype)
+    model = random_init_(model, device)
+    rebuild_rope(model.transformer, device)
+    model.eval().requires_grad_(False)
+    if cfg.name.startswith("tiny"):
+        vae = encoders.tiny_vae(0)
+        te, tok = encoders.tiny_text_encoder(0)
+        ie, proc = encoders.tiny_image_encoder(0) if cfg.is_i2v else (None, None)
+        return model, vae.to(device), te, tok, ie, proc
+    from diffusers import AutoencoderKLWan
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    tok = encoders.tiny_tokenizer()
+    umt5 = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                      relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", pad_token_id=0,
+                      eos_token_id=1, decoder_start_token_id=0)
+    with torch.device("meta"):
+        te = UMT5EncoderModel(umt5).to(dtype)
+    te = random_init_(te, device).eval().requires_grad_(False)
+    ie = proc = None
+    if cfg.is_i2v:
+        clip = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                num_attention_heads=16, image_size=224, patch_size=14, projection_dim=1024,
+                                hidden_act="gelu")
+        with torch.device("meta"):
+            ie = CLIPVisionModel(clip).to(dtype)
+        ie = random_init_(ie, device).eval().requires_grad_(False)
+        proc = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    vae = AutoencoderKLWan().to(device, torch.float32).eval().requires_grad_(False)
+    return model, vae, te, tok, ie, proc
+
+
+def cuda_time(fn, device: torch.device, warmup: int = 1, repeat: int = 3) -> float:
+    """Median seconds per call after ``warmup`` untimed calls (CUDA events; wall clock on CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def set_cap(device: torch.device, cap_gib: float | None) -> None:
+    if device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else cap_gib * 2**30 / total, device)
+
+
+def run_tier(pipe: FantasyWorldPipeline, tier: str, a: argparse.Namespace, image: np.ndarray | None) -> dict:
+    """Re-place the pipeline for ``tier`` and generate once under the tier's cap."""
+    if pipe.block_swap is not None:
+        pipe.block_swap.remove()
+        pipe.block_swap = None
+    pipe.memory = get_memory_tier(tier)
+    pipe._text_cache.clear()  # every run encodes its prompts (the text phase is measured per tier)
+    set_cap(pipe.device, None)
+    pipe._place()
+    cap = TIER_CAPS_GIB.get(tier)
+    set_cap(pipe.device, cap)
+    h, w = a.size
+    res: dict = {"tier": tier, "cap_gib": cap}
+    start = time.perf_counter()
+    try:
+        out = pipe("a courtyard with a fountain", image=image, camera="orbit", num_frames=a.frames, height=h,
+                   width=w, num_steps=a.steps, seed=0, progress=False)
+    except torch.OutOfMemoryError as exc:
+        res["error"] = f"OOM: {str(exc).splitlines()[0]}"
+        set_cap(pipe.device, None)
+        return res
+    res["wall_s"] = time.perf_counter() - start
+    res["timings"] = {k: round(v, 3) for k, v in out.timings.items()}
+    res["peak_gib"] = out.settings.get("peak_memory_gib", {})
+    res["peak_gib_max"] = max(res["peak_gib"].values()) if res["peak_gib"] else None
+    t = out.timings
+    encode = t.get("encode_text", 0) + t.get("encode_image", 0) + t.get("camera", 0)
+    res["s_per_step"] = t["denoise"] / a.steps
+    res["s_50_step_estimate"] = encode + 50 * res["s_per_step"] + t.get("geometry", 0) + t["decode"] + t["fuse"]
+    res["finite"] = bool(np.isfinite(out.depth).all() and np.isfinite(out.latents).all())
+    res["latents"], res["depth"] = out.latents, out.depth  # compared across tiers, then dropped
+    set_cap(pipe.device, None)
+    return res
+
+
+def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
+    """Our batch-2 CFG step vs the plain Wan batch-2 forward, eager then compiled."""
+    model, dev, dtype = pipe.model, pipe.device, pipe.dtype
+    cfg = model.config
+    h, w = a.size
+    f = (a.frames - 1) // 4 + 1
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, f, h // 8, w // 8, generator=g).to(dev, dtype)
+    t = torch.full((2,), 500.0, device=dev)
+    text = torch.randn(1, 512, cfg.wan["text_dim"], generator=g).to(dev)
+    plucker = torch.randn(1, a.frames, 6, h, w, generator=g).to(dev, dtype)
+    with torch.no_grad():
+        pose = model.encode_camera(plucker)
+    cond_latent = image_emb = None
+    if cfg.is_i2v:
+        cond_latent = torch.randn(1, 20, f, h // 8, w // 8, generator=g).to(dev)
+        image_emb = torch.randn(1, 257, cfg.wan["image_dim"], generator=g).to(dev)
+    kw = Conditioning(text, torch.zeros_like(text), pose, cond_latent, image_emb).model_kwargs(True, dtype)
+
+    @torch.no_grad()
+    def ours():
+        return model(x, t, kw["text_emb"], pose_feature=kw["pose_feature"], cond_latent=kw["cond_latent"],
+                     image_emb=kw["image_emb"], stage=2, heads=None)["flow"]
+
+    @torch.no_grad()
+    def wan():
+        inp = torch.cat([x, kw["cond_latent"]], 1) if cfg.is_i2v else x
+        return model.transformer(inp, t, kw["text_emb"], kw["image_emb"], return_dict=False)[0]
+
+    res: dict = {}
+    ref = ours().float()
+    res["ours_eager_s"] = cuda_time(ours, dev)
+    res["wan_eager_s"] = cuda_time(wan, dev)
+    start = time.perf_counter()
+    compile_blocks(model, granularity="layers")
+    got = ours().float()
+    res["ours_compile_first_call_s"] = time.perf_counter() - start
+    res["compiled_flow_max_abs_err"] = (got - ref).abs().max().item()
+    res["compiled_flow_rel_err"] = ((got - ref).norm() / ref.norm()).item()
+    res["ours_compiled_s"] = cuda_time(ours, dev)
+    for blk in model.transformer.blocks:  # the plain Wan forward calls block.forward
+        blk.compile(dynamic=False)
+    res["wan_compiled_s"] = cuda_time(wan, dev, warmup=2)
+    res["ratio_eager"] = res["ours_eager_s"] / res["wan_eager_s"]
+    res["ratio_compiled_vs_wan_eager"] = res["ours_compiled_s"] / res["wan_eager_s"]
+    res["ratio_compiled_vs_wan_compiled"] = res["ours_compiled_s"] / res["wan_compiled_s"]
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="wan2.1-i2v-14b-480p")
+    p.add_argument("--size", default="336x592", type=lambda s: tuple(int(v) for v in s.split("x")))
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--steps", type=int, default=3, help="denoising steps per generate (per-step cost x 50 = estimate)")
+    p.add_argument("--tiers", default="80,48,24")
+    p.add_argument("--what", default="tiers,step")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="JSON file for the results")
+    a = p.parse_args()
+    dev = torch.device(a.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    results: dict = {"preset": a.preset, "size": list(a.size), "frames": a.frames, "steps": a.steps,
+                     "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    start = time.perf_counter()
+    parts = build_components(a.preset, dev, dtype)
+    pipe = FantasyWorldPipeline(*parts, device=dev, dtype=dtype, memory="80")
+    results["build_s"] = time.perf_counter() - start
+    log(f"built in {results['build_s']:.1f}s")
+    image = np.random.default_rng(0).integers(0, 256, (*a.size, 3), dtype=np.uint8) if pipe.config.is_i2v else None
+    what = a.what.split(",")
+    if "tiers" in what:
+        results["tiers"] = []
+        arrays = {}
+        for tier in a.tiers.split(","):
+            r = run_tier(pipe, tier, a, image)
+            if "latents" in r:
+                arrays[tier] = (r.pop("latents"), r.pop("depth"))
+            log(json.dumps(r))
+            results["tiers"].append(r)
+        # same noise and weights: tiers differ only by CFG batching (float reordering) and placement
+        first = next(iter(arrays), None)
+        results["tier_max_abs_diff"] = {
+            f"{k}_vs_{first}": {"latents": float(np.abs(v[0] - arrays[first][0]).max()),
+                                "depth": float(np.abs(v[1] - arrays[first][1]).max())}
+            for k, v in arrays.items() if k != first}
+        if pipe.block_swap is not None:
+            pipe.block_swap.remove()
+            pipe.block_swap = None
+        pipe.memory = get_memory_tier("80")
+        pipe._place()
+    if "step" in what:
+        results["step"] = run_steps(pipe, a)
+        log(json.dumps(results["step"]))
+    text = json.dumps(results, indent=1)
+    if a.out:
+        Path(a.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
