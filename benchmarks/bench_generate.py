@@ -22,7 +22,8 @@ What it measures:
 * ``step``: one CFG step (batch 2: conditional and unconditional halves, heads off) of ours
   and the plain diffusers Wan transformer's own batch-2 forward on the same inputs, eager,
   then ours with each layer compiled and Wan with its blocks compiled; the ratios, and the
-  compiled step's output error against eager.
+  compiled step's output error against eager next to the bf16 noise floor (the same step as
+  two batch-1 forwards); with ``--fp8``, ours again with float8 Wan linears (compiled).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fantasyworld.inference.memory_tiers import get_memory_tier  # noqa: E402
 from fantasyworld.inference.pipeline import FantasyWorldPipeline  # noqa: E402
 from fantasyworld.inference.sampler import Conditioning  # noqa: E402
+from fantasyworld.layers.fp8_linear import swap_linears_to_fp8  # noqa: E402
 from fantasyworld.models import encoders  # noqa: E402
 from fantasyworld.models.config import get_preset  # noqa: E402
 from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
@@ -132,9 +134,10 @@ def cuda_time(fn, device: torch.device, warmup: int = 1, repeat: int = 3) -> flo
 def set_cap(device: torch.device, cap_gib: float | None) -> None:
     if device.type != "cuda":
         return
-    total = torch.cuda.get_device_properties(device).total_memory
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else cap_gib * 2**30 / total, device)
+    torch.cuda.set_per_process_memory_fraction(1.0 if cap_gib is None else cap_gib * 2**30 / total, index)
 
 
 def run_tier(pipe: FantasyWorldPipeline, tier: str, a: argparse.Namespace, image: np.ndarray | None) -> dict:
@@ -201,16 +204,28 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
         inp = torch.cat([x, kw["cond_latent"]], 1) if cfg.is_i2v else x
         return model.transformer(inp, t, kw["text_emb"], kw["image_emb"], return_dict=False)[0]
 
+    @torch.no_grad()
+    def ours_halves():  # the same two samples as two batch-1 forwards (bf16 kernels differ by batch)
+        halves = [model(x[i:i + 1], t[:1], kw["text_emb"][i:i + 1], pose_feature=kw["pose_feature"][:1],
+                        cond_latent=None if kw["cond_latent"] is None else kw["cond_latent"][:1],
+                        image_emb=None if kw["image_emb"] is None else kw["image_emb"][:1], stage=2,
+                        heads=None)["flow"] for i in range(2)]
+        return torch.cat(halves)
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
     res: dict = {}
     ref = ours().float()
     res["ours_eager_s"] = cuda_time(ours, dev)
     res["wan_eager_s"] = cuda_time(wan, dev)
+    # bf16 noise floor: the same forward, batch 2 vs two batch-1 forwards
+    res["noise_floor_rel_err"] = rel(ours_halves(), ref)
     start = time.perf_counter()
     compile_blocks(model, granularity="layers")
     got = ours().float()
     res["ours_compile_first_call_s"] = time.perf_counter() - start
-    res["compiled_flow_max_abs_err"] = (got - ref).abs().max().item()
-    res["compiled_flow_rel_err"] = ((got - ref).norm() / ref.norm()).item()
+    res["compiled_flow_rel_err"] = rel(got, ref)
     res["ours_compiled_s"] = cuda_time(ours, dev)
     for blk in model.transformer.blocks:  # the plain Wan forward calls block.forward
         blk.compile(dynamic=False)
@@ -218,6 +233,15 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
     res["ratio_eager"] = res["ours_eager_s"] / res["wan_eager_s"]
     res["ratio_compiled_vs_wan_eager"] = res["ours_compiled_s"] / res["wan_eager_s"]
     res["ratio_compiled_vs_wan_compiled"] = res["ours_compiled_s"] / res["wan_compiled_s"]
+    if a.fp8:
+        torch.cuda.reset_peak_memory_stats(dev)
+        res["fp8_linears"] = len(swap_linears_to_fp8(model.transformer.blocks, lambda name, _: True))
+        torch.cuda.empty_cache()
+        res["fp8_resident_gib"] = torch.cuda.memory_allocated(dev) / 2**30
+        got = ours().float()  # recompiles for the new layer type
+        res["fp8_flow_rel_err"] = rel(got, ref)
+        res["ours_fp8_compiled_s"] = cuda_time(ours, dev)
+        res["ratio_fp8_compiled_vs_wan_eager"] = res["ours_fp8_compiled_s"] / res["wan_eager_s"]
     return res
 
 
@@ -229,6 +253,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="denoising steps per generate (per-step cost x 50 = estimate)")
     p.add_argument("--tiers", default="80,48,24")
     p.add_argument("--what", default="tiers,step")
+    p.add_argument("--fp8", action="store_true", help="also time the step with float8 Wan linears (compiled)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="JSON file for the results")
     a = p.parse_args()

@@ -76,3 +76,17 @@ def test_tiers_choose_cfg_batching_and_keep_the_outputs(checkpoint) -> None:
     # an explicit option overrides the tier
     res = _call(FantasyWorldPipeline.from_pretrained(checkpoint, memory="48"), cfg_batch=True)
     assert res.settings["cfg_batch"] is True
+
+
+def test_repeated_blocks_finds_the_encoder_layers() -> None:
+    from fantasyworld.inference.memory import HostOffload, repeated_blocks
+    from fantasyworld.models import encoders
+
+    te, _ = encoders.tiny_text_encoder(0)
+    assert repeated_blocks(te) == list(te.encoder.block)
+    clip, _ = encoders.tiny_image_encoder(0)
+    assert repeated_blocks(clip) == list(clip.get_submodule("encoder.layers"))
+    # on the CPU a visit moves nothing and nests
+    visit = HostOffload(te, torch.device("cpu"))
+    with visit, visit:
+        assert not visit.active

@@ -101,6 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the CFG passes as two forwards (default: the memory tier's choice)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile each transformer layer (first step pays the compile time)")
+    g.add_argument("--fp8", action="store_true",
+                   help="float8 weights for the frozen Wan blocks' linear layers (FP8 GPUs; see docs/benchmarks.md)")
     g.add_argument("--memory", default=DEFAULT_MEMORY_TIER, choices=list(MEMORY_TIERS),
                    help="memory tier, the card's GiB: " + "; ".join(f"{k}: {t.description}"
                                                                   for k, t in MEMORY_TIERS.items()))
@@ -161,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, backbone=args.backbone, vae=args.vae, text_encoder=args.text_encoder,
             tokenizer=args.tokenizer, image_encoder=args.image_encoder, device=device, dtype=dtype,
             preset=args.preset, memory=args.memory)
+        if args.fp8:
+            pipe.quantize_fp8()
         if args.compile:
             pipe.compile()
         load_s = time.perf_counter() - start

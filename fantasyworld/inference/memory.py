@@ -1,7 +1,8 @@
 """Placement helpers of the memory tiers (:mod:`fantasyworld.inference.memory_tiers`).
 
-:func:`on_device` brings offloaded encoders to the GPU for their phase; :class:`BlockSwap`
-streams the frozen Wan blocks' weights from pinned host memory one layer ahead of use;
+:class:`HostOffload` keeps an encoder in pinned host memory and streams it to the GPU for its
+phase; :class:`BlockSwap` streams frozen blocks' weights from pinned host memory one layer
+ahead of use (the Wan blocks under the block-swap tiers, an encoder's layers during its phase);
 :class:`PhaseMeter` records the seconds and the peak GPU memory of each phase of a call.
 """
 
@@ -14,24 +15,64 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["BlockSwap", "PhaseMeter", "on_device", "to_device_except"]
+__all__ = ["BlockSwap", "HostOffload", "PhaseMeter", "repeated_blocks", "to_device_except"]
 
 
-@contextlib.contextmanager
-def on_device(modules: Iterable[nn.Module | None], device: torch.device, offload: bool) -> Iterator[None]:
-    """With ``offload``: move ``modules`` to ``device`` for the body and back to the host after
-    (freeing the cached blocks); without: a no-op (the modules stay where they are)."""
-    mods = [m for m in modules if m is not None]
-    if not offload or device.type == "cpu":
-        yield
-        return
-    for m in mods:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m in mods:
-            m.to("cpu")
+def repeated_blocks(module: nn.Module) -> list[nn.Module]:
+    """The longest ``ModuleList`` of a module (the encoder layers of UMT5 / CLIP), or ``[]``."""
+    lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+class HostOffload:
+    """An encoder that lives in pinned host memory and visits the GPU for its phase.
+
+    ``with offload: ...`` copies the module's tensors outside its repeated blocks to the GPU
+    (for UMT5-XXL: the 2 GiB token embedding, the final norm) and streams the blocks one ahead
+    of use through a :class:`BlockSwap`, so the phase holds about two blocks instead of the
+    whole encoder (UMT5-XXL: 10.6 GiB in bf16). Leaving drops the GPU copies (the host copy is
+    the master: the weights are frozen). Visits nest: an inner ``with`` is a no-op. On the CPU,
+    or with ``enabled=False``, nothing moves.
+    """
+
+    def __init__(self, module: nn.Module | None, device: torch.device, enabled: bool = True) -> None:
+        self.module = module
+        self.device = torch.device(device)
+        self.active = module is not None and enabled and self.device.type == "cuda"
+        self._depth = 0
+        if not self.active:
+            return
+        self.blocks = repeated_blocks(module)
+        block_ids = {id(t) for b in self.blocks for t in [*b.parameters(), *b.buffers()]}
+        self._rest = []
+        for t in [*module.parameters(), *module.buffers()]:
+            if id(t) not in block_ids:
+                host = t.data if (t.device.type == "cpu" and t.data.is_pinned()) else t.data.to("cpu").pin_memory()
+                t.data = host
+                self._rest.append((t, host))
+        self._swap: BlockSwap | None = None
+        self._pinned_blocks = False
+
+    def __enter__(self) -> HostOffload:
+        self._depth += 1
+        if not self.active or self._depth > 1:
+            return self
+        for t, host in self._rest:
+            t.data = host.to(self.device, non_blocking=True)
+        if self.blocks:
+            self._swap = BlockSwap(self.blocks, self.blocks, self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if not self.active or self._depth > 0:
+            return
+        torch.cuda.current_stream(self.device).synchronize()
+        for t, host in self._rest:
+            t.data = host
+        if self._swap is not None:
+            self._swap.detach()
+            self._swap = None
         torch.cuda.empty_cache()
 
 
@@ -103,7 +144,7 @@ class BlockSwap:
         for block in blocks:
             pairs = []
             for t in [*block.parameters(), *block.buffers()]:
-                host = t.data.to("cpu").pin_memory()
+                host = t.data if (t.device.type == "cpu" and t.data.is_pinned()) else t.data.to("cpu").pin_memory()
                 t.data = host
                 pairs.append((t, host))
             self._host.append(pairs)
@@ -134,11 +175,20 @@ class BlockSwap:
         for t, host in self._host[i]:
             t.data = host
 
-    def remove(self) -> None:
-        """Drop the hooks and put every block back on the GPU."""
+    def detach(self) -> None:
+        """Drop the hooks; every block stays in (pinned) host memory."""
         for h in self._handles:
             h.remove()
+        self._handles.clear()
+        torch.cuda.current_stream(self.device).synchronize()
+        for pairs in self._host:
+            for t, host in pairs:
+                t.data = host
+        self._ready.clear()
+
+    def remove(self) -> None:
+        """Drop the hooks and put every block back on the GPU."""
+        self.detach()
         for pairs in self._host:
             for t, host in pairs:
                 t.data = host.to(self.device)
-        self._ready.clear()

@@ -40,13 +40,14 @@ from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
 from fantasyworld.inference.images import load_image
-from fantasyworld.inference.memory import BlockSwap, PhaseMeter, on_device, to_device_except
+from fantasyworld.inference.memory import BlockSwap, HostOffload, PhaseMeter, to_device_except
 from fantasyworld.inference.memory_tiers import MemoryTier, get_memory_tier
 from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.ply import CLOUD_SOURCES, generation_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
 from fantasyworld.inference.trajectories import CameraTrajectory
+from fantasyworld.layers.fp8_linear import swap_linears_to_fp8
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
 from fantasyworld.models.fantasyworld import FantasyWorldModel
@@ -115,24 +116,37 @@ class FantasyWorldPipeline:
         offloaded (they visit the GPU for their phase), the Wan blocks in pinned host memory under
         block swap, everything else on :attr:`device`."""
         cuda = self.device.type == "cuda"
-        swap = self.memory.block_swap and cuda
-        if swap:
+        if self.block_swap is not None:
+            self.block_swap.detach()
+            self.block_swap = None
+        if self.memory.block_swap and cuda:
             layers = [*self.model.pcb_layers, *self.model.irg_layers]
             self.block_swap = BlockSwap(layers, [layer.wan_block for layer in layers], self.device)
             to_device_except(self.model, list(self.model.transformer.blocks), self.device)
         else:
             self.model.to(self.device)
         self.vae.to(self.device)
-        encoder_home = "cpu" if (self.memory.offload_encoders and cuda) else self.device
+        offload = self.memory.offload_encoders and cuda
         for module in (self.text_encoder, self.image_encoder):
-            if module is not None:
-                module.to(encoder_home)
+            if module is not None and not offload:
+                module.to(self.device)
+        # the encoders' visits to the GPU (no-ops when they are resident)
+        self._text_visit = HostOffload(self.text_encoder, self.device, offload)
+        self._image_visit = HostOffload(self.image_encoder, self.device, offload)
         if cuda:
             torch.cuda.empty_cache()
 
     @property
     def config(self) -> FantasyWorldConfig:
         return self.model.config
+
+    def quantize_fp8(self) -> list[str]:
+        """Float8 e4m3 weights (row-wise scales) for every linear layer of the frozen Wan blocks
+        (:class:`~fantasyworld.layers.fp8_linear.Float8Linear`: half the memory, FP8 tensor cores);
+        the geometry branch, the heads and Wan's embeddings stay as they are. Returns the names."""
+        names = swap_linears_to_fp8(self.model.transformer.blocks, lambda name, _: True)
+        self._place()
+        return names
 
     def compile(self, granularity: str = "layers") -> FantasyWorldPipeline:
         """``torch.compile`` the transformer's layers (:func:`~fantasyworld.models.parallelize.compile_blocks`;
@@ -269,7 +283,7 @@ class FantasyWorldPipeline:
         if prompt not in self._text_cache:
             if self.text_encoder is None:
                 raise ValueError("no text encoder loaded: pass text_encoder= to from_pretrained or prompt_embeds=")
-            with on_device([self.text_encoder], self.device, self.memory.offload_encoders):
+            with self._text_visit:
                 emb, _ = encoders.encode_text(self.text_encoder, self.tokenizer, [prompt], max_length=WAN_TEXT_LEN)
             self._text_cache[prompt] = emb.cpu()
         return self._text_cache[prompt].to(self.device)
@@ -306,7 +320,7 @@ class FantasyWorldPipeline:
         video[:, :, 0] = first[0]
         vae_dtype = next(self.vae.parameters()).dtype
         cond = encoders.i2v_condition_latent(self.vae, video.to(vae_dtype)).float()
-        with on_device([self.image_encoder], self.device, self.memory.offload_encoders):
+        with self._image_visit:
             clip = encoders.encode_image_clip(self.image_encoder, self.image_processor, first).float()
         return cond, clip, first
 
@@ -428,7 +442,7 @@ class FantasyWorldPipeline:
         """Text embeddings ``(1, Lt, text_dim)`` (and the negative ones under CFG), the I2V
         conditioning latent and CLIP tokens, bundled with the pose features; phases
         ``encode_text`` and ``encode_image`` of ``meter``."""
-        with meter.phase("encode_text"):
+        with meter.phase("encode_text"), self._text_visit:  # one visit for both prompts
             text = self._embeddings(opts.prompt_embeds, "prompt_embeds") if opts.prompt_embeds is not None \
                 else self.encode_prompt(prompt)
             neg = None
