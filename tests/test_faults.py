@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,8 +65,58 @@ def _camera_bytes(root: Path) -> None:
     (root / "camera_params/clip_00000.txt").write_bytes(b"\xff\xfe\x00\x81 binary\n")
 
 
-#: fault -> (plant, the file the message names, what it says)
-TRAIN_DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
+#: a file outside the dataset (beside its root) that a link inside it points at
+SECRET = "root:x:0:0:secret-first-line"
+
+
+def _link_outside(rel: str, content: bytes | None = None) -> Callable[[Path], None]:
+    """Replace ``root/rel`` with a symlink to a file outside the root (its own bytes, or ``content``)."""
+    def plant(root: Path) -> None:
+        outside = root.parent / f"outside-{Path(rel).name}"
+        outside.write_bytes((root / rel).read_bytes() if content is None else content)
+        (root / rel).unlink()
+        (root / rel).symlink_to(outside)
+    return plant
+
+
+def _write(rel: str, data: bytes | Callable[[Path], bytes]) -> Callable[[Path], None]:
+    def plant(root: Path) -> None:
+        (root / rel).write_bytes(data(root) if callable(data) else data)
+    return plant
+
+
+def _save_array(rel: str, array: np.ndarray) -> Callable[[Path], None]:
+    def plant(root: Path) -> None:
+        np.save(root / rel, array)
+    return plant
+
+
+def _edit_cameras(rel: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    def plant(root: Path) -> None:
+        np.savetxt(root / rel, fn(np.loadtxt(root / rel)))
+    return plant
+
+
+def _scale_rotation(rows: np.ndarray) -> np.ndarray:
+    rows[:, [0, 1, 2, 4, 5, 6, 8, 9, 10]] *= 2.0
+    return rows
+
+
+def _nan_depth_frame(root: Path) -> None:
+    depth = np.load(root / "depth/clip_00001.npy")
+    depth[4, 3, 3] = np.nan
+    np.save(root / "depth/clip_00001.npy", depth)
+
+
+def _unlink(rel: str) -> Callable[[Path], None]:
+    return lambda root: (root / rel).unlink()
+
+
+C1 = "clip_00001"  # the second clip: a lazy loader would only meet its faults when it is first sampled
+H, W = 16, 32
+
+#: fault -> (plant, the file the message names, what it says[, extra overrides])
+TRAIN_DATA_FAULTS: dict[str, tuple] = {
     "fps a string": (_edit_record("fps", "fast"), "metadata.json", "fps must be a positive number"),
     "intrinsics a string": (_edit_record("intrinsics", "abc"), "metadata.json", "intrinsics must be"),
     "unknown camera_format": (_edit_record("camera_format", "nope"), "metadata.json", "unknown camera_format"),
@@ -77,23 +128,76 @@ TRAIN_DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "empty dataset": (_edit_meta(lambda m: {**m, "clips": []}), "metadata.json", "holds no clip records"),
     "prompt a list": (_edit_record("prompt", ["a", "room"]), "metadata.json", "prompt must be a string"),
     "camera file not UTF-8": (_camera_bytes, "camera_params/clip_00000.txt", "not UTF-8 text"),
+    # paths that leave the root: refused before anything reads them
+    "video symlinked outside the root": (_link_outside("videos/clip_00000.mp4"), "metadata.json",
+                                         "is a symlink that resolves outside the dataset root"),
+    "camera symlinked to a system file": (_link_outside(f"camera_params/{C1}.txt", SECRET.encode() + b"\n"),
+                                          "metadata.json", "is a symlink that resolves outside the dataset root"),
+    "depth symlinked outside the root": (_link_outside(f"depth/{C1}.npy"), "metadata.json",
+                                         "is a symlink that resolves outside the dataset root"),
+    "path with ..": (_edit_record("video", "../elsewhere.mp4"), "metadata.json", "escapes the dataset root"),
+    "absolute path": (_edit_record("depth", "/etc/hostname"), "metadata.json", "escapes the dataset root"),
+    # metadata
+    "metadata missing": (_unlink("metadata.json"), "metadata.json", "file does not exist"),
+    "metadata not JSON": (_write("metadata.json", b"{not json"), "metadata.json", "not valid JSON"),
+    "duplicate clip id": (_edit_meta(lambda m: {**m, "clips": [m["clips"][0], m["clips"][0]]}), "metadata.json",
+                          "appears more than once"),
+    "principal point far outside": (_edit_record("intrinsics", [22.2, 22.2, 960.0, 540.0]), "metadata.json",
+                                    "principal point (960, 540) lies outside the 32x16 image"),
+    "negative focal length": (_edit_record("intrinsics", [-22.2, 22.2, 16.0, 8.0]), "metadata.json",
+                              "with positive focal lengths"),
+    # per-clip files of the second clip: found before the first step, not when first sampled
+    "video missing": (_unlink(f"videos/{C1}.mp4"), f"videos/{C1}.mp4", "file does not exist"),
+    "video garbage": (_write(f"videos/{C1}.mp4", b"garbage" * 100), f"videos/{C1}.mp4", "cannot open video"),
+    "depth integer dtype": (_save_array(f"depth/{C1}.npy", np.zeros((5, H, W), np.int32)), f"depth/{C1}.npy",
+                            "depth has dtype int32, expected float"),
+    "depth wrong size": (_save_array(f"depth/{C1}.npy", np.zeros((5, 8, 8), np.float32)), f"depth/{C1}.npy",
+                         "depth is 8x8, video clip_00001.mp4 is 16x32"),
+    "depth too few frames": (_save_array(f"depth/{C1}.npy", np.zeros((3, H, W), np.float32)), f"depth/{C1}.npy",
+                             "depth has 3 frames, cameras clip_00001.txt have 5"),
+    "points not xyz": (_save_array(f"points/{C1}.npy", np.zeros((5, H, W, 2), np.float32)), f"points/{C1}.npy",
+                       "expected [H, W, 3]"),
+    "points a pickle": (_write(f"points/{C1}.npy", b"garbage" * 100), f"points/{C1}.npy", "cannot read array"),
+    "camera columns": (_write(f"camera_params/{C1}.txt", b"1 2 3\n" * 5), f"camera_params/{C1}.txt",
+                       "expected 12 columns, found 3"),
+    "camera NaN": (_edit_cameras(f"camera_params/{C1}.txt", lambda r: np.where(np.arange(12) == 3, np.nan, r)),
+                   f"camera_params/{C1}.txt", "NaN or inf in camera values"),
+    "camera rotation not orthonormal": (_edit_cameras(f"camera_params/{C1}.txt", _scale_rotation),
+                                        f"camera_params/{C1}.txt", "rotation not orthonormal"),
+    "clip shorter than a sample": (lambda root: None, "camera_params/clip_00000.txt",
+                                   "5 frames, a training sample spans 9", ("data.num_frames=9",)),
+    "NaN outside the sampled window": (_nan_depth_frame, f"depth/{C1}.npy", "NaN/inf values in depth (frame 4)",
+                                       ("data.validate_values=true", "data.num_frames=1")),
 }
 
 
 @pytest.mark.parametrize("name", list(TRAIN_DATA_FAULTS))
 def test_train_data_fault_is_a_named_error(clean_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            name: str) -> None:
-    plant, rel, what = TRAIN_DATA_FAULTS[name]
+    plant, rel, what, *extra = TRAIN_DATA_FAULTS[name]
     root = tmp_path / "ds"
     shutil.copytree(clean_root, root)
     plant(root)
     before = _tree_hash(root)
-    assert main(_train(root, tmp_path / "run", "steps=1")) == 2
+    assert main(_train(root, tmp_path / "run", "steps=1", *(extra[0] if extra else ()))) == 2
     err = capsys.readouterr().err
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: ") and rel in line and what in line, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and SECRET not in err
     assert _tree_hash(root) == before  # the dataset is only read
+    assert not (tmp_path / "run").exists()  # found before the run directory is made: nothing written
+
+
+def test_skip_validation_defers_a_clip_fault_to_its_first_sample(clean_root: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The up-front check is what makes faults early: without it the loader meets them when sampling."""
+    root = tmp_path / "ds"
+    shutil.copytree(clean_root, root)
+    _write(f"videos/{C1}.mp4", b"garbage" * 100)(root)
+    assert main(["train", "--skip-validation", *_train(root, tmp_path / "run", "steps=1")[1:]]) == 2
+    err = capsys.readouterr().err
+    assert f"videos/{C1}.mp4: cannot" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "train_config.yaml").is_file()  # it got as far as starting the run
 
 
 @pytest.mark.parametrize("where", ["file", "under a file"])

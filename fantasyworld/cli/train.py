@@ -3,8 +3,10 @@
 Single process: ``fantasyworld train --config configs/stage1_tiny.yaml``. Several GPUs:
 ``torchrun --nproc_per_node 8 -m fantasyworld train --config configs/stage1_t2v_1.3b.yaml``
 (FSDP2, see :mod:`fantasyworld.training.parallel`). Overrides use dotted keys with YAML
-values: ``optim.lr=3e-4 steps=200 data.root=data/synth``. Exit codes: 0 finished or stopped
-by SIGTERM after writing a checkpoint, 1 non-finite losses, 2 bad config, checkpoint or data.
+values: ``optim.lr=3e-4 steps=200 data.root=data/synth``; they may also follow ``--resume``.
+Before training, every file of a raw dataset is checked (``--skip-validation`` skips it).
+Exit codes: 0 finished; 143 / 130 stopped by SIGTERM / SIGINT after writing a checkpoint
+(``--resume`` continues); 1 non-finite losses; 2 bad config, checkpoint, data or output_dir.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train stage 1 or stage 2 from a YAML run config (see docs/training.md)")
     p.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in output_dir (fresh start if none)")
+    p.add_argument("--resume", nargs="*", default=None, metavar="key=value",
+                   help="continue from the newest complete checkpoint in output_dir (fresh start if none); "
+                        "overrides may follow it")
+    p.add_argument("--skip-validation", action="store_true",
+                   help="do not check the dataset's files before training (data.validate=false): for a dataset "
+                        "already checked with `fantasyworld data validate`")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
     p.set_defaults(func=run)
@@ -29,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from fantasyworld.errors import CheckpointError, DataError
     from fantasyworld.training.config import ConfigError, config_to_dict, load_config
 
-    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides += [*args.resume, "resume=true"]
+    if args.skip_validation:
+        overrides.append("data.validate=false")
     try:
         config = load_config(args.config, overrides)
     except ConfigError as exc:
@@ -41,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fantasyworld.eval.validation import Validator
     from fantasyworld.training.parallel import init_world, shutdown
-    from fantasyworld.training.trainer import NonFiniteLossError, Trainer
+    from fantasyworld.training.trainer import NonFiniteLossError, Trainer, signal_exit_code
 
     world = init_world(config.device)
     try:
@@ -56,4 +66,4 @@ def run(args: argparse.Namespace) -> int:
         shutdown(world)
     if world.is_main:
         print(f"{result.stopped} at step {result.step}; last checkpoint: {result.last_checkpoint}")
-    return 0
+    return signal_exit_code(result.stopped)
