@@ -272,6 +272,10 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         it = tqdm(it, total=num_clips, desc="synth", unit="clip")
     try:
         records = list(it)
+    except BaseException:  # an error or a signal (Ctrl-C, the demo's SIGTERM): stop the workers now
+        if pool is not None:
+            pool.terminate()  # close() + join() alone would first render every queued clip
+        raise
     finally:
         if pool is not None:
             pool.close()

@@ -182,6 +182,8 @@ class Trainer:
             ckpt.remove_stale_temporaries(self.run_dir)
             (self.run_dir / RUN_CONFIG_NAME).write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
             self.model_config.save(self.run_dir / MODEL_CONFIG_NAME)
+        if self.validator is not None and hasattr(self.validator, "start"):
+            self.validator.start()
         barrier(self.world)
 
     def _build_encoders(self) -> None:
