@@ -11,19 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from fantasyworld.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    """The demo command sets torch's thread count; give the rest of the session its own back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_demo_smoke_writes_every_file(tmp_path):

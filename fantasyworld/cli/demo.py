@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from fantasyworld.demo import DemoConfig, replace, run_demo
     from fantasyworld.errors import OutputError
 
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = DemoConfig.smoke() if args.smoke else DemoConfig()
@@ -48,4 +49,6 @@ def run(args: argparse.Namespace) -> int:
     except (OutputError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads_before)  # an in-process caller (a test) keeps its own
     return 0
