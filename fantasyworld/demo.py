@@ -32,13 +32,12 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from fantasyworld.errors import Interrupted, OutputError, check_output_dir, interrupt_on_signals, staged_output_dir
 
 #: Pretrained tiny VAE and backbone (``scripts/pretrain_tiny_backbone.py``).
 ASSETS = Path(__file__).resolve().parent / "assets" / "tiny"
@@ -152,7 +151,6 @@ def _is_demo_folder(out: Path) -> bool:
 
 def _prepare_out(out: Path, cfg: DemoConfig, resume: bool, overwrite: bool) -> None:
     """Refuse, clear or keep ``out`` (see :func:`run_demo`); writes ``OUT/demo_config.json``."""
-    from fantasyworld.errors import OutputError, check_output_dir
 
     check_output_dir(out, "--out")
     settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
@@ -175,27 +173,6 @@ def _prepare_out(out: Path, cfg: DemoConfig, resume: bool, overwrite: bool) -> N
     (out / CONFIG_NAME).write_text(json.dumps(settings, indent=1) + "\n")
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM / SIGINT raise :class:`~fantasyworld.errors.Interrupted` at once (the trainer
-    installs its own handler while it trains: it checkpoints first). Main thread only."""
-    from fantasyworld.errors import Interrupted
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:  # noqa: ARG001
-        raise Interrupted(signum, f"{signal.Signals(signum).name}: the demo stopped")
-
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = None, *, resume: bool = False,
              overwrite: bool = False) -> dict[str, Any]:
     """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` dict.
@@ -210,7 +187,7 @@ def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = No
     cfg = config or DemoConfig()
     out = Path(out_dir)
     _prepare_out(out, cfg, resume, overwrite)
-    with _stop_on_signals():
+    with interrupt_on_signals("the demo"):
         return _run(out, cfg)
 
 
@@ -220,7 +197,6 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from fantasyworld.data.formats import METADATA_NAME, load_metadata
     from fantasyworld.data.split import split_clip_ids
     from fantasyworld.data.synth import synthesize_dataset
-    from fantasyworld.errors import Interrupted, staged_output_dir
     from fantasyworld.eval.evaluate import EvalSettings, evaluate
     from fantasyworld.inference.pipeline import FantasyWorldPipeline
     from fantasyworld.training.logging import read_metrics

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ __all__ = [
     "UNREADABLE",
     "CheckpointError", "ConfigError", "DataError", "FantasyWorldError", "Interrupted", "NonFiniteLossError",
     "OutputError", "Problem",
-    "TrajectoryError", "check_output_dir", "staged_output_dir",
+    "TrajectoryError", "check_output_dir", "interrupt_on_signals", "staged_output_dir",
 ]
 
 # Data problem kinds (stable names, used by tests and by scripts that parse the report).
@@ -175,3 +177,25 @@ def staged_output_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def interrupt_on_signals(what: str) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise :class:`Interrupted` (``"<SIGNAL>: {what}
+    stopped"``) in the main thread, so ``finally`` blocks run (a staged output folder is
+    removed, the previous result stays) and the CLI exits with 143 / 130. A handler installed
+    inside the block (the trainer's, which checkpoints first) takes precedence while it is
+    installed. Outside the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:  # noqa: ARG001
+        raise Interrupted(signum, f"{signal.Signals(signum).name}: {what} stopped")
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -542,3 +542,28 @@ def test_convert_fault_writes_nothing(official: tuple, tmp_path: Path, capsys: p
     if "NaN" in what or "floating" in what:
         assert _geometry_key(state) in err  # the tensor is named
     assert not (tmp_path / "outs").exists()  # nothing written, not even the parent
+
+
+def test_sigterm_during_generate_keeps_the_earlier_result(tiny_ckpt: Path, earlier_result: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+
+    from fantasyworld.inference.result import GenerationResult
+
+    out = tmp_path / "out"
+    shutil.copytree(earlier_result, out)
+    before = _tree_hash(out)
+    real_save = GenerationResult.save
+
+    def save_then_signal(self, out_dir, *args, **kwargs):
+        paths = real_save(self, out_dir, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's SIGTERM while the result is being written
+        return paths
+
+    monkeypatch.setattr(GenerationResult, "save", save_then_signal)
+    assert main(_generate(tiny_ckpt, out, "--overwrite")) == 143
+    assert "SIGTERM: generate stopped" in capsys.readouterr().err
+    assert _tree_hash(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again

@@ -54,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """:func:`_run` with SIGTERM / SIGINT raising ``Interrupted`` (exit 143 / 130): the staged
+    output folder is removed and an earlier result stays as it was."""
+    from fantasyworld.errors import interrupt_on_signals
+
+    with interrupt_on_signals("evaluate"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Parse, evaluate, print the verdict."""
     from pathlib import Path
 
