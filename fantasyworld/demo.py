@@ -31,10 +31,13 @@ import html
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from fantasyworld.errors import Interrupted, OutputError, check_output_dir, interrupt_on_signals, staged_output_dir
 
 #: Pretrained tiny VAE and backbone (``scripts/pretrain_tiny_backbone.py``).
 ASSETS = Path(__file__).resolve().parent / "assets" / "tiny"
@@ -123,7 +126,8 @@ def _train_config(cfg: DemoConfig, stage: int, data_root: Path, run_dir: Path, i
 
     steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
     data = {
-        "stage": stage, "output_dir": str(run_dir), "steps": steps, "batch_size": cfg.batch_size, "grad_accum": 1,
+        "stage": stage, "output_dir": str(run_dir), "steps": steps, "resume": True, "batch_size": cfg.batch_size,
+        "grad_accum": 1,
         "seed": cfg.seed, "device": "cpu", "mixed_precision": "fp32", "max_nonfinite_steps": 5,
         "model": {"preset": "tiny", "backbone_dir": str(ASSETS / "backbone"), "gradient_checkpointing": False},
         "data": {"root": str(data_root), "num_frames": cfg.num_frames, "height": cfg.size, "width": cfg.size,
@@ -138,40 +142,87 @@ def _train_config(cfg: DemoConfig, stage: int, data_root: Path, run_dir: Path, i
     return config_from_dict(data)
 
 
-def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = None) -> dict[str, Any]:
-    """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` dict."""
+CONFIG_NAME = "demo_config.json"
+
+
+def _is_demo_folder(out: Path) -> bool:
+    return (out / "demo.json").is_file() or (out / CONFIG_NAME).is_file() or (out / "runs").is_dir()
+
+
+def _prepare_out(out: Path, cfg: DemoConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse, clear or keep ``out`` (see :func:`run_demo`); writes ``OUT/demo_config.json``."""
+
+    check_output_dir(out, "--out")
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_demo_folder(out):
+            raise OutputError(f"--out {out}: exists and is not a demo folder: choose another --out")
+        if resume:
+            saved_path = out / CONFIG_NAME
+            saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+            if saved != settings:
+                changed = sorted(k for k in settings if saved is None or saved.get(k) != settings[k])
+                raise OutputError(f"--out {out}: --resume needs the settings of the stopped demo ({saved_path} "
+                                  f"differs in {', '.join(changed) or 'every key'})")
+            return
+        if not overwrite:
+            raise OutputError(f"--out {out}: holds an earlier demo; pass --overwrite to replace it, or --resume "
+                              f"to continue a stopped one")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_NAME).write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = None, *, resume: bool = False,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Run the demo (module docstring) into ``out_dir``; returns the ``demo.json`` dict.
+
+    A non-empty ``out_dir`` is refused unless ``overwrite`` (an earlier demo folder is then
+    deleted first) or ``resume``: a demo stopped by SIGTERM / SIGINT (which raise
+    :class:`~fantasyworld.errors.Interrupted`, exit code 143 / 130) continues where it
+    stopped: the worlds are kept once complete, each training stage resumes from its newest
+    checkpoint (bit-identical to an uninterrupted run), generation and evaluation are redone
+    (each folder is swapped in whole). ``resume`` needs the same settings (``demo_config.json``).
+    """
+    cfg = config or DemoConfig()
+    out = Path(out_dir)
+    _prepare_out(out, cfg, resume, overwrite)
+    with interrupt_on_signals("the demo"):
+        return _run(out, cfg)
+
+
+def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     import torch
 
-    from fantasyworld.data.formats import load_metadata
+    from fantasyworld.data.formats import METADATA_NAME, load_metadata
     from fantasyworld.data.split import split_clip_ids
     from fantasyworld.data.synth import synthesize_dataset
     from fantasyworld.eval.evaluate import EvalSettings, evaluate
     from fantasyworld.inference.pipeline import FantasyWorldPipeline
-    from fantasyworld.training.trainer import Trainer
+    from fantasyworld.training.logging import read_metrics
+    from fantasyworld.training.trainer import STOP_SIGNALS, Trainer
 
-    cfg = config or DemoConfig()
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not (out / "demo.json").is_file() and not (out / "runs").is_dir():
-            raise FileExistsError(f"{out} exists and is not a demo folder: choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not (ASSETS / "backbone").is_dir() or not (ASSETS / "vae").is_dir():
         raise FileNotFoundError(f"{ASSETS}: the pretrained tiny backbone/VAE are missing "
                                 f"(run scripts/pretrain_tiny_backbone.py --out {ASSETS})")
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
 
-    # 1. worlds and the split
+    # 1. worlds and the split (kept on --resume once the training root is complete: it is written last)
     start = time.perf_counter()
-    _say(f"1/5 rendering {cfg.num_clips} worlds ({cfg.num_frames} frames, {cfg.size}x{cfg.size})", t0)
-    worlds = synthesize_dataset(out / "data" / "worlds", num_clips=cfg.num_clips, num_frames=cfg.num_frames,
-                                height=cfg.size, width=cfg.size, seed=cfg.seed, workers=min(2, os.cpu_count() or 1),
-                                progress=cfg.progress)
+    worlds = out / "data" / "worlds"
+    if (out / "data" / "train" / METADATA_NAME).is_file():
+        _say(f"1/5 keeping the {cfg.num_clips} rendered worlds", t0)
+    else:
+        _say(f"1/5 rendering {cfg.num_clips} worlds ({cfg.num_frames} frames, {cfg.size}x{cfg.size})", t0)
+        shutil.rmtree(out / "data", ignore_errors=True)
+        synthesize_dataset(worlds, num_clips=cfg.num_clips, num_frames=cfg.num_frames, height=cfg.size,
+                           width=cfg.size, seed=cfg.seed, workers=min(2, os.cpu_count() or 1), progress=cfg.progress)
     ids = [r.clip_id for r in load_metadata(worlds)]
     train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
-    make_train_root(worlds, out / "data" / "train", train_ids)
+    if not (out / "data" / "train" / METADATA_NAME).is_file():
+        make_train_root(worlds, out / "data" / "train", train_ids)
     timings["worlds"] = time.perf_counter() - start
     shown = ", ".join(held_ids[:8]) + (", ..." if len(held_ids) > 8 else "")
     _say(f"    {len(train_ids)} training worlds, {len(held_ids)} held out ({shown})", t0)
@@ -184,11 +235,18 @@ def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = No
         steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
         _say(f"{stage + 1}/5 training stage {stage} ({steps} steps, batch {cfg.batch_size}, lr {cfg.lr:g})", t0)
         run_dir = out / "runs" / f"stage{stage}"
+        # resume=True: a fresh start when the stage has no checkpoint, else it continues (or is done)
         result = Trainer(_train_config(cfg, stage, out / "data" / "train", run_dir, init)).train()
+        if result.stopped != "finished":
+            signum = next(sig for sig, name in STOP_SIGNALS.items() if name == result.stopped)
+            raise Interrupted(signum, f"{signal.Signals(signum).name}: the demo stopped in stage {stage} at step "
+                                      f"{result.step} (checkpoint {result.last_checkpoint}); `fantasyworld demo "
+                                      f"--resume --out {out}` continues")
         init = result.last_checkpoint
+        history = read_metrics(run_dir)  # the whole stage, also when it was resumed
         runs[f"stage{stage}"] = {"checkpoint": str(result.last_checkpoint), "steps": result.step,
-                                 "first_losses": result.history[0] if result.history else {},
-                                 "last_losses": result.history[-1] if result.history else {}}
+                                 "first_losses": history[0] if history else {},
+                                 "last_losses": history[-1] if history else {}}
         timings[f"stage{stage}"] = time.perf_counter() - start
     assert init is not None
 
@@ -200,7 +258,8 @@ def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = No
     _say(f"4/5 generating along {cfg.camera!r} (no training clip has it): {prompt!r}", t0)
     gen = pipe(prompt, camera=cfg.camera, num_frames=cfg.num_frames, height=cfg.size, width=cfg.size,
                num_steps=cfg.gen_steps, guidance_scale=1.0, seed=cfg.seed, negative_prompt="", progress=cfg.progress)
-    gen_files = gen.save(out / "generation")
+    with staged_output_dir(out / "generation") as tmp:
+        gen_files = {k: out / "generation" / v.relative_to(tmp) for k, v in gen.save(tmp).items()}
     timings["generation"] = time.perf_counter() - start
 
     # 5. evaluation on the held-out worlds
@@ -284,4 +343,5 @@ Camera: <code>{html.escape(summary["generation"]["camera"])}</code>
     return path
 
 
-__all__ = ["ASSETS", "DEMO_CAMERA", "DemoConfig", "make_train_root", "replace", "run_demo", "write_demo_page"]
+__all__ = ["ASSETS", "CONFIG_NAME", "DEMO_CAMERA", "DemoConfig", "make_train_root", "replace", "run_demo",
+           "write_demo_page"]

@@ -13,6 +13,12 @@ This module imports nothing from the package (it is the ground floor).
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +26,9 @@ __all__ = [
     "BAD_DTYPE", "BAD_INTRINSICS", "BAD_METADATA", "BAD_SHAPE", "CAMERA_COLUMNS", "CORRUPT_VIDEO", "DUPLICATE_ID",
     "FRAME_COUNT", "KINDS", "MISSING_FILE", "NON_FINITE", "NON_ORTHONORMAL", "PATH_ESCAPE", "TOO_FEW_FRAMES",
     "UNREADABLE",
-    "CheckpointError", "ConfigError", "DataError", "FantasyWorldError", "NonFiniteLossError", "OutputError", "Problem",
-    "TrajectoryError", "check_output_dir",
+    "CheckpointError", "ConfigError", "DataError", "FantasyWorldError", "Interrupted", "NonFiniteLossError",
+    "OutputError", "Problem",
+    "TrajectoryError", "check_output_dir", "interrupt_on_signals", "staged_output_dir",
 ]
 
 # Data problem kinds (stable names, used by tests and by scripts that parse the report).
@@ -109,13 +116,32 @@ class OutputError(FantasyWorldError, ValueError):
     """An output folder cannot be written (it is a file, or read-only); the message names it."""
 
 
-def check_output_dir(path: str | Path, label: str = "output folder") -> None:
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by SIGTERM or SIGINT, after leaving a resumable state.
+
+    A ``KeyboardInterrupt`` (so broad ``except Exception`` blocks do not swallow it);
+    ``exit_code`` is the shell's convention, ``128 + signal number``: 143 for SIGTERM, 130
+    for SIGINT. The CLI prints the message and exits with it."""
+
+    def __init__(self, signum: int, message: str):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(message)
+
+
+def check_output_dir(path: str | Path, label: str = "output folder", overwrite: bool | None = None) -> None:
     """Raise :class:`OutputError` unless ``path`` is, or can be created as, a writable directory.
 
     Checked before any work starts, so a bad ``--out`` / ``output_dir`` fails at once and
     writes nothing. ``label`` names the option in the message (``--out``, ``output_dir``).
+    ``overwrite=False`` also refuses a directory that already holds files (an earlier result
+    is never replaced unasked); ``None`` skips that check.
     """
     path = Path(path)
+    if overwrite is False and path.is_dir() and any(path.iterdir()):
+        n = sum(1 for p in path.rglob("*") if not p.is_dir())
+        raise OutputError(f"{label} {path}: already holds {n} file(s) of an earlier result; pass --overwrite to "
+                          f"replace them, or choose another folder")
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -125,3 +151,51 @@ def check_output_dir(path: str | Path, label: str = "output folder") -> None:
     if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
         what = "is read-only" if probe == path else f"cannot be created: {probe} is read-only"
         raise OutputError(f"{label} {path}: {what}")
+
+
+@contextmanager
+def staged_output_dir(path: str | Path) -> Iterator[Path]:
+    """Write a result into a temporary sibling of ``path`` and swap it in as a whole.
+
+    Yields the temporary folder. On success the previous ``path`` (if any) is moved aside,
+    the new folder renamed to ``path`` and the previous one deleted, so ``path`` never mixes
+    files of two results and an interrupted write leaves the previous result in place. On an
+    error (or a signal) the temporary folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            path.rename(old / path.name)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def interrupt_on_signals(what: str) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise :class:`Interrupted` (``"<SIGNAL>: {what}
+    stopped"``) in the main thread, so ``finally`` blocks run (a staged output folder is
+    removed, the previous result stays) and the CLI exits with 143 / 130. A handler installed
+    inside the block (the trainer's, which checkpoints first) takes precedence while it is
+    installed. Outside the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:  # noqa: ARG001
+        raise Interrupted(signum, f"{signal.Signals(signum).name}: {what} stopped")
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

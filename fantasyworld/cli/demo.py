@@ -9,28 +9,46 @@ import argparse
 import os
 import sys
 
+#: torch threads of the demo (measured in docs/benchmarks.md, "Demo threads under load")
+DEFAULT_THREADS = 1
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = sub.add_parser("demo", help="the whole method on a CPU in minutes: train, generate, evaluate (one folder)")
-    p.add_argument("--out", default="demo_output", help="output folder (replaced if it holds an earlier demo)")
+    p.add_argument("--out", default="demo_output", help="output folder (refused if it holds files, unless "
+                                                        "--overwrite or --resume)")
     p.add_argument("--smoke", action="store_true", help="seconds-long configuration that writes every file (tests)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier demo in --out first")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a demo stopped by SIGTERM / Ctrl-C in --out (same settings)")
+    p.add_argument("--stage1-steps", type=int, default=None, help="optimizer steps of stage 1 (default: the config's)")
+    p.add_argument("--stage2-steps", type=int, default=None, help="optimizer steps of stage 2 (default: the config's)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"torch CPU threads (default {DEFAULT_THREADS}: the tiny model's ops are too small to share "
+                        "out, and more threads collapse on a busy machine; docs/benchmarks.md)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; exit 0 whatever the scores (the report says whether the bars are met)."""
+    """Run the demo; exit 0 whatever the scores (the report says whether the bars are met), 2 on a
+    refused --out, 143 / 130 when stopped by SIGTERM / SIGINT (``--resume`` continues)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from fantasyworld.demo import DemoConfig, run_demo
+    from fantasyworld.demo import DemoConfig, replace, run_demo
+    from fantasyworld.errors import OutputError
 
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    cfg = DemoConfig.smoke() if args.smoke else DemoConfig()
+    steps = {k: v for k, v in (("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps)) if v}
     try:
-        run_demo(args.out, DemoConfig.smoke() if args.smoke else DemoConfig())
-    except (FileExistsError, FileNotFoundError) as exc:
+        run_demo(args.out, replace(cfg, **steps), resume=args.resume, overwrite=args.overwrite)
+    except (OutputError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads_before)  # an in-process caller (a test) keeps its own
     return 0

@@ -48,15 +48,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None, help="UMT5 directory ('tiny' for the tiny random one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results in a non-empty --out (as a whole: no earlier file stays)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """:func:`_run` with SIGTERM / SIGINT raising ``Interrupted`` (exit 143 / 130): the staged
+    output folder is removed and an earlier result stays as it was."""
+    from fantasyworld.errors import interrupt_on_signals
+
+    with interrupt_on_signals("evaluate"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Parse, evaluate, print the verdict."""
     from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from fantasyworld.errors import CheckpointError, DataError
+    from fantasyworld.errors import CheckpointError, DataError, OutputError, check_output_dir
     from fantasyworld.eval.evaluate import EvalSettings, evaluate
 
     try:
@@ -69,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
             guidance_scale=args.cfg, shift=args.shift, seed=args.seed)
         ckpt = Path(args.checkpoint)
         out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+        check_output_dir(out, "--out", overwrite=args.overwrite)
         evaluate(ckpt, args.data, out, settings, backbone=args.backbone, vae=args.vae,
                  text_encoder=args.text_encoder, device=args.device, report=not args.no_report)
-    except (CheckpointError, DataError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, DataError, OutputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

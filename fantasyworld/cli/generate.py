@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from fantasyworld.inference.memory_tiers import DEFAULT_MEMORY_TIER, MEMORY_TIERS
 
@@ -108,7 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                   for k, t in MEMORY_TIERS.items()))
     g.add_argument("--vae-tiling", default="auto", choices=["auto", "on", "off"])
     g = p.add_argument_group("outputs")
-    g.add_argument("--out", default=None, help="output folder")
+    g.add_argument("--out", default=None, help="output folder (refused if it holds files, unless --overwrite)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the results in a non-empty --out (as a whole: no earlier file stays)")
     g.add_argument("--cloud-source", default="depth", choices=["depth", "points"])
     g.add_argument("--conf-percentile", type=float, default=50.0, help="drop points below this confidence percentile")
     g.add_argument("--max-points", type=int, default=200_000)
@@ -122,6 +125,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """:func:`_run` with SIGTERM / SIGINT raising ``Interrupted`` (exit 143 / 130): the staged
+    output folder is removed and an earlier result stays as it was."""
+    from fantasyworld.errors import interrupt_on_signals
+
+    with interrupt_on_signals("generate"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Load, generate, save; print the output folder and the timings."""
     from fantasyworld.inference.trajectories import NAMED_PATHS
 
@@ -132,10 +144,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint or not args.out:
         print("error: --checkpoint and --out are required", file=sys.stderr)
         return 2
-    from fantasyworld.errors import OutputError, check_output_dir
+    from fantasyworld.errors import OutputError, check_output_dir, staged_output_dir
 
     try:
-        check_output_dir(args.out, "--out")
+        check_output_dir(args.out, "--out", overwrite=args.overwrite)
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -180,7 +192,10 @@ def run(args: argparse.Namespace) -> int:
             cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,
             fps=args.fps, progress=not args.quiet)
         result.timings["load"] = load_s
-        paths = result.save(args.out, colmap=not args.no_colmap, glb=args.export == "glb")
+        out = Path(args.out)
+        with staged_output_dir(out) as tmp:  # swapped in whole: an overwrite leaves no stale file
+            paths = {k: out / v.relative_to(tmp)
+                     for k, v in result.save(tmp, colmap=not args.no_colmap, glb=args.export == "glb").items()}
     except (TrajectoryError, CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -95,13 +95,26 @@ class ClipRecord:
 
 def resolve_in_root(root: Path, rel: str, meta_path: Path, report: Reporter) -> Path | None:
     """``root / rel`` normalised; reports ``path_escapes_root`` if it leaves ``root``
-    (absolute paths or ``..``) and returns ``None`` then."""
+    (absolute paths, ``..``, or a symlink whose target lies outside) and returns ``None`` then.
+
+    The check is on the resolved path (``os.path.realpath``), so a link inside the dataset
+    that points at a file elsewhere is refused before anything reads it."""
     root_abs = os.path.abspath(root)
     full = os.path.normpath(os.path.join(root_abs, rel))
     if os.path.commonpath([root_abs, full]) != root_abs:
         report(DataError(meta_path, PATH_ESCAPE, f"path {rel!r} escapes the dataset root"))
         return None
+    if not inside_root(root, Path(full)):
+        report(DataError(meta_path, PATH_ESCAPE, f"path {rel!r} is a symlink that resolves outside the dataset root"))
+        return None
     return Path(full)
+
+
+def inside_root(root: Path, path: Path) -> bool:
+    """Whether ``path`` resolved (symlinks followed, ``os.path.realpath``) lies inside the
+    resolved ``root``; a path that does not exist counts by the part that does."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
 
 
 def _default_array_path(root: Path, folder: str, clip_id: str) -> str:
@@ -325,9 +338,11 @@ class ArraySource:
     Args:
         path: file or directory.
         name: ``"depth"`` (frames ``[H, W]``) or ``"points"`` (frames ``[H, W, 3]``).
+        root: the dataset root; per-frame files that resolve outside it (symlinks) raise
+            ``path_escapes_root`` before they are opened.
     """
 
-    def __init__(self, path: Path, name: str):
+    def __init__(self, path: Path, name: str, root: Path | None = None):
         self.path = path
         self.name = name
         self.files: list[Path] | None = None
@@ -336,6 +351,9 @@ class ArraySource:
             files = [p for p in path.iterdir() if p.suffix == ".npy"]
             if not files:
                 raise DataError(path, MISSING_FILE, f"no per-frame .npy files in {name} folder")
+            outside = [p for p in files if root is not None and not inside_root(root, p)]
+            if outside:
+                raise DataError(outside[0], PATH_ESCAPE, "is a symlink that resolves outside the dataset root")
 
             def key(p: Path) -> tuple[int, str]:
                 nums = _FRAME_RE.findall(p.stem)

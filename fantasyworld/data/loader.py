@@ -87,6 +87,15 @@ def record_intrinsics(record: ClipRecord, num_frames: int, height: int, width: i
     return np.broadcast_to(k, (num_frames, 3, 3)).copy()
 
 
+def _principal_point_inside(K: np.ndarray, height: int, width: int) -> bool:
+    """Whether every frame's ``(cx, cy)`` of ``K`` (T, 3, 3) lies in ``[0, W] x [0, H]``.
+
+    A principal point outside the image is almost always intrinsics at another resolution
+    (the source video's) or in other units (normalised), which would train on wrong rays."""
+    cx, cy = K[:, 0, 2], K[:, 1, 2]
+    return bool(((cx >= 0) & (cx <= width) & (cy >= 0) & (cy <= height)).all())
+
+
 def inspect_clip(root: Path, record: ClipRecord, report: Reporter) -> ClipInfo | None:
     """Open every file of a clip and check what can be checked without decoding frames:
     existence, camera columns/finiteness/orthonormality, array dtype and layout, spatial
@@ -95,6 +104,7 @@ def inspect_clip(root: Path, record: ClipRecord, report: Reporter) -> ClipInfo |
     before = len(report.problems)
     meta_path = root / METADATA_NAME
     w2c = K = None
+    has_k = False
     video_frames = height = width = 0
     try:
         video_frames, height, width = probe_video(record.video)
@@ -110,7 +120,7 @@ def inspect_clip(root: Path, record: ClipRecord, report: Reporter) -> ClipInfo |
     sources: dict[str, ArraySource] = {}
     for name, path in (("depth", record.depth), ("points", record.points)):
         try:
-            sources[name] = ArraySource(path, name)
+            sources[name] = ArraySource(path, name, root)
         except DataError as err:
             report(err)
     if w2c is not None:
@@ -133,9 +143,16 @@ def inspect_clip(root: Path, record: ClipRecord, report: Reporter) -> ClipInfo |
                 where = src.files[0] if src.files else src.path
                 report(DataError(where, BAD_SHAPE, f"{name} is {src.frame_shape[0]}x{src.frame_shape[1]}, "
                                                    f"video {record.video.name} is {height}x{width}"))
-    if K is not None and (not np.isfinite(K).all() or (K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any()):
-        report(DataError(meta_path, BAD_INTRINSICS,
-                         f"clip {record.clip_id!r}: non-finite or non-positive focal length"))
+    if K is not None:
+        k_file = record.cameras if has_k else meta_path  # formats with intrinsics override the record
+        if not np.isfinite(K).all() or (K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any():
+            report(DataError(k_file, BAD_INTRINSICS,
+                             f"clip {record.clip_id!r}: non-finite or non-positive focal length"))
+        elif height and not _principal_point_inside(K, height, width):
+            cx, cy = float(K[0, 0, 2]), float(K[0, 1, 2])
+            report(DataError(k_file, BAD_INTRINSICS,
+                             f"clip {record.clip_id!r}: principal point ({cx:g}, {cy:g}) lies outside the "
+                             f"{width}x{height} image (intrinsics must be in pixels at the video resolution)"))
     if len(report.problems) > before or w2c is None or K is None or len(sources) < 2:
         return None
     return ClipInfo(record, w2c, K, height, width, video_frames, sources["depth"], sources["points"])

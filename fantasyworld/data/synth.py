@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,13 @@ def _write_clip(args: tuple) -> dict:
     return rec
 
 
+def _worker_signals() -> None:
+    """Pool workers: SIGTERM ends them quietly (``Pool.terminate``), whatever handler the parent
+    had when it forked; Ctrl-C (sent to the whole process group) is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: int = 49, height: int = 128,
                        width: int = 128, seed: int = 0, workers: int | None = None, per_frame: bool = False,
                        fps: float = 16.0, progress: bool = False) -> Path:
@@ -264,7 +272,7 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         pool = None
     else:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(workers)
+        pool = mp.get_context(method).Pool(workers, initializer=_worker_signals)
         it = pool.imap(_write_clip, jobs)
     if progress:
         from tqdm import tqdm
@@ -272,6 +280,10 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         it = tqdm(it, total=num_clips, desc="synth", unit="clip")
     try:
         records = list(it)
+    except BaseException:  # an error or a signal (Ctrl-C, the demo's SIGTERM): stop the workers now
+        if pool is not None:
+            pool.terminate()  # close() + join() alone would first render every queued clip
+        raise
     finally:
         if pool is not None:
             pool.close()

@@ -11,17 +11,19 @@ from pathlib import Path
 
 from fantasyworld.data.formats import Reporter, load_metadata, read_video
 from fantasyworld.data.loader import inspect_clip
-from fantasyworld.errors import FRAME_COUNT, DataError, Problem
+from fantasyworld.errors import FRAME_COUNT, TOO_FEW_FRAMES, DataError, Problem
 
 
 def validate_dataset(root: str | Path, decode_video: bool = True, check_values: bool = True,
-                     progress: bool = False) -> tuple[list[Problem], int]:
+                     progress: bool = False, min_frames: int | None = None) -> tuple[list[Problem], int]:
     """Check a dataset; returns ``(problems, number_of_records)``.
 
     Args:
         decode_video: decode every frame (finds corrupt streams and wrong frame counts
             when the container header has no count). Slower.
         check_values: read depth/points fully and check for NaN/inf.
+        min_frames: report ``too_few_frames`` for a clip shorter than this (the frames a
+            training sample spans, ``(num_frames - 1) * stride + 1``).
     """
     root = Path(root)
     report = Reporter(collect=True)
@@ -35,6 +37,9 @@ def validate_dataset(root: str | Path, decode_video: bool = True, check_values: 
         info = inspect_clip(root, record, report)
         if info is None:
             continue
+        if min_frames is not None and info.num_frames < min_frames:
+            report(DataError(record.cameras, TOO_FEW_FRAMES, f"{info.num_frames} frames, a training sample spans "
+                                                             f"{min_frames}"))
         if decode_video:
             try:
                 n = len(read_video(record.video))

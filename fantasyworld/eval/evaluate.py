@@ -36,7 +36,9 @@ mean is at least :data:`ACCEPTANCE_FACTOR` times the model's.
 
 Outputs in ``out_dir``: ``metrics.json`` (layout in docs/evaluation.md), the report
 (:mod:`fantasyworld.eval.report`) and, with it, the sample clips' scenes for the viewer
-(``scenes/<clip>.npz``, :mod:`fantasyworld.eval.scenes`).
+(``scenes/<clip>.npz``, :mod:`fantasyworld.eval.scenes`). They are written into a temporary
+sibling and swapped in at the end (:func:`fantasyworld.errors.staged_output_dir`): a failed
+run leaves ``out_dir`` as it was, a repeated one leaves no file of the earlier run.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import yaml
 
 from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.data.split import HELD_OUT_FRACTION, select_split
+from fantasyworld.errors import staged_output_dir
 from fantasyworld.eval import baselines
 from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_errors, pointmap_metrics, pose_auc, rpe
 from fantasyworld.models import inputs
@@ -342,7 +345,6 @@ def evaluate(
     start = time.perf_counter()
     say = log or (lambda _msg: None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data_root = Path(data_root)
     weights, config, stage = resolve_checkpoint(checkpoint)
     if pipe is None:
@@ -409,15 +411,16 @@ def evaluate(
         "per_clip": per_clip,
         "seconds": time.perf_counter() - start,
     }
-    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1) + "\n")
-    if report:
-        from fantasyworld.eval.report import write_eval_report
+    with staged_output_dir(out) as tmp:  # out is replaced as a whole: no file of an earlier evaluation stays
+        (tmp / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1) + "\n")
+        if report:
+            from fantasyworld.eval.report import write_eval_report
 
-        write_eval_report(out, metrics, samples)
-        from fantasyworld.eval.scenes import write_scene
+            write_eval_report(tmp, metrics, samples)
+            from fantasyworld.eval.scenes import write_scene
 
-        for fig in samples:  # for `fantasyworld view OUT`
-            write_scene(out, fig)
+            for fig in samples:  # for `fantasyworld view OUT`
+                write_scene(tmp, fig)
     if accept is not None:
         say(accept["verdict"])
     say(f"evaluate: wrote {out / 'metrics.json'}" + (f" and {out / 'report.html'}" if report else "")

@@ -99,12 +99,17 @@ class Validator:
         self.log_path = self.run_dir / VALIDATION_LOG
         self.best: dict[str, Any] | None = None
         if trainer.world.is_main:
-            rows = self.rows() if trainer.start_step else []
-            rows = [r for r in rows if r["step"] <= trainer.start_step]
-            self.log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             info = self.run_dir / BEST_INFO
             if trainer.start_step and info.is_file():
                 self.best = json.loads(info.read_text())
+
+    def start(self) -> None:
+        """Called by the trainer once the run directory exists (nothing is written before the
+        run is accepted): ``validation.jsonl`` keeps only the rows up to the resumed step."""
+        if self.trainer.world.is_main:
+            start_step = self.trainer.start_step
+            rows = [r for r in (self.rows() if start_step else []) if r["step"] <= start_step]
+            self.log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def rows(self) -> list[dict[str, Any]]:
         """Rows of ``validation.jsonl``."""

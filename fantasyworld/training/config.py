@@ -97,6 +97,13 @@ class DataConfig:
     """Raw data: random start frame and crop window per sample (seeded by seed, epoch, index)."""
     allow_nonfinite: bool = False
     """Raw data: mask NaN/inf depth/points as invalid instead of raising."""
+    validate: bool = True
+    """Raw data: check every record and every file's header, shape and dtype before training
+    starts (cheap: no frame is decoded), so a bad clip fails at once instead of when it is first
+    sampled. ``fantasyworld train --skip-validation`` turns it off for a dataset already checked."""
+    validate_values: bool = False
+    """Raw data, with ``validate``: also read every depth/points array in full and refuse NaN/inf
+    anywhere (not only in the sampled window); costs one pass over the arrays."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     vae: str | None = None

@@ -24,8 +24,8 @@ One optimizer step (letter legend B per-device batch, T pixel frames, F latent f
 
 A non-finite loss (checked on every rank before backward, agreed by all-reduce) or gradient
 norm skips the optimizer step with a warning; ``max_nonfinite_steps`` skips in a row stop the
-run with :class:`NonFiniteLossError`. SIGTERM makes every rank finish the current step,
-write a checkpoint and return cleanly.
+run with :class:`NonFiniteLossError`. SIGTERM or SIGINT makes every rank finish the current
+step, write a checkpoint and return; ``fantasyworld train`` then exits with 143 / 130.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import yaml
 
-from fantasyworld.errors import CheckpointError, NonFiniteLossError
+from fantasyworld.errors import CheckpointError, DataError, NonFiniteLossError
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.inputs import training_inputs
@@ -57,7 +57,7 @@ from fantasyworld.training.losses import loss_keys, per_sample_losses
 from fantasyworld.training.lr_schedule import lr_multiplier
 from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
 
-__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "train"]
+__all__ = ["STOP_SIGNALS", "NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "signal_exit_code", "train"]
 
 RUN_CONFIG_NAME = "train_config.yaml"
 MODEL_CONFIG_NAME = "config.json"
@@ -69,7 +69,7 @@ class TrainResult:
 
     Attributes:
         step: optimizer steps completed.
-        stopped: ``finished`` or ``sigterm``.
+        stopped: ``finished``, ``sigterm`` or ``sigint`` (see :func:`signal_exit_code`).
         run_dir: the run directory.
         last_checkpoint: path of the newest ``step-N.safetensors`` (or None).
         history: per-step logged values of this process's run (rank 0), as in ``metrics.jsonl``.
@@ -82,22 +82,41 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+#: the signals that stop a run cleanly, and the name a stopped run reports (``TrainResult.stopped``)
+STOP_SIGNALS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
+
+
+def signal_exit_code(stopped: str) -> int:
+    """The shell's exit status for a run stopped by a signal: ``128 + signal number`` (143 for
+    SIGTERM, 130 for SIGINT), 0 for ``finished``."""
+    for signum, name in STOP_SIGNALS.items():
+        if stopped == name:
+            return 128 + int(signum)
+    return 0
+
+
 class _SignalFlag:
-    """Set by SIGTERM (installed only in the main thread); restored on :meth:`close`."""
+    """Set by SIGTERM or SIGINT (installed only in the main thread); restored on :meth:`close`.
+
+    The first signal asks the run to finish its step and checkpoint; a second SIGINT (Ctrl-C
+    twice) raises :class:`KeyboardInterrupt` at once (the newest complete checkpoint stays)."""
 
     def __init__(self) -> None:
-        self.raised = False
-        self._old = None
+        self.raised: str | None = None
+        self._old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handler)
+            for signum in STOP_SIGNALS:
+                self._old[signum] = signal.signal(signum, self._handler)
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        self.raised = True
+        if self.raised and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.raised = self.raised or STOP_SIGNALS[signal.Signals(signum)]
 
     def close(self) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-            self._old = None
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old = {}
 
 
 class Trainer:
@@ -123,6 +142,9 @@ class Trainer:
         self.use_bf16 = (mp == "bf16") or (mp == "auto" and dev.type == "cuda")
         self.stage = config.stage
         self._setup_run_dir()
+        self._check_init_from()
+        if config.data.root is not None and config.data.validate:
+            self._validate_data()  # before any model is built: a bad clip fails in seconds
         self._build_encoders()
         self._build_model()
         self._build_optimizer()
@@ -133,6 +155,7 @@ class Trainer:
                 raise ConfigError("validation.every is set but no validator was given: run `fantasyworld train`, "
                                   "or pass validator=fantasyworld.eval.validation.Validator to Trainer")
             self.validator = validator(self)
+        self._publish_run_dir()
 
     # ---------------------------------------------------------------------------- setup
     def _setup_run_dir(self) -> None:
@@ -149,11 +172,19 @@ class Trainer:
         if self.resume_step is None and cfg.stage == 2 and not cfg.init_from:
             raise ConfigError(f"stage 2 needs a stage-1 checkpoint: no checkpoint to resume in {self.run_dir} "
                               f"and init_from is not set (init_from=PATH/step-N.safetensors)")
-        if world.is_main:
+
+    def _publish_run_dir(self) -> None:
+        """Create the run directory and write its configs: only after the checkpoint, the
+        init weights, the data and the validator were all accepted, so a refused run (or a
+        refused ``--resume``) leaves no new folder and rewrites nothing."""
+        if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale_temporaries(self.run_dir)
-            (self.run_dir / RUN_CONFIG_NAME).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        barrier(world)
+            (self.run_dir / RUN_CONFIG_NAME).write_text(yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+            self.model_config.save(self.run_dir / MODEL_CONFIG_NAME)
+        if self.validator is not None and hasattr(self.validator, "start"):
+            self.validator.start()
+        barrier(self.world)
 
     def _build_encoders(self) -> None:
         """Frozen VAE / text (/ CLIP) encoders for raw data (or raw validation clips); nothing
@@ -218,8 +249,6 @@ class Trainer:
             cast_keeping_fp32(model.transformer, torch.bfloat16)
         model.to(world.device)
         model.train()
-        if world.is_main:
-            mcfg.save(self.run_dir / MODEL_CONFIG_NAME)
         model.checkpoint_heads = cfg.model.checkpoint_heads
         if cfg.model.compile:  # torchtitan order: checkpointing, then compile, then sharding
             compile_blocks(model)
@@ -228,10 +257,11 @@ class Trainer:
         if not self.trainable:
             raise RuntimeError(f"stage {self.stage}: no trainable parameters")
 
-    def _load_init_from(self, model: FantasyWorldModel) -> None:
-        """Load ``init_from`` strictly (stage 2: a stage-1 checkpoint is required)."""
+    def _check_init_from(self) -> None:
+        """Refuse an ``init_from`` that is absent or not a stage-1 checkpoint of this preset,
+        from its header alone (before the data check and the model build)."""
         cfg = self.cfg
-        if not cfg.init_from:
+        if not cfg.init_from or self.resume_step is not None:
             return
         path = Path(cfg.init_from)
         where = f"init_from={cfg.init_from}"
@@ -247,9 +277,20 @@ class Trainer:
             hint = " (to continue a stage-2 run, resume it instead)" if meta.get("stage") == "2" else ""
             raise CheckpointError(f"{where}: is a stage-{meta.get('stage')} checkpoint; stage {cfg.stage} must "
                                   f"start from a stage-{want_stage} checkpoint{hint}")
-        if meta.get("preset") not in (None, model.config.name):
+        preset = get_preset(cfg.model.preset).name
+        if meta.get("preset") not in (None, preset):
             raise CheckpointError(f"{where}: checkpoint preset {meta.get('preset')!r} does not match "
-                                  f"model.preset {model.config.name!r}")
+                                  f"model.preset {preset!r}")
+
+    def _load_init_from(self, model: FantasyWorldModel) -> None:
+        """Load ``init_from`` strictly (stage 2: a stage-1 checkpoint is required; its header
+        was checked by :meth:`_check_init_from`)."""
+        cfg = self.cfg
+        if not cfg.init_from:
+            return
+        path = Path(cfg.init_from)
+        where = f"init_from={cfg.init_from}"
+        want_stage = 1
         try:
             model.load_fantasyworld(path, want_stage)
         except CheckpointError as exc:
@@ -269,6 +310,7 @@ class Trainer:
             self.optimizer, lr_multiplier(o.schedule, o.warmup_steps, self.cfg.steps, o.min_lr_ratio))
         self.start_step = 0
         self.nonfinite_streak = 0
+        self._resume_rng: Any = None
         if self.resume_step is not None:
             state = ckpt.read_state(self.run_dir, self.resume_step)
             if state["stage"] != self.stage or state["preset"] != self.model_config.name:
@@ -285,7 +327,7 @@ class Trainer:
                     f"which is not step x global batch {self.global_batch} (the global batch changed)")
             rngs = state["rng"]
             if len(rngs) == self.world.world_size:
-                ckpt.restore_rng_state(rngs[self.world.rank], self.world.device)
+                self._resume_rng = rngs[self.world.rank]  # restored in train(), after iter(loader) draws
             elif self.world.is_main:
                 self.log.warning(f"resuming on {self.world.world_size} ranks from a {len(rngs)}-rank checkpoint: "
                                  f"process RNG states are not restored (data order and noise are unaffected)")
@@ -312,6 +354,26 @@ class Trainer:
             dataset, seed=cfg.seed, batch_size=cfg.batch_size, world_size=world.world_size, rank=world.rank,
             grad_accum=cfg.grad_accum, start_step=self.start_step, num_workers=d.num_workers,
             pin_memory=world.device.type == "cuda")
+
+    def _validate_data(self) -> None:
+        """Check every record and file of ``data.root`` before training (``data.validate``):
+        headers, shapes, dtypes and frame counts, plus every value with ``data.validate_values``.
+        Raises the first problem as a :class:`DataError` (it names the file), with the count."""
+        from fantasyworld.data.validate import validate_dataset
+
+        d = self.cfg.data
+        start = time.perf_counter()
+        problems, n = validate_dataset(d.root, decode_video=False, check_values=d.validate_values,
+                                       min_frames=(d.num_frames - 1) * d.stride + 1)
+        if problems:
+            first = problems[0]
+            more = (f" (and {len(problems) - 1} more problem(s): run `fantasyworld data validate {d.root}`)"
+                    if len(problems) > 1 else "")
+            raise DataError(first.path, first.kind, f"{first.message}{more}")
+        if self.world.is_main:
+            what = "every file and value" if d.validate_values else "every file's header"
+            self.log.info(f"data {d.root}: {n} clip(s), {what} checked in {time.perf_counter() - start:.1f} s "
+                          f"(data.validate=false / --skip-validation to skip)")
 
     def _check_cache(self, dataset) -> None:
         """The cache's frames, size and text width must match the config and the preset."""
@@ -369,7 +431,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- loop
     def train(self) -> TrainResult:
-        """Run from ``start_step`` to ``cfg.steps`` (or until SIGTERM)."""
+        """Run from ``start_step`` to ``cfg.steps`` (or until SIGTERM / SIGINT)."""
         cfg, world = self.cfg, self.world
         keys = loss_keys(self.stage)
         logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=cfg.steps,
@@ -381,7 +443,10 @@ class Trainer:
         last_ckpt: Path | None = (ckpt.weights_path(self.run_dir, self.start_step) if self.start_step else None)
         stopped = "finished"
         step = self.start_step
-        data_iter = iter(self.loader)
+        data_iter = iter(self.loader)  # draws a base seed from the process RNG
+        if self._resume_rng is not None:  # so the RNG state is restored after it, as it was saved
+            ckpt.restore_rng_state(self._resume_rng, self.world.device)
+            self._resume_rng = None
         if world.is_main:
             n_train = sum(p.numel() for _, p in self.trainable)
             logger.write(f"stage {self.stage}, preset {self.model_config.name}: {n_train:,} trainable parameters, "
@@ -457,8 +522,9 @@ class Trainer:
                 if self.validator is not None and self.validator.due(step) and not stop_signal:
                     self.validator.run(step, logger)
                 if stop_signal:
-                    stopped = "sigterm"
-                    logger.write(f"SIGTERM: checkpoint written at step {step} ({last_ckpt}); exiting")
+                    stopped = flag.raised or "sigterm"  # another rank's signal: torchrun sends SIGTERM
+                    logger.write(f"{stopped.upper()}: checkpoint written at step {step} ({last_ckpt}); exiting "
+                                 f"(status {signal_exit_code(stopped)}; --resume continues)")
                     break
         finally:
             flag.close()

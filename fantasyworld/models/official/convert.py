@@ -288,6 +288,30 @@ def _fail_mapping(source: Path, res: MappingResult) -> None:
     raise OfficialCheckpointError(f"{source}: cannot convert: " + "; ".join(parts))
 
 
+def check_tensor_values(source: Path, state: dict[str, torch.Tensor], keys: dict[str, str]) -> None:
+    """Refuse a file whose structure is intact but whose content is not: every official tensor
+    named in ``keys`` (official key -> our key) must be floating point (the released file is
+    bf16) and hold only finite values. Shapes were already checked against our model by the
+    mapping. Raises :class:`OfficialCheckpointError` naming the file, the keys and the count."""
+    wrong_dtype, non_finite = [], []
+    for key in sorted(keys):
+        t = state[key]
+        if not t.is_floating_point():
+            wrong_dtype.append(f"{key} ({t.dtype})")
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            non_finite.append(f"{key} ({bad} of {t.numel()})")
+    if wrong_dtype:
+        raise OfficialCheckpointError(
+            f"{source}: cannot convert: {len(wrong_dtype)} tensor(s) are not floating point (weights are bf16/fp16/"
+            f"fp32): {', '.join(wrong_dtype[:8])}")
+    if non_finite:
+        raise OfficialCheckpointError(
+            f"{source}: cannot convert: {len(non_finite)} tensor(s) hold NaN/inf values (a corrupted file; "
+            f"download it again): {', '.join(non_finite[:8])}")
+
+
 def _atomic_publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     backup = None
     if out_dir.exists():
@@ -338,8 +362,9 @@ def convert_official(
 
     Raises:
         OfficialCheckpointError: unreadable/unsafe file, unmapped keys on either side, shape
-            mismatches, a backbone that differs from the base (without
-            ``backbone_override``), a Wan dir of another architecture. Nothing is written then.
+            mismatches, a tensor that is not floating point or holds NaN/inf, a backbone that
+            differs from the base (without ``backbone_override``), a Wan dir of another
+            architecture. Nothing is written then.
     """
     t0 = time.time()
     say = log or (lambda _msg: None)
@@ -378,6 +403,7 @@ def convert_official(
     if absent:
         notes.append(f"{len(absent)} official Wan tensors are absent from the base files: written as an override")
 
+    check_tensor_values(model_pth, state, res.fantasyworld)
     ours_state: dict[str, torch.Tensor] = {res.fantasyworld[k]: state[k] for k in res.fantasyworld}
     fill_dtype = next(iter(ours_state.values())).dtype if ours_state else torch.float32
     ckpt_shapes = reference[0]
@@ -388,6 +414,7 @@ def convert_official(
                      "(no path to any output): " + ", ".join(res.missing_compat_only[:8]))
     if dtype is not None:
         ours_state = {k: v.to(dtype) for k, v in ours_state.items()}
+    check_tensor_values(model_pth, state, {d.official_key: d.ours for d in diffs})
     override = {d.ours[len("transformer."):]: state[d.official_key].contiguous() for d in diffs}
 
     report = ConversionReport(out_dir=out_dir, mapping=res, notes=notes, filled_compat_only=res.missing_compat_only,
