@@ -470,7 +470,7 @@ def ours_to_official(
     out = {keymap.to_official(k): v for k, v in fantasyworld_state.items()}
     if wan_state is not None and wan_blocks != "none":
         for k, v in wan_state.items():
-            name = keymap.to_official(k if k.startswith("transformer.") else f"transformer.{k}")
+            name = keymap.to_official(k if k.startswith(("transformer.", "control_adapter.")) else f"transformer.{k}")
             if wan_blocks == "all" or name.startswith("IRGBlock."):
                 out[name] = v
     return out
