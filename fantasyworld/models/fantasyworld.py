@@ -94,6 +94,7 @@ class FantasyWorldModel(nn.Module):
         config: FantasyWorldConfig,
         transformer: WanTransformer3DModel | None = None,
         device: torch.device | str | None = None,
+        control_adapter: ControlAdapter | None = None,
     ) -> None:
         super().__init__()
         config.validate()
@@ -114,9 +115,10 @@ class FantasyWorldModel(nn.Module):
             self.camera_adapters = nn.ModuleDict(
                 {str(i): CameraAdapter(config.wan_dim, config.pose_feature_dim) for i in config.camera_adapter_blocks}
             )
-            self.control_adapter = ControlAdapter(
-                config.control_adapter_channels, config.wan_dim, config.control_adapter_downscale
-            ) if config.has_control_adapter else None
+            if control_adapter is None and config.has_control_adapter:
+                control_adapter = ControlAdapter(
+                    config.control_adapter_channels, config.wan_dim, config.control_adapter_downscale)
+            self.control_adapter = control_adapter if config.has_control_adapter else None
         if self.control_adapter is not None:
             self.control_adapter.requires_grad_(False)
             self._fsdp_ignored = ("transformer", "control_adapter")
