@@ -15,7 +15,9 @@ CLIP branch: an ``img_emb`` key is an unexpected key.
 Loading is strict: missing, unexpected or mis-shaped keys raise :class:`CheckpointError`
 naming them, for the transformer and for the adapter. An optional LoRA
 (:mod:`fantasyworld.models.lora`) is merged in float32 before any cast, so every block, the
-IRG blocks included, sees the merged weights.
+IRG blocks included, sees the merged weights. The weights keep the file's dtype until the
+final cast (a LoRA update is computed in float32 and stored in the weight's dtype, as the
+official merges into its bf16 weights).
 """
 
 from __future__ import annotations
@@ -159,16 +161,17 @@ def load_wan22_base(
         check_state_dict(expected, control_state, str(folder))
     except CheckpointError as exc:
         raise CheckpointError(f"{exc} (control adapter, keys under {CONTROL_PREFIX!r})") from exc
-    transformer.load_state_dict({k: v.float() for k, v in dit_state.items()}, strict=True, assign=True)
-    control.load_state_dict({k: v.float() for k, v in control_state.items()}, strict=True, assign=True)
+    # the file's dtype is kept until the cast (no float32 copy of a bf16 release)
+    transformer.load_state_dict(dit_state, strict=True, assign=True)
+    control.load_state_dict(control_state, strict=True, assign=True)
     merged: list[str] = []
-    if lora is not None:
+    if lora is not None:  # each update computed in float32, stored in the weight's dtype
         params = {f"transformer.{k}": v for k, v in transformer.named_parameters()}
         params.update({CONTROL_PREFIX + k: v for k, v in control.named_parameters()})
         merged = merge_lora_into(params, _wan_names(transformer, control), lora, lora_multiplier)
-    rebuild_rope(transformer, device)
+    cast_keeping_fp32(transformer, dtype)  # on the CPU, before the move
+    rebuild_rope(transformer, device)  # not in the state dict: still on meta
     transformer = transformer.to(device)
-    cast_keeping_fp32(transformer, dtype)
     control = control.to(device=device, dtype=dtype)
     for m in (transformer, control):
         m.requires_grad_(False).eval()
