@@ -94,3 +94,41 @@ def test_key_map_is_a_bijection_on_our_keys_and_refuses_wan21_only_keys(setups) 
     w21 = get_preset("wan2.1-i2v-14b-480p")
     res = map_official_keys({"pipe.dit.control_adapter.conv.bias": (5120,)}, w21)
     assert [u.split(" ")[0] for u in res.unmapped] == ["pipe.dit.control_adapter.conv.bias"]
+
+
+def test_control_input_packs_four_pixel_frames_per_latent_frame() -> None:
+    import torch
+
+    from fantasyworld.layers.control_adapter import ControlAdapter, pack_plucker_frames
+
+    rays = torch.randn(2, 13, 6, 32, 48)
+    packed = pack_plucker_frames(rays)
+    assert packed.shape == (2, 24, 4, 32, 48)
+    for j in range(4):  # channel 4c + s of latent frame j = Plucker channel c of pixel frame max(0, 4j + s - 3)
+        for c in range(6):
+            for s in range(4):
+                assert torch.equal(packed[:, 4 * c + s, j], rays[:, max(0, 4 * j + s - 3), c])
+    adapter = ControlAdapter(24, 64)
+    out = adapter(packed)
+    assert out.shape == (2, 64, 4, 2, 3)  # the DiT's token grid (H/16, W/16)
+    # one residual block: the output is conv(unshuffle(x)) + conv2(relu(conv1(.)))
+    x = adapter.conv(adapter.unshuffle(packed[:, :, 1]))
+    block = adapter.residual_blocks[0]
+    torch.testing.assert_close(out[:, :, 1], x + block.conv2(torch.relu(block.conv1(x))), rtol=0, atol=0)
+
+
+def test_official_rays_at_the_wan22_resolution() -> None:
+    """The doubled intrinsics of the official Plucker rays (shared with Wan2.1) at 480x832 with the
+    official JSON's default focal length 500: frame 0 has a nearly constant direction
+    (-0.600, -0.346, 0.722)."""
+    import numpy as np
+
+    from fantasyworld.inference.official_cameras import official_plucker
+
+    h, w, f = 480, 832, 500.0
+    K = np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]])
+    rays = official_plucker(np.tile(np.eye(4), (5, 1, 1)), K, h, w)
+    d = rays[0, 0, 3:].reshape(3, -1)
+    mean = d.mean(dim=1)
+    assert np.allclose(mean.numpy(), [-0.600, -0.346, 0.722], atol=1e-3)
+    assert float((d - mean[:, None]).abs().max()) < 2e-3  # spread ~1e-3 over the image
