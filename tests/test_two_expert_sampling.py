@@ -87,3 +87,36 @@ def test_each_step_runs_the_expert_the_rule_names_and_geometry_comes_from_low() 
     calls.clear()
     res_low = sample_two_experts(experts["low"], experts["low"], noise, cond, plucker, num_steps=6, progress=False)
     assert not torch.allclose(res.latents, res_low.latents)
+
+
+def test_matches_the_official_two_expert_loop_written_out() -> None:
+    """The official Wan2.2 loop, step by step: sigma = shift(linspace(1, 0, N + 1)[:-1]),
+    t = bf16(1000 sigma), HIGH iff t > 900, v = neg + 5 (pos - neg) (two passes), Euler to the
+    next sigma (0 after the last); geometry from the last step's conditional pass."""
+    experts = {}
+    for seed, name in enumerate(("high", "low")):
+        torch.manual_seed(seed)
+        experts[name] = FantasyWorldModel(get_preset(f"tiny-wan2.2-{name}")).eval()
+    gen = torch.Generator().manual_seed(2)
+    noise = torch.randn(1, 16, 3, 4, 6, generator=gen)
+    text, neg = torch.randn(1, 8, 32, generator=gen), torch.zeros(1, 8, 32)
+    cond_latent = torch.randn(1, 20, 3, 4, 6, generator=gen)
+    plucker = torch.randn(1, 9, 6, 32, 48, generator=gen)
+    n = 5
+    res = sample_two_experts(experts["high"], experts["low"], noise, Conditioning(text, neg, cond_latent=cond_latent),
+                             plucker, num_steps=n, cfg_batch=False, progress=False)
+    u = torch.linspace(1, 0, n + 1, dtype=torch.float64)[:-1]
+    sig = (5 * u / (1 + 4 * u)).float().tolist() + [0.0]
+    x = noise.clone()
+    with torch.no_grad():
+        for i in range(n):
+            t = torch.tensor([1000 * sig[i]]).to(torch.bfloat16).float()
+            model = experts["high" if float(t) > 900 else "low"]
+            heads = ("depth", "points", "camera") if i == n - 1 else None
+            pos = model(x, t, text, plucker=plucker, cond_latent=cond_latent, heads=heads)
+            v_neg = model(x, t, neg, plucker=plucker, cond_latent=cond_latent, heads=None)["flow"]
+            v = v_neg + 5.0 * (pos["flow"] - v_neg)
+            x = x + v * (sig[i + 1] - sig[i])
+    # same operations in the same order: equal to float32 rounding of the step arithmetic
+    torch.testing.assert_close(res.latents, x, rtol=0, atol=1e-6)
+    torch.testing.assert_close(res.geometry["depth"], pos["depth"], rtol=0, atol=1e-6)

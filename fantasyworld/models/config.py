@@ -1,25 +1,23 @@
 """Model configuration and presets.
 
-A :class:`FantasyWorldConfig` fully describes an architecture: the frozen Wan2.1
+A :class:`FantasyWorldConfig` fully describes an architecture: the frozen Wan
 transformer (``wan``: the keyword arguments of diffusers' ``WanTransformer3DModel``)
 and every FantasyWorld module built around it. It is saved as ``config.json`` next to
 each checkpoint, so a checkpoint always carries its own architecture.
 
 Presets (see SPEC 3.1):
 
-=====================  ==========================  ====  ====  ==============
-preset                 Wan dim / ffn / heads / L   PCB   IRG   geometry dim/h
-=====================  ==========================  ====  ====  ==============
-``tiny``               64 / 128 / 2 / 6            2     4     64 / 2
-``tiny-i2v``           same, image conditioning    2     4     64 / 2
-``wan2.1-t2v-1.3b``    1536 / 8960 / 12 / 30       12    18    1024 / 16
-``wan2.1-i2v-14b-480p``5120 / 13824 / 40 / 40      16    24    1024 / 16
-``wan2.2-fun-a14b-``   5120 / 13824 / 40 / 40      16    24    1024 / 16
-``control-camera-high``
-/ ``-low``
-``tiny-wan2.2-high``   64 / 128 / 2 / 6            2     4     64 / 2
-/ ``-low``
-=====================  ==========================  ====  ====  ==============
+=======================================  ==========================  ====  ====  ==============
+preset                                   Wan dim / ffn / heads / L   PCB   IRG   geometry dim/h
+=======================================  ==========================  ====  ====  ==============
+``tiny``                                 64 / 128 / 2 / 6            2     4     64 / 2
+``tiny-i2v``                             same, image conditioning    2     4     64 / 2
+``wan2.1-t2v-1.3b``                      1536 / 8960 / 12 / 30       12    18    1024 / 16
+``wan2.1-i2v-14b-480p``                  5120 / 13824 / 40 / 40      16    24    1024 / 16
+``wan2.2-fun-a14b-control-camera-high``  5120 / 13824 / 40 / 40      16    24    1024 / 16
+``wan2.2-fun-a14b-control-camera-low``   same                        16    24    1024 / 16
+``tiny-wan2.2-high`` / ``-low``         64 / 128 / 2 / 6            2     4     64 / 2
+=======================================  ==========================  ====  ====  ==============
 
 The Wan2.2 presets (FantasyWorld-Wan2.2-Fun-A14B-Control-Camera) are one preset per
 expert of the two-expert A14B model: the same architecture, ``expert="high"`` (runs while
