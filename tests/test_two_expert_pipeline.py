@@ -64,3 +64,13 @@ def test_two_expert_generation_and_exports(ckpt, tmp_path) -> None:
     res2 = pipe("a street", image=first, camera="dolly-in", num_frames=5, height=32, width=48, num_steps=4,
                 schedule="official", geometry="last-step", progress=False)
     assert not np.array_equal(res.latents, res2.latents)
+
+
+def test_one_expert_alone_is_refused_by_the_single_model_pipeline(ckpt, tmp_path) -> None:
+    from fantasyworld.errors import CheckpointError
+    from fantasyworld.inference.pipeline import FantasyWorldPipeline
+
+    with pytest.raises(CheckpointError, match="one expert of a two-expert model"):
+        FantasyWorldPipeline.from_pretrained(ckpt / "low")
+    with pytest.raises(CheckpointError, match="not a two-expert checkpoint"):
+        TwoExpertPipeline.from_pretrained(ckpt / "low")
