@@ -49,9 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``generate`` sub-command (imports nothing heavy: ``--help`` stays fast)."""
     p = sub.add_parser("generate", help="generate a video with depth, points and cameras (see docs/inference.md)")
     g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", help="stage-2 step-N.safetensors or its directory (newest step)")
+    g.add_argument("--checkpoint", help="stage-2 step-N.safetensors or its directory (newest step); a directory "
+                                        "with high/ and low/ runs the two-expert Wan2.2 variant")
     g.add_argument("--backbone", default=None,
-                   help="Wan2.1 transformer directory; 'random' for the tiny presets' seeded backbone")
+                   help="Wan2.1 transformer directory (Wan2.2: the Wan2.2-Fun-A14B-Control-Camera directory); "
+                        "'random' for the tiny presets' seeded backbone")
+    g.add_argument("--high-lora", default=None, help="Wan2.2: the high-noise expert's reward LoRA (safetensors)")
+    g.add_argument("--low-lora", default=None, help="Wan2.2: the low-noise expert's reward LoRA (safetensors)")
     g.add_argument("--vae", default=None, help="AutoencoderKLWan directory ('tiny' for the tiny random VAE)")
     g.add_argument("--text-encoder", default=None, help="UMT5 encoder directory ('tiny' for the tiny one)")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: beside the text encoder)")
@@ -66,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--text-emb", default=None, help="cached prompt embeddings: safetensors with 'text_emb'")
     g.add_argument("--negative-text-emb", default=None, help="cached negative-prompt embeddings")
     g.add_argument("--image", default=None, help="first frame for I2V presets")
+    g.add_argument("--last-image", default=None, help="Wan2.2: optional last frame")
     g.add_argument("--camera", default="orbit",
                    help="named path (--list-cameras lists them; 'NAME:MAGNITUDE' allowed) or a camera file "
                         "(seed rows, RealEstate10K txt, official JSON, COLMAP text dir, TUM)")
@@ -87,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--list-cameras", action="store_true", help="print the named camera paths and exit")
     g = p.add_argument_group("sampling")
     g.add_argument("--frames", type=int, default=81, help="4k+1 frames")
-    g.add_argument("--size", type=_size, default=(336, 592), help="HxW, multiples of 16 (default 336x592)")
+    g.add_argument("--size", type=_size, default=None,
+                   help="HxW, multiples of 16 (default 336x592; 480x832 for the two-expert Wan2.2 variant)")
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--cfg", type=float, default=5.0, help="guidance scale (1 disables CFG)")
     g.add_argument("--shift", type=float, default=5.0)
@@ -166,19 +172,33 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    from fantasyworld.inference.two_expert_pipeline import TwoExpertPipeline, is_two_expert_checkpoint
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    h, w = args.size
+    two = is_two_expert_checkpoint(args.checkpoint)
+    if not two and (args.last_image or args.high_lora or args.low_lora):
+        print(f"error: --last-image/--high-lora/--low-lora need a two-expert checkpoint (high/ and low/ in "
+              f"{args.checkpoint})", file=sys.stderr)
+        return 2
+    h, w = args.size or ((480, 832) if two else (336, 592))
+    extra = {"last_image": args.last_image} if two else {}
     start = time.perf_counter()
     try:
-        pipe = FantasyWorldPipeline.from_pretrained(
-            args.checkpoint, backbone=args.backbone, vae=args.vae, text_encoder=args.text_encoder,
-            tokenizer=args.tokenizer, image_encoder=args.image_encoder, device=device, dtype=dtype,
-            preset=args.preset, memory=args.memory)
-        if args.fp8:
-            pipe.quantize_fp8()
-        if args.compile:
-            pipe.compile()
+        if two:
+            pipe = TwoExpertPipeline.from_pretrained(
+                args.checkpoint, backbone=args.backbone, vae=args.vae, text_encoder=args.text_encoder,
+                tokenizer=args.tokenizer, device=device, dtype=dtype, high_lora=args.high_lora,
+                low_lora=args.low_lora)
+        else:
+            pipe = FantasyWorldPipeline.from_pretrained(
+                args.checkpoint, backbone=args.backbone, vae=args.vae, text_encoder=args.text_encoder,
+                tokenizer=args.tokenizer, image_encoder=args.image_encoder, device=device, dtype=dtype,
+                preset=args.preset, memory=args.memory)
+            if args.fp8:
+                pipe.quantize_fp8()
+            if args.compile:
+                pipe.compile()
         load_s = time.perf_counter() - start
         result = pipe(
             args.prompt, args.negative_prompt, image=args.image, camera=args.camera, num_frames=args.frames,
@@ -190,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
             schedule=args.schedule, cfg_batch=False if args.no_cfg_batch else None,
             vae_tiling={"auto": "auto", "on": True, "off": False}[args.vae_tiling],
             cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,
-            fps=args.fps, progress=not args.quiet)
+            fps=args.fps, progress=not args.quiet, **extra)
         result.timings["load"] = load_s
         out = Path(args.out)
         with staged_output_dir(out) as tmp:  # swapped in whole: an overwrite leaves no stale file

@@ -211,6 +211,9 @@ class FantasyWorldPipeline:
         device = torch.device("cpu")  # build and cast in host memory; ``_place`` moves by tier
         dtype = as_dtype(dtype)
         tiny = config.name.startswith("tiny")
+        if config.expert:
+            raise CheckpointError(f"{checkpoint}: preset {config.name} is one expert of a two-expert model; load the "
+                                  "directory holding high/ and low/ (TwoExpertPipeline; fantasyworld generate does)")
 
         def component(spec, name: str, required: bool = True):
             if spec is not None:

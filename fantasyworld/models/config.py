@@ -1,20 +1,32 @@
 """Model configuration and presets.
 
-A :class:`FantasyWorldConfig` fully describes an architecture: the frozen Wan2.1
+A :class:`FantasyWorldConfig` fully describes an architecture: the frozen Wan
 transformer (``wan``: the keyword arguments of diffusers' ``WanTransformer3DModel``)
 and every FantasyWorld module built around it. It is saved as ``config.json`` next to
 each checkpoint, so a checkpoint always carries its own architecture.
 
 Presets (see SPEC 3.1):
 
-=====================  ==========================  ====  ====  ==============
-preset                 Wan dim / ffn / heads / L   PCB   IRG   geometry dim/h
-=====================  ==========================  ====  ====  ==============
-``tiny``               64 / 128 / 2 / 6            2     4     64 / 2
-``tiny-i2v``           same, image conditioning    2     4     64 / 2
-``wan2.1-t2v-1.3b``    1536 / 8960 / 12 / 30       12    18    1024 / 16
-``wan2.1-i2v-14b-480p``5120 / 13824 / 40 / 40      16    24    1024 / 16
-=====================  ==========================  ====  ====  ==============
+=======================================  ==========================  ====  ====  ==============
+preset                                   Wan dim / ffn / heads / L   PCB   IRG   geometry dim/h
+=======================================  ==========================  ====  ====  ==============
+``tiny``                                 64 / 128 / 2 / 6            2     4     64 / 2
+``tiny-i2v``                             same, image conditioning    2     4     64 / 2
+``wan2.1-t2v-1.3b``                      1536 / 8960 / 12 / 30       12    18    1024 / 16
+``wan2.1-i2v-14b-480p``                  5120 / 13824 / 40 / 40      16    24    1024 / 16
+``wan2.2-fun-a14b-control-camera-high``  5120 / 13824 / 40 / 40      16    24    1024 / 16
+``wan2.2-fun-a14b-control-camera-low``   same                        16    24    1024 / 16
+``tiny-wan2.2-high`` / ``-low``         64 / 128 / 2 / 6            2     4     64 / 2
+=======================================  ==========================  ====  ====  ==============
+
+The Wan2.2 presets (FantasyWorld-Wan2.2-Fun-A14B-Control-Camera) are one preset per
+expert of the two-expert A14B model: the same architecture, ``expert="high"`` (runs while
+the bfloat16-rounded timestep is > ``expert_boundary`` = 900) or ``expert="low"`` (the
+rest, and the geometry). Their backbone has no CLIP branch (``image_dim=None``) but 36
+input channels (noise + mask + first/last-image latent), and the camera enters through the
+Wan2.2-Fun **control adapter** (``control_adapter_channels=24``: Plucker rays packed 4
+frames per latent frame, pixel-unshuffled, conv to the Wan width, one residual block,
+added to the patch embedding) instead of a pose encoder and cross-attention adapters.
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ from typing import Any
 
 VAE_TEMPORAL_STRIDE = 4
 VAE_SPATIAL_STRIDE = 8
+#: values of :attr:`FantasyWorldConfig.expert` ("" = a single model, not one of two experts)
+EXPERTS = ("", "high", "low")
 
 
 @dataclass
@@ -84,6 +98,18 @@ class FantasyWorldConfig:
     camera_adapter_blocks: tuple[int, ...] = ()
     #: legacy switch reproducing the official Plucker intrinsics bug (converted checkpoints)
     official_compat: bool = False
+    # --- Wan2.2-Fun control adapter and the two-expert split ---
+    #: input channels of the Wan2.2-Fun camera control adapter (24 = 6 Plucker channels x 4
+    #: pixel frames per latent frame); 0: no control adapter (camera via ``pose_encoder`` and
+    #: ``camera_adapters`` instead). The adapter is part of the frozen Wan base.
+    control_adapter_channels: int = 0
+    #: pixel-unshuffle factor of the control adapter (the VAE's spatial stride)
+    control_adapter_downscale: int = 8
+    #: which expert of a two-expert model this is: ``""`` (single model), ``"high"`` (the
+    #: DiT timestep, rounded to bfloat16, is > ``expert_boundary``) or ``"low"`` (<= it)
+    expert: str = ""
+    #: the timestep that separates the two experts (official: 900, strict ``>`` for high)
+    expert_boundary: float = 900.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived
@@ -101,7 +127,18 @@ class FantasyWorldConfig:
 
     @property
     def is_i2v(self) -> bool:
+        """The backbone takes a conditioning latent (mask + image latent) beside the noise."""
+        return int(self.wan["in_channels"]) > int(self.wan["out_channels"])
+
+    @property
+    def uses_clip(self) -> bool:
+        """The backbone also reads CLIP image tokens (Wan2.1 I2V; not Wan2.2-Fun)."""
         return self.wan.get("image_dim") is not None
+
+    @property
+    def has_control_adapter(self) -> bool:
+        """The camera enters through the Wan2.2-Fun control adapter (no pose encoder)."""
+        return self.control_adapter_channels > 0
 
     @property
     def latent_channels(self) -> int:
@@ -126,6 +163,18 @@ class FantasyWorldConfig:
             raise ValueError(f"camera_time_layout must be 'interleaved' or 'official', got {self.camera_time_layout!r}")
         if self.use_pose_camera_token and not self.cam_token_projector:
             raise ValueError("use_pose_camera_token needs cam_token_projector=True")
+        if self.uses_clip and not self.is_i2v:
+            raise ValueError("image_dim (CLIP tokens) needs in_channels > out_channels (a conditioning latent)")
+        if self.control_adapter_channels < 0:
+            raise ValueError(f"control_adapter_channels must be >= 0, got {self.control_adapter_channels}")
+        if self.has_control_adapter and self.camera_adapter_blocks:
+            raise ValueError("a control-adapter model has no cross-attention camera adapters: "
+                             f"set camera_adapter_blocks=() (got {self.camera_adapter_blocks})")
+        if self.has_control_adapter and self.control_adapter_channels % self.plucker_channels:
+            raise ValueError(f"control_adapter_channels {self.control_adapter_channels} must be a multiple of "
+                             f"plucker_channels {self.plucker_channels} (frames packed per latent frame)")
+        if self.expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {EXPERTS}, got {self.expert!r}")
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +236,27 @@ WAN_TINY: dict[str, Any] = dict(
     added_kv_proj_dim=None, rope_max_seq_len=1024, pos_embed_seq_len=None,
 )
 WAN_TINY_I2V: dict[str, Any] = dict(WAN_TINY, in_channels=36, image_dim=32, added_kv_proj_dim=64)
+# Wan2.2-Fun-A14B-Control-Camera, one expert: Wan2.2-A14B dims, 36 input channels, no CLIP
+# branch (the control adapter is ours, beside the diffusers transformer).
+WAN22_FUN_A14B: dict[str, Any] = dict(WAN21_I2V_14B_480P, image_dim=None, added_kv_proj_dim=None)
+WAN_TINY_WAN22: dict[str, Any] = dict(WAN_TINY, in_channels=36)
+
+
+def _wan22(name: str, expert: str) -> FantasyWorldConfig:
+    # PCB 16 / IRG 24 as in the Wan2.1 release; no pose encoder, no cross-attention adapters.
+    return FantasyWorldConfig(
+        name=name, wan=dict(WAN22_FUN_A14B), num_pcb=16, dpt_layers=(23, 17, 11, 7), pose_feature_dim=2048,
+        camera_adapter_blocks=(), cam_token_projector=True, camera_time_layout="official",
+        camera_trunk_modulation=True, control_adapter_channels=24, expert=expert,
+    )
+
+
+def _tiny_wan22(name: str, expert: str) -> FantasyWorldConfig:
+    cfg = _tiny(name, WAN_TINY_WAN22)
+    cfg.camera_adapter_blocks = ()
+    cfg.control_adapter_channels = 24
+    cfg.expert = expert
+    return cfg
 
 
 def _tiny(name: str, wan: dict[str, Any]) -> FantasyWorldConfig:
@@ -217,6 +287,11 @@ def _preset_table() -> dict[str, FantasyWorldConfig]:
             camera_adapter_blocks=tuple(range(25)), cam_token_projector=True,
             camera_time_layout="official", camera_trunk_modulation=True,
         ),
+        # Official FantasyWorld-Wan2.2-Fun-A14B-Control-Camera: one preset per expert.
+        "wan2.2-fun-a14b-control-camera-high": _wan22("wan2.2-fun-a14b-control-camera-high", "high"),
+        "wan2.2-fun-a14b-control-camera-low": _wan22("wan2.2-fun-a14b-control-camera-low", "low"),
+        "tiny-wan2.2-high": _tiny_wan22("tiny-wan2.2-high", "high"),
+        "tiny-wan2.2-low": _tiny_wan22("tiny-wan2.2-low", "low"),
     }
 
 

@@ -19,6 +19,11 @@ a stage-1 loss: camera conditioning, the IRG Wan blocks, the cross-attention and
 output head (with zero gammas the geometry stream does not read the video stream after
 the PCBs, so this is exact). Stage 2 runs everything. Every Wan parameter is frozen in
 both stages.
+
+Wan2.2-Fun presets (``control_adapter_channels > 0``): the camera enters once, through the
+frozen control adapter whose tokens are added to the patch embedding (step 1), in both
+stages (it is part of the base model the geometry branch reads); there is no pose encoder
+and no cross-attention camera adapter, and no CLIP image tokens.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fantasyworld.errors import CheckpointError
 from fantasyworld.layers.bicross_attention import BiCrossAttention, bicross_rotary
+from fantasyworld.layers.control_adapter import ControlAdapter, pack_plucker_frames
 from fantasyworld.models import wan_backbone as wanb
 from fantasyworld.models.camera_conditioning import CameraAdapter, PoseEncoder
 from fantasyworld.models.config import FantasyWorldConfig
@@ -101,6 +107,7 @@ class FantasyWorldModel(nn.Module):
         config: FantasyWorldConfig,
         transformer: WanTransformer3DModel | None = None,
         device: torch.device | str | None = None,
+        control_adapter: ControlAdapter | None = None,
     ) -> None:
         super().__init__()
         config.validate()
@@ -113,12 +120,21 @@ class FantasyWorldModel(nn.Module):
                 BiCrossAttention(config.wan_dim, config.geo_dim, config.bicross_dim, config.bicross_heads)
                 for _ in range(config.num_irg)
             )
-            self.pose_encoder = PoseEncoder(
+            # Wan2.2-Fun: the camera enters through the backbone's control adapter (frozen, part
+            # of the Wan base) instead of a pose encoder + cross-attention adapters.
+            self.pose_encoder = None if config.has_control_adapter else PoseEncoder(
                 config.plucker_channels, config.wan_dim, config.pose_feature_dim, config.pose_downscale
             )
             self.camera_adapters = nn.ModuleDict(
                 {str(i): CameraAdapter(config.wan_dim, config.pose_feature_dim) for i in config.camera_adapter_blocks}
             )
+            if control_adapter is None and config.has_control_adapter:
+                control_adapter = ControlAdapter(
+                    config.control_adapter_channels, config.wan_dim, config.control_adapter_downscale)
+            self.control_adapter = control_adapter if config.has_control_adapter else None
+        if self.control_adapter is not None:
+            self.control_adapter.requires_grad_(False)
+            self._fsdp_ignored = ("transformer", "control_adapter")
         #: the preconditioning layers and the stage-2 IRG layers; they reference the parts
         #: above (no parameters of their own)
         self.pcb_layers = nn.ModuleList(
@@ -151,18 +167,27 @@ class FantasyWorldModel(nn.Module):
 
     # ------------------------------------------------------------------ stages
     def fantasyworld_modules(self) -> dict[str, nn.Module]:
-        """The non-Wan top-level modules by name."""
-        return {
+        """The non-Wan top-level modules by name (a control-adapter model has no pose encoder)."""
+        modules = {
             "geometry": self.geometry, "interactions": self.interactions,
             "pose_encoder": self.pose_encoder, "camera_adapters": self.camera_adapters,
         }
+        return {k: v for k, v in modules.items() if v is not None}
+
+    def wan_modules(self) -> dict[str, nn.Module]:
+        """The frozen Wan base by name: the transformer, and the Wan2.2-Fun control adapter."""
+        modules = {"transformer": self.transformer}
+        if self.control_adapter is not None:
+            modules["control_adapter"] = self.control_adapter
+        return modules
 
     def set_stage(self, stage: int) -> FantasyWorldModel:
         """Set ``requires_grad`` for ``stage`` (1 or 2); all Wan parameters stay frozen."""
         if stage not in STAGE_TRAINABLE:
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.stage = stage
-        self.transformer.requires_grad_(False)
+        for module in self.wan_modules().values():
+            module.requires_grad_(False)
         for name, module in self.fantasyworld_modules().items():
             module.requires_grad_(name in STAGE_TRAINABLE[stage])
         params = dict(self.geometry.named_parameters())
@@ -172,7 +197,8 @@ class FantasyWorldModel(nn.Module):
 
     def train(self, mode: bool = True) -> FantasyWorldModel:
         super().train(mode)
-        self.transformer.eval()  # frozen: never in training mode
+        for module in self.wan_modules().values():
+            module.eval()  # frozen: never in training mode
         return self
 
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -226,7 +252,16 @@ class FantasyWorldModel(nn.Module):
         return fn(*args)
 
     def encode_camera(self, plucker: torch.Tensor) -> torch.Tensor:
-        """Plucker rays (B, T, 6, H, W) -> pose features (B, L, P) for the adapters."""
+        """Plucker rays (B, T, 6, H, W) -> pose features (B, L, P) for the adapters.
+
+        With a control adapter (Wan2.2-Fun) the features are the adapter's tokens (B, L, D),
+        added to the patch embedding; they do not depend on the timestep either.
+        """
+        if self.control_adapter is not None:
+            dtype = self.control_adapter.conv.weight.dtype
+            packed = pack_plucker_frames(plucker.to(dtype), self.config.control_adapter_channels
+                                         // self.config.plucker_channels)
+            return self.control_adapter(packed).flatten(2).transpose(1, 2)
         return self.pose_encoder(plucker.to(next(self.pose_encoder.parameters()).dtype))
 
     def forward(
@@ -250,10 +285,12 @@ class FantasyWorldModel(nn.Module):
             timestep: (B,) diffusion timesteps in [0, 1000] (sigma * 1000).
             text_emb: (B, Lt, text_dim) text-encoder states (I2V: Lt = 512, zero-padded).
             plucker: (B, T, 6, H, W) Plucker rays of the requested cameras (relative to
-                frame 0, pixel intrinsics), or ``pose_feature`` precomputed from them.
-                Without either, no camera conditioning is applied.
+                frame 0, pixel intrinsics), or ``pose_feature`` precomputed from them
+                (:meth:`encode_camera`). Without either, no camera conditioning is applied.
+                With a control adapter (Wan2.2-Fun) the camera is applied in both stages
+                (the adapter is part of the frozen base), otherwise in stage 2 only.
             cond_latent: I2V conditioning (B, 20, F, H/8, W/8): 4 mask + 16 image channels.
-            image_emb: I2V CLIP image tokens (B, 257, image_dim).
+            image_emb: I2V CLIP image tokens (B, 257, image_dim); only for presets with CLIP.
             camera_pose_enc: (B, T, 9) poses for the optional pose-conditioned camera token.
             stage: 1 or 2 (default: ``self.stage``). Stage 1 returns no ``flow``.
             heads: which heads to run (``None`` or empty: none, e.g. all but the last
@@ -267,24 +304,34 @@ class FantasyWorldModel(nn.Module):
         cfg = self.config
         wan = self.transformer
         if cfg.is_i2v:
-            if cond_latent is None or image_emb is None:
-                raise ValueError(f"preset {cfg.name} is image-to-video: pass cond_latent and image_emb")
-            if text_emb.shape[1] != wanb.WAN_TEXT_LEN:
+            if cond_latent is None or (cfg.uses_clip and image_emb is None):
+                need = "cond_latent and image_emb" if cfg.uses_clip else "cond_latent"
+                raise ValueError(f"preset {cfg.name} is image-to-video: pass {need}")
+            if cfg.uses_clip and text_emb.shape[1] != wanb.WAN_TEXT_LEN:
                 raise ValueError(f"I2V text embeddings must be padded to {wanb.WAN_TEXT_LEN} tokens, "
                                  f"got {text_emb.shape[1]}")
             model_in = torch.cat([latents, cond_latent.to(latents.dtype)], dim=1)
         else:
             model_in = latents
-        inputs = wanb.embed_inputs(wan, model_in, timestep, text_emb, image_emb)
+        inputs = wanb.embed_inputs(wan, model_in, timestep, text_emb, image_emb if cfg.uses_clip else None)
         b = latents.shape[0]
         f, h, w = inputs.grid
         image_hw = (h * 16, w * 16)
         x = inputs.tokens
 
-        if stage == 2 and pose_feature is None and plucker is not None:
-            pose_feature = self._ckpt(self.encode_camera, plucker)
-        if stage == 1:
+        control = self.control_adapter is not None
+        if (stage == 2 or control) and pose_feature is None and plucker is not None:
+            if control:  # frozen base module: never trained
+                with torch.no_grad():
+                    pose_feature = self.encode_camera(plucker)
+            else:
+                pose_feature = self._ckpt(self.encode_camera, plucker)
+        if stage == 1 and not control:
             pose_feature = None
+        if control and pose_feature is not None:
+            # 1b. Wan2.2-Fun: the control adapter's tokens are added to the patch embedding
+            x = x + pose_feature.to(x.dtype)
+            pose_feature = None  # no cross-attention adapters
 
         # 2. preconditioning blocks
         for i in range(cfg.num_pcb):

@@ -22,6 +22,7 @@ __all__ = [
     "SIGMA_SCHEDULES",
     "add_noise",
     "euler_step",
+    "expert_sigma_range",
     "flow_target",
     "inference_sigmas",
     "official_inference_sigmas",
@@ -50,13 +51,67 @@ def sample_training_sigmas(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    sigma_range: tuple[float, float, bool] | None = None,
 ) -> torch.Tensor:
     """Training noise levels ``(batch_size,)``: ``u ~ U[0, 1)`` per sample, then :func:`shifted_sigmas`.
 
-    ``generator`` makes the draw reproducible (it must live on ``device``).
+    ``generator`` makes the draw reproducible (it must live on ``device``). ``sigma_range``
+    (:func:`expert_sigma_range`) restricts the levels to one expert's side of a two-expert
+    boundary: the same shifted distribution, conditioned on the range (one draw per sample).
     """
     u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
-    return shifted_sigmas(u, shift).to(dtype)
+    if sigma_range is None:
+        return shifted_sigmas(u, shift).to(dtype)
+    return _restricted_sigmas(u, shift, sigma_range, dtype)
+
+
+def _unshift(sigma: float, shift: float) -> float:
+    """Inverse of :func:`shifted_sigmas`: the ``u`` with ``shifted_sigmas(u) = sigma``."""
+    return sigma / (shift - (shift - 1.0) * sigma)
+
+
+def _restricted_sigmas(u: torch.Tensor, shift: float, sigma_range: tuple[float, float, bool],
+                       dtype: torch.dtype) -> torch.Tensor:
+    """The shifted distribution conditioned on ``sigma_range = (lo, hi, lo_open)``: ``u`` is
+    mapped affinely onto the preimage of the range, then shifted; with ``lo_open`` the
+    value ``lo`` itself is excluded (``1000 sigma > 1000 lo`` holds after the cast to
+    ``dtype`` too)."""
+    lo, hi, lo_open = sigma_range
+    u_lo, u_hi = _unshift(lo, shift), _unshift(hi, shift)
+    if lo_open:
+        u = u_hi - (u_hi - u_lo) * u  # (u_lo, u_hi]
+    else:
+        u = u_lo + (u_hi - u_lo) * u  # [u_lo, u_hi)
+    sigma = shifted_sigmas(u, shift).to(dtype)
+    if lo_open:
+        floor = torch.tensor(lo, dtype=dtype)
+        while float(sigma_to_timestep(floor)) <= lo * NUM_TRAIN_TIMESTEPS:
+            floor = torch.nextafter(floor, torch.tensor(2.0, dtype=dtype))
+        sigma = sigma.clamp(min=float(floor))
+    else:
+        ceil = torch.tensor(hi, dtype=dtype)
+        while float(sigma_to_timestep(ceil)) > hi * NUM_TRAIN_TIMESTEPS:
+            ceil = torch.nextafter(ceil, torch.tensor(-1.0, dtype=dtype))
+        sigma = sigma.clamp(max=float(ceil))
+    return sigma
+
+
+def expert_sigma_range(expert: str, boundary: float) -> tuple[float, float, bool] | None:
+    """The training noise levels of one expert of a two-expert model, as
+    ``(lo, hi, lo_open)`` for :func:`sample_training_sigmas`: the high expert gets
+    ``1000 sigma > boundary`` (``(boundary / 1000, 1]``), the low expert ``1000 sigma <=
+    boundary`` (``[0, boundary / 1000]``), the sides of the inference rule; ``None`` for a
+    single model (``expert == ""``)."""
+    if not expert:
+        return None
+    b = boundary / NUM_TRAIN_TIMESTEPS
+    if not 0.0 < b < 1.0:
+        raise ValueError(f"expert boundary {boundary} must lie in (0, {NUM_TRAIN_TIMESTEPS})")
+    if expert == "high":
+        return (b, 1.0, True)
+    if expert == "low":
+        return (0.0, b, False)
+    raise ValueError(f"expert must be 'high' or 'low', got {expert!r}")
 
 
 def _broadcast_sigma(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:

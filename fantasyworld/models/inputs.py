@@ -67,8 +67,8 @@ def sample_seed(seed: int, position: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, stream, position]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def position_noise(positions: list[int], shape: tuple[int, ...], seed: int, shift: float
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def position_noise(positions: list[int], shape: tuple[int, ...], seed: int, shift: float,
+                   sigma_range: tuple[float, float, bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample training noise keyed by stream position (module docstring).
 
     Args:
@@ -76,6 +76,8 @@ def position_noise(positions: list[int], shape: tuple[int, ...], seed: int, shif
         shape: one sample's latent shape, ``(16, F, H/8, W/8)``.
         seed: the run seed.
         shift: Wan's timestep shift.
+        sigma_range: one expert's side of a two-expert boundary
+            (:func:`~fantasyworld.models.flow_matching.expert_sigma_range`), or ``None``.
 
     Returns:
         ``(noise, sigma)``: ``(B, *shape)`` standard normal and ``(B,)`` noise levels, fp32 on
@@ -84,7 +86,7 @@ def position_noise(positions: list[int], shape: tuple[int, ...], seed: int, shif
     noises, sigmas = [], []
     for pos in positions:
         gen = torch.Generator().manual_seed(sample_seed(seed, pos))
-        sigmas.append(sample_training_sigmas(1, gen, shift))
+        sigmas.append(sample_training_sigmas(1, gen, shift, sigma_range=sigma_range))
         noises.append(torch.randn(shape, generator=gen))
     return torch.stack(noises), torch.cat(sigmas)
 
@@ -104,22 +106,26 @@ def camera_rays(w2c: torch.Tensor, intrinsics: torch.Tensor, height: int, width:
 
 @torch.no_grad()
 def clean_inputs(batch: dict[str, Any], device: torch.device, is_i2v: bool, encoders: ClipEncoders | None = None,
-                 text_emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 text_emb: torch.Tensor | None = None, clip: bool | None = None) -> dict[str, torch.Tensor]:
     """The clean conditioning of a clip batch, fp32 on ``device``.
 
     A cache batch (``latents`` present) is moved and upcast; a raw batch is encoded with
     ``encoders`` (``text_emb`` given: used instead of encoding ``batch["prompt"]``).
+    ``clip`` (default: ``is_i2v``): also the CLIP image tokens (Wan2.1 I2V; a Wan2.2-Fun
+    preset has the conditioning latent but no CLIP branch).
 
     Returns:
         ``x0`` (B, 16, F, H/8, W/8), ``text_emb`` (B, L, D) and, for image-to-video,
         ``cond_latent`` (B, 20, F, H/8, W/8) and ``image_emb`` (B, N, D_clip).
     """
+    clip = is_i2v if clip is None else clip
     out: dict[str, torch.Tensor] = {}
     if "latents" in batch:
         out["x0"] = batch["latents"].to(device).float()
         out["text_emb"] = batch["text_emb"].to(device).float()
         if is_i2v:
             out["cond_latent"] = batch["cond_latent"].to(device).float()
+        if clip:
             out["image_emb"] = batch["clip_image_emb"].to(device).float()
         return out
     if encoders is None:
@@ -131,13 +137,16 @@ def clean_inputs(batch: dict[str, Any], device: torch.device, is_i2v: bool, enco
     out["text_emb"] = text_emb
     if is_i2v:
         out["cond_latent"] = enc.i2v_condition_latent(encoders.vae, video)
+    if clip:
         out["image_emb"] = enc.encode_image_clip(encoders.image_encoder, encoders.image_processor, video[:, :, 0])
     return out
 
 
 @torch.no_grad()
 def training_inputs(batch: dict[str, Any], *, device: torch.device, stage: int, seed: int, shift: float,
-                    is_i2v: bool, encoders: ClipEncoders | None = None) -> dict[str, Any]:
+                    is_i2v: bool, encoders: ClipEncoders | None = None, clip: bool | None = None,
+                    camera: bool | None = None, sigma_range: tuple[float, float, bool] | None = None
+                    ) -> dict[str, Any]:
     """Model inputs and loss targets of one training micro-batch (call outside autocast).
 
     Args:
@@ -148,6 +157,11 @@ def training_inputs(batch: dict[str, Any], *, device: torch.device, stage: int, 
         shift: Wan's timestep shift of the training noise levels.
         is_i2v: the preset conditions on the first frame.
         encoders: the frozen encoders (raw batches only).
+        clip: the preset reads CLIP image tokens (default: ``is_i2v``).
+        camera: also return ``plucker`` (default: stage 2 only; a control-adapter preset
+            reads the camera in stage 1 too).
+        sigma_range: restrict the noise levels to one expert's side of a two-expert
+            boundary (:func:`~fantasyworld.models.flow_matching.expert_sigma_range`).
 
     Returns:
         ``latents`` (noisy, (B, 16, F, H/8, W/8) fp32), ``timestep`` (B,), ``text_emb``
@@ -156,14 +170,14 @@ def training_inputs(batch: dict[str, Any], *, device: torch.device, stage: int, 
         the ground truth of :data:`GEOMETRY_KEYS`, all on ``device``.
     """
     out: dict[str, Any] = {k: batch[k].to(device, non_blocking=True) for k in GEOMETRY_KEYS}
-    clean = clean_inputs(batch, device, is_i2v, encoders)
+    clean = clean_inputs(batch, device, is_i2v, encoders, clip=clip)
     x0 = clean.pop("x0")
     out.update(clean)
-    noise, sigma = position_noise(batch["sample_position"].tolist(), tuple(x0.shape[1:]), seed, shift)
+    noise, sigma = position_noise(batch["sample_position"].tolist(), tuple(x0.shape[1:]), seed, shift, sigma_range)
     noise, sigma = noise.to(device), sigma.to(device)
     out["latents"], out["timestep"] = noisy_latents(x0, noise, sigma)
     out["flow_target"] = flow_target(x0, noise) if stage == 2 else None
-    if stage == 2:
+    if (stage == 2) if camera is None else camera:
         _, _, hh, ww = out["depth"].shape
         out["plucker"] = camera_rays(out["w2c"], out["intrinsics"], hh, ww)
     return out

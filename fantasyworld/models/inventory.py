@@ -33,6 +33,7 @@ def _groups(model: FantasyWorldModel) -> list[tuple[str, bool, tuple[str, ...]]]
         (f"Wan blocks 0-{c.num_pcb - 1} (PCB)", True, pcb),
         (f"Wan blocks {c.num_pcb}-{c.num_wan_blocks - 1} (IRG)", True, irg),
         ("Wan output head", True, ("transformer.norm_out.", "transformer.proj_out.", "transformer.scale_shift_table")),
+        ("Wan2.2-Fun camera control adapter", True, ("control_adapter.",)),
         ("latent bridge", False, ("geometry.projection_head.",)),
         ("camera + register tokens", False, ("geometry.camera_token", "geometry.register_token")),
         ("camera token projector (official, unused)", False, ("geometry.cam_token_projector.",)),
@@ -96,7 +97,8 @@ def inventory(model: FantasyWorldModel) -> list[GroupCount]:
 
 def wan_trainable_violations(model: nn.Module) -> list[str]:
     """Names of Wan parameters that are trainable (must be empty in every stage)."""
-    return [n for n, p in model.named_parameters() if n.startswith("transformer.") and p.requires_grad]
+    return [n for n, p in model.named_parameters()
+            if n.startswith(("transformer.", "control_adapter.")) and p.requires_grad]
 
 
 def format_table(rows: list[GroupCount], title: str) -> str:
@@ -115,7 +117,8 @@ def format_table(rows: list[GroupCount], title: str) -> str:
     s2 = sum(r.params for r in rows if r.trains_stage2)
     lines += [
         "",
-        f"- Wan2.1 transformer (frozen in both stages): {m(wan)}",
+        f"- Wan transformer{' + control adapter' if any(r.name.startswith('Wan2.2') for r in rows) else ''}"
+        f" (frozen in both stages): {m(wan)}",
         f"- FantasyWorld modules: {m(fw)}",
         f"- trainable in stage 1: {m(s1)}",
         f"- trainable in stage 2: {m(s2)}",

@@ -48,7 +48,7 @@ __all__ = [
     "read_config_file",
 ]
 
-TINY_PRESETS = ("tiny", "tiny-i2v")
+TINY_PRESETS = ("tiny", "tiny-i2v", "tiny-wan2.2-high", "tiny-wan2.2-low")
 """Presets whose backbone and encoders may be seeded random models (no files)."""
 RANDOM = "random"
 """``model.backbone_dir`` value asking for a seeded random backbone for any preset (smoke tests)."""
@@ -61,16 +61,25 @@ class ModelConfig:
     """Which architecture to build and how to run it."""
 
     preset: str = "tiny"
-    """Model preset (``tiny``, ``tiny-i2v``, ``wan2.1-t2v-1.3b``, ``wan2.1-i2v-14b-480p``)."""
+    """Model preset (``tiny``, ``tiny-i2v``, ``wan2.1-t2v-1.3b``, ``wan2.1-i2v-14b-480p``,
+    ``wan2.2-fun-a14b-control-camera-high`` / ``-low`` (one expert, trained on its side of
+    the timestep boundary), ``tiny-wan2.2-high`` / ``-low``)."""
     backbone_dir: str | None = None
-    """Local Wan2.1 transformer (diffusers or original layout). ``None`` is allowed only for the
-    tiny presets (seeded random backbone); ``random`` forces a seeded random backbone for any
-    preset (smoke tests and benchmarks only: nothing learned is meaningful)."""
+    """Local Wan2.1 transformer (diffusers or original layout); for the Wan2.2 expert presets
+    the Wan2.2-Fun-A14B-Control-Camera directory (``high_noise_model/``, ``low_noise_model/``).
+    ``None`` is allowed only for the tiny presets (seeded random backbone); ``random`` forces a
+    seeded random backbone for any preset (smoke tests and benchmarks only: nothing learned is
+    meaningful)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing of every Wan/geometry layer (memory for compute)."""
     checkpoint_heads: bool = False
     """Also recompute the DPT heads' full-resolution fusion stage one frame chunk at a time
     (1.3B, 81x336x592 on an H200: stage-2 peak 71 -> 50 GiB; docs/benchmarks.md)."""
+    base_lora: str | None = None
+    """Wan2.2 expert presets: a LoRA merged into the frozen base before training (the official
+    inference merges the expert's Wan2.2-Fun reward LoRA); ``None``: none."""
+    base_lora_multiplier: float = 0.55
+    """Multiplier of ``base_lora`` (official: 0.55)."""
     compile: bool = False
     """``torch.compile`` every repeated block (Wan, geometry, cross-attention, adapters) before
     sharding; the first step pays the compile time (~50 s at 1.3B), then ~5-10% faster."""

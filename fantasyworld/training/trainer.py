@@ -46,8 +46,10 @@ import yaml
 from fantasyworld.errors import CheckpointError, DataError, NonFiniteLossError
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
+from fantasyworld.models.flow_matching import expert_sigma_range
 from fantasyworld.models.inputs import training_inputs
 from fantasyworld.models.parallelize import compile_blocks
+from fantasyworld.models.wan22 import load_wan22_base
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
@@ -210,7 +212,7 @@ class Trainer:
             self.text_encoder = model.to(dev)
         else:
             self.text_encoder, self.tokenizer = encoders.load_text_encoder(text, d.tokenizer, dev, dtype)
-        if preset.is_i2v:
+        if preset.uses_clip:
             image = d.image_encoder or (TINY_ENCODER if tiny else None)
             if image == TINY_ENCODER:
                 model, self.image_processor = encoders.tiny_image_encoder()
@@ -228,13 +230,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical init on every rank (FSDP shards each rank's copy)
         backbone = cfg.model.backbone_dir
         transformer = None
-        if backbone not in (None, RANDOM):
+        control_adapter = None
+        if backbone not in (None, RANDOM) and mcfg.has_control_adapter:
+            # Wan2.2-Fun expert: transformer + control adapter (+ the base LoRA) from the release layout
+            base = load_wan22_base(backbone, mcfg, torch.bfloat16 if self.use_bf16 else torch.float32, "cpu",
+                                   lora=cfg.model.base_lora, lora_multiplier=cfg.model.base_lora_multiplier)
+            transformer, control_adapter = base.transformer, base.control_adapter
+        elif backbone not in (None, RANDOM):
             wan_dtype = torch.bfloat16 if self.use_bf16 else torch.float32
             transformer = load_wan_transformer(backbone, wan_dtype, "cpu", expected_config=mcfg.wan)
         elif backbone == RANDOM and cfg.model.preset not in TINY_PRESETS and world.is_main:
             self.log.warning(f"model.backbone_dir=random: preset {mcfg.name} gets a random Wan backbone "
                              f"(smoke test only)")
-        model = FantasyWorldModel(mcfg, transformer=transformer)
+        model = FantasyWorldModel(mcfg, transformer=transformer, control_adapter=control_adapter)
         model.set_stage(self.stage)
         model.gradient_checkpointing = cfg.model.gradient_checkpointing
         self.weight_keys = model.stage_state_keys(self.stage)
@@ -247,6 +255,8 @@ class Trainer:
 
         if self.use_bf16:
             cast_keeping_fp32(model.transformer, torch.bfloat16)
+            if model.control_adapter is not None:
+                model.control_adapter.to(torch.bfloat16)
         model.to(world.device)
         model.train()
         model.checkpoint_heads = cfg.model.checkpoint_heads
@@ -398,8 +408,11 @@ class Trainer:
         """Model inputs and loss targets of one micro-batch (outside autocast):
         :func:`~fantasyworld.models.inputs.training_inputs` with this run's seed, shift and
         encoders."""
+        mcfg = self.model_config
         return training_inputs(batch, device=self.world.device, stage=self.stage, seed=self.cfg.seed,
-                               shift=self.cfg.loss.shift, is_i2v=self.model_config.is_i2v, encoders=self)
+                               shift=self.cfg.loss.shift, is_i2v=mcfg.is_i2v, encoders=self, clip=mcfg.uses_clip,
+                               camera=self.stage == 2 or mcfg.has_control_adapter,
+                               sigma_range=expert_sigma_range(mcfg.expert, mcfg.expert_boundary))
 
     def forward_losses(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward and per-sample losses (:func:`~fantasyworld.training.losses.per_sample_losses`).

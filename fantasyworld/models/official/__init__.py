@@ -1,4 +1,5 @@
-"""The released FantasyWorld-Wan2.1-I2V-14B-480P weights.
+"""The released FantasyWorld weights: Wan2.1-I2V-14B-480P (``model.pth``) and
+Wan2.2-Fun-A14B-Control-Camera (``high_noise_model.pth`` + ``low_noise_model.pth``).
 
 * :mod:`~fantasyworld.models.official.keys` - where each official key goes (groups, the
   key map, the manifest of the official model object);
@@ -19,6 +20,8 @@ from fantasyworld.models.official.convert import (
     check_wan_config,
     compare_backbone,
     convert_official,
+    convert_official_wan22,
+    equal_up_to_one_rounding,
     ours_to_official,
     read_official_state_dict,
     tensors_equal_at_common_precision,
@@ -28,8 +31,10 @@ from fantasyworld.models.official.keys import (
     GROUP_TITLES,
     MANIFEST_NAME,
     OFFICIAL_PRESET,
+    OFFICIAL_WAN22_PRESETS,
     OVERRIDE_FILE,
     REPORT_FILE,
+    WAN22_MANIFEST_NAMES,
     WEIGHTS_FILE,
     GroupCount,
     KeyTarget,
@@ -48,5 +53,6 @@ __all__ = [
     "map_official_keys", "our_reference_shapes", "load_manifest", "manifest_meta_state",
     "read_official_state_dict", "WanBaseReader", "compare_backbone", "check_wan_config", "BackboneDifference",
     "tensors_equal_at_common_precision", "ConversionReport", "convert_official", "ours_to_official",
-    "apply_backbone_override",
+    "apply_backbone_override", "OFFICIAL_WAN22_PRESETS", "WAN22_MANIFEST_NAMES", "convert_official_wan22",
+    "equal_up_to_one_rounding",
 ]

@@ -37,9 +37,11 @@ from safetensors.torch import load_file, save_file
 
 from fantasyworld.errors import CheckpointError
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
+from fantasyworld.models.lora import LoraTerm, merged_weight, read_lora
 from fantasyworld.models.official.keys import (
     CONFIG_FILE,
     OFFICIAL_PRESET,
+    OFFICIAL_WAN22_PRESETS,
     OVERRIDE_FILE,
     REPORT_FILE,
     WEIGHTS_FILE,
@@ -50,6 +52,7 @@ from fantasyworld.models.official.keys import (
     map_official_keys,
     our_reference_shapes,
 )
+from fantasyworld.models.wan22 import CONTROL_PREFIX, OFFICIAL_LORA_MULTIPLIER, check_wan22_config, expert_dir
 from fantasyworld.models.wan_loading import (
     _safetensors_files,
     describe_key_mismatch,
@@ -210,17 +213,44 @@ class BackboneDifference:
         return f"{self.official_key} (max |diff| {self.max_abs_diff:.3g})"
 
 
+def equal_up_to_one_rounding(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, float]:
+    """Equality within one rounding step of the less precise dtype, element by element:
+    ``|a - b| <= eps * max(|a|, |b|)`` (for a LoRA-merged weight, whose merge order of
+    operations in the official script is not known to the last bit).
+
+    Returns ``(close, max abs difference in float32)``.
+    """
+    if a.shape != b.shape:
+        return False, float("inf")
+    eps = max(torch.finfo(a.dtype).eps, torch.finfo(b.dtype).eps)
+    a32, b32 = a.float(), b.float()
+    diff = (a32 - b32).abs()
+    close = bool((diff <= eps * torch.maximum(a32.abs(), b32.abs())).all())
+    return close, float(diff.max()) if diff.numel() else 0.0
+
+
 def compare_backbone(
-    state: Mapping[str, torch.Tensor], wan_targets: Mapping[str, KeyTarget], reader: WanBaseReader
+    state: Mapping[str, torch.Tensor], wan_targets: Mapping[str, KeyTarget], reader: WanBaseReader,
+    lora: Mapping[str, LoraTerm] | None = None, lora_multiplier: float = OFFICIAL_LORA_MULTIPLIER,
 ) -> list[BackboneDifference]:
-    """Compare each official Wan DiT tensor with the base; return those that differ."""
+    """Compare each official Wan DiT tensor with the base; return those that differ.
+
+    With ``lora`` (original Wan weight name -> term), the base of each LoRA target is
+    merged first (``W + m * alpha / r * up @ down`` in float32) and compared within one
+    rounding step (:func:`equal_up_to_one_rounding`); every other tensor must be equal.
+    """
     diffs = []
     for key, target in wan_targets.items():
         assert target.wan_name is not None and target.ours is not None
         if not reader.has(target.wan_name):
             diffs.append(BackboneDifference(key, target.ours, float("inf"), "absent from the Wan base files"))
             continue
-        equal, delta = tensors_equal_at_common_precision(state[key], reader.get(target.wan_name))
+        base = reader.get(target.wan_name)
+        term = (lora or {}).get(target.wan_name)
+        if term is not None:
+            equal, delta = equal_up_to_one_rounding(state[key], merged_weight(base.float(), term, lora_multiplier))
+        else:
+            equal, delta = tensors_equal_at_common_precision(state[key], base)
         if not equal:
             diffs.append(BackboneDifference(key, target.ours, delta))
     return diffs
@@ -338,8 +368,10 @@ def convert_official(
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    lora: str | Path | None = None,
+    lora_multiplier: float = OFFICIAL_LORA_MULTIPLIER,
 ) -> ConversionReport:
-    """Convert the released ``model.pth`` into our checkpoint directory.
+    """Convert the released ``model.pth`` (or one Wan2.2 expert's ``.pth``) into our checkpoint directory.
 
     Writes ``out_dir/config.json`` (the preset with ``official_compat=True``),
     ``out_dir/fantasyworld.safetensors`` (stage-2 keys, :meth:`FantasyWorldModel.save_fantasyworld`
@@ -349,7 +381,9 @@ def convert_official(
     Args:
         model_pth: the official weights (a state dict saved with ``torch.save``).
         wan_dir: the Wan2.1-I2V-14B-480P directory (original or diffusers layout); the
-            official Wan block copies are compared with it tensor by tensor.
+            official Wan block copies are compared with it tensor by tensor. For a Wan2.2
+            expert preset: the Wan2.2-Fun-A14B-Control-Camera directory (its
+            ``{expert}_noise_model/`` folder is used, :mod:`fantasyworld.models.wan22`).
         out_dir: output directory; must not exist or be empty unless ``overwrite``.
         preset: our preset (the structure must match the official model).
         config: an explicit config instead of ``preset`` (tests use tiny ones);
@@ -359,6 +393,10 @@ def convert_official(
         dtype: cast the FantasyWorld weights (default: keep the file's dtype, bf16).
         overwrite: replace an existing non-empty ``out_dir``.
         log: progress callback (e.g. ``print``).
+        lora: the LoRA the official merged into this model's base before copying the Wan
+            blocks (Wan2.2: the expert's reward LoRA); the base is merged with it (times
+            ``lora_multiplier``) before the comparison, and ``config.json`` records the
+            file name and multiplier (``extra["base_lora"]``) so inference merges it too.
 
     Raises:
         OfficialCheckpointError: unreadable/unsafe file, unmapped keys on either side, shape
@@ -372,6 +410,9 @@ def convert_official(
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise OfficialCheckpointError(f"{out_dir}: exists and is not empty (pass overwrite=True / --overwrite)")
     config = (config or get_preset(preset)).replace(official_compat=True)
+    if lora is not None:
+        config = config.replace(extra={**config.extra, "base_lora": {"file": Path(lora).name,
+                                                                      "multiplier": lora_multiplier}})
 
     say(f"reading {model_pth} (weights only, memory-mapped)")
     state, notes = read_official_state_dict(model_pth)
@@ -386,11 +427,24 @@ def convert_official(
         notes.append(f"{len(res.wan_other)} text encoder / image encoder / VAE tensors in the file were not "
                      "converted or compared; our inference loads those from the Wan directory")
 
-    check_wan_config(wan_dir, config)
+    if config.has_control_adapter:
+        try:
+            wan_dir = expert_dir(wan_dir, config.expert)
+            check_wan22_config(wan_dir, config)
+        except CheckpointError as exc:
+            raise OfficialCheckpointError(str(exc)) from exc
+    else:
+        check_wan_config(wan_dir, config)
+    terms = None
+    if lora is not None:
+        names = set(keymap.wan_to_diffusers) | {k for k in reference[1] if k.startswith(CONTROL_PREFIX)}
+        terms = read_lora(lora, names)
+        say(f"merging {len(terms)} LoRA updates from {lora} (x{lora_multiplier}) into the base for the comparison")
+        notes.append(f"base compared after merging {Path(lora).name} x{lora_multiplier} ({len(terms)} weights)")
     reader = WanBaseReader(wan_dir, keymap)
     try:
         say(f"comparing {len(res.wan)} Wan DiT tensors with the base in {wan_dir}")
-        diffs = compare_backbone(state, res.wan, reader)
+        diffs = compare_backbone(state, res.wan, reader, terms, lora_multiplier)
     finally:
         reader.close()
     if diffs and not backbone_override:
@@ -415,13 +469,19 @@ def convert_official(
     if dtype is not None:
         ours_state = {k: v.to(dtype) for k, v in ours_state.items()}
     check_tensor_values(model_pth, state, {d.official_key: d.ours for d in diffs})
-    override = {d.ours[len("transformer."):]: state[d.official_key].contiguous() for d in diffs}
+    override = {_override_name(d.ours): state[d.official_key].contiguous() for d in diffs}
 
     report = ConversionReport(out_dir=out_dir, mapping=res, notes=notes, filled_compat_only=res.missing_compat_only,
                               backbone_checked=len(res.wan), backbone_overridden=[d.official_key for d in diffs])
     _write_checkpoint(config, ours_state, override, out_dir, overwrite, model_pth, report, say)
     report.seconds = time.time() - t0
     return report
+
+
+def _override_name(ours: str) -> str:
+    """Name in ``wan_override.safetensors``: diffusers names for the transformer, the
+    control adapter's keys with their ``control_adapter.`` prefix."""
+    return ours if ours.startswith(CONTROL_PREFIX) else ours[len("transformer."):]
 
 
 def _write_checkpoint(
@@ -452,8 +512,10 @@ def _write_checkpoint(
     try:
         say(f"writing {len(ours_state)} tensors to {out_dir / WEIGHTS_FILE}")
         config.save(tmp / CONFIG_FILE)
+        variant = ("Wan2.2-Fun-A14B-Control-Camera " + config.expert if config.has_control_adapter
+                   else "Wan2.1-I2V-14B-480P")
         model.save_fantasyworld(tmp / WEIGHTS_FILE, stage=2,
-                                metadata={"source": "official FantasyWorld-Wan2.1-I2V-14B-480P",
+                                metadata={"source": f"official FantasyWorld-{variant}",
                                           "source_file": source.name, "official_compat": "true"})
         if override:
             save_file(override, str(tmp / OVERRIDE_FILE), metadata={"format": "fantasyworld-wan-override",
@@ -497,20 +559,24 @@ def ours_to_official(
     out = {keymap.to_official(k): v for k, v in fantasyworld_state.items()}
     if wan_state is not None and wan_blocks != "none":
         for k, v in wan_state.items():
-            name = keymap.to_official(k if k.startswith("transformer.") else f"transformer.{k}")
+            name = keymap.to_official(k if k.startswith(("transformer.", "control_adapter.")) else f"transformer.{k}")
             if wan_blocks == "all" or name.startswith("IRGBlock."):
                 out[name] = v
     return out
 
 
-def apply_backbone_override(checkpoint_dir: str | Path, transformer: torch.nn.Module) -> list[str]:
+def apply_backbone_override(checkpoint_dir: str | Path, transformer: torch.nn.Module,
+                            control_adapter: torch.nn.Module | None = None) -> list[str]:
     """Copy ``wan_override.safetensors`` (if the converter wrote one) into a loaded Wan
-    transformer in place; returns the overridden names (empty when there is no override)."""
+    transformer (and, for Wan2.2, its control adapter: keys ``control_adapter.*``) in place;
+    returns the overridden names (empty when there is no override)."""
     path = Path(checkpoint_dir) / OVERRIDE_FILE
     if not path.is_file():
         return []
     override = load_file(str(path))
     params = dict(transformer.named_parameters())
+    if control_adapter is not None:
+        params.update({CONTROL_PREFIX + k: v for k, v in control_adapter.named_parameters()})
     missing = sorted(set(override) - set(params))
     bad = [f"{k} ({tuple(v.shape)} vs {tuple(params[k].shape)})" for k, v in override.items()
            if k in params and v.shape != params[k].shape]
@@ -520,3 +586,66 @@ def apply_backbone_override(checkpoint_dir: str | Path, transformer: torch.nn.Mo
         for k, v in override.items():
             params[k].copy_(v.to(params[k].dtype))
     return sorted(override)
+
+
+# ------------------------------------------------------------------------------ Wan2.2
+WAN22_EXPERTS = ("high", "low")
+
+
+def convert_official_wan22(
+    pths: Mapping[str, str | Path],
+    wan_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    loras: Mapping[str, str | Path | None] | None = None,
+    lora_multiplier: float = OFFICIAL_LORA_MULTIPLIER,
+    configs: Mapping[str, FantasyWorldConfig] | None = None,
+    backbone_override: bool = False,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, ConversionReport]:
+    """Convert both experts of FantasyWorld-Wan2.2-Fun-A14B-Control-Camera.
+
+    Each of ``high_noise_model.pth`` / ``low_noise_model.pth`` goes through
+    :func:`convert_official` with its expert preset (and its reward LoRA, if given, for the
+    backbone comparison and recorded for inference), into ``out_dir/high`` and
+    ``out_dir/low``. Both are written to a temporary directory first and published
+    together: an error in either expert leaves nothing behind.
+
+    Args:
+        pths: ``{"high": PATH, "low": PATH}``.
+        wan_dir: the Wan2.2-Fun-A14B-Control-Camera directory (``high_noise_model/``, ``low_noise_model/``).
+        out_dir: output directory; must not exist or be empty unless ``overwrite``.
+        loras: ``{"high": LORA, "low": LORA}`` (either may be missing or ``None``).
+        configs: explicit configs per expert instead of the presets (tests use tiny ones).
+        others: as :func:`convert_official`.
+    """
+    out_dir = Path(out_dir)
+    missing = [e for e in WAN22_EXPERTS if e not in pths]
+    if missing:
+        raise OfficialCheckpointError(f"Wan2.2 conversion needs both experts: missing {', '.join(missing)}")
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OfficialCheckpointError(f"{out_dir}: exists and is not empty (pass overwrite=True / --overwrite)")
+    loras = loras or {}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    reports: dict[str, ConversionReport] = {}
+    try:
+        for expert in WAN22_EXPERTS:
+            config = (configs or {}).get(expert) or get_preset(OFFICIAL_WAN22_PRESETS[expert])
+            if config.expert != expert:
+                raise OfficialCheckpointError(f"config {config.name} is not the {expert}-noise expert "
+                                              f"(expert={config.expert!r})")
+            if log:
+                log(f"--- {expert}-noise expert")
+            reports[expert] = convert_official(
+                pths[expert], wan_dir, tmp / expert, config=config, backbone_override=backbone_override,
+                dtype=dtype, log=log, lora=loras.get(expert), lora_multiplier=lora_multiplier)
+        _atomic_publish(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for expert, report in reports.items():
+        report.out_dir = out_dir / expert
+    return reports

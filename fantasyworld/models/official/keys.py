@@ -19,7 +19,14 @@ embeddings, head)                                      in our checkpoint: loaded
 time_projection,depth_head,point_head,camera_head}.*``
 ``camera_condition.pose_encoder.*``                    ``pose_encoder.*``
 ``pipe.{text_encoder,image_encoder,vae}.*``            not converted (loaded from the Wan dir)
+``pipe.dit.control_adapter.*`` (Wan2.2-Fun only)       ``control_adapter.*`` (Wan base, like
+                                                       ``pipe.dit.*``: loaded from the Wan dir)
 =====================================================  =============================================
+
+The released FantasyWorld-Wan2.2-Fun-A14B-Control-Camera has one such model object per
+expert (``high_noise_model.pth``, ``low_noise_model.pth``); the same map applies with the
+``wan2.2-fun-a14b-control-camera-{high,low}`` presets: no camera processors, no pose
+encoder, no CLIP branch, and the control adapter in the Wan base.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ from fantasyworld.models.wan_loading import diffusers_keys_to_wan
 OFFICIAL_PRESET = "wan2.1-i2v-14b-480p"
 #: File name of the key manifest of the official model object.
 MANIFEST_NAME = "official_fantasyworld_wan21_i2v_14b_keys.jsonl"
+#: Our presets for the two experts of FantasyWorld-Wan2.2-Fun-A14B-Control-Camera.
+OFFICIAL_WAN22_PRESETS = {"high": "wan2.2-fun-a14b-control-camera-high", "low": "wan2.2-fun-a14b-control-camera-low"}
+#: Key manifests of the two official Wan2.2 model objects (HIGH also holds T5 and the VAE).
+WAN22_MANIFEST_NAMES = {"high": "official_wan22_high_keys.jsonl", "low": "official_wan22_low_keys.jsonl"}
 #: Files written by the converter.
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "fantasyworld.safetensors"
@@ -51,6 +62,7 @@ REPORT_FILE = "conversion_report.json"
 WAN_DIT = "wan_dit"
 WAN_IRG_COPY = "wan_irg_copy"
 WAN_OTHER = "wan_other"
+WAN_CONTROL = "wan_control_adapter"
 ADAPTER_PCB = "camera_adapters_pcb"
 ADAPTER_IRG = "camera_adapters_irg"
 BICROSS = "bicross_attention"
@@ -67,6 +79,7 @@ GROUP_TITLES: dict[str, str] = {
     WAN_DIT: "Wan DiT in pipe.dit (blocks 0..PCB-1, embeddings, head): Wan base, checked",
     WAN_IRG_COPY: "Wan block copies IRGBlock.N.x_dit (Wan blocks PCB..): Wan base, checked",
     WAN_OTHER: "Wan text encoder / image encoder / VAE: not converted",
+    WAN_CONTROL: "Wan2.2-Fun control adapter in pipe.dit (camera): Wan base, checked",
     ADAPTER_PCB: "camera adapters in pipe.dit cross-attention -> camera_adapters",
     ADAPTER_IRG: "camera adapters in IRGBlock.N.x_dit cross-attention -> camera_adapters",
     BICROSS: "IRG bidirectional cross-attention -> interactions",
@@ -78,7 +91,10 @@ GROUP_TITLES: dict[str, str] = {
     GEO_TIME: "vggt.projection_head / time_embedding / time_projection -> geometry",
     POSE_ENCODER: "camera_condition.pose_encoder -> pose_encoder",
 }
-WAN_GROUPS = (WAN_DIT, WAN_IRG_COPY)
+WAN_GROUPS = (WAN_DIT, WAN_IRG_COPY, WAN_CONTROL)
+#: prefix of the control adapter, in the official object / the Wan base files / our model
+_OFFICIAL_CONTROL = "pipe.dit.control_adapter."
+_WAN_CONTROL = "control_adapter."
 
 # official vggt prefix -> (our prefix, group); exact names end without a dot
 _VGGT_PREFIXES: tuple[tuple[str, str, str], ...] = (
@@ -187,6 +203,9 @@ class OfficialKeyMap:
             wan_name = f"blocks.{block}.{rest}"
             diff = self.wan_to_diffusers.get(wan_name)
             return KeyTarget(WAN_IRG_COPY, f"transformer.{diff}" if diff else None, wan_name)
+        if key.startswith(_OFFICIAL_CONTROL) and c.has_control_adapter:
+            wan_name = key[len("pipe.dit."):]
+            return KeyTarget(WAN_CONTROL, wan_name, wan_name)  # same name in the base files and ours
         if key.startswith("pipe.dit."):
             wan_name = key[len("pipe.dit."):]
             bm = _RE_WAN_BLOCK.match(wan_name)
@@ -209,6 +228,8 @@ class OfficialKeyMap:
         Raises ``KeyError`` for a key that has no official counterpart.
         """
         c = self.config
+        if key.startswith(_WAN_CONTROL) and c.has_control_adapter:
+            return "pipe.dit." + key
         if key.startswith("transformer."):
             wan_name = self.diffusers_to_wan[key[len("transformer."):]]
             bm = _RE_WAN_BLOCK.match(wan_name)
@@ -296,13 +317,14 @@ def _numel(shape: Sequence[int]) -> int:
 def our_reference_shapes(config: FantasyWorldConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]],
                                                                list[str]]:
     """Build our model on the meta device and return ``(checkpoint key -> shape for stage 2,
-    transformer key -> shape, compatibility-only checkpoint keys)``."""
+    Wan base key -> shape (``transformer.*`` and ``control_adapter.*``), compatibility-only
+    checkpoint keys)``."""
     from fantasyworld.models.fantasyworld import FantasyWorldModel
 
     model = FantasyWorldModel(config, device="meta")
     state = model.state_dict()
     ckpt = {k: tuple(state[k].shape) for k in model.stage_state_keys(2)}
-    wan = {k: tuple(v.shape) for k, v in state.items() if k.startswith("transformer.")}
+    wan = {k: tuple(v.shape) for k, v in state.items() if k.startswith(("transformer.", _WAN_CONTROL))}
     compat = [f"geometry.{n}" for n in model.geometry.compatibility_only_parameters()]
     return ckpt, wan, compat
 

@@ -1,0 +1,195 @@
+"""Two-expert sampling (FantasyWorld-Wan2.2-Fun-A14B-Control-Camera) and its first/last-image input.
+
+The Wan2.2 A14B model is two FantasyWorld models of the same architecture, a high-noise and
+a low-noise expert, that share one Euler trajectory:
+
+* **boundary rule** (the official): at step ``i`` the DiT timestep ``t_i = 1000 sigma_i`` is
+  rounded to bfloat16 and the **high** expert runs iff ``bf16(t_i) > boundary`` (strict,
+  boundary 900), the low expert otherwise. With 50 steps, shift 5 and the official grid the
+  high expert runs steps 0-17 (bf16 t = 1000 ... 908) and the low expert steps 18-49: step
+  18 has t = 898.88, which is exactly 900 in bfloat16, so ``>=`` would give it to the high
+  expert (:func:`expert_steps`). The rule reads the bfloat16 value whatever the schedule;
+  with ``schedule="project"`` the DiT itself gets the unrounded timestep;
+* both experts see the same text embeddings, the same conditioning latent, and the camera
+  through **their own** control adapter (the two adapters differ), computed once per expert;
+  the same CFG scale applies to both (official: 5);
+* **geometry** comes from the low expert only: ``"last-step"`` (the official) reads the heads
+  inside the last sampling step's conditional pass, which must be a low step; ``"final"``
+  runs one extra conditional low-expert forward on the final latent (as
+  :mod:`fantasyworld.inference.sampler` does for one model); ``"none"``.
+
+The first/last-image conditioning (:func:`first_last_condition_latent`) is the Wan2.2-Fun
+one: the VAE latent of ``[first, zeros x (T-2), last]`` (or ``[first, zeros x (T-1)]``) and a
+4-channel mask with pixel frame 0 repeated 4 times and folded into 4 channels per latent
+frame, so latent frame 0 has all 4 mask channels 1 and, with a last image, latent frame
+``F-1`` has only mask channel 3 set (pixel frame ``T-1``).
+
+Kept apart from the single-model sampler on purpose: it calls only its public step
+(:func:`~fantasyworld.inference.sampler.guided_flow`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from fantasyworld.inference.sampler import HEADS, Conditioning, SampleResult, guided_flow
+from fantasyworld.models import encoders
+from fantasyworld.models.config import VAE_TEMPORAL_STRIDE
+from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, euler_step, round_timestep_bf16, sigma_to_timestep
+
+__all__ = [
+    "DEFAULT_BOUNDARY", "TWO_EXPERT_GEOMETRY", "expert_for_timestep", "expert_steps", "first_last_condition_latent",
+    "first_last_mask", "sample_two_experts",
+]
+
+#: The official boundary: the high expert runs while bf16(t) > 900.
+DEFAULT_BOUNDARY = 900.0
+TWO_EXPERT_GEOMETRY = ("last-step", "final", "none")
+
+
+def expert_for_timestep(timestep: float | torch.Tensor, boundary: float = DEFAULT_BOUNDARY) -> str:
+    """``"high"`` iff ``bf16(timestep) > boundary`` (strict), else ``"low"``."""
+    t = float(round_timestep_bf16(torch.as_tensor(timestep, dtype=torch.float32)))
+    return "high" if t > boundary else "low"
+
+
+def expert_steps(num_steps: int = 50, shift: float = 5.0, boundary: float = DEFAULT_BOUNDARY,
+                 schedule: str = "official") -> list[str]:
+    """The expert of every sampling step, ``["high", ..., "low"]`` (length ``num_steps``)."""
+    sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift)[:-1]
+    return [expert_for_timestep(sigma_to_timestep(s), boundary) for s in sigmas]
+
+
+def first_last_mask(num_frames: int, height: int, width: int, has_last: bool, batch: int = 1,
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 4-channel conditioning mask ``(B, 4, F, h, w)`` for ``T = num_frames`` pixel frames,
+    latent size ``(h, w)``: pixel frame 0 (repeated 4 times) and, with ``has_last``, pixel
+    frame ``T - 1`` are 1, folded 4 slots per latent frame (module docstring)."""
+    if (num_frames - 1) % VAE_TEMPORAL_STRIDE:
+        raise ValueError(f"num_frames must be 4k+1, got {num_frames}")
+    f = (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1
+    slots = torch.zeros(batch, num_frames + 3, height, width, dtype=dtype, device=device)
+    slots[:, :4] = 1.0  # pixel frame 0, counted 4 times
+    if has_last:
+        slots[:, -1] = 1.0  # pixel frame T - 1
+    return slots.view(batch, f, 4, height, width).transpose(1, 2)
+
+
+@torch.no_grad()
+def first_last_condition_latent(vae, first: torch.Tensor, num_frames: int, last: torch.Tensor | None = None
+                                ) -> torch.Tensor:
+    """Wan2.2-Fun conditioning ``(B, 20, F, H/8, W/8)``: :func:`first_last_mask` then the
+    normalised VAE latent of ``[first, zeros, last]`` (or ``[first, zeros]``).
+
+    Args:
+        vae: ``AutoencoderKLWan``.
+        first: ``(B, 3, H, W)`` in [-1, 1]; last: the same, or ``None``.
+        num_frames: ``T = 4k + 1``.
+    """
+    b, c, h, w = first.shape
+    video = torch.zeros(b, c, num_frames, h, w, dtype=first.dtype, device=first.device)
+    video[:, :, 0] = first
+    if last is not None:
+        if last.shape != first.shape:
+            raise ValueError(f"last image {tuple(last.shape)} must have the first image's shape {tuple(first.shape)}")
+        video[:, :, -1] = last
+    latent = encoders.encode_video(vae, video)  # (B, 16, F, h, w) fp32
+    mask = first_last_mask(num_frames, latent.shape[3], latent.shape[4], last is not None, b, latent.dtype,
+                           latent.device)
+    return torch.cat([mask, latent], dim=1)
+
+
+def _conditional(out: dict, batch: int) -> dict[str, torch.Tensor]:
+    """Head outputs of the first ``batch`` samples (the conditional pass), fp32."""
+    return {k: ([t[:batch].float() for t in v] if isinstance(v, list) else v[:batch].float())
+            for k, v in out.items() if k != "flow" and v is not None}
+
+
+def _with_camera(model: torch.nn.Module, cond: Conditioning, plucker: torch.Tensor | None) -> Conditioning:
+    """``cond`` with this expert's control-adapter tokens (they differ between the experts)."""
+    if plucker is None:
+        return dataclasses.replace(cond, pose_feature=None)
+    dtype = model.transformer.patch_embedding.weight.dtype
+    return dataclasses.replace(cond, pose_feature=model.encode_camera(plucker.to(dtype)))
+
+
+@torch.no_grad()
+def sample_two_experts(
+    high: torch.nn.Module,
+    low: torch.nn.Module,
+    noise: torch.Tensor,
+    cond: Conditioning,
+    plucker: torch.Tensor | None = None,
+    *,
+    num_steps: int = 50,
+    guidance_scale: float = 5.0,
+    shift: float = 5.0,
+    boundary: float = DEFAULT_BOUNDARY,
+    geometry: str = "last-step",
+    heads: tuple[str, ...] = HEADS,
+    cfg_batch: bool = True,
+    progress: bool = True,
+    schedule: str = "official",
+) -> SampleResult:
+    """Denoise ``noise`` ``(B, 16, F, H/8, W/8)`` with the two experts (module docstring).
+
+    Args:
+        high, low: the two :class:`~fantasyworld.models.fantasyworld.FantasyWorldModel` experts.
+        cond: text (and negative text) embeddings and the conditioning latent; its
+            ``pose_feature`` is ignored (each expert encodes ``plucker`` itself).
+        plucker: ``(B, T, 6, H, W)`` Plucker rays, or ``None`` (no camera).
+        boundary: the bf16 timestep above which the high expert runs.
+        geometry: ``"last-step"`` (official), ``"final"`` or ``"none"``; always the low expert.
+        schedule: a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`
+            (``official`` also feeds the DiT the bfloat16-rounded timestep).
+
+    Returns:
+        :class:`~fantasyworld.inference.sampler.SampleResult`; ``timings`` also has
+        ``steps_high`` / ``steps_low`` (the number of steps each expert ran).
+    """
+    if geometry not in TWO_EXPERT_GEOMETRY:
+        raise ValueError(f"geometry must be one of {TWO_EXPERT_GEOMETRY}, got {geometry!r}")
+    if schedule not in SIGMA_SCHEDULES:
+        raise ValueError(f"schedule must be one of {tuple(SIGMA_SCHEDULES)}, got {schedule!r}")
+    plan = expert_steps(num_steps, shift, boundary, schedule)
+    if geometry == "last-step" and plan[-1] != "low":
+        raise ValueError(f"geometry='last-step' reads the low expert at the last step, but with boundary {boundary} "
+                         "the last step is a high-noise step")
+    official = schedule == "official"
+    sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift).to(noise.device)
+    models = {"high": high, "low": low}
+    conds = {name: _with_camera(m, cond, plucker) for name, m in models.items() if name in plan or
+             (name == "low" and geometry != "none")}
+    x = noise.float()
+    geo: dict[str, torch.Tensor] = {}
+    geo_t: float | None = None
+    start = time.perf_counter()
+    bar = tqdm(total=num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
+    for i, name in enumerate(plan):
+        want = tuple(heads) if (i == num_steps - 1 and geometry == "last-step") else None
+        v, out = guided_flow(models[name], x, sigmas[i], conds[name], guidance_scale, cfg_batch=cfg_batch,
+                             heads=want, round_timestep=official)
+        if want:
+            t = sigma_to_timestep(sigmas[i])
+            geo, geo_t = out, float(round_timestep_bf16(t) if official else t)
+        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        bar.update(1)
+    bar.close()
+    if noise.device.type == "cuda":
+        torch.cuda.synchronize(noise.device)
+    timings = {"denoise": time.perf_counter() - start, "steps_high": float(plan.count("high")),
+               "steps_low": float(plan.count("low"))}
+    if geometry == "final":
+        start = time.perf_counter()
+        t = sigma_to_timestep(sigmas[-2])
+        geo_t = float(round_timestep_bf16(t) if official else t)
+        dtype = low.transformer.patch_embedding.weight.dtype
+        out = low(x.to(dtype), torch.full((x.shape[0],), geo_t, device=x.device),
+                  **conds["low"].model_kwargs(False, dtype), stage=2, heads=tuple(heads))
+        geo = _conditional(out, x.shape[0])
+        timings["geometry"] = time.perf_counter() - start
+    return SampleResult(latents=x, geometry=geo, sigmas=sigmas.cpu(), geometry_timestep=geo_t, timings=timings)
