@@ -38,6 +38,7 @@ from safetensors import safe_open
 
 from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
+from fantasyworld.heads.registry import HEADS
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
 from fantasyworld.inference.images import load_image
 from fantasyworld.inference.options import GenerationOptions
@@ -376,9 +377,7 @@ class FantasyWorldPipeline:
                                   seed=seed, camera_magnitude=opts.camera_magnitude)
         return GenerationResult(
             video=video, latents=res.latents[0].cpu().numpy(),
-            depth=geo.get("depth"), depth_conf=geo.get("depth_conf"),
-            world_points=geo.get("world_points"), world_points_conf=geo.get("world_points_conf"),
-            pose_enc=geo.get("pose_enc"), w2c=w2c, intrinsics=k,
+            heads={k: geo[k] for spec in HEADS.values() for k in spec.result_keys if k in geo}, w2c=w2c, intrinsics=k,
             requested_w2c=cams.trajectory.w2c, requested_intrinsics=cams.trajectory.K, cloud=cloud,
             settings=settings, timings=timings, fps=opts.fps,
         )

@@ -51,7 +51,14 @@ import torch
 
 from fantasyworld.errors import DataError, TrajectoryError
 from fantasyworld.geometry.camera_io import read_cameras
-from fantasyworld.geometry.cameras import as_homogeneous, c2w_to_w2c, intrinsics_from_fov, invert_se3, w2c_to_c2w
+from fantasyworld.geometry.cameras import (
+    as_homogeneous,
+    c2w_to_w2c,
+    intrinsics_from_fov,
+    relative_to_first,
+    w2c_to_c2w,
+)
+from fantasyworld.geometry.plucker import plucker_rays
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
 
 #: Default horizontal field of view (degrees) for named paths and files without intrinsics.
@@ -89,8 +96,9 @@ class CameraTrajectory:
         return w2c_to_c2w(self.w2c)
 
     def relative(self) -> CameraTrajectory:
-        """Poses relative to frame 0 (``w2c[t] @ c2w[0]``; frame 0 becomes the identity)."""
-        rel = self.w2c @ invert_se3(self.w2c[:1])
+        """Poses relative to frame 0 (:func:`~fantasyworld.geometry.cameras.relative_to_first`:
+        ``w2c[t] @ c2w[0]``; frame 0 becomes the identity)."""
+        rel = relative_to_first(self.w2c)
         return CameraTrajectory(rel, self.K.copy(), self.height, self.width, self.source, dict(self.extra))
 
     def scaled(self, factor: float) -> CameraTrajectory:
@@ -107,8 +115,6 @@ class CameraTrajectory:
 
     def plucker(self, legacy_official_intrinsics: bool = False) -> torch.Tensor:
         """Plücker rays ``(1, T, 6, H, W)`` float32, relative to frame 0 (what the model reads)."""
-        from fantasyworld.geometry.plucker import plucker_rays
-
         w2c = torch.from_numpy(self.w2c).double()[None]
         k = torch.from_numpy(self.K).double()[None]
         rays = plucker_rays(w2c, k, self.height, self.width, relative_to_first=True,
