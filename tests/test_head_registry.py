@@ -18,6 +18,7 @@ from fantasyworld.heads.registry import ALL_HEADS, HeadInputs, HeadSpec, HeadTar
 from fantasyworld.inference.pipeline import FantasyWorldPipeline
 from fantasyworld.inference.testing import tiny_model, write_tiny_checkpoint
 from fantasyworld.models import parallelize as par
+from fantasyworld.models.inventory import inventory
 from fantasyworld.training import logging as train_logging
 from fantasyworld.training.config import config_from_dict
 from fantasyworld.training.losses import compute_losses, loss_keys
@@ -75,6 +76,10 @@ def test_registered_head_is_built_sharded_and_run(dummy_head) -> None:
     assert "geometry.disparity_head" in model._fsdp_units
     assert list(par.resolve_modules(model, "geometry.disparity_head")) == [model.geometry.disparity_head]
     assert "geometry.disparity_head.proj.weight" in model.stage_state_keys(1)
+    counted = {row.name: row for row in inventory(model)}  # verify-config counts it, in both stages
+    dim_in = 2 * model.config.geo_dim  # the heads read concatenated frame/global tokens
+    assert counted["disparity head"].params == dim_in * 256 + 256
+    assert counted["disparity head"].trains_stage1 and counted["disparity head"].trains_stage2
     g = torch.Generator().manual_seed(0)
     latents, text = torch.randn(1, 16, 2, H // 8, W // 8, generator=g), torch.randn(1, 7, 32, generator=g)
     with torch.no_grad():
