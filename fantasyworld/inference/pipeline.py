@@ -37,6 +37,7 @@ import torch
 from safetensors import safe_open
 
 from fantasyworld.errors import CheckpointError
+from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
 from fantasyworld.heads.registry import HEADS
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
@@ -45,7 +46,6 @@ from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.ply import CLOUD_SOURCES, fuse_point_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
-from fantasyworld.inference.trajectories import CameraTrajectory
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
 from fantasyworld.models.fantasyworld import FantasyWorldModel
@@ -297,7 +297,7 @@ class FantasyWorldPipeline:
         return video.permute(0, 2, 3, 4, 1).cpu().numpy()
 
     # ------------------------------------------------------------------ cameras
-    def camera_inputs(self, camera: CameraTrajectory | np.ndarray | str | Path, num_frames: int, height: int,
+    def camera_inputs(self, camera: CameraSequence | np.ndarray | str | Path, num_frames: int, height: int,
                       width: int, **options: Any) -> CameraInputs:
         """Resolve the camera and build the Plücker rays for this pipeline's model:
         :func:`~fantasyworld.inference.camera_inputs.build_camera_inputs` with the model's config
@@ -311,7 +311,7 @@ class FantasyWorldPipeline:
         prompt: str = "",
         negative_prompt: str | None = None,
         image: Any = None,
-        camera: CameraTrajectory | np.ndarray | str | Path = "static",
+        camera: CameraSequence | np.ndarray | str | Path = "static",
         num_frames: int = 81,
         height: int = 336,
         width: int = 592,
@@ -329,7 +329,7 @@ class FantasyWorldPipeline:
             image: first frame for I2V presets (path, PIL image, ``(H, W, 3)`` uint8 array
                 or ``(3, H, W)`` tensor in [-1, 1]); resized to cover and centre-cropped.
             camera: named path (``"orbit"``, ``"dolly-in:1.0"`` ...), camera file/dir, w2c
-                array ``(T, 4, 4)`` or :class:`CameraTrajectory` (see
+                array ``(T, 4, 4)`` or :class:`CameraSequence` (see
                 :mod:`fantasyworld.inference.trajectories`).
             num_frames: ``T = 4k + 1``; height, width: multiples of 16.
             num_steps, guidance_scale, shift: Euler steps, CFG scale, schedule shift.
