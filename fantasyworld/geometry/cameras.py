@@ -227,11 +227,13 @@ def scene_scale(points: Array, valid: Array, w2c: Array, eps: float = 1e-6) -> A
     """
     cam0 = points_in_first_camera(w2c, points)
     if isinstance(points, torch.Tensor):
+        valid = valid.bool()
         dist = cam0.norm(dim=-1)  # (B, T, H, W)
         dist = torch.where(valid, dist, torch.zeros_like(dist))  # invalid points may be NaN/inf
         count = valid.sum(dim=(1, 2, 3)).to(dist.dtype)
         mean = dist.sum(dim=(1, 2, 3)) / count.clamp_min(1.0)
         return torch.where(count > 0, mean.clamp_min(eps), torch.ones_like(mean))
+    valid = np.asarray(valid, dtype=bool)
     dist = np.where(valid, np.linalg.norm(cam0, axis=-1), 0.0)
     count = valid.sum(axis=(1, 2, 3))
     mean = dist.sum(axis=(1, 2, 3)) / np.maximum(count, 1)
