@@ -340,17 +340,19 @@ def unproject_depth(depth: np.ndarray, w2c: np.ndarray, k: np.ndarray) -> np.nda
 
     Args:
         depth: ``(..., H, W)`` z-depth.
-        w2c: ``(..., 4, 4)`` world-to-camera, OpenCV.
-        k: ``(..., 3, 3)`` pixel intrinsics (corner convention, pixel centres at +0.5).
+        w2c: ``(..., 4, 4)`` world-to-camera, OpenCV (broadcast against ``depth``'s ``...``).
+        k: ``(..., 3, 3)`` pixel intrinsics (corner convention, pixel centres at +0.5; broadcast too).
 
     Returns:
         ``(..., H, W, 3)`` world points, float64.
     """
     depth = np.asarray(depth)
-    height, width = depth.shape[-2:]
+    lead, (height, width) = depth.shape[:-2], depth.shape[-2:]
     maps = depth.reshape(-1, height, width)  # (T', H, W)
+    w2c = np.broadcast_to(w2c, (*lead, 4, 4)).reshape(-1, 4, 4)  # cameras broadcast against the maps
+    k = np.broadcast_to(k, (*lead, 3, 3)).reshape(-1, 3, 3)
     t, v, u = np.indices(maps.shape).reshape(3, -1)
-    points = unproject_pixels(t, v, u, maps, np.reshape(w2c, (-1, 4, 4)), np.reshape(k, (-1, 3, 3)))
+    points = unproject_pixels(t, v, u, maps, w2c, k)
     return points.reshape(*depth.shape, 3)
 
 
