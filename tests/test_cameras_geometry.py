@@ -19,6 +19,7 @@ from fantasyworld.geometry.cameras import (
     relative_to_first,
     resize_intrinsics,
     unproject_depth,
+    unproject_pixels,
 )
 from fantasyworld.geometry.plucker import plucker_rays
 
@@ -178,3 +179,16 @@ def test_plucker_absolute_and_legacy_official_intrinsics():
     # every ray of frame 0 (identity pose: camera frame) points left of and above the axis
     d = legacy[0, 0, 3:]
     assert (d[0] < 0).all() and (d[1] < 0).all()
+
+
+def test_unproject_pixels_of_a_subset_equal_the_full_maps_at_those_pixels(frame):
+    """One unprojection: the point-cloud export's subset call and the full-map call give the same
+    numbers (same arithmetic, so exactly), and a pixel lands back on itself when projected."""
+    depth, w2c, k = frame.depth, frame.w2c, np.broadcast_to(frame.K, (len(frame.w2c), 3, 3))
+    rng = np.random.default_rng(0)
+    t, v, u = (rng.integers(0, n, 50) for n in depth.shape)
+    points = unproject_pixels(t, v, u, depth, w2c, k)
+    np.testing.assert_array_equal(points, unproject_depth(depth, w2c, k)[t, v, u])
+    uv, z = project_points(points[:, None], w2c[t], k[t])
+    np.testing.assert_allclose(uv[:, 0], np.stack([u + 0.5, v + 0.5], -1), atol=1e-9)  # float64 round trip
+    np.testing.assert_allclose(z[:, 0], depth[t, v, u], rtol=1e-12)

@@ -94,7 +94,7 @@ def test_every_file_exists_and_matches_memory(result, saved) -> None:
     meta = json.loads((out / "generation.json").read_text())
     assert meta["shapes"]["depth"] == [T, H, W]
     html = (out / "report.html").read_text()
-    assert 'src="video.mp4"' in html and 'src="depth.mp4"' in html and "<svg" in html and "polyline" in html
+    assert 'src="video.mp4"' in html and 'src="depth.mp4"' in html and "<svg" in html and 'id="track-0"' in html
 
 
 def test_ply_reread_matches_cloud(result, saved) -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from fantasyworld.geometry import camera_io
+from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.geometry.cameras import invert_se3
 from fantasyworld.inference.trajectories import (
     NAMED_PATHS,
-    CameraTrajectory,
     TrajectoryError,
     load_trajectory,
     named_trajectory,
@@ -127,15 +127,15 @@ def test_name_with_magnitude_and_unknown_name() -> None:
 
 
 @pytest.fixture
-def orbit() -> CameraTrajectory:
+def orbit() -> CameraSequence:
     traj = named_trajectory("orbit", T, H, W)
     world = np.eye(4)
     world[:3, 3] = (2.0, -1.0, 0.5)  # put it somewhere else in a world frame
-    return CameraTrajectory(traj.w2c @ invert_se3(world), traj.K, H, W)
+    return CameraSequence(traj.w2c @ invert_se3(world), traj.K, H, W)
 
 
 @pytest.mark.parametrize("fmt", ["seed", "re10k", "json", "tum", "colmap"])
-def test_camera_files_round_trip(tmp_path, orbit: CameraTrajectory, fmt: str) -> None:
+def test_camera_files_round_trip(tmp_path, orbit: CameraSequence, fmt: str) -> None:
     if fmt == "seed":
         path = tmp_path / "cams.txt"
         camera_io.write_seed_cameras(path, orbit.w2c)
@@ -157,7 +157,7 @@ def test_camera_files_round_trip(tmp_path, orbit: CameraTrajectory, fmt: str) ->
         np.testing.assert_allclose(traj.K, orbit.K, atol=1e-6)
 
 
-def test_wrong_frame_count_names_the_file(tmp_path, orbit: CameraTrajectory) -> None:
+def test_wrong_frame_count_names_the_file(tmp_path, orbit: CameraSequence) -> None:
     path = tmp_path / "cams.txt"
     camera_io.write_seed_cameras(path, orbit.w2c[:7])
     with pytest.raises(TrajectoryError, match=r"cams\.txt: the trajectory has 7 cameras but num_frames=9"):

@@ -240,8 +240,9 @@ def test_diffusion_loss_is_mse():
 
 
 def test_normalisation_agrees_with_geometry_cameras_module():
-    # geometry/cameras.py (data side) has its own relative_to_first/normalize_scale: the loss
-    # targets must be the same numbers, and re-normalising normalised data is a no-op.
+    # The loss targets are geometry/cameras.py's normalisation (normalize_scene = relative_to_first +
+    # points_in_first_camera + normalize_scale): the pieces give the same numbers, and
+    # re-normalising normalised data is a no-op.
     from fantasyworld.geometry import cameras
 
     batch = _random_scene(4)

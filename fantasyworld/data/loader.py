@@ -29,7 +29,6 @@ frame_indices`` at pixel resolution, and no ``video``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from fantasyworld.data.formats import (
 from fantasyworld.data.transforms import CropResize, check_frame_count, sample_frame_indices
 from fantasyworld.errors import BAD_INTRINSICS, BAD_SHAPE, FRAME_COUNT, TOO_FEW_FRAMES, DataError
 from fantasyworld.geometry.camera_io import camera_format, read_cameras
-from fantasyworld.geometry.cameras import make_intrinsics
+from fantasyworld.geometry.cameras import intrinsics_from_fov, make_intrinsics
 
 
 @dataclass
@@ -76,9 +75,7 @@ def record_intrinsics(record: ClipRecord, num_frames: int, height: int, width: i
                       meta_path: Path) -> np.ndarray:
     """``(T, 3, 3)`` pixel K from the record (or the default field of view)."""
     if record.intrinsics is None:
-        f = 0.5 * width / math.tan(math.radians(DEFAULT_FOV_DEG) / 2)
-        k = make_intrinsics(f, f, width / 2.0, height / 2.0)
-        return np.broadcast_to(k, (num_frames, 3, 3)).copy()
+        return np.broadcast_to(intrinsics_from_fov(DEFAULT_FOV_DEG, height, width), (num_frames, 3, 3)).copy()
     intr = record.intrinsics
     if intr.ndim == 2 and intr.shape[0] != num_frames:
         raise DataError(meta_path, FRAME_COUNT,

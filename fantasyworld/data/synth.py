@@ -39,7 +39,7 @@ from fantasyworld.data.synth_render import (
     render_rays,
 )
 from fantasyworld.geometry.camera_io import write_seed_cameras
-from fantasyworld.geometry.cameras import look_at_w2c
+from fantasyworld.geometry.cameras import intrinsics_from_fov, look_at_w2c
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,8 +195,7 @@ def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
                        [room.half_x - 0.4, room.height - 0.3, room.half_z - 0.4])
     scene = make_scene(rng, eyes, targets, room)
     fov = float(rng.uniform(50.0, 75.0))
-    f = 0.5 * width / math.tan(math.radians(fov) / 2)
-    K = np.array([[f, 0, width / 2.0], [0, f, height / 2.0], [0, 0, 1.0]])
+    K = intrinsics_from_fov(fov, height, width)
     u = (np.arange(width) + 0.5 - K[0, 2]) / K[0, 0]
     v = (np.arange(height) + 0.5 - K[1, 2]) / K[1, 1]
     uu, vv = np.meshgrid(u, v, indexing="xy")

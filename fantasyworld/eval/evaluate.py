@@ -60,6 +60,7 @@ from fantasyworld.data.split import HELD_OUT_FRACTION, select_split
 from fantasyworld.errors import staged_output_dir
 from fantasyworld.eval import baselines
 from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_errors, pointmap_metrics, pose_auc, rpe
+from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.models import inputs
 
 __all__ = [
@@ -275,12 +276,10 @@ def predict_from_generation(pipe, sample: dict[str, Any], seed: int, num_steps: 
                             shift: float, progress: bool = False):
     """Generate along the clip's cameras (module docstring); returns the
     :class:`~fantasyworld.inference.result.GenerationResult`."""
-    from fantasyworld.inference.trajectories import CameraTrajectory
-
     w2c = sample["w2c"].double().numpy()
     k = sample["intrinsics"].double().numpy()
     _, t, h, w = sample["video"].shape
-    traj = CameraTrajectory(w2c, k, h, w, source=f"clip:{sample['clip_id']}")
+    traj = CameraSequence(w2c, k, h, w, source=f"clip:{sample['clip_id']}")
     image = sample["video"][:, 0] if pipe.config.is_i2v else None
     return pipe(sample["prompt"], image=image, camera=traj, num_frames=t, height=h, width=w, num_steps=num_steps,
                 guidance_scale=guidance_scale, shift=shift, seed=seed, negative_prompt="", progress=progress)

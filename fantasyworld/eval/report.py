@@ -1,4 +1,5 @@
-"""The evaluation report: PNG figures drawn with PIL and one HTML page linking them.
+"""The evaluation report: PNG figures drawn by :mod:`fantasyworld.inference.plots` (matplotlib) and
+one HTML page linking them.
 
 Files written into the evaluation folder by :func:`write_eval_report`:
 
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from fantasyworld.eval.metrics import align_depth_median, apply_sim3, camera_centers, umeyama_alignment
+from fantasyworld.inference import plots
 from fantasyworld.inference.export import turbo
 
 __all__ = ["depth_figure", "metrics_table_figure", "trajectory_figure", "write_eval_report"]
@@ -37,14 +39,6 @@ _TABLE_KEYS = ("abs_rel_median", "delta_1_25_median", "abs_rel_scale_shift", "de
                "trans_err", "rra@15", "rta@15", "auc@30", "ate", "rpe_trans", "rpe_rot", "accuracy", "completeness",
                "chamfer")
 _UNITS = {"rot_err": "deg", "trans_err": "deg", "rpe_rot": "deg"}
-_BLUE, _RED, _GREY = (31, 119, 180), (214, 39, 40), (150, 150, 150)
-
-
-def _font(size: int = 12) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
 
 
 def _inv_depth_rgb(depth: np.ndarray, ref: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -61,15 +55,8 @@ def _inv_depth_rgb(depth: np.ndarray, ref: np.ndarray, valid: np.ndarray | None 
     return rgb
 
 
-def _panel(arr: np.ndarray, size: int) -> Image.Image:
-    img = Image.fromarray(np.ascontiguousarray(arr))
-    scale = max(1, size // max(img.width, img.height))
-    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-
-
 def depth_figure(samples: list[dict[str, Any]], panel: int = 128) -> Image.Image:
     """The ``depth_samples.png`` figure (module docstring) from evaluation samples."""
-    font = _font(12)
     blocks: list[tuple[str, list[tuple[str, list[np.ndarray]]]]] = []
     for s in samples:
         gt_depth, valid = s["gt"]["depth"], s["gt"]["valid"]
@@ -88,27 +75,7 @@ def depth_figure(samples: list[dict[str, Any]], panel: int = 128) -> Image.Image
                 label = "depth of the generated frames"
             rows.append((label, [_inv_depth_rgb(aligned[i], gt_depth) for i in frames]))
         blocks.append((f"{s['clip_id']}: frames {', '.join(str(i) for i in frames)}", rows))
-    if not blocks:
-        return Image.new("RGB", (320, 40), "white")
-    ph = _panel(blocks[0][1][0][1][0], panel).height
-    pw = _panel(blocks[0][1][0][1][0], panel).width
-    label_h, gap = 16, 6
-    ncols = max(len(r[1]) for _, rows in blocks for r in rows)
-    width = max(ncols * (pw + gap) + gap, 420)
-    height = sum(22 + len(rows) * (label_h + ph + gap) for _, rows in blocks) + gap
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    y = gap
-    for title, rows in blocks:
-        draw.text((gap, y), title, fill="black", font=_font(14))
-        y += 22
-        for label, panels in rows:
-            draw.text((gap, y), label, fill=(60, 60, 60), font=font)
-            y += label_h
-            for j, arr in enumerate(panels):
-                img.paste(_panel(arr, panel), (gap + j * (pw + gap), y))
-            y += ph + gap
-    return img
+    return Image.fromarray(plots.to_rgb(plots.image_rows(blocks, panel)))
 
 
 def _top_view(c2w: np.ndarray, ref_w2c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,56 +88,29 @@ def _top_view(c2w: np.ndarray, ref_w2c0: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def trajectory_figure(samples: list[dict[str, Any]], mode: str = "latents", size: int = 260) -> Image.Image:
     """The ``trajectories.png`` figure (module docstring): one panel per sample clip."""
-    font = _font(12)
-    panels = []
+    views: list[list[plots.Track]] = []
+    titles: list[str] = []
     for s in samples:
         gt_w2c = s["gt"]["w2c"]
         pred = s.get(mode) or {}
-        tracks = {"ground truth": (np.linalg.inv(gt_w2c), _BLUE)}
+        tracks = {"ground truth": (np.linalg.inv(gt_w2c), plots.BLUE)}
         if pred.get("w2c") is not None:
             pred_c2w = np.linalg.inv(pred["w2c"])
             scale, rot, trans = umeyama_alignment(camera_centers(pred["w2c"]), camera_centers(gt_w2c))
             aligned = pred_c2w.copy()
             aligned[:, :3, :3] = rot @ pred_c2w[:, :3, :3]
             aligned[:, :3, 3] = apply_sim3(pred_c2w[:, :3, 3], scale, rot, trans)
-            tracks["predicted (Sim(3)-aligned)"] = (aligned, _RED)
-        views = {k: _top_view(c2w, gt_w2c[0]) + (col,) for k, (c2w, col) in tracks.items()}
-        pts = np.concatenate([v[0] for v in views.values()])
-        pts = pts[np.isfinite(pts).all(-1)]
-        lo, hi = (pts.min(0), pts.max(0)) if len(pts) else (np.zeros(2), np.ones(2))
-        extent = max(float((hi - lo).max()), 1e-3)
-        centre, half = (lo + hi) / 2, 0.65 * extent
-        pad = 20
-
-        def px(p: np.ndarray, centre=centre, half=half, pad=pad) -> tuple[float, float]:
-            return (pad + (p[0] - centre[0] + half) / (2 * half) * (size - 2 * pad),
-                    size - pad - (p[1] - centre[1] + half) / (2 * half) * (size - 2 * pad))
-
-        img = Image.new("RGB", (size, size + 44), "white")
-        draw = ImageDraw.Draw(img)
-        draw.rectangle([0, 0, size - 1, size - 1], outline=(200, 200, 200), fill=(250, 250, 250))
-        for centres, fwd, col in views.values():
-            ok = np.isfinite(centres).all(-1) & np.isfinite(fwd).all(-1)
-            xy = [px(p) for p in centres[ok]]
-            if len(xy) > 1:
-                draw.line(xy, fill=col, width=2)
-            for c, f in zip(centres[ok], fwd[ok]):
-                n = max(float(np.linalg.norm(f)), 1e-9)
-                draw.line([px(c), px(c + 0.12 * extent * f / n)], fill=col, width=1)
-            if xy:
-                x0, y0 = xy[0]
-                draw.ellipse([x0 - 3, y0 - 3, x0 + 3, y0 + 3], fill=col)
-        draw.text((4, 4), s["clip_id"], fill="black", font=font)
-        for j, (name, (_, _, col)) in enumerate(views.items()):
-            draw.rectangle([6, size + 8 + 16 * j, 18, size + 12 + 16 * j], fill=col)
-            draw.text((24, size + 3 + 16 * j), name, fill="black", font=font)
-        panels.append(img)
-    if not panels:
-        return Image.new("RGB", (size, 40), "white")
-    out = Image.new("RGB", (len(panels) * (size + 8) + 8, panels[0].height + 16), "white")
-    for i, p in enumerate(panels):
-        out.paste(p, (8 + i * (size + 8), 8))
-    return out
+            tracks["predicted (Sim(3)-aligned)"] = (aligned, plots.RED)
+        views.append([plots.Track(name, *_top_view(c2w, gt_w2c[0]), col) for name, (c2w, col) in tracks.items()])
+        titles.append(s["clip_id"])
+    if not views:
+        return Image.fromarray(plots.to_rgb(plots.new_figure(size, 40)))
+    width, height = len(views) * (size + 8) + 8, size + 84  # one panel per clip, legends below
+    fig = plots.new_figure(width, height)
+    for i, (view, title) in enumerate(zip(views, titles)):
+        ax = fig.add_axes(((8 + i * (size + 8) + 52) / width, 88 / height, (size - 60) / width, (size - 24) / height))
+        plots.top_view(ax, view, title=title)
+    return Image.fromarray(plots.to_rgb(fig))
 
 
 def _fmt(v: float | None) -> str:
@@ -209,32 +149,12 @@ def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
 def metrics_table_figure(metrics: dict[str, Any]) -> Image.Image:
     """The ``metrics_table.png`` figure: the summary table and the verdict."""
     rows = _table_rows(metrics["summary"])
-    font = _font(13)
-    widths = [max(int(font.getlength(r[j])) for r in rows) + 16 for j in range(len(rows[0]))]
-    row_h = 20
-    verdict = (metrics.get("acceptance") or {}).get("verdict", "")
-    lines = [f"{metrics.get('preset')} stage {metrics.get('stage')}, split {metrics.get('split')}, "
-             f"{len(metrics.get('clips', []))} clips; means over clips"] + ([verdict] if verdict else [])
-    text_h = 18 * len(lines) + 8
-    width = max(sum(widths) + 16, max(int(font.getlength(s)) for s in lines) + 16)
-    img = Image.new("RGB", (width, text_h + row_h * len(rows) + 16), "white")
-    draw = ImageDraw.Draw(img)
-    for i, line in enumerate(lines):
-        ok = (metrics.get("acceptance") or {}).get("passed")
-        color = "black" if i == 0 else ((0, 120, 0) if ok else (180, 0, 0))
-        draw.text((8, 6 + 18 * i), line, fill=color, font=font)
-    y = text_h
-    for i, row in enumerate(rows):
-        if i == 0:
-            draw.rectangle([8, y, 8 + sum(widths), y + row_h], fill=(230, 230, 230))
-        elif i % 2 == 0:
-            draw.rectangle([8, y, 8 + sum(widths), y + row_h], fill=(246, 246, 246))
-        x = 8
-        for j, cell in enumerate(row):
-            draw.text((x + 6, y + 3), cell, fill="black", font=font)
-            x += widths[j]
-        y += row_h
-    return img
+    acceptance = metrics.get("acceptance") or {}
+    lines = [(f"{metrics.get('preset')} stage {metrics.get('stage')}, split {metrics.get('split')}, "
+              f"{len(metrics.get('clips', []))} clips; means over clips", "black")]
+    if acceptance.get("verdict"):
+        lines.append((acceptance["verdict"], "#007800" if acceptance.get("passed") else "#b40000"))
+    return Image.fromarray(plots.to_rgb(plots.table(rows, lines)))
 
 
 def _html_table(rows: list[list[str]]) -> str:

@@ -29,7 +29,6 @@ and row parsing in :mod:`fantasyworld.geometry.camera_sequence` (both re-exporte
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from fantasyworld.geometry.camera_sequence import (
 from fantasyworld.geometry.cameras import (
     as_homogeneous,
     c2w_to_w2c,
+    intrinsics_from_fov,
     make_intrinsics,
     normalized_to_pixel_intrinsics,
     pixel_to_normalized_intrinsics,
@@ -312,6 +312,5 @@ def read_cameras(
     missing(path)
     seq = camera_format(fmt, path).read(path, height, width)
     if seq.K is None:
-        f = 0.5 * width / math.tan(math.radians(default_fov_deg) / 2)
-        seq.K = np.broadcast_to(make_intrinsics(f, f, width / 2, height / 2), (len(seq), 3, 3)).copy()
+        seq.K = np.broadcast_to(intrinsics_from_fov(default_fov_deg, height, width), (len(seq), 3, 3)).copy()
     return seq

@@ -1,21 +1,24 @@
-"""The internal camera-sequence type of the camera files and the checks every reader shares.
+"""The one camera-sequence type and the checks every camera-file reader shares.
 
-:class:`CameraSequence` is what every reader of :mod:`fantasyworld.geometry.camera_io` returns:
+:class:`CameraSequence` is what every reader of :mod:`fantasyworld.geometry.camera_io` returns
+and what conditions a generation (the trajectories of :mod:`fantasyworld.inference.trajectories`):
 ``w2c`` ``(T, 4, 4)`` float64 world-to-camera, OpenCV axes, and optional pixel intrinsics
-(corner convention). Problems raise :class:`~fantasyworld.errors.DataError` naming the file
-and the line.
+(corner convention) at ``(height, width)``. Problems raise
+:class:`~fantasyworld.errors.DataError` naming the file and the line.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fantasyworld.errors import CAMERA_COLUMNS, MISSING_FILE, NON_FINITE, NON_ORTHONORMAL, UNREADABLE, DataError
-from fantasyworld.geometry.cameras import rotation_orthonormality_error
+from fantasyworld.geometry.cameras import c2w_to_w2c, relative_to_first, rotation_orthonormality_error, w2c_to_c2w
+from fantasyworld.geometry.plucker import plucker_rays
 
 __all__ = ["ROTATION_TOLERANCE", "CameraSequence", "check_rotations", "missing", "parse_rows", "read_text", "split_row"]
 
@@ -28,24 +31,64 @@ split_row = re.compile(r"[,\s]+")
 
 @dataclass
 class CameraSequence:
-    """Cameras of one clip in the internal convention.
+    """A sequence of cameras in the internal convention: what every camera-file reader returns
+    and what conditions a generation (a *trajectory*: intrinsics present at ``(height, width)``).
 
     Attributes:
         w2c: ``(T, 4, 4)`` float64 world-to-camera, OpenCV axes.
-        K: ``(T, 3, 3)`` float64 pixel intrinsics (corner convention) or ``None`` when the
-            file has none (seed rows, TUM).
+        K: ``(T, 3, 3)`` float64 pixel intrinsics (corner convention) at ``(height, width)``,
+            or ``None`` when the file has none (seed rows, TUM).
+        height, width: the resolution ``K`` refers to (``None`` when not known yet).
+        source: where it came from (a path or ``name:magnitude``), used in messages.
+        extra: anything a reader or a named path records (``magnitude`` ...).
         timestamps: ``(T,)`` float64 or ``None``.
         names: per-frame names (COLMAP image names) or ``None``.
     """
 
     w2c: np.ndarray
     K: np.ndarray | None = None
+    height: int | None = None
+    width: int | None = None
+    source: str = "array"
+    extra: dict = field(default_factory=dict)
     timestamps: np.ndarray | None = None
     names: list[str] | None = None
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.w2c.shape[0])
+
+    @property
+    def c2w(self) -> np.ndarray:
+        """``(T, 4, 4)`` camera-to-world."""
+        return w2c_to_c2w(self.w2c)
+
+    def centers(self) -> np.ndarray:
+        """``(T, 3)`` camera centres in world coordinates."""
+        return self.c2w[:, :3, 3]
+
+    def relative(self) -> CameraSequence:
+        """Poses relative to frame 0 (:func:`~fantasyworld.geometry.cameras.relative_to_first`:
+        ``w2c[t] @ c2w[0]``; frame 0 becomes the identity)."""
+        k = None if self.K is None else self.K.copy()
+        return replace(self, w2c=relative_to_first(self.w2c), K=k, extra=dict(self.extra))
+
+    def scaled(self, factor: float) -> CameraSequence:
+        """Translations of the relative trajectory multiplied by ``factor`` (a scene-scale
+        correction, e.g. when a file's units are metres and the scene is ~5 m deep)."""
+        rel = self.relative()
+        c2w = rel.c2w
+        c2w[:, :3, 3] *= factor
+        return replace(rel, w2c=c2w_to_w2c(c2w), extra=dict(self.extra))
+
+    def plucker(self, legacy_official_intrinsics: bool = False) -> torch.Tensor:
+        """Plücker rays ``(1, T, 6, H, W)`` float32, relative to frame 0 (what the model reads)."""
+        if self.K is None or self.height is None or self.width is None:
+            raise ValueError(f"{self.source}: Plücker rays need intrinsics at a known (height, width)")
+        w2c = torch.from_numpy(self.w2c).double()[None]
+        k = torch.from_numpy(self.K).double()[None]
+        rays = plucker_rays(w2c, k, self.height, self.width, relative_to_first=True,
+                            legacy_official_intrinsics=legacy_official_intrinsics)
+        return rays.float()
 
 
 def missing(path: Path) -> None:

@@ -24,7 +24,8 @@ leading dimensions unless stated otherwise.
 
 from __future__ import annotations
 
-from typing import TypeVar
+import math
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -117,9 +118,10 @@ def make_intrinsics(fx, fy, cx, cy, like: Array | None = None) -> Array:
 
 
 def intrinsics_from_fov(fov_x_deg: float, height: int, width: int) -> np.ndarray:
-    """Square-pixel intrinsics ``(3, 3)`` with horizontal field of view ``fov_x_deg`` and a
-    centred principal point ``(W/2, H/2)`` (corner convention)."""
-    f = 0.5 * width / np.tan(np.deg2rad(fov_x_deg) / 2)
+    """Square-pixel intrinsics ``(3, 3)`` float64 with horizontal field of view ``fov_x_deg``
+    and a centred principal point ``(W/2, H/2)`` (corner convention): the default camera of
+    files and records without intrinsics and of the named paths."""
+    f = 0.5 * width / math.tan(math.radians(fov_x_deg) / 2)
     return make_intrinsics(f, f, width / 2.0, height / 2.0)
 
 
@@ -192,51 +194,56 @@ def points_in_first_camera(w2c: Array, points: Array) -> Array:
     """World points in the coordinate frame of camera 0 (the frame of :func:`relative_to_first`).
 
     Args:
-        w2c: world-to-camera ``(..., T, 4, 4)``; only frame 0 is used.
+        w2c: world-to-camera ``(..., T, 3|4, 4)``; only frame 0 is used.
         points: world points ``(..., T, H, W, 3)`` (or any ``(..., N, 3)`` layout whose
             leading dims match ``w2c``'s ``...``).
 
     Returns:
         ``R_0 X + t_0`` for each point, same shape as ``points``.
     """
-    first = w2c[..., :1, :, :]
-    rot = first[..., 0, :3, :3]
-    trans = first[..., 0, :3, 3]
-    lead = rot.shape[:-2]
-    extra = points.ndim - len(lead) - 1
-    rot_b = rot.reshape(*lead, *([1] * extra), 3, 3)
-    trans_b = trans.reshape(*lead, *([1] * extra), 3)
-    return (rot_b @ points[..., None])[..., 0] + trans_b
+    rot = w2c[..., 0, :3, :3]  # (..., 3, 3)
+    trans = w2c[..., 0, :3, 3]  # (..., 3)
+    lead = rot.ndim - 2
+    extra = points.ndim - lead - 1
+    # one einsum contraction, e.g. "aij,abcdj->abcdi" for (B, 3, 3) x (B, T, H, W, 3)
+    letters = "abcdefgh"
+    head, mid = letters[:lead], "klmnopqr"[:extra]
+    spec = f"{head}ij,{head}{mid}j->{head}{mid}i"
+    einsum = torch.einsum if isinstance(points, torch.Tensor) else np.einsum
+    return einsum(spec, rot, points) + trans.reshape(*trans.shape[:-1], *([1] * extra), 3)
 
 
-def scene_scale(points: Array, valid: Array, w2c_first: Array) -> Array:
-    """Mean distance of valid points to the first camera centre (SPEC section 4).
+def scene_scale(points: Array, valid: Array, w2c: Array, eps: float = 1e-6) -> Array:
+    """Per-sample scene scale (SPEC section 4): mean distance of the valid world points to the
+    first camera centre, over all frames of the clip.
 
     Args:
         points: world points ``(B, T, H, W, 3)``.
-        valid: bool ``(B, T, H, W)``.
-        w2c_first: ``(B, 4, 4)`` world-to-camera of frame 0.
+        valid: bool ``(B, T, H, W)``; invalid points may be NaN/inf.
+        w2c: ``(B, T, 3|4, 4)`` world-to-camera, OpenCV; only frame 0 is used.
 
     Returns:
-        ``(B,)`` scale, clamped to ``>= 1e-6``; 1 where no point is valid.
+        ``(B,)`` scale, clamped to ``>= eps``; 1 for a sample without valid points.
     """
-    centre = invert_se3(w2c_first)[:, None, None, None, :3, 3]  # (B, 1, 1, 1, 3)
-    dist = ((points - centre) ** 2).sum(-1) ** 0.5  # (B, T, H, W)
+    cam0 = points_in_first_camera(w2c, points)
     if isinstance(points, torch.Tensor):
-        total = torch.where(valid, dist, torch.zeros_like(dist)).sum(dim=(1, 2, 3))
-        count = valid.sum(dim=(1, 2, 3)).to(points.dtype)
-        scale = torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
-        return scale.clamp_min(1e-6)
-    total = np.where(valid, dist, 0.0).sum(axis=(1, 2, 3))
+        valid = valid.bool()
+        dist = cam0.norm(dim=-1)  # (B, T, H, W)
+        dist = torch.where(valid, dist, torch.zeros_like(dist))  # invalid points may be NaN/inf
+        count = valid.sum(dim=(1, 2, 3)).to(dist.dtype)
+        mean = dist.sum(dim=(1, 2, 3)) / count.clamp_min(1.0)
+        return torch.where(count > 0, mean.clamp_min(eps), torch.ones_like(mean))
+    valid = np.asarray(valid, dtype=bool)
+    dist = np.where(valid, np.linalg.norm(cam0, axis=-1), 0.0)
     count = valid.sum(axis=(1, 2, 3))
-    scale = np.where(count > 0, total / np.maximum(count, 1), 1.0)
-    return np.maximum(scale, 1e-6)
+    mean = dist.sum(axis=(1, 2, 3)) / np.maximum(count, 1)
+    return np.where(count > 0, np.maximum(mean, eps), 1.0)
 
 
 def normalize_scale(
     w2c: Array, points: Array, depth: Array, valid: Array
 ) -> tuple[Array, Array, Array, Array]:
-    """Divide the scene by :func:`scene_scale` (first camera frame, batched).
+    """Divide a scene by its :func:`scene_scale` (batched).
 
     Args:
         w2c ``(B, T, 4, 4)``, points ``(B, T, H, W, 3)``, depth ``(B, T, H, W)``,
@@ -244,10 +251,11 @@ def normalize_scale(
 
     Returns:
         ``(w2c, points, depth, scale)`` with translations, points and depth divided by
-        ``scale`` ``(B,)``. Rotations are untouched; applying this after
-        :func:`relative_to_first` gives SPEC's unit-scale targets.
+        ``scale`` ``(B,)``. Rotations are untouched. Applied to a scene already in camera-0
+        coordinates (:func:`relative_to_first`, :func:`points_in_first_camera`) it gives
+        SPEC's unit-scale targets; :func:`normalize_scene` does both steps.
     """
-    scale = scene_scale(points, valid, w2c[:, 0])
+    scale = scene_scale(points, valid, w2c)
     if isinstance(w2c, torch.Tensor):
         w2c = w2c.clone()
     else:
@@ -258,38 +266,94 @@ def normalize_scale(
     return w2c, points, depth, scale
 
 
-def pixel_centers(height: int, width: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates ``(u + 0.5, v + 0.5)``, each ``(H, W)`` (x then y)."""
-    u = np.arange(width, dtype=dtype) + 0.5
-    v = np.arange(height, dtype=dtype) + 0.5
-    uu, vv = np.meshgrid(u, v, indexing="xy")
-    return uu, vv
+class NormalizedScene(NamedTuple):
+    """Ground truth in camera-0 coordinates at unit scale (:func:`normalize_scene`).
+
+    Attributes:
+        depth: ``(B, T, H, W)`` z-depth divided by ``scale`` (0 where invalid).
+        points: ``(B, T, H, W, 3)`` points in camera-0 coordinates divided by ``scale`` (0 where invalid).
+        w2c: ``(B, T, 4, 4)`` relative w2c (frame 0 = identity), translations divided by ``scale``.
+        scale: ``(B,)`` the factor that was divided out.
+    """
+
+    depth: torch.Tensor
+    points: torch.Tensor
+    w2c: torch.Tensor
+    scale: torch.Tensor
+
+
+@torch.no_grad()
+def normalize_scene(
+    depth: torch.Tensor, points: torch.Tensor, valid: torch.Tensor, w2c: torch.Tensor
+) -> NormalizedScene:
+    """The scene normalisation of training (VGGT's convention), fp32, invalid entries zeroed.
+
+    1. Cameras are made relative to frame 0: ``w2c_i <- w2c_i @ inverse(w2c_0)`` (frame 0 = I).
+    2. World points are moved into camera 0's frame: ``X <- R_0 X + t_0`` (OpenCV axes).
+    3. ``scale`` (per sample) = :func:`scene_scale`, the mean distance of the valid points to
+       the first camera centre, over all frames of the clip.
+    4. Depth, points and camera translations are divided by ``scale``; rotations and
+       intrinsics are unchanged. The result is invariant to any similarity transform of the
+       world (rotation, translation, positive scale).
+
+    Args:
+        depth: ``(B, T, H, W)`` z-depth in each frame's camera.
+        points: ``(B, T, H, W, 3)`` world points.
+        valid: ``(B, T, H, W)`` bool mask.
+        w2c: ``(B, T, 3|4, 4)`` world-to-camera extrinsics, OpenCV axes.
+    """
+    valid = valid.bool()
+    w2c = as_homogeneous(w2c.float())
+    rel, points_c0, depth, scale = normalize_scale(
+        relative_to_first(w2c), points_in_first_camera(w2c, points.float()), depth.float(), valid)
+    # Invalid ground truth is set to 0 so that NaN/inf never reach a loss or its gradient.
+    points_c0 = torch.where(valid[..., None], points_c0, torch.zeros_like(points_c0))
+    depth = torch.where(valid, depth, torch.zeros_like(depth))
+    return NormalizedScene(depth=depth, points=points_c0, w2c=rel, scale=scale)
+
+
+def unproject_pixels(
+    frame: np.ndarray, row: np.ndarray, col: np.ndarray, depth: np.ndarray, w2c: np.ndarray, k: np.ndarray
+) -> np.ndarray:
+    """Selected pixels of z-depth maps -> world points ``(N, 3)`` float64 (numpy).
+
+    Pixel ``(row, col)`` of frame ``frame`` is unprojected through its centre
+    ``(col + 0.5, row + 0.5)`` (corner convention) at its z-depth.
+
+    Args:
+        frame, row, col: ``(N,)`` integer indices ``(t, v, u)`` of the pixels.
+        depth: ``(T, H, W)`` z-depth maps.
+        w2c: ``(T, 4, 4)`` world-to-camera, OpenCV axes.
+        k: ``(T, 3, 3)`` pixel intrinsics.
+    """
+    z = np.asarray(depth, dtype=np.float64)[frame, row, col]
+    kk = np.asarray(k, dtype=np.float64)[frame]
+    x = (col + 0.5 - kk[:, 0, 2]) / kk[:, 0, 0] * z
+    y = (row + 0.5 - kk[:, 1, 2]) / kk[:, 1, 1] * z
+    cam = np.stack([x, y, z], -1)  # (N, 3) camera coordinates
+    c2w = invert_se3(np.asarray(w2c, dtype=np.float64))[frame]  # (N, 4, 4)
+    return (c2w[:, :3, :3] @ cam[:, :, None])[:, :, 0] + c2w[:, :3, 3]
 
 
 def unproject_depth(depth: np.ndarray, w2c: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Z-depth maps -> world points (numpy).
+    """Z-depth maps -> world points (numpy): :func:`unproject_pixels` of every pixel.
 
     Args:
         depth: ``(..., H, W)`` z-depth.
-        w2c: ``(..., 4, 4)`` world-to-camera, OpenCV.
-        k: ``(..., 3, 3)`` pixel intrinsics (corner convention, pixel centres at +0.5).
+        w2c: ``(..., 4, 4)`` world-to-camera, OpenCV (broadcast against ``depth``'s ``...``).
+        k: ``(..., 3, 3)`` pixel intrinsics (corner convention, pixel centres at +0.5; broadcast too).
 
     Returns:
-        ``(..., H, W, 3)`` world points (float64 unless inputs are float32).
+        ``(..., H, W, 3)`` world points, float64.
     """
-    height, width = depth.shape[-2:]
-    uu, vv = pixel_centers(height, width)
-    fx = k[..., 0, 0][..., None, None]
-    fy = k[..., 1, 1][..., None, None]
-    cx = k[..., 0, 2][..., None, None]
-    cy = k[..., 1, 2][..., None, None]
-    x = (uu - cx) / fx * depth
-    y = (vv - cy) / fy * depth
-    cam = np.stack([x, y, depth], axis=-1)  # (..., H, W, 3)
-    c2w = invert_se3(np.asarray(w2c, dtype=np.float64))
-    rot = c2w[..., None, None, :3, :3]
-    trans = c2w[..., None, None, :3, 3]
-    return (rot @ cam[..., None])[..., 0] + trans
+    depth = np.asarray(depth)
+    lead, (height, width) = depth.shape[:-2], depth.shape[-2:]
+    maps = depth.reshape(-1, height, width)  # (T', H, W)
+    w2c = np.broadcast_to(w2c, (*lead, 4, 4)).reshape(-1, 4, 4)  # cameras broadcast against the maps
+    k = np.broadcast_to(k, (*lead, 3, 3)).reshape(-1, 3, 3)
+    t, v, u = np.indices(maps.shape).reshape(3, -1)
+    points = unproject_pixels(t, v, u, maps, w2c, k)
+    return points.reshape(*depth.shape, 3)
 
 
 def project_points(points: np.ndarray, w2c: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.inference.images import load_depth_map, raw_image
 from fantasyworld.inference.official_cameras import official_plucker, official_translation_scale
-from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, CameraTrajectory, load_trajectory
+from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG, load_trajectory
 from fantasyworld.models.config import FantasyWorldConfig
 
 __all__ = ["CameraInputs", "build_camera_inputs"]
@@ -38,7 +39,7 @@ class CameraInputs:
     """
 
     plucker: torch.Tensor
-    trajectory: CameraTrajectory
+    trajectory: CameraSequence
     translation_scale: float
     scale_source: str
     official_compat: bool
@@ -47,7 +48,7 @@ class CameraInputs:
 
 def build_camera_inputs(
     config: FantasyWorldConfig,
-    camera: CameraTrajectory | np.ndarray | str | Path,
+    camera: CameraSequence | np.ndarray | str | Path,
     num_frames: int,
     height: int,
     width: int,

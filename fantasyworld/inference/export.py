@@ -66,17 +66,22 @@ def _f16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(x, dtype=np.float32), -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
 
 
+#: array casts of the head archives (a head's ``archive_dtype`` in the heads registry)
+ARCHIVE_DTYPES = {"float16": _f16, "float32": lambda x: np.asarray(x, dtype=np.float32)}
+
+
+def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], dtype: str = "float32") -> None:
+    """One head's archive (``depth.npz`` ...): each array under its output key, cast to
+    ``dtype`` (``float16`` saturates at +-65504 instead of overflowing)."""
+    if dtype not in ARCHIVE_DTYPES:
+        raise ValueError(f"archive dtype must be one of {tuple(ARCHIVE_DTYPES)}, got {dtype!r}")
+    np.savez(path, **{k: ARCHIVE_DTYPES[dtype](v) for k, v in arrays.items()})
+
+
 def save_depth(path: str | Path, depth: np.ndarray, depth_conf: np.ndarray) -> None:
     """``depth.npz``: ``depth`` ``(T, H, W)`` float16 z-depth and ``depth_conf`` ``(T, H, W)``
     float16 (values beyond float16's range saturate at 65504)."""
-    np.savez(path, depth=_f16(depth), depth_conf=_f16(depth_conf))
-
-
-def save_points(path: str | Path, world_points: np.ndarray, world_points_conf: np.ndarray) -> None:
-    """``points.npz``: ``world_points`` ``(T, H, W, 3)`` float32 (first-camera frame) and
-    ``world_points_conf`` ``(T, H, W)`` float32."""
-    np.savez(path, world_points=np.asarray(world_points, dtype=np.float32),
-             world_points_conf=np.asarray(world_points_conf, dtype=np.float32))
+    save_arrays(path, {"depth": depth, "depth_conf": depth_conf}, "float16")
 
 
 def cameras_payload(

@@ -1,7 +1,8 @@
 """Image and depth-map inputs of a generation: first frames for I2V and the official scale.
 
 Accepted forms: a path, a PIL image, an ``(H, W, 3)`` uint8 array or a ``(3, H, W)`` tensor
-in [-1, 1] (images); an array/tensor or a ``.npy``/``.npz`` file (depth maps).
+in [-1, 1] (images); an array/tensor or a ``.npy``/``.npz`` file (depth maps); cached text
+embeddings (a tensor or a safetensors file holding ``text_emb``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 __all__ = ["load_depth_map", "load_image", "raw_image"]
 
@@ -90,3 +92,25 @@ def load_depth_map(depth: Any) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{what}: a depth map must be (H, W), got shape {arr.shape}")
     return arr
+
+
+def load_text_embeddings(value: Any, what: str, text_dim: int, length: int | None = None) -> torch.Tensor:
+    """Cached text embeddings given to a call: a ``(L, D)``/``(1, L, D)`` tensor or a safetensors
+    file holding ``text_emb`` (a ``fantasyworld data cache`` clip file) -> ``(1, L, D)`` float32,
+    zero-padded or cut to ``length`` tokens when given. ``what`` names the argument in errors."""
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                value = fh.get_tensor("text_emb")
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot read {what} (a safetensors file with a 'text_emb' tensor): "
+                             f"{exc}") from exc
+    emb = torch.as_tensor(value).float()
+    if emb.ndim == 2:
+        emb = emb[None]
+    if emb.ndim != 3 or emb.shape[-1] != text_dim:
+        raise ValueError(f"{what}: expected (L, {text_dim}) embeddings, got {tuple(emb.shape)}")
+    if length is not None and emb.shape[1] != length:
+        emb = torch.nn.functional.pad(emb[:, :length], (0, 0, 0, max(0, length - emb.shape[1])))
+    return emb

@@ -34,19 +34,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from fantasyworld.errors import CheckpointError
+from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
+from fantasyworld.heads.registry import HEADS
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
-from fantasyworld.inference.images import load_image
+from fantasyworld.inference.images import load_image, load_text_embeddings
 from fantasyworld.inference.memory import BlockSwap, HostOffload, PhaseMeter, to_device_except
 from fantasyworld.inference.memory_tiers import MemoryTier, get_memory_tier
 from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.ply import CLOUD_SOURCES, generation_cloud
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
-from fantasyworld.inference.trajectories import CameraTrajectory
 from fantasyworld.layers.fp8_linear import swap_linears_to_fp8
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
@@ -141,9 +141,8 @@ class FantasyWorldPipeline:
         return self.model.config
 
     def quantize_fp8(self) -> list[str]:
-        """Float8 e4m3 weights (row-wise scales) for every linear layer of the frozen Wan blocks
-        (:class:`~fantasyworld.layers.fp8_linear.Float8Linear`: half the memory, FP8 tensor cores);
-        the geometry branch, the heads and Wan's embeddings stay as they are. Returns the names."""
+        """Float8 e4m3 weights for the frozen Wan blocks' linear layers (:class:`~fantasyworld.layers.
+        fp8_linear.Float8Linear`; the rest stays as it is); returns the names replaced."""
         names = swap_linears_to_fp8(self.model.transformer.blocks, lambda name, _: True)
         self._place()
         return names
@@ -292,24 +291,10 @@ class FantasyWorldPipeline:
         return self._text_cache[prompt].to(self.device)
 
     def _embeddings(self, value: Any, what: str) -> torch.Tensor:
-        """Cached text embeddings: a ``(L, D)``/``(1, L, D)`` tensor or a safetensors file
-        holding ``text_emb`` (a ``fantasyworld data cache`` clip file) -> ``(1, L, D)``."""
-        if isinstance(value, (str, Path)):
-            path = Path(value)
-            try:
-                with safe_open(str(path), framework="pt") as fh:
-                    value = fh.get_tensor("text_emb")
-            except Exception as exc:
-                raise ValueError(f"{path}: cannot read {what} (a safetensors file with a 'text_emb' tensor): "
-                                 f"{exc}") from exc
-        emb = torch.as_tensor(value).float()
-        if emb.ndim == 2:
-            emb = emb[None]
-        if emb.ndim != 3 or emb.shape[-1] != self.config.wan["text_dim"]:
-            raise ValueError(f"{what}: expected (L, {self.config.wan['text_dim']}) embeddings, got {tuple(emb.shape)}")
-        if self.config.is_i2v and emb.shape[1] != WAN_TEXT_LEN:
-            emb = torch.nn.functional.pad(emb[:, :WAN_TEXT_LEN], (0, 0, 0, max(0, WAN_TEXT_LEN - emb.shape[1])))
-        return emb.to(self.device)
+        """Cached text embeddings -> ``(1, L, D)`` on the device (:func:`~fantasyworld.inference.images.
+        load_text_embeddings`; I2V presets: padded or cut to Wan's 512 tokens)."""
+        return load_text_embeddings(value, what, self.config.wan["text_dim"],
+                                    WAN_TEXT_LEN if self.config.is_i2v else None).to(self.device)
 
     @torch.no_grad()
     def encode_image(self, image: Any, num_frames: int, height: int, width: int
@@ -337,7 +322,7 @@ class FantasyWorldPipeline:
         return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
     # ------------------------------------------------------------------ cameras
-    def camera_inputs(self, camera: CameraTrajectory | np.ndarray | str | Path, num_frames: int, height: int,
+    def camera_inputs(self, camera: CameraSequence | np.ndarray | str | Path, num_frames: int, height: int,
                       width: int, **options: Any) -> CameraInputs:
         """Resolve the camera and build the Plücker rays for this pipeline's model:
         :func:`~fantasyworld.inference.camera_inputs.build_camera_inputs` with the model's config
@@ -351,7 +336,7 @@ class FantasyWorldPipeline:
         prompt: str = "",
         negative_prompt: str | None = None,
         image: Any = None,
-        camera: CameraTrajectory | np.ndarray | str | Path = "static",
+        camera: CameraSequence | np.ndarray | str | Path = "static",
         num_frames: int = 81,
         height: int = 336,
         width: int = 592,
@@ -369,7 +354,7 @@ class FantasyWorldPipeline:
             image: first frame for I2V presets (path, PIL image, ``(H, W, 3)`` uint8 array
                 or ``(3, H, W)`` tensor in [-1, 1]); resized to cover and centre-cropped.
             camera: named path (``"orbit"``, ``"dolly-in:1.0"`` ...), camera file/dir, w2c
-                array ``(T, 4, 4)`` or :class:`CameraTrajectory` (see
+                array ``(T, 4, 4)`` or :class:`CameraSequence` (see
                 :mod:`fantasyworld.inference.trajectories`).
             num_frames: ``T = 4k + 1``; height, width: multiples of 16.
             num_steps, guidance_scale, shift: Euler steps, CFG scale, schedule shift.
@@ -417,14 +402,7 @@ class FantasyWorldPipeline:
                                   seed=seed, camera_magnitude=opts.camera_magnitude)
         if meter.peak_gib:
             settings["peak_memory_gib"] = {k: round(v, 3) for k, v in meter.peak_gib.items()}
-        return GenerationResult(
-            video=video, latents=res.latents[0].cpu().numpy(),
-            depth=geo.get("depth"), depth_conf=geo.get("depth_conf"),
-            world_points=geo.get("world_points"), world_points_conf=geo.get("world_points_conf"),
-            pose_enc=geo.get("pose_enc"), w2c=w2c, intrinsics=k,
-            requested_w2c=cams.trajectory.w2c, requested_intrinsics=cams.trajectory.K, cloud=cloud,
-            settings=settings, timings=timings, fps=opts.fps,
-        )
+        return self._result(video, res, geo, w2c, k, cams, cloud, settings, timings, opts)
 
     # ------------------------------------------------------------------ steps of a call
     def _check_call(self, image: Any, num_frames: int, height: int, width: int, opts: GenerationOptions) -> None:
@@ -465,6 +443,17 @@ class FantasyWorldPipeline:
     def _vae_tiling(self, opts: GenerationOptions) -> bool | str:
         """The call's VAE tiling: the option when set, else the memory tier's."""
         return self.memory.vae_tiling if opts.vae_tiling == "auto" else opts.vae_tiling
+
+    @staticmethod
+    def _result(video: np.ndarray, res: Any, geo: dict[str, np.ndarray], w2c: np.ndarray | None, k: np.ndarray | None,
+                cams: CameraInputs, cloud: Any, settings: dict, timings: dict, opts: GenerationOptions
+                ) -> GenerationResult:
+        """The :class:`GenerationResult` of a call: every registered head's arrays that ran."""
+        return GenerationResult(
+            video=video, latents=res.latents[0].cpu().numpy(),
+            heads={key: geo[key] for spec in HEADS.values() for key in spec.result_keys if key in geo}, w2c=w2c,
+            intrinsics=k, requested_w2c=cams.trajectory.w2c, requested_intrinsics=cams.trajectory.K, cloud=cloud,
+            settings=settings, timings=timings, fps=opts.fps)
 
     @staticmethod
     def _geometry(video: np.ndarray, geometry: dict[str, Any], image_hw: tuple[int, int], seed: int,

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from fantasyworld.geometry.cameras import unproject_pixels
+
 #: Default cap on the number of fused points (PLY and COLMAP points3D).
 DEFAULT_MAX_POINTS = 200_000
 #: Default confidence filter: drop the lowest 50% (VGGT's demo default). The heads'
@@ -50,8 +52,8 @@ def fuse_point_cloud(
     """Fuse every frame's pixels into one coloured cloud.
 
     Either ``world_points`` ``(T, H, W, 3)`` (the point head) or ``depth`` ``(T, H, W)``
-    z-depth with ``w2c`` ``(T, 4, 4)`` and pixel ``intrinsics`` ``(T, 3, 3)`` (unprojected
-    through pixel centres ``(u + 0.5, v + 0.5)``) gives the positions.
+    z-depth with ``w2c`` ``(T, 4, 4)`` and pixel ``intrinsics`` ``(T, 3, 3)`` (the kept pixels
+    unprojected by :func:`~fantasyworld.geometry.cameras.unproject_pixels`) gives the positions.
 
     Args:
         video: ``(T, H, W, 3)`` uint8 frames (colours).
@@ -83,15 +85,7 @@ def fuse_point_cloud(
     if world_points is not None:
         xyz = np.asarray(world_points, dtype=np.float64)[ti, vi, ui]
     else:
-        z = np.asarray(depth, dtype=np.float64)[ti, vi, ui]
-        k = np.asarray(intrinsics, dtype=np.float64)[ti]
-        x = (ui + 0.5 - k[:, 0, 2]) / k[:, 0, 0] * z
-        y = (vi + 0.5 - k[:, 1, 2]) / k[:, 1, 1] * z
-        cam = np.stack([x, y, z], -1)  # (N, 3) camera coordinates
-        from fantasyworld.geometry.cameras import invert_se3
-
-        c2w = invert_se3(np.asarray(w2c, dtype=np.float64))[ti]  # (N, 4, 4)
-        xyz = np.einsum("nij,nj->ni", c2w[:, :3, :3], cam) + c2w[:, :3, 3]
+        xyz = unproject_pixels(ti, vi, ui, depth, w2c, intrinsics)
     return PointCloud(
         xyz=xyz.astype(np.float32),
         rgb=np.asarray(video)[ti, vi, ui].astype(np.uint8),

@@ -11,6 +11,7 @@ Files written by :meth:`GenerationResult.save` (see docs/inference.md):
 ``depth.npz``                   ``depth`` (T, H, W) float16, ``depth_conf`` (T, H, W) float16
 ``depth.mp4``                   Turbo-coloured inverse depth, T frames
 ``points.npz``                  ``world_points`` (T, H, W, 3) float32, ``world_points_conf`` (T, H, W)
+``<archive>``                   the ``archive`` of any other registered head (its ``result_keys``)
 ``points.ply``                  fused cloud: N vertices x y z (float32) red green blue (uint8)
                                 confidence (float32)
 ``cameras.json``                ``w2c`` / ``c2w`` (T, 4, 4), ``intrinsics`` (T, 3, 3),
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from fantasyworld.geometry.cameras import w2c_to_c2w
+from fantasyworld.heads.registry import HEADS
 from fantasyworld.inference import export
 from fantasyworld.inference.colmap import write_gaussian_splatting_scene
 from fantasyworld.inference.glb import FrustumSet, write_glb
@@ -52,9 +54,10 @@ class GenerationResult:
     Attributes:
         video: ``(T, H, W, 3)`` uint8 RGB.
         latents: ``(16, F, H/8, W/8)`` float32 final denoised latents (normalised space).
-        depth, depth_conf: ``(T, H, W)`` float32 z-depth and confidence.
-        world_points, world_points_conf: ``(T, H, W, 3)`` and ``(T, H, W)`` float32.
-        pose_enc: ``(T, 9)`` VGGT ``absT_quaR_FoV`` encodings.
+        heads: the ``result_keys`` arrays of every head that ran (heads registry), float32:
+            ``depth``, ``depth_conf`` ``(T, H, W)`` z-depth and confidence, ``world_points``
+            ``(T, H, W, 3)``, ``world_points_conf`` ``(T, H, W)``, ``pose_enc`` ``(T, 9)``
+            (VGGT ``absT_quaR_FoV``); also readable as attributes (``result.depth``).
         w2c: ``(T, 4, 4)`` float64 predicted world-to-camera (relative to frame 0).
         intrinsics: ``(T, 3, 3)`` float64 predicted pixel intrinsics (decoded from
             ``pose_enc`` with the field of view clamped to [1, 179] degrees).
@@ -68,11 +71,7 @@ class GenerationResult:
 
     video: np.ndarray
     latents: np.ndarray
-    depth: np.ndarray | None
-    depth_conf: np.ndarray | None
-    world_points: np.ndarray | None
-    world_points_conf: np.ndarray | None
-    pose_enc: np.ndarray | None
+    heads: dict[str, np.ndarray]
     w2c: np.ndarray | None
     intrinsics: np.ndarray | None
     requested_w2c: np.ndarray
@@ -81,6 +80,26 @@ class GenerationResult:
     settings: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     fps: float = 16.0
+
+    @property
+    def depth(self) -> np.ndarray | None:
+        return self.heads.get("depth")
+
+    @property
+    def depth_conf(self) -> np.ndarray | None:
+        return self.heads.get("depth_conf")
+
+    @property
+    def world_points(self) -> np.ndarray | None:
+        return self.heads.get("world_points")
+
+    @property
+    def world_points_conf(self) -> np.ndarray | None:
+        return self.heads.get("world_points_conf")
+
+    @property
+    def pose_enc(self) -> np.ndarray | None:
+        return self.heads.get("pose_enc")
 
     @property
     def c2w(self) -> np.ndarray | None:
@@ -93,9 +112,11 @@ class GenerationResult:
 
     def shapes(self) -> dict[str, list[int]]:
         """Shapes of the array outputs (also written to ``generation.json``)."""
-        names = ("video", "latents", "depth", "depth_conf", "world_points", "world_points_conf", "pose_enc",
-                 "w2c", "intrinsics", "requested_w2c", "requested_intrinsics")
-        out = {n: list(getattr(self, n).shape) for n in names if getattr(self, n) is not None}
+        out = {"video": list(self.video.shape), "latents": list(self.latents.shape)}
+        out.update({k: list(self.heads[k].shape) for spec in HEADS.values() for k in spec.result_keys
+                    if k in self.heads})
+        names = ("w2c", "intrinsics", "requested_w2c", "requested_intrinsics")
+        out.update({n: list(getattr(self, n).shape) for n in names if getattr(self, n) is not None})
         if self.cloud is not None:
             out["cloud_xyz"] = list(self.cloud.xyz.shape)
         return out
@@ -116,14 +137,14 @@ class GenerationResult:
         export.save_video(paths["video.mp4"], self.video, self.fps)
         paths["latents.npy"] = out / "latents.npy"
         np.save(paths["latents.npy"], self.latents.astype(np.float32))
+        for spec in HEADS.values():
+            if spec.archive and spec.result_keys and all(k in self.heads for k in spec.result_keys):
+                paths[spec.archive] = out / spec.archive
+                export.save_arrays(paths[spec.archive], {k: self.heads[k] for k in spec.result_keys},
+                                   spec.archive_dtype)
         if self.depth is not None:
-            paths["depth.npz"] = out / "depth.npz"
-            export.save_depth(paths["depth.npz"], self.depth, self.depth_conf)
             paths["depth.mp4"] = out / "depth.mp4"
             export.save_video(paths["depth.mp4"], export.colorize_depth(self.depth), self.fps)
-        if self.world_points is not None:
-            paths["points.npz"] = out / "points.npz"
-            export.save_points(paths["points.npz"], self.world_points, self.world_points_conf)
         if self.w2c is not None:
             paths.update({k: v for k, v in export.save_cameras(
                 out, self.w2c, self.intrinsics, h, w, self.pose_enc, self.requested_w2c,

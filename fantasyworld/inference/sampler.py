@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from fantasyworld.heads.registry import ALL_HEADS, head_names, resolve_heads
 from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, euler_step, round_timestep_bf16, sigma_to_timestep
 
 GEOMETRY_MODES = ("final", "last-step", "none")
-HEADS = ("depth", "points", "camera")
 
 
 @dataclass
@@ -148,7 +148,7 @@ def guided_flow(
     guidance_scale: float,
     *,
     cfg_batch: bool = True,
-    heads: tuple[str, ...] | None = None,
+    heads: str | tuple[str, ...] | None = None,
     round_timestep: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One guided velocity prediction.
@@ -161,7 +161,8 @@ def guided_flow(
         guidance_scale: CFG scale ``g``; 1 (or no negative embedding) disables CFG.
         cfg_batch: run conditional and unconditional passes as one ``2B`` forward (else two
             ``B`` forwards, for memory-bound cases and for tests).
-        heads: heads to run (read from the conditional samples).
+        heads: heads to run (read from the conditional samples): names of the heads
+            registry, ``ALL_HEADS`` or ``None`` (none).
         round_timestep: feed the DiT the bfloat16-rounded timestep (the official sampler).
 
     Returns:
@@ -198,7 +199,7 @@ def sample(
     guidance_scale: float = 5.0,
     shift: float = 5.0,
     geometry: str = "final",
-    heads: tuple[str, ...] = HEADS,
+    heads: str | tuple[str, ...] = ALL_HEADS,
     cfg_batch: bool = True,
     progress: bool = True,
     schedule: str = "project",
@@ -208,13 +209,15 @@ def sample(
     See the module docstring for the schedule, CFG batching and the ``geometry`` modes.
     The function draws no random numbers: it is deterministic given ``noise``.
     ``schedule``: a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`
-    (``official`` also rounds the DiT timestep to bfloat16).
+    (``official`` also rounds the DiT timestep to bfloat16). ``heads``: the heads run for the
+    geometry (:mod:`fantasyworld.heads.registry`; default every registered head).
     """
     if geometry not in GEOMETRY_MODES:
         raise ValueError(f"geometry must be one of {GEOMETRY_MODES}, got {geometry!r}")
     if schedule not in SIGMA_SCHEDULES:
         raise ValueError(f"schedule must be one of {tuple(SIGMA_SCHEDULES)}, got {schedule!r}")
     official = schedule == "official"
+    heads = resolve_heads(heads, head_names())  # registry names, registration order
     sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift).to(noise.device)
     x = noise.float()
     geo: dict[str, torch.Tensor] = {}
@@ -223,7 +226,7 @@ def sample(
     bar = tqdm(total=num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
     for i in range(num_steps):
         last = i == num_steps - 1
-        want = tuple(heads) if (last and geometry == "last-step") else None
+        want = heads if (last and geometry == "last-step") else None
         v, out = guided_flow(model, x, sigmas[i], cond, guidance_scale, cfg_batch=cfg_batch, heads=want,
                              round_timestep=official)
         if want:
@@ -238,7 +241,7 @@ def sample(
         geo_t = float(_timestep(sigmas[-2], official))
         t = torch.full((x.shape[0],), geo_t, device=x.device)
         dtype = _model_dtype(model)
-        out = model(x.to(dtype), t, **cond.model_kwargs(False, dtype), stage=2, heads=tuple(heads))
+        out = model(x.to(dtype), t, **cond.model_kwargs(False, dtype), stage=2, heads=heads)
         geo = _select(out, x.shape[0])
         _sync(noise.device)
         timings["geometry"] = time.perf_counter() - start

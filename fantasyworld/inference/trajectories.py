@@ -43,7 +43,6 @@ A name may carry its magnitude after a colon: ``orbit:90``, ``dolly-in:1.2``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,12 @@ import torch
 
 from fantasyworld.errors import DataError, TrajectoryError
 from fantasyworld.geometry.camera_io import read_cameras
-from fantasyworld.geometry.cameras import as_homogeneous, c2w_to_w2c, intrinsics_from_fov, invert_se3, w2c_to_c2w
+from fantasyworld.geometry.camera_sequence import CameraSequence
+from fantasyworld.geometry.cameras import (
+    as_homogeneous,
+    c2w_to_w2c,
+    intrinsics_from_fov,
+)
 from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
 
 #: Default horizontal field of view (degrees) for named paths and files without intrinsics.
@@ -60,60 +64,6 @@ DEFAULT_FOV_DEG = 60.0
 DEFAULT_ORBIT_RADIUS = 1.0
 #: Forward path length of ``turn-left``/``turn-right`` (scene units).
 DEFAULT_TURN_DISTANCE = 0.5
-
-
-@dataclass
-class CameraTrajectory:
-    """Cameras that condition one generation.
-
-    Attributes:
-        w2c: ``(T, 4, 4)`` float64 world-to-camera, OpenCV axes.
-        K: ``(T, 3, 3)`` float64 pixel intrinsics at ``(height, width)``.
-        height, width: the resolution ``K`` refers to.
-        source: where it came from (a path or ``name:magnitude``), used in messages.
-    """
-
-    w2c: np.ndarray
-    K: np.ndarray
-    height: int
-    width: int
-    source: str = "array"
-    extra: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.w2c.shape[0])
-
-    @property
-    def c2w(self) -> np.ndarray:
-        """``(T, 4, 4)`` camera-to-world."""
-        return w2c_to_c2w(self.w2c)
-
-    def relative(self) -> CameraTrajectory:
-        """Poses relative to frame 0 (``w2c[t] @ c2w[0]``; frame 0 becomes the identity)."""
-        rel = self.w2c @ invert_se3(self.w2c[:1])
-        return CameraTrajectory(rel, self.K.copy(), self.height, self.width, self.source, dict(self.extra))
-
-    def scaled(self, factor: float) -> CameraTrajectory:
-        """Translations of the relative trajectory multiplied by ``factor`` (a scene-scale
-        correction, e.g. when a file's units are metres and the scene is ~5 m deep)."""
-        rel = self.relative()
-        c2w = rel.c2w
-        c2w[:, :3, 3] *= factor
-        return CameraTrajectory(c2w_to_w2c(c2w), rel.K, self.height, self.width, self.source, dict(self.extra))
-
-    def centers(self) -> np.ndarray:
-        """``(T, 3)`` camera centres in world coordinates."""
-        return self.c2w[:, :3, 3]
-
-    def plucker(self, legacy_official_intrinsics: bool = False) -> torch.Tensor:
-        """Plücker rays ``(1, T, 6, H, W)`` float32, relative to frame 0 (what the model reads)."""
-        from fantasyworld.geometry.plucker import plucker_rays
-
-        w2c = torch.from_numpy(self.w2c).double()[None]
-        k = torch.from_numpy(self.K).double()[None]
-        rays = plucker_rays(w2c, k, self.height, self.width, relative_to_first=True,
-                            legacy_official_intrinsics=legacy_official_intrinsics)
-        return rays.float()
 
 
 # ----------------------------------------------------------------------------------------
@@ -184,7 +134,7 @@ def named_trajectory(
     fov_deg: float = DEFAULT_FOV_DEG,
     orbit_radius: float = DEFAULT_ORBIT_RADIUS,
     turn_distance: float = DEFAULT_TURN_DISTANCE,
-) -> CameraTrajectory:
+) -> CameraSequence:
     """Generate a named camera path (see the module table) as w2c matrices.
 
     Args:
@@ -198,7 +148,7 @@ def named_trajectory(
         turn_distance: path length of the turn paths.
 
     Returns:
-        :class:`CameraTrajectory` with ``w2c[0]`` the identity.
+        :class:`CameraSequence` with ``w2c[0]`` the identity.
     """
     if name not in NAMED_PATHS:
         raise TrajectoryError(f"{name}: unknown camera path; named paths: {', '.join(NAMED_PATHS)}")
@@ -242,13 +192,13 @@ def named_trajectory(
         ks[:, 0, 0] *= factor
         ks[:, 1, 1] *= factor
     label = name if magnitude is None else f"{name}:{magnitude:g}"
-    return CameraTrajectory(c2w_to_w2c(c2w), ks, height, width, source=label,
+    return CameraSequence(c2w_to_w2c(c2w), ks, height, width, source=label,
                             extra={"name": name, "magnitude": mag})
 
 
 # ----------------------------------------------------------------------------------------
 # resampling and loading
-def resample_trajectory(traj: CameraTrajectory, num_frames: int) -> CameraTrajectory:
+def resample_trajectory(traj: CameraSequence, num_frames: int) -> CameraSequence:
     """Resample to ``num_frames`` at evenly spaced times: camera centres and intrinsics
     linearly, rotations by quaternion slerp (camera-to-world, shortest arc)."""
     n = len(traj)
@@ -274,11 +224,11 @@ def resample_trajectory(traj: CameraTrajectory, num_frames: int) -> CameraTrajec
     out[:, :3, :3] = quat_to_mat(torch.from_numpy(q)).numpy()
     out[:, :3, 3] = (1 - frac)[:, None] * c2w[lo, :3, 3] + frac[:, None] * c2w[hi, :3, 3]
     k = (1 - frac)[:, None, None] * traj.K[lo] + frac[:, None, None] * traj.K[hi]
-    return CameraTrajectory(c2w_to_w2c(out), k, traj.height, traj.width, traj.source,
+    return CameraSequence(c2w_to_w2c(out), k, traj.height, traj.width, traj.source,
                             dict(traj.extra, resampled_from=n))
 
 
-def _check_length(traj: CameraTrajectory, num_frames: int, resample: bool) -> CameraTrajectory:
+def _check_length(traj: CameraSequence, num_frames: int, resample: bool) -> CameraSequence:
     if len(traj) == num_frames:
         return traj
     if resample:
@@ -291,7 +241,7 @@ def _check_length(traj: CameraTrajectory, num_frames: int, resample: bool) -> Ca
 
 
 def load_trajectory(
-    camera: CameraTrajectory | np.ndarray | str | Path,
+    camera: CameraSequence | np.ndarray | str | Path,
     num_frames: int,
     height: int,
     width: int,
@@ -300,11 +250,11 @@ def load_trajectory(
     fmt: str = "auto",
     fov_deg: float = DEFAULT_FOV_DEG,
     resample: bool = False,
-) -> CameraTrajectory:
-    """Resolve any camera specification into a :class:`CameraTrajectory` of ``num_frames``.
+) -> CameraSequence:
+    """Resolve any camera specification into a :class:`CameraSequence` of ``num_frames``.
 
     Args:
-        camera: a :class:`CameraTrajectory`; a ``(T, 4, 4)`` w2c array (OpenCV axes);
+        camera: a :class:`CameraSequence`; a ``(T, 4, 4)`` w2c array (OpenCV axes);
             a named path (``"orbit"``, ``"dolly-in:1.0"``, see the module table); or a
             camera file/dir in any format :func:`~fantasyworld.geometry.camera_io.read_cameras`
             reads (seed rows, RealEstate10K, official JSON, COLMAP text dir, TUM).
@@ -319,13 +269,13 @@ def load_trajectory(
         TrajectoryError: unknown name, missing or unreadable file (the message names the
             file and the reason), or a wrong number of cameras.
     """
-    if isinstance(camera, CameraTrajectory):
+    if isinstance(camera, CameraSequence):
         traj = camera
         if (traj.height, traj.width) != (height, width):
             from fantasyworld.geometry.cameras import resize_intrinsics
 
             k = resize_intrinsics(traj.K, (traj.height, traj.width), (height, width))
-            traj = CameraTrajectory(traj.w2c, k, height, width, traj.source, dict(traj.extra))
+            traj = CameraSequence(traj.w2c, k, height, width, traj.source, dict(traj.extra))
         return _check_length(traj, num_frames, resample)
     if isinstance(camera, (np.ndarray, torch.Tensor)):
         w2c = np.asarray(camera, dtype=np.float64)
@@ -333,7 +283,7 @@ def load_trajectory(
             raise TrajectoryError(f"array: expected (T, 4, 4) world-to-camera matrices, got {w2c.shape}")
         w2c = as_homogeneous(w2c)
         k = np.tile(intrinsics_from_fov(fov_deg, height, width), (len(w2c), 1, 1))
-        return _check_length(CameraTrajectory(w2c, k, height, width, "array"), num_frames, resample)
+        return _check_length(CameraSequence(w2c, k, height, width, "array"), num_frames, resample)
     spec = str(camera)
     named = parse_camera_name(spec)
     if named is not None and not Path(spec).exists():
@@ -351,6 +301,6 @@ def load_trajectory(
         raise TrajectoryError(f"{path}: cannot read camera file: {exc.message}") from exc
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise TrajectoryError(f"{path}: cannot read camera file ({type(exc).__name__}: {exc})") from exc
-    traj = CameraTrajectory(np.asarray(seq.w2c, dtype=np.float64), np.asarray(seq.K, dtype=np.float64),
+    traj = CameraSequence(np.asarray(seq.w2c, dtype=np.float64), np.asarray(seq.K, dtype=np.float64),
                             height, width, source=str(path))
     return _check_length(traj, num_frames, resample)

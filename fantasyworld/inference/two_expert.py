@@ -36,7 +36,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from fantasyworld.inference.sampler import HEADS, Conditioning, SampleResult, guided_flow
+from fantasyworld.heads.registry import ALL_HEADS, head_names, resolve_heads
+from fantasyworld.inference.sampler import Conditioning, SampleResult, guided_flow
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_TEMPORAL_STRIDE
 from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, euler_step, round_timestep_bf16, sigma_to_timestep
@@ -130,7 +131,7 @@ def sample_two_experts(
     shift: float = 5.0,
     boundary: float = DEFAULT_BOUNDARY,
     geometry: str = "last-step",
-    heads: tuple[str, ...] = HEADS,
+    heads: str | tuple[str, ...] = ALL_HEADS,
     cfg_batch: bool = True,
     progress: bool = True,
     schedule: str = "official",
@@ -160,6 +161,7 @@ def sample_two_experts(
         raise ValueError(f"geometry='last-step' reads the low expert at the last step, but with boundary {boundary} "
                          "the last step is a high-noise step")
     official = schedule == "official"
+    heads = resolve_heads(heads, head_names())  # registry names, registration order
     sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift).to(noise.device)
     models = {"high": high, "low": low}
     conds = {name: _with_camera(m, cond, plucker) for name, m in models.items() if name in plan or
@@ -170,7 +172,7 @@ def sample_two_experts(
     start = time.perf_counter()
     bar = tqdm(total=num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
     for i, name in enumerate(plan):
-        want = tuple(heads) if (i == num_steps - 1 and geometry == "last-step") else None
+        want = heads if (i == num_steps - 1 and geometry == "last-step") else None
         v, out = guided_flow(models[name], x, sigmas[i], conds[name], guidance_scale, cfg_batch=cfg_batch,
                              heads=want, round_timestep=official)
         if want:
@@ -189,7 +191,7 @@ def sample_two_experts(
         geo_t = float(round_timestep_bf16(t) if official else t)
         dtype = low.transformer.patch_embedding.weight.dtype
         out = low(x.to(dtype), torch.full((x.shape[0],), geo_t, device=x.device),
-                  **conds["low"].model_kwargs(False, dtype), stage=2, heads=tuple(heads))
+                  **conds["low"].model_kwargs(False, dtype), stage=2, heads=heads)
         geo = _conditional(out, x.shape[0])
         timings["geometry"] = time.perf_counter() - start
     return SampleResult(latents=x, geometry=geo, sigmas=sigmas.cpu(), geometry_timestep=geo_t, timings=timings)

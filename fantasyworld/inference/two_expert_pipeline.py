@@ -36,13 +36,13 @@ import numpy as np
 import torch
 
 from fantasyworld.errors import CheckpointError
+from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.inference.images import load_image
 from fantasyworld.inference.memory import PhaseMeter
 from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.pipeline import TINY_BACKBONE_SEED, FantasyWorldPipeline, _fork_rng
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import initial_noise
-from fantasyworld.inference.trajectories import CameraTrajectory
 from fantasyworld.inference.two_expert import first_last_condition_latent, sample_two_experts
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE
@@ -187,7 +187,7 @@ class TwoExpertPipeline(FantasyWorldPipeline):
         prompt: str = "",
         negative_prompt: str | None = None,
         image: Any = None,
-        camera: CameraTrajectory | np.ndarray | str | Path = "static",
+        camera: CameraSequence | np.ndarray | str | Path = "static",
         num_frames: int = 81,
         height: int = 480,
         width: int = 832,
@@ -247,11 +247,4 @@ class TwoExpertPipeline(FantasyWorldPipeline):
                          "steps_high": int(res.timings["steps_high"]), "steps_low": int(res.timings["steps_low"]),
                          "last_image": None if last_image is None else (
                              str(last_image) if isinstance(last_image, (str, Path)) else "<array>")})
-        return GenerationResult(
-            video=video, latents=res.latents[0].cpu().numpy(),
-            depth=geo.get("depth"), depth_conf=geo.get("depth_conf"),
-            world_points=geo.get("world_points"), world_points_conf=geo.get("world_points_conf"),
-            pose_enc=geo.get("pose_enc"), w2c=w2c, intrinsics=k,
-            requested_w2c=cams.trajectory.w2c, requested_intrinsics=cams.trajectory.K, cloud=cloud,
-            settings=settings, timings=timings, fps=opts.fps,
-        )
+        return self._result(video, res, geo, w2c, k, cams, cloud, settings, timings, opts)

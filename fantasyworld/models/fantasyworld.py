@@ -12,7 +12,7 @@ frames, (h, w) token grid, (H, W) = 16 (h, w) pixels, L = F*h*w video tokens:
 5. IRG layers i = 0 .. num_irg-1: geometry frame block; Wan block PCB+i attention half;
    geometry global block attention half; bidirectional cross-attention; both FFN halves.
 6. Wan output head -> predicted flow (velocity) for the video latent.
-7. Heads: depth, point map, camera (only when asked).
+7. Heads: each registered head asked for (depth, point map, camera; :mod:`fantasyworld.heads.registry`).
 
 Stages: stage 1 trains the geometry branch only and skips everything that cannot change
 a stage-1 loss: camera conditioning, the IRG Wan blocks, the cross-attention and the Wan
@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fantasyworld.errors import CheckpointError
+from fantasyworld.heads.registry import ALL_HEADS, resolve_heads
 from fantasyworld.layers.bicross_attention import BiCrossAttention, bicross_rotary
 from fantasyworld.layers.control_adapter import ControlAdapter, pack_plucker_frames
 from fantasyworld.models import wan_backbone as wanb
@@ -88,11 +89,9 @@ class FantasyWorldModel(nn.Module):
             "camera_adapters.*": ("",),
         },
     }
-    #: FSDP units, innermost first; the model itself is the root (Wan's own forward never runs)
-    _fsdp_units: tuple[str, ...] = (
-        "geometry.frame_blocks.*", "geometry.global_blocks.*", "interactions.*",
-        "geometry.depth_head", "geometry.point_head", "geometry.camera_head",
-    )
+    #: FSDP units other than the heads, innermost first; the model itself is the root (Wan's
+    #: own forward never runs). :attr:`_fsdp_units` adds one unit per built head.
+    _fsdp_block_units: tuple[str, ...] = ("geometry.frame_blocks.*", "geometry.global_blocks.*", "interactions.*")
     #: methods the forward calls on a unit instead of ``forward`` (the IRG layers run the
     #: global blocks in halves); FSDP must all-gather on them as on ``forward``
     _fsdp_forward_methods: dict[str, tuple[str, ...]] = {
@@ -155,15 +154,23 @@ class FantasyWorldModel(nn.Module):
         self.set_stage(2)
 
     @property
+    def _fsdp_units(self) -> tuple[str, ...]:
+        """FSDP units, innermost first: the blocks, then every head the geometry branch built
+        from the heads registry (``geometry.<module>``), so a registered head is sharded too."""
+        return self._fsdp_block_units + tuple(f"geometry.{spec.module}" for spec in self.geometry.head_specs)
+
+    @property
     def checkpoint_heads(self) -> bool:
-        """Also recompute the DPT heads' full-resolution fusion stage, one frame chunk at a
-        time; at 81 frames of pixel resolution their activations dominate memory."""
-        return self.geometry.depth_head.checkpoint_fusion
+        """Also recompute the pixel-rate heads' full-resolution stage (the DPT fusion), one
+        frame chunk at a time; at 81 frames of pixel resolution their activations dominate memory."""
+        return self._checkpoint_heads
 
     @checkpoint_heads.setter
     def checkpoint_heads(self, value: bool) -> None:
-        for head in (self.geometry.depth_head, self.geometry.point_head):
-            head.checkpoint_fusion = bool(value)
+        self._checkpoint_heads = bool(value)
+        for spec in self.geometry.head_specs:
+            if spec.pixel_rate:
+                getattr(self.geometry, spec.module).checkpoint_fusion = bool(value)
 
     # ------------------------------------------------------------------ stages
     def fantasyworld_modules(self) -> dict[str, nn.Module]:
@@ -276,7 +283,7 @@ class FantasyWorldModel(nn.Module):
         image_emb: torch.Tensor | None = None,
         camera_pose_enc: torch.Tensor | None = None,
         stage: int | None = None,
-        heads: tuple[str, ...] | None = ("depth", "points", "camera"),
+        heads: str | tuple[str, ...] | None = ALL_HEADS,
     ) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
         """Joint video + geometry prediction.
 
@@ -293,14 +300,16 @@ class FantasyWorldModel(nn.Module):
             image_emb: I2V CLIP image tokens (B, 257, image_dim); only for presets with CLIP.
             camera_pose_enc: (B, T, 9) poses for the optional pose-conditioned camera token.
             stage: 1 or 2 (default: ``self.stage``). Stage 1 returns no ``flow``.
-            heads: which heads to run (``None`` or empty: none, e.g. all but the last
-                sampling step).
+            heads: names of the heads to run (:mod:`fantasyworld.heads.registry`), ``ALL_HEADS``
+                (every head), or ``None``/empty (none, e.g. all but the last sampling step).
         Returns:
-            dict with ``flow`` (B, 16, F, H/8, W/8) or None in stage 1, and per head
-            ``depth``/``depth_conf`` (B, T, H, W), ``world_points`` (B, T, H, W, 3) /
-            ``world_points_conf`` (B, T, H, W), ``pose_enc`` (B, T, 9), ``pose_enc_list``.
+            dict with ``flow`` (B, 16, F, H/8, W/8) or None in stage 1, and the outputs of each
+            head that ran: ``depth``/``depth_conf`` (B, T, H, W), ``world_points`` (B, T, H, W, 3)
+            / ``world_points_conf`` (B, T, H, W), ``pose_enc`` (B, T, 9), ``pose_enc_list``, ``w2c``,
+            ``intrinsics`` (the heads registry lists each head's keys).
         """
         stage = stage or self.stage
+        heads = resolve_heads(heads, self.geometry.head_names)
         cfg = self.config
         wan = self.transformer
         if cfg.is_i2v:
@@ -373,5 +382,5 @@ class FantasyWorldModel(nn.Module):
         # 7. heads
         if heads:
             inter_list = [kept[i] for i in cfg.dpt_layers]
-            out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, tuple(heads)))
+            out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, heads))
         return out

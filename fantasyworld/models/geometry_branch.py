@@ -1,5 +1,6 @@
 """The trainable geometry branch: latent bridge, special tokens, timestep modulation,
-VGGT-style frame/global blocks and the three heads (SPEC 3.2 items 3-5 and 7).
+VGGT-style frame/global blocks and the registered heads (SPEC 3.2 items 3-5 and 7;
+:mod:`fantasyworld.heads.registry`).
 
 Token layouts (letter legend: B batch, F latent frames, P = 5 + h*w tokens per frame,
 D geometry width):
@@ -19,9 +20,7 @@ import torch
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
-from fantasyworld.geometry.pose_encoding import decode_pose
-from fantasyworld.heads.camera_head import CameraHead
-from fantasyworld.heads.dpt_head import DPTHead
+from fantasyworld.heads.registry import ALL_HEADS, HEADS, HeadInputs, HeadSpec, resolve_heads
 from fantasyworld.layers.geo_block import GeoBlock
 from fantasyworld.layers.rope2d import Rope2D, Rotary2D, frame_positions
 from fantasyworld.models.config import FantasyWorldConfig
@@ -87,15 +86,15 @@ class GeometryBranch(nn.Module):
         self.frame_blocks = nn.ModuleList([block() for _ in range(c.num_irg)])
         self.global_blocks = nn.ModuleList([block() for _ in range(c.num_irg)])
         self.rope = Rope2D(c.geo_rope_freq)
-        # 5. heads on concatenated (frame, global) intermediates: width 2D
-        dpt = dict(features=c.dpt_features, out_channels=tuple(c.dpt_out_channels),
-                   patch_start_idx=self.patch_start_idx, intermediate_layer_idx=tuple(c.dpt_layers))
-        self.depth_head = DPTHead(2 * d, output_dim=2, activation="exp", conf_activation="expp1", **dpt)
-        self.point_head = DPTHead(2 * d, output_dim=4, activation="inv_log", conf_activation="expp1", **dpt)
-        self.camera_head = CameraHead(
-            dim_in=2 * d, trunk_depth=c.camera_head_depth, num_heads=c.geo_heads,
-            time_layout=c.camera_time_layout, trunk_modulated=c.camera_trunk_modulation,
-        )
+        # 5. heads on concatenated (frame, global) intermediates: width 2D, one per registered head
+        self.head_specs: tuple[HeadSpec, ...] = tuple(HEADS.values())
+        for spec in self.head_specs:
+            self.add_module(spec.module, spec.build(c, 2 * d, self.patch_start_idx))
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """Names of the heads this branch built (the registry's at construction), in run order."""
+        return tuple(spec.name for spec in self.head_specs)
 
     def compatibility_only_parameters(self) -> list[str]:
         """Names (relative to this module) of parameters kept only so official weights
@@ -152,9 +151,10 @@ class GeometryBranch(nn.Module):
         intermediates: list[torch.Tensor],
         last: torch.Tensor,
         image_hw: tuple[int, int],
-        which: tuple[str, ...] = ("depth", "points", "camera"),
+        which: str | tuple[str, ...] | None = ALL_HEADS,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Heads on the concatenated intermediates.
+        """The selected heads (:func:`~fantasyworld.heads.registry.resolve_heads`) on the
+        concatenated intermediates, in registration order.
 
         Args:
             intermediates: the 4 DPT inputs, each (B, F, P, 2D), in ``dpt_layers`` order
@@ -162,21 +162,17 @@ class GeometryBranch(nn.Module):
             last: the last IRG layer's output (B, F, P, 2D) for the camera head.
             image_hw: pixel size (H, W) = 16 * (h, w).
         Returns:
-            ``depth`` (B, T, H, W), ``depth_conf`` (B, T, H, W), ``world_points``
-            (B, T, H, W, 3), ``world_points_conf`` (B, T, H, W), ``pose_enc`` (B, T, 9)
-            and ``pose_enc_list`` (one (B, T, 9) per refinement iteration), T = 4(F-1)+1,
-            plus the decoded cameras ``w2c`` (B, T, 4, 4) (OpenCV, relative to frame 0 as
-            trained) and pixel ``intrinsics`` (B, T, 3, 3).
+            the outputs of each head that ran (:mod:`fantasyworld.heads.registry`): ``depth``
+            (B, T, H, W), ``depth_conf`` (B, T, H, W), ``world_points`` (B, T, H, W, 3),
+            ``world_points_conf`` (B, T, H, W), ``pose_enc`` (B, T, 9) and ``pose_enc_list``
+            (one (B, T, 9) per refinement iteration), T = 4(F-1)+1, plus the decoded cameras
+            ``w2c`` (B, T, 4, 4) (OpenCV, relative to frame 0 as trained) and pixel
+            ``intrinsics`` (B, T, 3, 3).
         """
+        selected = resolve_heads(which, self.head_names)
+        inputs = HeadInputs(intermediates, last, image_hw, self.config)
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
-        grid_hw = (image_hw[0] // 16, image_hw[1] // 16)
-        if "depth" in which:
-            out["depth"], out["depth_conf"] = self.depth_head(intermediates, grid_hw)
-        if "points" in which:
-            out["world_points"], out["world_points_conf"] = self.point_head(intermediates, grid_hw)
-        if "camera" in which:
-            pose_list = self.camera_head(last[:, :, 0], num_iterations=self.config.camera_head_iters)
-            out["pose_enc_list"] = pose_list
-            out["pose_enc"] = pose_list[-1]
-            out["w2c"], out["intrinsics"] = decode_pose(pose_list[-1].float(), image_hw)
+        for spec in self.head_specs:
+            if spec.name in selected:
+                out.update(spec.run(getattr(self, spec.module), inputs))
         return out

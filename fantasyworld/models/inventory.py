@@ -45,6 +45,8 @@ def _groups(model: FantasyWorldModel) -> list[tuple[str, bool, tuple[str, ...]]]
         ("camera head trunk modulation (official, unused)", False, (
             tuple(f"geometry.camera_head.trunk.{i}.modulation" for i in range(c.camera_head_depth)))),
         ("camera head", False, ("geometry.camera_head.",)),
+        # any other registered head (heads registry): one group each; the built-in heads matched above
+        *((f"{spec.name} head", False, (f"geometry.{spec.module}.",)) for spec in model.geometry.head_specs),
         ("IRG bidirectional cross-attention", False, ("interactions.",)),
         ("pose encoder (Plucker)", False, ("pose_encoder.",)),
         (f"camera adapters (blocks {_ranges(c.camera_adapter_blocks)})", False, ("camera_adapters.",)),

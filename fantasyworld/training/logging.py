@@ -2,9 +2,10 @@
 
 Scalar names (one vocabulary with :mod:`fantasyworld.training.losses`):
 
-* ``loss/objective``, ``loss/loss_depth``, ``loss/loss_pmap``, ``loss/loss_camera``,
-  ``loss/loss_T``, ``loss/loss_R``, ``loss/loss_FL`` and, in stage 2, ``loss/loss_diff``:
-  means over the global batch (every rank, every micro-batch);
+* ``loss/objective``, the loss terms of each registered head (:mod:`fantasyworld.heads.registry`:
+  ``loss/loss_depth``, ``loss/loss_pmap``, ``loss/loss_camera``, ``loss/loss_T``, ``loss/loss_R``,
+  ``loss/loss_FL``) and, in stage 2, ``loss/loss_diff``: means over the global batch (every
+  rank, every micro-batch); the progress bar shows each head's short name;
 * ``optim/lr``, ``optim/grad_norm`` (before clipping), ``optim/skipped`` (1 when a
   non-finite loss or gradient skipped the step);
 * ``perf/step_time_s``, ``perf/samples_per_s`` (global samples per second) and, on GPUs,
@@ -27,13 +28,19 @@ from typing import Any
 import numpy as np
 
 from fantasyworld.errors import ConfigError
+from fantasyworld.heads.registry import HEADS
 
 __all__ = ["METRICS_NAME", "MetricsLogger", "get_logger", "read_metrics"]
 
 METRICS_NAME = "metrics.jsonl"
 _PREFIX = {"lr": "optim", "grad_norm": "optim", "skipped": "optim", "step_time_s": "perf", "samples_per_s": "perf",
            "max_memory_gib": "perf"}
-_SHORT = {"objective": "obj", "loss_depth": "depth", "loss_pmap": "pmap", "loss_camera": "cam", "loss_diff": "diff"}
+
+
+def _short_names() -> dict[str, str]:
+    """Progress-bar labels: the objective, each registered head's objective term (its ``short``), the diffusion loss."""
+    return {"objective": "obj", **{spec.loss_keys[0]: spec.short or spec.name for spec in HEADS.values()},
+            "loss_diff": "diff"}
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -150,7 +157,8 @@ class MetricsLogger:
         if step % self.every == 0:
             self.log_scalars(step, {f"{_PREFIX.get(k, 'loss')}/{k}": v for k, v in values.items()})
         if self.bar is not None:
-            post = {_SHORT[k]: f"{values[k]:.4g}" for k in _SHORT if k in values and values[k] is not None}
+            short = _short_names()
+            post = {short[k]: f"{values[k]:.4g}" for k in short if k in values and values[k] is not None}
             post["lr"] = f"{values.get('lr', 0.0):.2e}"
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(1)
