@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fantasyworld.data.colormap import colorize_depth
 from fantasyworld.geometry.cameras import w2c_to_c2w
 from fantasyworld.inference import export
 from fantasyworld.inference.colmap import write_gaussian_splatting_scene
@@ -120,7 +121,7 @@ class GenerationResult:
             paths["depth.npz"] = out / "depth.npz"
             export.save_depth(paths["depth.npz"], self.depth, self.depth_conf)
             paths["depth.mp4"] = out / "depth.mp4"
-            export.save_video(paths["depth.mp4"], export.colorize_depth(self.depth), self.fps)
+            export.save_video(paths["depth.mp4"], colorize_depth(self.depth), self.fps)
         if self.world_points is not None:
             paths["points.npz"] = out / "points.npz"
             export.save_points(paths["points.npz"], self.world_points, self.world_points_conf)
