@@ -26,8 +26,8 @@ __all__ = [
     "BAD_DTYPE", "BAD_INTRINSICS", "BAD_METADATA", "BAD_SHAPE", "CAMERA_COLUMNS", "CORRUPT_VIDEO", "DUPLICATE_ID",
     "FRAME_COUNT", "KINDS", "MISSING_FILE", "NON_FINITE", "NON_ORTHONORMAL", "PATH_ESCAPE", "TOO_FEW_FRAMES",
     "UNREADABLE",
-    "CheckpointError", "ConfigError", "DataError", "FantasyWorldError", "Interrupted", "NonFiniteLossError",
-    "OutputError", "Problem",
+    "CheckpointError", "ConfigError", "DataError", "EstimatorError", "FantasyWorldError", "Interrupted",
+    "NonFiniteLossError", "OutputError", "Problem",
     "TrajectoryError", "check_output_dir", "interrupt_on_signals", "staged_output_dir",
 ]
 
@@ -106,6 +106,13 @@ class TrajectoryError(FantasyWorldError, ValueError):
     """A requested camera trajectory is unknown, unreadable or does not fit the generation.
 
     The message starts with the offending file or name."""
+
+
+class EstimatorError(FantasyWorldError, ValueError):
+    """A geometry estimator of ``fantasyworld data annotate`` cannot be used: its model
+    directory does not exist or holds another model type, a ``module:function`` plug-in
+    does not import, a required package is missing. Raised before any clip is written;
+    the message starts with the option or path at fault."""
 
 
 class NonFiniteLossError(FantasyWorldError, RuntimeError):

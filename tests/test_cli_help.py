@@ -25,7 +25,8 @@ PROBE = (
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["train", "--help"], ["verify-config", "--help"],
-                                  ["view", "--help"], ["export", "--help"]])
+                                  ["view", "--help"], ["export", "--help"], ["data", "annotate", "--help"],
+                                  ["evaluate", "--help"]])
 def test_help_imports_no_torch(argv: list[str]) -> None:
     env_path = str(ROOT)
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from plyfile import PlyData
 
+from fantasyworld.data.colormap import colorize_depth, turbo
 from fantasyworld.geometry.camera_io import read_colmap_text, write_colmap_text
 from fantasyworld.geometry.cameras import unproject_depth
-from fantasyworld.inference.export import colorize_depth, save_depth, turbo
+from fantasyworld.inference.export import save_depth
 from fantasyworld.inference.ply import fuse_point_cloud, read_ply, write_ply
 from fantasyworld.inference.report import trajectory_svg
 from fantasyworld.inference.trajectories import named_trajectory

@@ -1,4 +1,4 @@
-"""``fantasyworld data {synth,validate,cache}``: make, check and pre-encode datasets."""
+"""``fantasyworld data {synth,validate,cache,annotate}``: make, check, pre-encode and annotate datasets."""
 
 from __future__ import annotations
 
@@ -21,8 +21,14 @@ def _synth(args: argparse.Namespace) -> int:
 
     h, w = args.size
     start = time.time()
-    synthesize_dataset(args.out, num_clips=args.clips, num_frames=args.frames, height=h, width=w, seed=args.seed,
-                       workers=args.workers, per_frame=args.per_frame, fps=args.fps, progress=not args.quiet)
+    trajectories = [t.strip() for t in args.trajectories.split(",") if t.strip()] if args.trajectories else None
+    try:
+        synthesize_dataset(args.out, num_clips=args.clips, num_frames=args.frames, height=h, width=w,
+                           seed=args.seed, workers=args.workers, per_frame=args.per_frame, fps=args.fps,
+                           progress=not args.quiet, detail=args.detail, trajectories=trajectories)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.clips} clips x {args.frames} frames at {h}x{w} to {args.out} "
           f"in {time.time() - start:.1f} s")
     return 0
@@ -56,8 +62,40 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"expected fx,fy,cx,cy, got {text!r}")
+    return vals
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from fantasyworld.data.annotate import AlignSettings, AnnotateSettings, annotate_videos
+    from fantasyworld.errors import FantasyWorldError
+
+    try:
+        settings = AnnotateSettings(
+            num_frames=args.frames, stride=args.stride, size=args.size, depth=args.depth,
+            depth_model=args.depth_model, cameras=args.cameras, gt_root=args.gt_root, intrinsics=args.intrinsics,
+            fov_deg=args.fov, refine_intrinsics=args.refine_intrinsics, mapper=args.mapper,
+            min_registered=args.min_registered, max_reprojection=args.max_reprojection,
+            align=AlignSettings(max_residual=args.max_depth_residual), workers=args.workers,
+            sfm_threads=args.sfm_threads, device=args.device, batch_size=args.batch_size,
+            overwrite=args.overwrite, retry_rejected=args.retry_rejected)
+        summary = annotate_videos(args.videos, args.out, settings, prompts=args.prompts, progress=not args.quiet)
+    except (FantasyWorldError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if summary["rejected"] == 0 else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``data`` with sub-commands ``synth``, ``validate`` and ``cache``."""
+    """Add ``data`` with sub-commands ``synth``, ``validate``, ``cache`` and ``annotate``."""
     parser = sub.add_parser("data", help="make, validate and cache datasets (see docs/data.md)")
     cmds = parser.add_subparsers(dest="data_command", required=True)
 
@@ -70,6 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--fps", type=float, default=16.0)
     p.add_argument("--per-frame", action="store_true", help="depth/points as per-frame .npy files")
+    p.add_argument("--detail", type=float, default=0.0,
+                   help="high-frequency texture on every surface, e.g. 0.6 for structure from motion "
+                        "(default 0: the plain look)")
+    p.add_argument("--trajectories", default=None,
+                   help="comma list; clip i follows the (i mod n)-th (default: a seeded choice per clip)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_synth)
 
@@ -98,3 +141,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cache)
+
+    p = cmds.add_parser("annotate", help="turn raw videos into the seed layout: SfM cameras (pycolmap), "
+                                         "monocular depth aligned to them, point maps, a quality report")
+    p.add_argument("--videos", required=True, help="a folder of videos or a glob ('raw/**/*.mp4')")
+    p.add_argument("--out", required=True, help="output dataset root (seed layout + report.html)")
+    p.add_argument("--prompts", default=None, help="JSON {name: prompt} or 'name<TAB>prompt' lines")
+    p.add_argument("--frames", type=int, default=81, help="frames per clip (default 81)")
+    p.add_argument("--stride", type=int, default=1, help="take every S-th frame")
+    p.add_argument("--size", type=_size, default=None,
+                   help="output HxW, even (scale to cover + centre crop; default: the stored size)")
+    p.add_argument("--depth", default="depth-anything",
+                   help="depth-anything (default), depth-pro, gt, or module:function")
+    p.add_argument("--depth-model", default=None, help="local transformers folder of the depth model")
+    p.add_argument("--cameras", default="sfm", help="sfm (default, pycolmap), gt, or module:function")
+    p.add_argument("--gt-root", default=None, help="seed-layout dataset for the gt estimators "
+                                                   "(default: the folder above the videos folder)")
+    p.add_argument("--fov", type=float, default=None, help="known horizontal field of view (degrees)")
+    p.add_argument("--intrinsics", type=_floats, default=None,
+                   help="known fx,fy,cx,cy in pixels of the stored video")
+    p.add_argument("--refine-intrinsics", action="store_true", help="let bundle adjustment refine a given focal")
+    p.add_argument("--mapper", default="incremental", choices=["incremental", "global"])
+    p.add_argument("--min-registered", type=float, default=0.8, help="reject a clip below this registered share")
+    p.add_argument("--max-reprojection", type=float, default=2.0, help="reject above this mean error (pixels)")
+    p.add_argument("--max-depth-residual", type=float, default=0.25,
+                   help="reject above this median relative depth-alignment residual")
+    p.add_argument("--workers", type=int, default=1, help="processes for decoding + SfM")
+    p.add_argument("--sfm-threads", type=int, default=None, help="threads per SfM (default: cores / workers)")
+    p.add_argument("--device", default="auto", help="depth model device (auto: cuda when present)")
+    p.add_argument("--batch-size", type=int, default=8, help="depth model batch")
+    p.add_argument("--overwrite", action="store_true", help="redo clips already annotated")
+    p.add_argument("--retry-rejected", action="store_true", help="redo clips rejected by an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_annotate)

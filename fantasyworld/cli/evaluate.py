@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae", default=None, help="VAE directory ('tiny' for the tiny random VAE)")
     p.add_argument("--text-encoder", default=None, help="UMT5 directory ('tiny' for the tiny random one)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--reestimate-cameras", action="store_true",
+                   help="generation mode: structure from motion on the generated videos, scored against the "
+                        "requested cameras (RotErr, TransErr, CamMC, SfM failure rate; needs pycolmap)")
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results in a non-empty --out (as a whole: no earlier file stays)")
@@ -77,7 +80,9 @@ def _run(args: argparse.Namespace) -> int:
             width=args.size[1] if args.size else None, sigma=args.sigma,
             camera_conditioning=args.camera_conditioning,
             modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()), num_steps=args.steps,
-            guidance_scale=args.cfg, shift=args.shift, seed=args.seed)
+            guidance_scale=args.cfg, shift=args.shift, seed=args.seed, reestimate_cameras=args.reestimate_cameras)
+        if settings.reestimate_cameras and "generation" not in settings.modes:
+            raise ValueError("--reestimate-cameras scores the generation mode: add generation to --modes")
         ckpt = Path(args.checkpoint)
         out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
         check_output_dir(out, "--out", overwrite=args.overwrite)

@@ -248,8 +248,12 @@ def _json_type(value: object) -> str:
 
 
 def write_metadata(root: str | Path, records: list[dict]) -> None:
-    """Write ``metadata.json`` with ``{"version": 1, "clips": records}``."""
-    Path(root, METADATA_NAME).write_text(json.dumps({"version": 1, "clips": records}, indent=1))
+    """Write ``metadata.json`` with ``{"version": 1, "clips": records}`` (through a
+    temporary file and a rename, so a reader never sees it half-written)."""
+    path = Path(root, METADATA_NAME)
+    tmp = path.with_name(METADATA_NAME + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, "clips": records}, indent=1))
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------

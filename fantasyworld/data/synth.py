@@ -175,8 +175,14 @@ class Clip:
 
 
 def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
-                trajectory: str | None = None) -> Clip:
-    """Render clip ``index`` of the dataset with base ``seed`` (deterministic)."""
+                trajectory: str | None = None, detail: float = 0.0) -> Clip:
+    """Render clip ``index`` of the dataset with base ``seed`` (deterministic).
+
+    Args:
+        trajectory: one of :data:`TRAJECTORIES` instead of the seeded choice.
+        detail: high-frequency texture on every surface (:class:`Scene`), e.g. 0.6 for
+            structure from motion at 128-512 px; 0 renders exactly as before the option.
+    """
     rng = np.random.default_rng([seed, index])
     room = Room(half_x=float(rng.uniform(3.0, 5.5)), half_z=float(rng.uniform(3.0, 5.5)),
                 height=float(rng.uniform(2.8, 4.0)), open_sky=bool(rng.random() < 0.25),
@@ -194,6 +200,7 @@ def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
         eyes = np.clip(eyes, [-room.half_x + 0.4, 0.3, -room.half_z + 0.4],
                        [room.half_x - 0.4, room.height - 0.3, room.half_z - 0.4])
     scene = make_scene(rng, eyes, targets, room)
+    scene.detail = float(detail)
     fov = float(rng.uniform(50.0, 75.0))
     K = intrinsics_from_fov(fov, height, width)
     u = (np.arange(width) + 0.5 - K[0, 2]) / K[0, 0]
@@ -215,8 +222,9 @@ def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
 
 
 def _write_clip(args: tuple) -> dict:
-    out_dir, index, seed, num_frames, height, width, per_frame, fps = args
-    clip = render_clip(seed, index, num_frames, height, width)
+    out_dir, index, seed, num_frames, height, width, per_frame, fps, detail, trajectories = args
+    trajectory = trajectories[index % len(trajectories)] if trajectories else None
+    clip = render_clip(seed, index, num_frames, height, width, trajectory=trajectory, detail=detail)
     clip_id = f"clip_{index:05d}"
     write_video(out_dir / "videos" / f"{clip_id}.mp4", clip.frames, fps=fps)
     (out_dir / "camera_params").mkdir(parents=True, exist_ok=True)
@@ -225,6 +233,8 @@ def _write_clip(args: tuple) -> dict:
            "video": f"videos/{clip_id}.mp4", "cameras": f"camera_params/{clip_id}.txt",
            "intrinsics": [clip.K[0, 0], clip.K[1, 1], clip.K[0, 2], clip.K[1, 2]],
            "height": height, "width": width, "num_frames": num_frames}
+    if detail:
+        rec["detail"] = float(detail)
     for name, arr in (("depth", clip.depth), ("points", clip.points)):
         if per_frame:
             folder = out_dir / name / clip_id
@@ -248,7 +258,8 @@ def _worker_signals() -> None:
 
 def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: int = 49, height: int = 128,
                        width: int = 128, seed: int = 0, workers: int | None = None, per_frame: bool = False,
-                       fps: float = 16.0, progress: bool = False) -> Path:
+                       fps: float = 16.0, progress: bool = False, detail: float = 0.0,
+                       trajectories: tuple[str, ...] | list[str] | None = None) -> Path:
     """Render ``num_clips`` clips into ``out_dir`` in the seed layout and write
     ``metadata.json``. Deterministic in ``seed`` (independent of ``workers``).
 
@@ -256,15 +267,24 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         per_frame: write depth/points as ``<name>/<clip>/frame_XXXX.npy`` (the seed's
             per-frame layout) instead of one ``(T, ...)`` ``.npy`` per clip.
         workers: processes (default: ``min(num_clips, os.cpu_count())``).
+        detail: high-frequency texture on every surface (see :func:`render_clip`); 0 (the
+            default) gives exactly the renders of a call without it.
+        trajectories: clip ``i`` follows ``trajectories[i % len(trajectories)]`` instead of
+            a seeded choice among :data:`TRAJECTORIES`.
 
     Returns:
         ``out_dir`` as a Path. ``height`` and ``width`` must be even (H.264 yuv420p).
     """
     if height % 2 or width % 2:
         raise ValueError(f"height and width must be even for H.264, got {height}x{width}")
+    bad = [t for t in trajectories or () if t not in TRAJECTORIES]
+    if bad:
+        raise ValueError(f"unknown trajectory {bad[0]!r} (known: {', '.join(TRAJECTORIES)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(out_dir, i, seed, num_frames, height, width, per_frame, fps) for i in range(num_clips)]
+    trajectories = tuple(trajectories) if trajectories else None
+    jobs = [(out_dir, i, seed, num_frames, height, width, per_frame, fps, float(detail), trajectories)
+            for i in range(num_clips)]
     workers = workers or min(num_clips, mp.cpu_count())
     if workers <= 1:
         it = map(_write_clip, jobs)

@@ -204,11 +204,28 @@ class Room:
         return t, normal, surface
 
 
+def detail_noise(p: np.ndarray, seed: int) -> np.ndarray:
+    """Fine multi-octave value noise in [0, 1] at world points ``(N, 3)``: lattice spacings
+    of 7, 19 and 50 cm (weights 0.5, 0.3, 0.2), the blob sizes SIFT detects at 128-512 px,
+    contrast-stretched 2.5x around 0.5 (the sum of octaves is otherwise mostly mid-grey)."""
+    n = (0.5 * _value_noise(p / 0.07, seed + 11) + 0.3 * _value_noise(p / 0.19, seed + 12)
+         + 0.2 * _value_noise(p / 0.5, seed + 13))
+    return np.clip((n - 0.5) * 2.5 + 0.5, 0.0, 1.0)
+
+
 @dataclass
 class Scene:
+    """A room, its objects and the light direction.
+
+    ``detail`` > 0 modulates every surface's albedo by :func:`detail_noise`
+    (``albedo * (1 - detail + 2 detail n)``): high-frequency texture for structure from
+    motion. 0 (the default) leaves the renders exactly as without it.
+    """
+
     room: Room
     objects: list[Primitive]
     light: np.ndarray
+    detail: float = 0.0
 
     def describe(self) -> str:
         objs = [o.describe() for o in self.objects]
@@ -241,6 +258,9 @@ def render_rays(scene: Scene, eye: np.ndarray, dirs: np.ndarray) -> tuple[np.nda
     for mask, mat in groups:
         if mask.any():
             albedo[mask] = shade_texture(mat, points[mask])
+            if scene.detail:
+                n = detail_noise(points[mask], mat.seed)
+                albedo[mask] *= (1.0 - scene.detail + 2.0 * scene.detail * n)[:, None]
     lambert = np.clip(normal @ scene.light, 0, 1)
     color = albedo * (0.45 + 0.6 * lambert)[:, None]
     # mild distance fog keeps far walls readable and gives a depth cue

@@ -26,7 +26,11 @@ Scores (:func:`score_clip`, per clip, then means over clips; see
   rotation / translation-direction angle error, degrees), ``rra@15``, ``rta@15``, ``auc@30``,
   ``ate`` (Sim(3)-aligned RMSE, ground-truth units), ``rpe_trans``, ``rpe_rot``;
 * points: ``accuracy``, ``completeness``, ``chamfer`` after Umeyama Sim(3) alignment
-  (ground-truth units).
+  (ground-truth units);
+* with ``reestimate_cameras`` (``generation`` mode): structure from motion on each
+  generated video, its cameras scored against the requested ones as camera-control papers
+  do (``RotErr``, ``TransErr``, ``CamMC``, the SfM failure rate), next to the same sums for
+  the model's own predicted cameras (:mod:`fantasyworld.eval.camera_accuracy`).
 
 Every mode is scored for the model and for the trivial baselines of
 :mod:`fantasyworld.eval.baselines` (constant depth, identity poses, one plane). The
@@ -59,6 +63,11 @@ from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.data.split import HELD_OUT_FRACTION, select_split
 from fantasyworld.errors import staged_output_dir
 from fantasyworld.eval import baselines
+from fantasyworld.eval.camera_accuracy import (
+    camera_control_errors,
+    reestimated_camera_accuracy,
+    summarize_camera_accuracy,
+)
 from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_errors, pointmap_metrics, pose_auc, rpe
 from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.models import inputs
@@ -107,6 +116,12 @@ class EvalSettings:
         num_steps, guidance_scale, shift: sampler settings of the ``generation`` mode.
         seed: noise seed (clip ``i`` uses ``seed + i``).
         sample_clips: how many clips get figures in the report.
+        reestimate_cameras: ``generation`` mode: run structure from motion on each
+            generated video and score the recovered cameras against the requested ones
+            (RotErr, TransErr, CamMC and the SfM failure rate,
+            :mod:`fantasyworld.eval.camera_accuracy`).
+        reestimate_min_registered: a generated clip with fewer registered frames is an
+            SfM failure.
     """
 
     split: str = "held-out"
@@ -123,6 +138,8 @@ class EvalSettings:
     shift: float = 5.0
     seed: int = 0
     sample_clips: int = 3
+    reestimate_cameras: bool = False
+    reestimate_min_registered: float = 0.8
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sigma < 1.0:
@@ -383,17 +400,31 @@ def evaluate(
                                           settings.shift)
             pred = {"depth": res.depth, "w2c": res.w2c, "world_points": res.world_points}
             clip_res["generation"] = {"model": score_clip(pred, gt), "baseline": base_scores}
+            if settings.reestimate_cameras:
+                clip_res["generation"].update(_camera_control(res, settings))
             fig["generation"] = {**pred, "video": res.video}
         per_clip[clip_id] = clip_res
         if len(samples) < settings.sample_clips:
             samples.append(fig)
         lat = clip_res.get("latents", {}).get("model", {})
+        re_est = clip_res.get("generation", {}).get("reestimated")
         say(f"  [{n + 1}/{len(chosen)}] {clip_id}: " + (
             f"abs_rel {lat.get('abs_rel_median', float('nan')):.3f} (baseline "
             f"{base_scores['abs_rel_median']:.3f}), rot_err {lat.get('rot_err', float('nan')):.2f} deg (baseline "
-            f"{base_scores['rot_err']:.2f}), " if lat else "") + f"{time.perf_counter() - t0:.1f} s")
+            f"{base_scores['rot_err']:.2f}), " if lat else "") + (
+            "" if re_est is None else
+            f"re-estimated cameras: RotErr {re_est['RotErr']:.3f} TransErr {re_est['TransErr']:.3f} "
+            f"CamMC {re_est['CamMC']:.3f}, " if re_est["status"] == "ok" else
+            f"re-estimated cameras: {re_est['reason']}, ") + f"{time.perf_counter() - t0:.1f} s")
 
     summary = summarize(per_clip)
+    if settings.reestimate_cameras and "generation" in summary:
+        gen = [c["generation"] for c in per_clip.values() if "generation" in c]
+        summary["generation"]["camera_control"] = {
+            "reestimated": summarize_camera_accuracy([g["reestimated"] for g in gen]),
+            "model": summarize_camera_accuracy([g["model_camera_control"] for g in gen]),
+            "protocol": CAMERA_CONTROL_PROTOCOL,
+        }
     accept = acceptance(summary) if "latents" in summary else None
     metrics = {
         "version": METRICS_VERSION,
@@ -425,6 +456,21 @@ def evaluate(
     say(f"evaluate: wrote {out / 'metrics.json'}" + (f" and {out / 'report.html'}" if report else "")
         + f" in {time.perf_counter() - start:.1f} s")
     return metrics
+
+
+CAMERA_CONTROL_PROTOCOL = (
+    "CamI2V/CameraCtrl: SfM (pycolmap, requested intrinsics fixed) on the generated frames; both trajectories "
+    "relative to their first (registered) frame, translations divided by each trajectory's largest distance "
+    "from that frame; RotErr = sum of rotation angles (radians), TransErr = sum of translation distances, "
+    "CamMC = sum of Frobenius norms of the [R|t] differences; means over the clips SfM did not fail on")
+
+
+def _camera_control(res, settings: EvalSettings) -> dict[str, Any]:
+    """RotErr / TransErr / CamMC of the re-estimated and of the model's own cameras."""
+    req = res.requested_w2c
+    return {"reestimated": reestimated_camera_accuracy(res.video, req, res.requested_intrinsics[0],
+                                                       settings.reestimate_min_registered),
+            "model_camera_control": {"status": "ok", **camera_control_errors(res.w2c, req)}}
 
 
 def _frames_uint8(video: torch.Tensor) -> np.ndarray:

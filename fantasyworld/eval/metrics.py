@@ -17,6 +17,12 @@ Trajectories
   the translation norm / rotation angle of ``inv(Q_i^-1 Q_{i+1}) (P_i^-1 P_{i+1})`` (c2w
   poses, prediction ``P`` Sim(3)-aligned first), as evo's RPE with ``delta = 1`` frame.
 
+Aligned trajectories
+  :func:`align_trajectory_sim3` fits a Sim(3) on the camera orientations (chordal mean of
+  the per-frame world rotations) and the centres (least-squares scale and shift);
+  :func:`aligned_pose_errors` gives, after it, each frame's orientation error and the angle
+  between the predicted and true displacement from the first camera (degrees).
+
 Pairwise (VGGT, ``evaluation/test_co3d.py``)
   Over all pairs ``i < j``: relative poses ``w2c_i @ inverse(w2c_j)``; rotation error = angle
   between the ground-truth and predicted relative rotations; translation error = angle between
@@ -40,10 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from fantasyworld.geometry.cameras import as_homogeneous, invert_se3
+from fantasyworld.geometry.cameras import as_homogeneous, invert_se3, rotation_angle_deg
 
 __all__ = [
     "abs_rel",
+    "align_trajectory_sim3",
+    "aligned_pose_errors",
     "align_depth_median",
     "align_depth_scale_shift",
     "apply_sim3",
@@ -199,18 +207,6 @@ def camera_centers(w2c: Any) -> np.ndarray:
     return invert_se3(_homogeneous(w2c))[..., :3, 3]
 
 
-def rotation_angle_deg(rot: np.ndarray) -> np.ndarray:
-    """Angle (degrees) of rotation matrices ``(..., 3, 3)``, accurate near 0 and 180 (atan2 form)."""
-    rot = np.asarray(rot, dtype=np.float64)
-    cos = (np.trace(rot, axis1=-2, axis2=-1) - 1.0) / 2.0
-    skew = np.stack(
-        [rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0], rot[..., 1, 0] - rot[..., 0, 1]],
-        axis=-1,
-    )
-    sin = np.linalg.norm(skew, axis=-1) / 2.0
-    return np.degrees(np.arctan2(sin, cos))
-
-
 def _aligned_c2w(pred_w2c: Any, gt_w2c: Any, align: bool) -> tuple[np.ndarray, np.ndarray, float]:
     """c2w poses ``(T, 4, 4)`` of prediction (Sim(3)-aligned on centres if ``align``) and gt."""
     pred_c2w, gt_c2w = invert_se3(_homogeneous(pred_w2c)), invert_se3(_homogeneous(gt_w2c))
@@ -359,3 +355,63 @@ def pointmap_metrics(
     acc = float(np.mean(nearest_distances(pred, gt)))
     comp = float(np.mean(nearest_distances(gt, pred)))
     return {"accuracy": acc, "completeness": comp, "chamfer": 0.5 * (acc + comp), "align_scale": float(scale)}
+
+
+# ----------------------------------------------------------------- aligned trajectories
+
+
+def align_trajectory_sim3(pred_w2c: Any, gt_w2c: Any) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity ``x_gt = s R x_pred + t`` taking a predicted trajectory onto the ground
+    truth, fitted on the **orientations and the centres**: ``R`` is the chordal mean of the
+    per-frame world rotations ``Q_gt,i Q_pred,i^T`` (``Q`` camera-to-world rotations,
+    projected onto SO(3) by SVD), then ``s`` and ``t`` are the least-squares fit of the
+    rotated predicted centres to the true ones. Unlike Umeyama on the centres alone it is
+    well posed for straight-line trajectories (a dolly, a pan), whose centres leave the
+    rotation about the line free.
+
+    Returns:
+        ``(s, R (3, 3), t (3,))``.
+    """
+    pred, gt = _homogeneous(pred_w2c), _homogeneous(gt_w2c)
+    if pred.shape != gt.shape:
+        raise ValueError(f"trajectories differ in shape: {pred.shape} vs {gt.shape}")
+    q_pred = np.swapaxes(pred[:, :3, :3], -1, -2)
+    q_gt = np.swapaxes(gt[:, :3, :3], -1, -2)
+    u, _, vt = np.linalg.svd((q_gt @ np.swapaxes(q_pred, -1, -2)).sum(0))
+    sign = np.eye(3)
+    sign[2, 2] = np.sign(np.linalg.det(u @ vt)) or 1.0
+    rot = u @ sign @ vt
+    c_pred = camera_centers(pred) @ rot.T
+    c_gt = camera_centers(gt)
+    dp, dg = c_pred - c_pred.mean(0), c_gt - c_gt.mean(0)
+    denom = float((dp**2).sum())
+    scale = float((dp * dg).sum() / denom) if denom > 0 else 1.0
+    trans = c_gt.mean(0) - scale * c_pred.mean(0)
+    return scale, rot, trans
+
+
+def aligned_pose_errors(pred_w2c: Any, gt_w2c: Any) -> dict[str, np.ndarray | float]:
+    """Per-frame camera errors after :func:`align_trajectory_sim3`.
+
+    Returns:
+        ``rot_err`` ``(T,)``: angle (degrees) between each aligned predicted camera
+        orientation and the true one; ``trans_dir_err`` ``(T - 1,)``: angle (degrees)
+        between the aligned predicted displacement from the first camera ``c_i - c_0`` and
+        the true one (``i >= 1``; 90 where either is zero); ``center_err`` ``(T,)``:
+        distance of the aligned centres to the true ones (ground-truth units); and
+        ``scale``, the alignment's scale.
+    """
+    pred, gt = _homogeneous(pred_w2c), _homogeneous(gt_w2c)
+    scale, rot, trans = align_trajectory_sim3(pred, gt)
+    q_pred = rot @ np.swapaxes(pred[:, :3, :3], -1, -2)
+    q_gt = np.swapaxes(gt[:, :3, :3], -1, -2)
+    rot_err = rotation_angle_deg(np.swapaxes(q_gt, -1, -2) @ q_pred)
+    c_pred = apply_sim3(camera_centers(pred), scale, rot, trans)
+    c_gt = camera_centers(gt)
+    d_pred, d_gt = c_pred[1:] - c_pred[:1], c_gt[1:] - c_gt[:1]
+    cos = (d_pred * d_gt).sum(-1)
+    sin = np.linalg.norm(np.cross(d_pred, d_gt), axis=-1)
+    ok = (np.linalg.norm(d_pred, axis=-1) > 0) & (np.linalg.norm(d_gt, axis=-1) > 0)
+    trans_dir = np.where(ok, np.degrees(np.arctan2(sin, cos)), 90.0)
+    return {"rot_err": rot_err, "trans_dir_err": trans_dir,
+            "center_err": np.linalg.norm(c_pred - c_gt, axis=-1), "scale": scale}

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fantasyworld.data.colormap import turbo
 from fantasyworld.eval.metrics import align_depth_median, apply_sim3, camera_centers, umeyama_alignment
 from fantasyworld.inference import plots
-from fantasyworld.inference.export import turbo
 
 __all__ = ["depth_figure", "metrics_table_figure", "trajectory_figure", "write_eval_report"]
 
@@ -173,6 +173,22 @@ def _per_clip_rows(metrics: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _camera_control_html(summary: dict[str, Any]) -> str:
+    """The ``--reestimate-cameras`` table (generation mode), or ``""``."""
+    cc = summary.get("generation", {}).get("camera_control")
+    if not cc:
+        return ""
+    keys = ("RotErr", "TransErr", "CamMC", "rot_err_deg")
+    rows = [["cameras", *keys, "SfM failures"]]
+    for name, label in (("reestimated", "re-estimated by SfM from the generated frames"),
+                        ("model", "predicted by the model")):
+        r = cc[name]
+        fail = f"{r['num_failed']}/{r['num_clips']}" if name == "reestimated" else "-"
+        rows.append([label, *(_fmt(r.get(k)) for k in keys), fail])
+    return (f"<h2>Camera control (generated videos vs requested cameras)</h2>{_html_table(rows)}"
+            f"<p>{html.escape(cc.get('protocol', ''))}. rot_err_deg: mean angle per frame (degrees).</p>")
+
+
 def write_eval_report(out_dir: str | Path, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Path]:
     """Write the figures and ``report.html`` into ``out_dir``; returns ``{name: path}``."""
     out = Path(out_dir)
@@ -199,6 +215,7 @@ def write_eval_report(out_dir: str | Path, metrics: dict[str, Any], samples: lis
                         "much it does). docs/evaluation.md records the measured numbers and what limits them.</p>")
     else:
         verdict = "<p>No acceptance check (the latents mode was not run).</p>"
+    camctrl = _camera_control_html(metrics["summary"])
     settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in metrics["settings"].items())
     base = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in metrics["baselines"].items())
@@ -216,6 +233,7 @@ img{{image-rendering:pixelated;max-width:100%}} figure{{margin:10px 0}}</style><
 {_html_table(_table_rows(metrics["summary"]))}
 <p>Baselines:</p><ul>{base}</ul>
 <figure><img src="metrics_table.png"><figcaption>metrics_table.png</figcaption></figure>
+{camctrl}
 <h2>Depth: ground truth vs predicted</h2>
 <figure><img src="depth_samples.png"><figcaption>Turbo inverse depth (near red, far blue), predictions
 median-aligned to the ground truth; black: invalid pixels</figcaption></figure>

@@ -30,6 +30,8 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import torch
 
+from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
+
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
@@ -380,6 +382,18 @@ def rotation_orthonormality_error(rot: np.ndarray) -> np.ndarray:
     return np.maximum(err, np.abs(det - 1.0))
 
 
+def rotation_angle_deg(rot: np.ndarray) -> np.ndarray:
+    """Angle (degrees) of rotation matrices ``(..., 3, 3)``, accurate near 0 and 180 (atan2 form)."""
+    rot = np.asarray(rot, dtype=np.float64)
+    cos = (np.trace(rot, axis1=-2, axis2=-1) - 1.0) / 2.0
+    skew = np.stack(
+        [rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0], rot[..., 1, 0] - rot[..., 0, 1]],
+        axis=-1,
+    )
+    sin = np.linalg.norm(skew, axis=-1) / 2.0
+    return np.degrees(np.arctan2(sin, cos))
+
+
 def look_at_w2c(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 1.0, 0.0)) -> np.ndarray:
     """World-to-camera ``(4, 4)`` (OpenCV axes) of a camera at ``eye`` looking at ``target``,
     with image-up aligned with world ``up`` (camera y points opposite to ``up``)."""
@@ -394,3 +408,43 @@ def look_at_w2c(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 1.0,
     w2c[:3, :3] = rot
     w2c[:3, 3] = -rot @ eye
     return w2c
+
+
+def interpolate_c2w(c2w: np.ndarray, times: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Camera-to-world poses at ``query`` times from poses known at sorted ``times``:
+    camera centres linearly, rotations by quaternion slerp (shortest arc) between the two
+    known poses around each query (numpy).
+
+    Args:
+        c2w: ``(n, 4, 4)`` known poses, ``n >= 1``.
+        times: ``(n,)`` strictly increasing times of the known poses.
+        query: ``(m,)`` times; values outside ``[times[0], times[-1]]`` extrapolate along
+            the first or last interval (callers that must not extrapolate check first).
+
+    Returns:
+        ``(m, 4, 4)`` float64 poses; a query equal to a known time returns that pose.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    query = np.asarray(query, dtype=np.float64)
+    n = len(c2w)
+    if n == 1:
+        return np.repeat(c2w, len(query), axis=0)
+    lo = np.clip(np.searchsorted(times, query, side="right") - 1, 0, n - 2)
+    hi = lo + 1
+    frac = (query - times[lo]) / (times[hi] - times[lo])
+    quat = mat_to_quat(torch.from_numpy(c2w[:, :3, :3])).numpy()  # (n, 4) xyzw
+    q0, q1 = quat[lo], quat[hi]
+    dot = (q0 * q1).sum(-1)
+    q1 = np.where(dot[:, None] < 0, -q1, q1)
+    dot = np.abs(dot).clip(-1.0, 1.0)
+    theta = np.arccos(dot)
+    small = theta < 1e-6
+    sin = np.where(small, 1.0, np.sin(theta))
+    w0 = np.where(small, 1 - frac, np.sin((1 - frac) * theta) / sin)
+    w1 = np.where(small, frac, np.sin(frac * theta) / sin)
+    q = w0[:, None] * q0 + w1[:, None] * q1
+    out = np.tile(np.eye(4), (len(query), 1, 1))
+    out[:, :3, :3] = quat_to_mat(torch.from_numpy(q)).numpy()
+    out[:, :3, 3] = (1 - frac)[:, None] * c2w[lo, :3, 3] + frac[:, None] * c2w[hi, :3, 3]
+    return out

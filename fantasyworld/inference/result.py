@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fantasyworld.data.colormap import colorize_depth
 from fantasyworld.geometry.cameras import w2c_to_c2w
 from fantasyworld.heads.registry import HEADS
 from fantasyworld.inference import export
@@ -144,7 +145,7 @@ class GenerationResult:
                                    spec.archive_dtype)
         if self.depth is not None:
             paths["depth.mp4"] = out / "depth.mp4"
-            export.save_video(paths["depth.mp4"], export.colorize_depth(self.depth), self.fps)
+            export.save_video(paths["depth.mp4"], colorize_depth(self.depth), self.fps)
         if self.w2c is not None:
             paths.update({k: v for k, v in export.save_cameras(
                 out, self.w2c, self.intrinsics, h, w, self.pose_enc, self.requested_w2c,

@@ -54,9 +54,9 @@ from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.geometry.cameras import (
     as_homogeneous,
     c2w_to_w2c,
+    interpolate_c2w,
     intrinsics_from_fov,
 )
-from fantasyworld.geometry.rotation import mat_to_quat, quat_to_mat
 
 #: Default horizontal field of view (degrees) for named paths and files without intrinsics.
 DEFAULT_FOV_DEG = 60.0
@@ -204,25 +204,11 @@ def resample_trajectory(traj: CameraSequence, num_frames: int) -> CameraSequence
     n = len(traj)
     if n == num_frames:
         return traj
-    c2w = traj.c2w
     pos = np.linspace(0.0, n - 1, num_frames) if num_frames > 1 else np.zeros(1)
+    out = interpolate_c2w(traj.c2w, np.arange(n, dtype=np.float64), pos)
     lo = np.clip(np.floor(pos).astype(int), 0, max(n - 2, 0))
     hi = np.minimum(lo + 1, n - 1)
     frac = pos - lo
-    quat = mat_to_quat(torch.from_numpy(c2w[:, :3, :3])).numpy()  # (n, 4) xyzw
-    q0, q1 = quat[lo], quat[hi]
-    dot = (q0 * q1).sum(-1)
-    q1 = np.where(dot[:, None] < 0, -q1, q1)
-    dot = np.abs(dot).clip(-1.0, 1.0)
-    theta = np.arccos(dot)
-    small = theta < 1e-6
-    sin = np.where(small, 1.0, np.sin(theta))
-    w0 = np.where(small, 1 - frac, np.sin((1 - frac) * theta) / sin)
-    w1 = np.where(small, frac, np.sin(frac * theta) / sin)
-    q = w0[:, None] * q0 + w1[:, None] * q1
-    out = np.tile(np.eye(4), (num_frames, 1, 1))
-    out[:, :3, :3] = quat_to_mat(torch.from_numpy(q)).numpy()
-    out[:, :3, 3] = (1 - frac)[:, None] * c2w[lo, :3, 3] + frac[:, None] * c2w[hi, :3, 3]
     k = (1 - frac)[:, None, None] * traj.K[lo] + frac[:, None, None] * traj.K[hi]
     return CameraSequence(c2w_to_w2c(out), k, traj.height, traj.width, traj.source,
                             dict(traj.extra, resampled_from=n))
