@@ -76,7 +76,7 @@ def _convert(root, out, *extra: str) -> int:
 
 
 def test_both_experts_convert_load_strictly_and_round_trip(tiny, tmp_path, monkeypatch) -> None:
-    from fantasyworld.models.official import convert as conv
+    from fantasyworld.models.official import convert_wan22 as conv
 
     root, configs, official = tiny
     assert "pipe.dit.control_adapter.conv.weight" in official["high"]
@@ -110,7 +110,7 @@ def test_both_experts_convert_load_strictly_and_round_trip(tiny, tmp_path, monke
 
 
 def test_refusals_write_nothing(tiny, tmp_path, monkeypatch, capsys) -> None:
-    from fantasyworld.models.official import convert as conv
+    from fantasyworld.models.official import convert_wan22 as conv
 
     root, configs, official = tiny
     real = conv.get_preset

@@ -31,8 +31,6 @@ step, write a checkpoint and return; ``fantasyworld train`` then exits with 143 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -43,7 +41,7 @@ from typing import Any
 import torch
 import yaml
 
-from fantasyworld.errors import CheckpointError, DataError, NonFiniteLossError
+from fantasyworld.errors import CheckpointError, NonFiniteLossError
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.flow_matching import expert_sigma_range
@@ -54,10 +52,12 @@ from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transfor
 from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
 from fantasyworld.training.data import build_stream_loader
+from fantasyworld.training.data_checks import check_cache, validate_training_data
 from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import loss_keys, per_sample_losses
 from fantasyworld.training.lr_schedule import lr_multiplier
 from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
+from fantasyworld.training.signals import STOP_SIGNALS, SignalFlag, signal_exit_code
 
 __all__ = ["STOP_SIGNALS", "NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "signal_exit_code", "train"]
 
@@ -82,43 +82,6 @@ class TrainResult:
     run_dir: Path
     last_checkpoint: Path | None
     history: list[dict[str, float]]
-
-
-#: the signals that stop a run cleanly, and the name a stopped run reports (``TrainResult.stopped``)
-STOP_SIGNALS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
-
-
-def signal_exit_code(stopped: str) -> int:
-    """The shell's exit status for a run stopped by a signal: ``128 + signal number`` (143 for
-    SIGTERM, 130 for SIGINT), 0 for ``finished``."""
-    for signum, name in STOP_SIGNALS.items():
-        if stopped == name:
-            return 128 + int(signum)
-    return 0
-
-
-class _SignalFlag:
-    """Set by SIGTERM or SIGINT (installed only in the main thread); restored on :meth:`close`.
-
-    The first signal asks the run to finish its step and checkpoint; a second SIGINT (Ctrl-C
-    twice) raises :class:`KeyboardInterrupt` at once (the newest complete checkpoint stays)."""
-
-    def __init__(self) -> None:
-        self.raised: str | None = None
-        self._old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self._old[signum] = signal.signal(signum, self._handler)
-
-    def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        if self.raised and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.raised = self.raised or STOP_SIGNALS[signal.Signals(signum)]
-
-    def close(self) -> None:
-        for signum, old in self._old.items():
-            signal.signal(signum, old)
-        self._old = {}
 
 
 class Trainer:
@@ -366,42 +329,12 @@ class Trainer:
             pin_memory=world.device.type == "cuda")
 
     def _validate_data(self) -> None:
-        """Check every record and file of ``data.root`` before training (``data.validate``):
-        headers, shapes, dtypes and frame counts, plus every value with ``data.validate_values``.
-        Raises the first problem as a :class:`DataError` (it names the file), with the count."""
-        from fantasyworld.data.validate import validate_dataset
-
-        d = self.cfg.data
-        start = time.perf_counter()
-        problems, n = validate_dataset(d.root, decode_video=False, check_values=d.validate_values,
-                                       min_frames=(d.num_frames - 1) * d.stride + 1)
-        if problems:
-            first = problems[0]
-            more = (f" (and {len(problems) - 1} more problem(s): run `fantasyworld data validate {d.root}`)"
-                    if len(problems) > 1 else "")
-            raise DataError(first.path, first.kind, f"{first.message}{more}")
-        if self.world.is_main:
-            what = "every file and value" if d.validate_values else "every file's header"
-            self.log.info(f"data {d.root}: {n} clip(s), {what} checked in {time.perf_counter() - start:.1f} s "
-                          f"(data.validate=false / --skip-validation to skip)")
+        """Check every record and file of ``data.root`` before training (``data.validate``)."""
+        validate_training_data(self.cfg.data, self.log if self.world.is_main else None)
 
     def _check_cache(self, dataset) -> None:
         """The cache's frames, size and text width must match the config and the preset."""
-        item = dataset[0]
-        t, h, w = item["depth"].shape
-        d = self.cfg.data
-        for key, got in (("num_frames", t), ("height", h), ("width", w)):
-            want = getattr(d, key)
-            if want is not None and want != got:
-                raise ConfigError(f"data.{key}={want} but the cache {d.cache_dir} holds {got}: set data.{key}={got} "
-                                  f"(or null) or rebuild the cache")
-        text_dim = int(self.model_config.wan["text_dim"])
-        if item["text_emb"].shape[-1] != text_dim:
-            raise ConfigError(f"cache {d.cache_dir} has text embeddings of width {item['text_emb'].shape[-1]} but "
-                              f"preset {self.model_config.name} expects text_dim {text_dim}")
-        if self.model_config.is_i2v and "cond_latent" not in item:
-            raise ConfigError(f"preset {self.model_config.name} is image-to-video but cache {d.cache_dir} has no "
-                              f"cond_latent / clip_image_emb (build it with --image-encoder)")
+        check_cache(dataset, self.cfg.data, self.model_config)
 
     # ---------------------------------------------------------------------------- one step
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -451,7 +384,7 @@ class Trainer:
                                start_step=self.start_step, tensorboard=cfg.log.tensorboard,
                                progress=cfg.log.progress, every=cfg.log.every, wandb=cfg.log.wandb,
                                wandb_project=cfg.log.wandb_project, run_config=config_to_dict(cfg))
-        flag = _SignalFlag()
+        flag = SignalFlag()
         history: list[dict[str, float]] = []
         last_ckpt: Path | None = (ckpt.weights_path(self.run_dir, self.start_step) if self.start_step else None)
         stopped = "finished"

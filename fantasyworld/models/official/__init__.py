@@ -3,8 +3,11 @@ Wan2.2-Fun-A14B-Control-Camera (``high_noise_model.pth`` + ``low_noise_model.pth
 
 * :mod:`~fantasyworld.models.official.keys` - where each official key goes (groups, the
   key map, the manifest of the official model object);
-* :mod:`~fantasyworld.models.official.convert` - reading ``model.pth`` safely, checking the
-  Wan copies against the base, writing a FantasyWorld checkpoint, and the inverse mapping.
+* :mod:`~fantasyworld.models.official.reading` - reading ``model.pth`` safely (weights only)
+  and the Wan base weights;
+* :mod:`~fantasyworld.models.official.convert` - checking the Wan copies against the base,
+  writing a FantasyWorld checkpoint, and the inverse mapping;
+* :mod:`~fantasyworld.models.official.convert_wan22` - both Wan2.2 experts, published together.
 
 The official inference's camera quirks (used when running converted weights) are an
 inference concern: :mod:`fantasyworld.inference.official_cameras`.
@@ -20,12 +23,12 @@ from fantasyworld.models.official.convert import (
     check_wan_config,
     compare_backbone,
     convert_official,
-    convert_official_wan22,
     equal_up_to_one_rounding,
     ours_to_official,
     read_official_state_dict,
     tensors_equal_at_common_precision,
 )
+from fantasyworld.models.official.convert_wan22 import convert_official_wan22
 from fantasyworld.models.official.keys import (
     CONFIG_FILE,
     GROUP_TITLES,
