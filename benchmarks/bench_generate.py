@@ -141,10 +141,8 @@ def set_cap(device: torch.device, cap_gib: float | None) -> None:
 
 
 def run_tier(pipe: FantasyWorldPipeline, tier: str, a: argparse.Namespace, image: np.ndarray | None) -> dict:
-    """Re-place the pipeline for ``tier`` and generate once under the tier's cap."""
-    if pipe.block_swap is not None:
-        pipe.block_swap.remove()
-        pipe.block_swap = None
+    """Re-place the pipeline for ``tier`` (``_place`` undoes an earlier block swap) and generate
+    once under the tier's cap."""
     pipe.memory = get_memory_tier(tier)
     pipe._text_cache.clear()  # every run encodes its prompts (the text phase is measured per tier)
     set_cap(pipe.device, None)
@@ -284,9 +282,6 @@ def main() -> None:
             f"{k}_vs_{first}": {"latents": float(np.abs(v[0] - arrays[first][0]).max()),
                                 "depth": float(np.abs(v[1] - arrays[first][1]).max())}
             for k, v in arrays.items() if k != first}
-        if pipe.block_swap is not None:
-            pipe.block_swap.remove()
-            pipe.block_swap = None
         pipe.memory = get_memory_tier("80")
         pipe._place()
     if "step" in what:

@@ -18,6 +18,11 @@ from torch import nn
 __all__ = ["BlockSwap", "HostOffload", "PhaseMeter", "repeated_blocks", "to_device_except"]
 
 
+def _pinned_host(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s data in pinned host memory (itself when it already is; a copy otherwise)."""
+    return t.data if (t.device.type == "cpu" and t.data.is_pinned()) else t.data.to("cpu").pin_memory()
+
+
 def repeated_blocks(module: nn.Module) -> list[nn.Module]:
     """The longest ``ModuleList`` of a module (the encoder layers of UMT5 / CLIP), or ``[]``."""
     lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
@@ -47,7 +52,7 @@ class HostOffload:
         self._rest = []
         for t in [*module.parameters(), *module.buffers()]:
             if id(t) not in block_ids:
-                host = t.data if (t.device.type == "cpu" and t.data.is_pinned()) else t.data.to("cpu").pin_memory()
+                host = _pinned_host(t)
                 t.data = host
                 self._rest.append((t, host))
         self._swap: BlockSwap | None = None
@@ -144,7 +149,7 @@ class BlockSwap:
         for block in blocks:
             pairs = []
             for t in [*block.parameters(), *block.buffers()]:
-                host = t.data if (t.device.type == "cpu" and t.data.is_pinned()) else t.data.to("cpu").pin_memory()
+                host = _pinned_host(t)
                 t.data = host
                 pairs.append((t, host))
             self._host.append(pairs)

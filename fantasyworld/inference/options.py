@@ -66,8 +66,13 @@ class GenerationOptions:
         """The keyword arguments of :func:`~fantasyworld.inference.sampler.sample` these options set
         (``tier_cfg_batch``: the memory tier's CFG batching, used when ``cfg_batch`` is unset)."""
         schedule, geometry = self.resolved(official_compat)
-        cfg_batch = tier_cfg_batch if self.cfg_batch is None else self.cfg_batch
-        return {"schedule": schedule, "geometry": geometry, "cfg_batch": cfg_batch, "progress": self.progress}
+        return {"schedule": schedule, "geometry": geometry, "cfg_batch": self.resolved_cfg_batch(tier_cfg_batch),
+                "progress": self.progress}
+
+    def resolved_cfg_batch(self, tier_cfg_batch: bool) -> bool:
+        """``cfg_batch`` when set, else the memory tier's choice ``tier_cfg_batch``."""
+        return tier_cfg_batch if self.cfg_batch is None else self.cfg_batch
+
     cfg_batch: bool | None = None
     """Batch the CFG passes in one forward or run them apart; None: the memory tier's choice."""
     vae_tiling: bool | str = "auto"

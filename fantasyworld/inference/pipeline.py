@@ -483,7 +483,7 @@ class FantasyWorldPipeline:
             "shift": call["shift"], "seed": call["seed"],
             **dict(zip(("schedule", "geometry"), opts.resolved(cfg.official_compat), strict=True)),
             "geometry_timestep": res.geometry_timestep,
-            "cfg_batch": self.memory.cfg_batch if opts.cfg_batch is None else opts.cfg_batch,
+            "cfg_batch": opts.resolved_cfg_batch(self.memory.cfg_batch),
             "memory_tier": self.memory.name,
             "cloud_source": opts.cloud_source, "conf_percentile": opts.conf_percentile,
             "max_points": opts.max_points,
