@@ -50,6 +50,24 @@ def _tree_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _assert_refused_leaves_folder(run_command, folder: Path, earlier: Path | None, what: str,
+                                  capsys: pytest.CaptureFixture[str]) -> str:
+    """Copy ``earlier`` to ``folder`` (if given), run the command: it exits 2 with one named
+    ``error:`` line holding ``what`` and no traceback, and ``folder`` is byte for byte as it was
+    (or still absent). Returns stderr."""
+    if earlier is not None:
+        shutil.copytree(earlier, folder)
+    before = _tree_hash(folder) if earlier is not None else None
+    assert run_command() == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: ") and what in err and "Traceback" not in err, err
+    if earlier is not None:
+        assert _tree_hash(folder) == before
+    else:
+        assert not folder.exists()
+    return err
+
+
 def _edit_record(key: str, value: object) -> Callable[[Path], None]:
     def plant(root: Path) -> None:
         meta = json.loads((root / "metadata.json").read_text())
@@ -352,16 +370,9 @@ def test_refused_run_writes_nothing(clean_root: Path, full_run: Path, tmp_path: 
                                     capsys: pytest.CaptureFixture[str], name: str) -> None:
     argv, what, existing = RUN_FAULTS[name]
     run = tmp_path / "run"
-    if existing:
-        shutil.copytree(full_run, run)
-    before = _tree_hash(run) if existing else None
-    assert main(argv(clean_root, run, tmp_path)) == 2
-    err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1].startswith("error: ") and what in err and "Traceback" not in err, err
-    if existing:  # not even train_config.yaml is rewritten
-        assert _tree_hash(run) == before
-    else:
-        assert not run.exists()
+    # an existing run keeps every byte (not even train_config.yaml is rewritten); a new one is never made
+    _assert_refused_leaves_folder(lambda: main(argv(clean_root, run, tmp_path)), run, full_run if existing else None,
+                                  what, capsys)
 
 
 def test_resume_takes_overrides_after_the_flag(clean_root: Path, full_run: Path, tmp_path: Path) -> None:
@@ -429,17 +440,10 @@ def test_refused_output_changes_nothing(tiny_ckpt: Path, earlier_result: Path, t
                                         capsys: pytest.CaptureFixture[str], name: str) -> None:
     argv, what, existing = OUTPUT_FAULTS[name]
     out = tmp_path / "out"
+    err = _assert_refused_leaves_folder(lambda: main(argv(tiny_ckpt, out, tmp_path)), out,
+                                        earlier_result if existing else None, what, capsys)
     if existing:
-        shutil.copytree(earlier_result, out)
-    before = _tree_hash(out) if existing else None
-    assert main(argv(tiny_ckpt, out, tmp_path)) == 2
-    err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1].startswith("error: ") and what in err and "Traceback" not in err, err
-    if existing:
-        assert _tree_hash(out) == before
         assert f"--out {out}: already holds" in err and "--overwrite" in err
-    else:
-        assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporaries left
 
 
