@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from fantasyworld.cli import main
-from fantasyworld.data.formats import write_video
+from fantasyworld.data.formats import read_video, write_video
 from fantasyworld.data.synth import render_clip, synthesize_dataset
 from fantasyworld.data.validate import validate_dataset
 
@@ -75,36 +75,76 @@ def small_shaped_depth_anything(out: Path) -> Path:
     return out
 
 
-def part_video(work: Path) -> None:
-    videos = work / "videos"
-    videos.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    clip = render_clip(11, 0, 81, 304, 528, trajectory="arc", detail=0.6)
-    write_video(videos / "synthetic_528x304.mp4", clip.frames, fps=16)
-    print(f"rendered + encoded 81x304x528 in {time.perf_counter() - t0:.1f} s")
+def annotate_twice(work: Path, videos: Path, frames: int, true_fov: float | None = None) -> None:
+    """Annotate every video of ``videos`` with the tiny and the Small-shaped random depth model,
+    print one JSON line per run, validate, and train one tiny step on the first output."""
     runs = [("tiny", tiny_depth_anything(work / "tiny_da"), "10"),
             ("small-shaped", small_shaped_depth_anything(work / "small_da"), "1000")]
     for name, model, bound in runs:
         out = work / f"ann_{name}"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        rc = main(["data", "annotate", "--videos", str(videos), "--out", str(out), "--frames", "81",
+        rc = main(["data", "annotate", "--videos", str(videos), "--out", str(out), "--frames", str(frames),
                    "--depth-model", str(model), "--max-depth-residual", bound, "--quiet"])
         wall = time.perf_counter() - t0
-        entry = json.loads((out / "report.json").read_text())["clips"][0]
-        problems, n = validate_dataset(out)
-        print(json.dumps({"run": name, "rc": rc, "wall_s": round(wall, 1), "status": entry["status"],
-                          "registered_fraction": entry.get("registered_fraction"),
-                          "reprojection_error": entry.get("reprojection_error"), "fov_deg": entry.get("fov_deg"),
-                          "true_fov_deg": float(np.degrees(2 * np.arctan(264 / clip.K[0, 0]))),
-                          "seconds": {k: round(v, 1) for k, v in entry.get("seconds", {}).items()},
-                          "validate_problems": len(problems), "validated_clips": n}))
+        for entry in json.loads((out / "report.json").read_text())["clips"]:
+            problems, n = validate_dataset(out) if (out / "metadata.json").exists() else ([], 0)
+            print(json.dumps({"run": name, "clip": entry["clip_id"], "rc": rc, "wall_s": round(wall, 1),
+                              "status": entry["status"], "reason": entry.get("reason"),
+                              "size": f"{entry.get('width')}x{entry.get('height')}",
+                              "registered_fraction": entry.get("registered_fraction"),
+                              "reprojection_error": entry.get("reprojection_error"), "fov_deg": entry.get("fov_deg"),
+                              "true_fov_deg": true_fov, "seconds_total": entry.get("seconds_total"),
+                              "seconds": {k: round(v, 1) for k, v in entry.get("seconds", {}).items()},
+                              "validate_problems": len(problems), "validated_clips": n}))
     run = work / "train_step"
     shutil.rmtree(run, ignore_errors=True)
     rc = main(["train", "--config", str(CONFIGS / "stage1_tiny.yaml"), f"output_dir={run}",
                f"data.root={work / 'ann_tiny'}", "data.num_frames=5", "data.height=32", "data.width=32", "steps=1",
                "checkpoint.every=1", "log.progress=false", "log.tensorboard=false"])
     print(f"one tiny training step on the annotated clip: rc {rc}, {sorted(p.name for p in run.glob('step-*'))}")
+
+
+def part_video(work: Path) -> None:
+    videos = work / "videos"
+    shutil.rmtree(videos, ignore_errors=True)
+    videos.mkdir(parents=True)
+    t0 = time.perf_counter()
+    clip = render_clip(11, 0, 81, 304, 528, trajectory="arc", detail=0.6)
+    write_video(videos / "synthetic_528x304.mp4", clip.frames, fps=16)
+    print(f"rendered + encoded 81x304x528 in {time.perf_counter() - t0:.1f} s")
+    annotate_twice(work, videos, 81, true_fov=float(np.degrees(2 * np.arctan(264 / clip.K[0, 0]))))
+
+
+def part_real(work: Path, video: Path, start: int, frames: int, crop: tuple[int, int], cut_start: int) -> None:
+    """A real camera video: one shot ``[start, start + frames)`` centre-cropped to ``crop``
+    (H, W) and re-encoded as H.264, plus an 81-frame stretch from ``cut_start`` that spans shot
+    changes (SfM cannot register it as one camera path; the clip must be rejected with its
+    reason, the other kept)."""
+    import av
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        print(f"{video.name}: {stream.codec_context.name}, {stream.width}x{stream.height}, "
+              f"{stream.frames} frames, {float(stream.average_rate or 0):g} fps")
+    all_frames = read_video(video)
+    h, w = crop
+    top, left = (all_frames.shape[1] - h) // 2, (all_frames.shape[2] - w) // 2
+    videos = work / "real_videos"
+    shutil.rmtree(videos, ignore_errors=True)
+    videos.mkdir(parents=True)
+    write_video(videos / f"shot_{w}x{h}.mp4", all_frames[start:start + frames, top:top + h, left:left + w], fps=25)
+    annotate_twice(work, videos, frames)
+    across = work / "real_across_cuts"
+    shutil.rmtree(across, ignore_errors=True)
+    across.mkdir(parents=True)
+    write_video(across / "across_cuts.mp4", all_frames[cut_start:cut_start + 81, top:top + h, left:left + w], fps=25)
+    out = work / "ann_across_cuts"
+    shutil.rmtree(out, ignore_errors=True)
+    rc = main(["data", "annotate", "--videos", str(across), "--out", str(out), "--frames", "81",
+               "--depth-model", str(work / "tiny_da"), "--quiet"])
+    entry = json.loads((out / "report.json").read_text())["clips"][0]
+    print(json.dumps({"run": "across-cuts", "rc": rc, "status": entry["status"], "reason": entry.get("reason")}))
 
 
 GT_PLUGIN = "def gt_depth(frames, context):\n    return {'depth': context.gt.depth, 'metric': True}\n"
@@ -167,8 +207,14 @@ def part_accuracy(work: Path, clips: int) -> None:
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True)
-    parser.add_argument("--part", choices=["video", "accuracy"], required=True)
+    parser.add_argument("--part", choices=["video", "real", "accuracy"], required=True)
     parser.add_argument("--clips", type=int, default=12)
+    parser.add_argument("--video", type=Path, help="--part real: a camera video (H.264 or any PyAV reads)")
+    parser.add_argument("--start", type=int, default=30, help="--part real: first frame of one shot")
+    parser.add_argument("--frames", type=int, default=45, help="--part real: frames of that shot (4k+1)")
+    parser.add_argument("--crop", default="264x616", help="--part real: centre crop HxW (even)")
+    parser.add_argument("--cut-start", type=int, default=0, help="--part real: start of an 81-frame stretch "
+                        "across shot changes")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -176,6 +222,11 @@ def main_cli() -> None:
           f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}")
     if args.part == "video":
         part_video(work)
+    elif args.part == "real":
+        if args.video is None:
+            parser.error("--part real needs --video")
+        crop = tuple(int(v) for v in args.crop.lower().split("x"))
+        part_real(work, args.video, args.start, args.frames, crop, args.cut_start)
     else:
         part_accuracy(work, args.clips)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
