@@ -17,7 +17,10 @@ Learners (``--learner``):
   ``--camera-only`` drops the depth and point losses;
 * ``mlp``: a two-layer MLP from the whole clip's latents (or pixels, ``--mlp-input pixels``)
   straight to the quaternions relative to frame 0 (a control: can a generic learner
-  generalise relative rotation from this data at all?).
+  generalise relative rotation from this data at all?);
+* ``cnn``: a small convolutional network on pixel pairs (frame 0, frame i) stacked as 6
+  channels, one quaternion relative to frame 0 per pair (a control with the inductive bias
+  of optical flow: translation-equivariant features compared across the two frames).
 
 Runs on a CPU or one GPU. One JSON per run (``--out/NAME.json``) with the settings, the
 curves and the final scores; docs/evaluation.md#camera-learning has the measured table.
@@ -25,6 +28,7 @@ curves and the final scores; docs/evaluation.md#camera-learning has the measured
     python benchmarks/camera_probe.py --name base --clips 400 --steps 1500
     python benchmarks/camera_probe.py --name control --camera-input ground-truth --schedule cosine
     python benchmarks/camera_probe.py --name mlp --learner mlp --steps 2000
+    python benchmarks/camera_probe.py --name cnn --learner cnn --steps 2000 --batch 32 --lr 1e-3
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=400)
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--learner", choices=("fantasyworld", "mlp"), default="fantasyworld")
+    p.add_argument("--learner", choices=("fantasyworld", "mlp", "cnn"), default="fantasyworld")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -213,6 +217,45 @@ class MlpLearner:
         return decode_pose(enc.double(), self.hw)[0], None
 
 
+class CnnLearner(MlpLearner):
+    """Pixel pairs (frame 0, frame i) -> quaternion of frame i relative to frame 0."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, clips: ClipSet) -> None:
+        self.args, self.device, self.hw = args, device, (args.size, args.size)
+        nn = torch.nn
+        self.net = nn.Sequential(
+            nn.Conv2d(6, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 4),
+        ).to(device)
+        self.params = list(self.net.parameters())
+
+    def _quats(self, clips: ClipSet, idx: torch.Tensor) -> torch.Tensor:
+        video = clips.video[idx]  # (B, 3, T, H, W)
+        b, _, t, h, w = video.shape
+        first = video[:, :, :1].expand(-1, -1, t, -1, -1)
+        pairs = torch.cat([first, video], dim=1).permute(0, 2, 1, 3, 4).reshape(b * t, 6, h, w)
+        identity = torch.tensor([0.0, 0.0, 0.0, 1.0], device=video.device)
+        return (self.net(pairs) + identity).view(b, t, 4)
+
+    def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        target = pose_targets(clips.select(idx), self.hw)[..., 3:7]
+        return torch.nn.functional.smooth_l1_loss(self._quats(clips, idx), target)
+
+    @torch.no_grad()
+    def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, None]:
+        self.net.eval()
+        quat = self._quats(clips, idx)
+        self.net.train()
+        enc = torch.zeros(*quat.shape[:2], 9, device=quat.device)
+        enc[..., 3:7] = quat
+        enc[..., 7:] = 1.0
+        return decode_pose(enc.double(), self.hw)[0], None
+
+
+LEARNERS = {"mlp": MlpLearner, "cnn": CnnLearner}
+
+
 def evaluate(learner, clips: ClipSet, limit: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(1)
     rows = []
@@ -243,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text_model = text_model.to(device)
     train = ClipSet(ds, train_idx, vae, text_model, tokenizer, device)
     held = ClipSet(ds, [where[c] for c in held_ids], vae, text_model, tokenizer, device)
-    learner = FantasyWorldLearner(args, device) if args.learner == "fantasyworld" else MlpLearner(args, device, train)
+    learner = (FantasyWorldLearner(args, device) if args.learner == "fantasyworld"
+               else LEARNERS[args.learner](args, device, train))
 
     opt = torch.optim.AdamW(learner.params, lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(args.schedule, 20, args.steps))
