@@ -53,6 +53,8 @@ class DemoConfig:
     Attributes:
         num_clips: worlds rendered; about ``held_out_fraction`` of them are held out.
         num_frames, size: clip length (``4k + 1``) and square resolution (multiple of 16).
+        trajectory_frames: each world's clip is a ``num_frames`` window of a camera path this
+            long (a short clip cut from a longer video); ``None``: the path spans the clip.
         stage1_steps, stage2_steps: optimizer steps of each stage (batch ``batch_size``).
         lr: peak learning rate of both stages (the 1.3B recipe's 1e-5 is far too small here).
         shift: timestep shift of the training noise levels. Below 1 it favours low noise:
@@ -67,6 +69,7 @@ class DemoConfig:
     num_clips: int = 400
     held_out_fraction: float = 0.2
     num_frames: int = 9
+    trajectory_frames: int | None = 33
     size: int = 32
     stage1_steps: int = 1500
     stage2_steps: int = 200
@@ -85,7 +88,8 @@ class DemoConfig:
     @classmethod
     def smoke(cls) -> DemoConfig:
         """A seconds-long configuration that still writes every file (tests)."""
-        return cls(num_clips=4, held_out_fraction=0.25, num_frames=5, stage1_steps=2, stage2_steps=2,
+        return cls(num_clips=4, held_out_fraction=0.25, num_frames=5, trajectory_frames=None, stage1_steps=2,
+                   stage2_steps=2,
                    batch_size=1, warmup_steps=0, gen_steps=2, max_eval_clips=1, progress=False)
 
 
@@ -218,7 +222,8 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         _say(f"1/5 rendering {cfg.num_clips} worlds ({cfg.num_frames} frames, {cfg.size}x{cfg.size})", t0)
         shutil.rmtree(out / "data", ignore_errors=True)
         synthesize_dataset(worlds, num_clips=cfg.num_clips, num_frames=cfg.num_frames, height=cfg.size,
-                           width=cfg.size, seed=cfg.seed, workers=min(2, os.cpu_count() or 1), progress=cfg.progress)
+                           width=cfg.size, seed=cfg.seed, workers=min(2, os.cpu_count() or 1), progress=cfg.progress,
+                           trajectory_frames=cfg.trajectory_frames)
     ids = [r.clip_id for r in load_metadata(worlds)]
     train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
     if not (out / "data" / "train" / METADATA_NAME).is_file():

@@ -94,3 +94,34 @@ def test_every_trajectory_moves_the_camera_and_sees_texture(kind):
     valid = clip.depth > 0
     assert valid.mean() > 0.5 and clip.depth[valid].min() > 0.05  # camera never inside geometry
     assert clip.trajectory == kind
+
+
+def _max_rotation_from_first(w2c: np.ndarray) -> float:
+    """Largest rotation (degrees) of any frame relative to frame 0."""
+    rel = w2c[:, :3, :3] @ w2c[0, :3, :3].T
+    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)
+    return float(np.degrees(np.arccos(cos)).max())
+
+
+def test_trajectory_window_is_a_slice_of_the_longer_path(tmp_path):
+    """A 9-frame window of a 33-frame path: its cameras are frames ``start .. start + 8`` of
+    the 33-frame render (same seeded path), it turns less than the whole path, and the
+    record says where the window lies; without the option the render is unchanged."""
+    for index in range(6):
+        full = render_clip(0, index, 33, 16, 16)
+        window = render_clip(0, index, 9, 16, 16, trajectory_frames=33)
+        s = window.window_start
+        assert 0 <= s <= 24
+        np.testing.assert_allclose(window.w2c, full.w2c[s:s + 9], atol=1e-12)
+        assert _max_rotation_from_first(window.w2c) <= _max_rotation_from_first(full.w2c) + 1e-9
+        assert window.prompt.split(" camera ")[-1] == full.prompt.split(" camera ")[-1]
+    plain = render_clip(0, 3, 9, 16, 16)
+    same = render_clip(0, 3, 9, 16, 16, trajectory_frames=9)
+    np.testing.assert_array_equal(plain.frames, same.frames)
+    np.testing.assert_array_equal(plain.w2c, same.w2c)
+    root = synthesize_dataset(tmp_path / "w", num_clips=2, num_frames=5, height=16, width=16, workers=1,
+                              trajectory_frames=21)
+    rec = load_metadata(root)[0]
+    assert rec.extra["trajectory_window"]["trajectory_frames"] == 21
+    with pytest.raises(ValueError, match="trajectory_frames"):
+        synthesize_dataset(tmp_path / "bad", num_clips=1, num_frames=9, height=16, width=16, trajectory_frames=5)

@@ -25,7 +25,8 @@ def _synth(args: argparse.Namespace) -> int:
     try:
         synthesize_dataset(args.out, num_clips=args.clips, num_frames=args.frames, height=h, width=w,
                            seed=args.seed, workers=args.workers, per_frame=args.per_frame, fps=args.fps,
-                           progress=not args.quiet, detail=args.detail, trajectories=trajectories)
+                           progress=not args.quiet, detail=args.detail, trajectories=trajectories,
+                           trajectory_frames=args.trajectory_frames)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -113,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 0: the plain look)")
     p.add_argument("--trajectories", default=None,
                    help="comma list; clip i follows the (i mod n)-th (default: a seeded choice per clip)")
+    p.add_argument("--trajectory-frames", type=int, default=None,
+                   help="each clip is a --frames window (seeded start) of a camera path this long, "
+                        "as a short clip cut from a longer video (default: the path spans the clip)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_synth)
 

@@ -172,17 +172,26 @@ class Clip:
     K: np.ndarray  # (3, 3) float64
     prompt: str
     trajectory: str
+    window_start: int = 0  # first frame of the clip in its trajectory (``trajectory_frames``)
 
 
 def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
-                trajectory: str | None = None, detail: float = 0.0) -> Clip:
+                trajectory: str | None = None, detail: float = 0.0,
+                trajectory_frames: int | None = None) -> Clip:
     """Render clip ``index`` of the dataset with base ``seed`` (deterministic).
 
     Args:
         trajectory: one of :data:`TRAJECTORIES` instead of the seeded choice.
         detail: high-frequency texture on every surface (:class:`Scene`), e.g. 0.6 for
             structure from motion at 128-512 px; 0 renders exactly as before the option.
+        trajectory_frames: the camera path spans this many frames and the clip is a window
+            of ``num_frames`` consecutive ones at a seeded start (``Clip.window_start``), as a
+            short clip cut from a longer video. Each trajectory turns by up to ~70 degrees over
+            its whole length; over 9 frames that is more than a field of view, so frames
+            late in the clip share nothing with frame 0. ``None`` (or ``num_frames``) renders
+            exactly as before the option.
     """
+    total = max(num_frames, trajectory_frames or num_frames)
     rng = np.random.default_rng([seed, index])
     room = Room(half_x=float(rng.uniform(3.0, 5.5)), half_z=float(rng.uniform(3.0, 5.5)),
                 height=float(rng.uniform(2.8, 4.0)), open_sky=bool(rng.random() < 0.25),
@@ -191,7 +200,7 @@ def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
                 ceiling=_material(rng, ("plain", "mottled"), (0.5, 1.0)))
     kind = trajectory or str(rng.choice(TRAJECTORIES))
     for _ in range(50):
-        eyes, targets, phrase = make_trajectory(kind, rng, room, num_frames)
+        eyes, targets, phrase = make_trajectory(kind, rng, room, total)
         margin_x = np.abs(eyes[:, 0]) < room.half_x - 0.4
         margin_z = np.abs(eyes[:, 2]) < room.half_z - 0.4
         if margin_x.all() and margin_z.all():
@@ -199,6 +208,10 @@ def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
     else:
         eyes = np.clip(eyes, [-room.half_x + 0.4, 0.3, -room.half_z + 0.4],
                        [room.half_x - 0.4, room.height - 0.3, room.half_z - 0.4])
+    start = 0
+    if total > num_frames:  # its own stream: the scene's draws stay those of the full path
+        start = int(np.random.default_rng([seed, index, 1]).integers(0, total - num_frames + 1))
+        eyes, targets = eyes[start:start + num_frames], targets[start:start + num_frames]
     scene = make_scene(rng, eyes, targets, room)
     scene.detail = float(detail)
     fov = float(rng.uniform(50.0, 75.0))
@@ -218,13 +231,14 @@ def render_clip(seed: int, index: int, num_frames: int, height: int, width: int,
         depth[i] = t.reshape(height, width)
         points[i] = pts.reshape(height, width, 3)
         frames[i] = np.round(np.power(color, 1 / 2.2).reshape(height, width, 3) * 255).astype(np.uint8)
-    return Clip(frames, depth, points, w2c, K, f"{scene.describe()} {phrase}", kind)
+    return Clip(frames, depth, points, w2c, K, f"{scene.describe()} {phrase}", kind, start)
 
 
 def _write_clip(args: tuple) -> dict:
-    out_dir, index, seed, num_frames, height, width, per_frame, fps, detail, trajectories = args
+    out_dir, index, seed, num_frames, height, width, per_frame, fps, detail, trajectories, trajectory_frames = args
     trajectory = trajectories[index % len(trajectories)] if trajectories else None
-    clip = render_clip(seed, index, num_frames, height, width, trajectory=trajectory, detail=detail)
+    clip = render_clip(seed, index, num_frames, height, width, trajectory=trajectory, detail=detail,
+                       trajectory_frames=trajectory_frames)
     clip_id = f"clip_{index:05d}"
     write_video(out_dir / "videos" / f"{clip_id}.mp4", clip.frames, fps=fps)
     (out_dir / "camera_params").mkdir(parents=True, exist_ok=True)
@@ -235,6 +249,8 @@ def _write_clip(args: tuple) -> dict:
            "height": height, "width": width, "num_frames": num_frames}
     if detail:
         rec["detail"] = float(detail)
+    if trajectory_frames and trajectory_frames > num_frames:
+        rec["trajectory_window"] = {"start": clip.window_start, "trajectory_frames": int(trajectory_frames)}
     for name, arr in (("depth", clip.depth), ("points", clip.points)):
         if per_frame:
             folder = out_dir / name / clip_id
@@ -259,7 +275,8 @@ def _worker_signals() -> None:
 def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: int = 49, height: int = 128,
                        width: int = 128, seed: int = 0, workers: int | None = None, per_frame: bool = False,
                        fps: float = 16.0, progress: bool = False, detail: float = 0.0,
-                       trajectories: tuple[str, ...] | list[str] | None = None) -> Path:
+                       trajectories: tuple[str, ...] | list[str] | None = None,
+                       trajectory_frames: int | None = None) -> Path:
     """Render ``num_clips`` clips into ``out_dir`` in the seed layout and write
     ``metadata.json``. Deterministic in ``seed`` (independent of ``workers``).
 
@@ -271,6 +288,8 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
             default) gives exactly the renders of a call without it.
         trajectories: clip ``i`` follows ``trajectories[i % len(trajectories)]`` instead of
             a seeded choice among :data:`TRAJECTORIES`.
+        trajectory_frames: each clip is a ``num_frames`` window of a camera path this long
+            (see :func:`render_clip`; the record keeps ``trajectory_window``).
 
     Returns:
         ``out_dir`` as a Path. ``height`` and ``width`` must be even (H.264 yuv420p).
@@ -283,8 +302,10 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trajectories = tuple(trajectories) if trajectories else None
-    jobs = [(out_dir, i, seed, num_frames, height, width, per_frame, fps, float(detail), trajectories)
-            for i in range(num_clips)]
+    if trajectory_frames is not None and trajectory_frames < num_frames:
+        raise ValueError(f"trajectory_frames ({trajectory_frames}) must be at least num_frames ({num_frames})")
+    jobs = [(out_dir, i, seed, num_frames, height, width, per_frame, fps, float(detail), trajectories,
+             trajectory_frames) for i in range(num_clips)]
     workers = workers or min(num_clips, mp.cpu_count())
     if workers <= 1:
         it = map(_write_clip, jobs)
