@@ -208,7 +208,9 @@ class Trainer:
         elif backbone == RANDOM and cfg.model.preset not in TINY_PRESETS and world.is_main:
             self.log.warning(f"model.backbone_dir=random: preset {mcfg.name} gets a random Wan backbone "
                              f"(smoke test only)")
-        model = FantasyWorldModel(mcfg, transformer=transformer, control_adapter=control_adapter)
+        # a random backbone is built where it runs (fast on a GPU); a loaded one arrives on the CPU
+        model = FantasyWorldModel(mcfg, transformer=transformer, control_adapter=control_adapter,
+                                  device=world.device if transformer is None else None)
         model.set_stage(self.stage)
         self.memory: MemorySettings = resolve_memory(cfg)
         model.checkpointing = self.memory.checkpointing
