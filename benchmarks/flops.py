@@ -24,9 +24,14 @@ from fantasyworld.models.fantasyworld import FantasyWorldModel
 
 def count_flops(
     preset: str, frames: int, height: int, width: int, batch: int = 1, stage: int = 2, backward: bool = True,
-    heads: bool = True,
+    heads: bool = True, pixel_frames: int | None = None,
 ) -> dict[str, float]:
-    """FLOPs of one step: ``{"forward": ..., "backward": ..., "total": ...}``."""
+    """FLOPs of one step: ``{"forward": ..., "backward": ..., "total": ...}``.
+
+    ``pixel_frames``: the pixel-rate heads predict only that many frames (the training option
+    ``loss.pixel_frames_per_step``); None: every frame. The DPT resizes are counted as the
+    kernel (no FLOPs), whichever implementation a run uses, so the count is the same model's.
+    """
     cfg = get_preset(preset)
     with torch.device("meta"):
         model = FantasyWorldModel(cfg, device="meta").set_stage(stage)
@@ -35,6 +40,8 @@ def count_flops(
         timestep = torch.full((batch,), 500.0)
         text = torch.randn(batch, 512, cfg.wan["text_dim"])
         kw = {"plucker": torch.randn(batch, frames, 6, height, width)}
+        if pixel_frames is not None:
+            kw["pixel_frames"] = torch.arange(pixel_frames).repeat(batch, 1)
         if cfg.is_i2v:
             kw["cond_latent"] = torch.randn(batch, 20, f, height // 8, width // 8)
             kw["image_emb"] = torch.randn(batch, 257, cfg.wan["image_dim"])

@@ -31,21 +31,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from fantasyworld.heads.activations import activate_head
+from fantasyworld.heads.resize import RESIZE_MODES, resize_bilinear
 from fantasyworld.heads.temporal_upsample import CausalTemporalUpsampler
-
-_INTERP_MAX_ELEMENTS = 1_610_612_736  # split bilinear resizes above this (official INT_MAX guard)
-
-
-def _interpolate(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners=True) resize of ``(N, C, h, w)``, chunked over ``N`` when huge."""
-    total = size[0] * size[1] * x.shape[0] * x.shape[1]
-    # autocast would upcast bf16 maps to fp32 for the resize (2x the bytes of the largest
-    # tensors in the head); resize in the input's own dtype instead
-    with torch.autocast(device_type="cuda" if x.is_cuda else "cpu", enabled=False):
-        if total <= _INTERP_MAX_ELEMENTS:
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-        chunks = x.chunk(total // _INTERP_MAX_ELEMENTS + 1, dim=0)
-        return torch.cat([F.interpolate(c, size=size, mode="bilinear", align_corners=True) for c in chunks])
 
 
 def _uv_pos_embed(h: int, w: int, channels: int, aspect_ratio: float, device: torch.device) -> torch.Tensor:
@@ -97,6 +84,8 @@ class FeatureFusionBlock(nn.Module):
         super().__init__()
         self.out_conv = nn.Conv2d(features, features, 1)
         self.has_residual = has_residual
+        #: bilinear resize implementation (:mod:`fantasyworld.heads.resize`; set by the head)
+        self.resize_mode = "kernel"
         if has_residual:
             self.resConfUnit1 = ResidualConvUnit(features)
         self.resConfUnit2 = ResidualConvUnit(features)
@@ -110,7 +99,7 @@ class FeatureFusionBlock(nn.Module):
         x = self.resConfUnit2(x)
         if size is None:
             size = (x.shape[-2] * 2, x.shape[-1] * 2)
-        return self.out_conv(_interpolate(x, size))
+        return self.out_conv(resize_bilinear(x, size, self.resize_mode))
 
 
 class DPTHead(nn.Module):
@@ -135,6 +124,12 @@ class DPTHead(nn.Module):
         frames_chunk_size: pixel frames per step of the fusion/output stage (official 16).
         temporal_chunk_size: latent frames per step inside the temporal upsamplers (None: all).
             The three chunk sizes trade memory for speed and never change the result.
+
+    Speed options of the pixel-rate fusion stage (runtime attributes, set with :meth:`set_layout`;
+    neither changes the result beyond rounding, tested in float32 to 5e-6 relative):
+    ``channels_last`` (the fusion convolutions and resizes in NHWC: cuDNN's bf16 kernels are
+    NHWC, so NCHW maps cost a transpose around every convolution) and ``resize``
+    (``kernel`` or ``matmul``, :mod:`fantasyworld.heads.resize`).
     """
 
     def __init__(
@@ -169,6 +164,8 @@ class DPTHead(nn.Module):
         #: recompute each frame chunk's fusion stage in backward (memory knob; set by the model)
         self.checkpoint_fusion = False
         self.temporal_chunk_size = temporal_chunk_size
+        self.channels_last = False
+        self.resize = "kernel"
         oc = list(out_channels)
 
         # 1. token maps -> 4 levels at 4x, 2x, 1x, 1/2x the token grid
@@ -198,6 +195,25 @@ class DPTHead(nn.Module):
         self.scratch.output_conv2 = nn.Sequential(
             nn.Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(32, output_dim, 1)
         )
+
+    def set_layout(self, channels_last: bool | None = None, resize: str | None = None) -> DPTHead:
+        """Choose the fusion stage's memory layout and resize implementation (None: unchanged).
+
+        ``channels_last`` also stores the fusion convolutions' weights in NHWC (the values are
+        unchanged, so checkpoints and the state dict are not affected).
+        """
+        if resize is not None:
+            if resize not in RESIZE_MODES:
+                raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+            self.resize = resize
+            for block in (self.scratch.refinenet1, self.scratch.refinenet2, self.scratch.refinenet3,
+                          self.scratch.refinenet4):
+                block.resize_mode = resize
+        if channels_last is not None:
+            self.channels_last = bool(channels_last)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            self.scratch.to(memory_format=fmt)
+        return self
 
     @classmethod
     def depth(cls, dim_in: int, **kwargs) -> DPTHead:
@@ -248,12 +264,26 @@ class DPTHead(nn.Module):
         out = s.refinenet3(out, l3, size=l2.shape[-2:])
         out = s.refinenet2(out, l2, size=l1.shape[-2:])
         out = s.refinenet1(out, l1)
-        out = _interpolate(s.output_conv1(out), out_hw)
+        out = resize_bilinear(s.output_conv1(out), out_hw, self.resize)
         out = self._add_pos_embed(out, aspect)
         return s.output_conv2(out)
 
+    def _frame_maps(self, x: torch.Tensor, start: int, stop: int, frames: torch.Tensor | None) -> torch.Tensor:
+        """Pixel frames ``start:stop`` of a level ``(B, C, T, h, w)`` (of the subset ``frames``
+        ``(B, K)`` when given) as one batch of maps ``(B*t, C, h, w)``, channels-last if asked."""
+        b = x.shape[0]
+        if frames is not None:
+            rows = torch.arange(b, device=x.device)[:, None]
+            x = x.transpose(1, 2)[rows, frames[:, start:stop]].transpose(1, 2)  # (B, C, t, h, w)
+        else:
+            x = x[:, :, start:stop]
+        if self.channels_last:
+            nthwc = x.permute(0, 2, 3, 4, 1).contiguous()  # (B, t, h, w, C): one copy, NHWC
+            return nthwc.flatten(0, 1).permute(0, 3, 1, 2)
+        return x.transpose(1, 2).flatten(0, 1)
+
     def forward(
-        self, tokens: Sequence[torch.Tensor], grid_hw: tuple[int, int]
+        self, tokens: Sequence[torch.Tensor], grid_hw: tuple[int, int], frames: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict dense values and confidence.
 
@@ -261,13 +291,18 @@ class DPTHead(nn.Module):
             tokens: 4 tensors ``(B, F, P, dim_in)``, ``P = patch_start_idx + h * w``, patch
                 tokens row-major; entry ``i`` feeds level ``i`` (layer ``intermediate_layer_idx[i]``).
             grid_hw: token grid ``(h, w)``.
+            frames: optional ``(B, K)`` int64 pixel-frame indices (each in ``[0, T)``): only these
+                frames go through the full-resolution fusion stage (the latent-rate stage and the
+                temporal upsampling still see every frame; causality is unchanged), and the outputs
+                hold those ``K`` frames in the given order instead of all ``T``.
 
         Returns:
             ``values``: ``(B, T, H, W)`` when there is one value channel (depth, > 0 with
             ``exp``), else ``(B, T, H, W, output_dim - 1)`` (points: xyz);
             ``conf``: ``(B, T, H, W)`` (> 1 with ``expp1``).
             ``T = 4 (F - 1) + 1`` (or ``F`` without temporal upsampling), ``H = h * patch_size``,
-            ``W = w * patch_size``. Values are float32 when the input is.
+            ``W = w * patch_size``. Values are float32 when the input is. With ``frames``, ``T``
+            is replaced by ``K``.
         """
         if len(tokens) != 4:
             raise ValueError(f"DPTHead takes 4 token tensors, got {len(tokens)}")
@@ -281,7 +316,7 @@ class DPTHead(nn.Module):
         levels = self._levels(tokens, h, w)  # 4 x (B, C_i, F, h_i, w_i)
         if self.temporal_upsamplers is not None:
             levels = [up(x, self.temporal_chunk_size) for up, x in zip(self.temporal_upsamplers, levels)]
-        num_out = levels[0].shape[2]
+        num_out = levels[0].shape[2] if frames is None else frames.shape[1]
 
         def fuse_and_activate(*chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             raw = self._fuse(list(chunk), out_hw, aspect)
@@ -291,7 +326,7 @@ class DPTHead(nn.Module):
         step = max(1, self.frames_chunk_size)
         for start in range(0, num_out, step):
             # (B, C_i, t, h_i, w_i) -> (B*t, C_i, h_i, w_i)
-            chunk = [x[:, :, start : start + step].transpose(1, 2).flatten(0, 1) for x in levels]
+            chunk = [self._frame_maps(x, start, start + step, frames) for x in levels]
             if self.checkpoint_fusion and torch.is_grad_enabled():
                 # keep one frame chunk's full-resolution activations alive at a time in backward
                 v, c = torch.utils.checkpoint.checkpoint(fuse_and_activate, *chunk, use_reentrant=False)

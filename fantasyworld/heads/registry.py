@@ -58,12 +58,15 @@ class HeadInputs:
         last: ``(B, F, P, 2D)`` the last IRG layer's output (token 0 of each frame is the camera token).
         image_hw: pixel size ``(H, W) = 16 (h, w)``.
         config: the model config (:class:`~fantasyworld.models.config.FantasyWorldConfig`).
+        pixel_frames: optional ``(B, K)`` int64 pixel-frame indices: pixel-rate heads predict
+            only these frames (training's frame subset, ``loss.pixel_frames_per_step``); None: all.
     """
 
     intermediates: list[torch.Tensor]
     last: torch.Tensor
     image_hw: tuple[int, int]
     config: Any
+    pixel_frames: torch.Tensor | None = None
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -113,7 +116,11 @@ class HeadSpec:
         short: progress-bar label of ``loss_keys[0]``.
         pixel_rate: outputs are per-pixel maps ``(B, T, H, W, ...)`` at the video resolution
             (such heads may hold a full-resolution stage that honours ``checkpoint_fusion``),
-            else one value per frame ``(B, T, ...)``.
+            else one value per frame ``(B, T, ...)``. Given ``HeadInputs.pixel_frames``, a
+            pixel-rate head's outputs hold those ``K`` frames ``(B, K, H, W, ...)`` and its loss
+            sees the targets of the same frames.
+        frame_subset: ``run`` itself computes only ``HeadInputs.pixel_frames`` (the speed of the
+            subset); a pixel-rate head without it runs on every frame and its outputs are sliced.
         result_keys: outputs a generation result keeps (batch item 0, numpy).
         archive: file written by the result with ``result_keys`` (``depth.npz``), or None.
         archive_dtype: ``"float16"`` (saturating at +-65504) or ``"float32"``.
@@ -129,6 +136,7 @@ class HeadSpec:
     weight: float = 1.0
     short: str = ""
     pixel_rate: bool = True
+    frame_subset: bool = False
     result_keys: tuple[str, ...] = ()
     archive: str | None = None
     archive_dtype: str = "float32"
@@ -193,12 +201,12 @@ def _dpt(output_dim: int, activation: str) -> Callable[[Any, int, int], nn.Modul
 
 
 def _run_depth(head: nn.Module, x: HeadInputs) -> dict[str, torch.Tensor]:
-    depth, conf = head(x.intermediates, x.grid_hw)
+    depth, conf = head(x.intermediates, x.grid_hw, frames=x.pixel_frames)
     return {"depth": depth, "depth_conf": conf}
 
 
 def _run_points(head: nn.Module, x: HeadInputs) -> dict[str, torch.Tensor]:
-    points, conf = head(x.intermediates, x.grid_hw)
+    points, conf = head(x.intermediates, x.grid_hw, frames=x.pixel_frames)
     return {"world_points": points, "world_points_conf": conf}
 
 
@@ -219,15 +227,15 @@ def _run_camera(head: nn.Module, x: HeadInputs) -> dict[str, Any]:
 register_head(HeadSpec(
     name="depth", module="depth_head", build=_dpt(2, "exp"), run=_run_depth, outputs=("depth", "depth_conf"),
     loss=lambda out, gt: {"loss_depth": depth_loss(out["depth"], out["depth_conf"], gt.depth, gt.valid, gt.alpha)},
-    loss_keys=("loss_depth",), short="depth", result_keys=("depth", "depth_conf"), archive="depth.npz",
-    archive_dtype="float16",
+    loss_keys=("loss_depth",), short="depth", frame_subset=True, result_keys=("depth", "depth_conf"),
+    archive="depth.npz", archive_dtype="float16",
 ))
 register_head(HeadSpec(
     name="points", module="point_head", build=_dpt(4, "inv_log"), run=_run_points,
     outputs=("world_points", "world_points_conf"),
     loss=lambda out, gt: {"loss_pmap": point_loss(out["world_points"], out["world_points_conf"], gt.points,
                                                   gt.valid, gt.alpha)},
-    loss_keys=("loss_pmap",), short="pmap", result_keys=("world_points", "world_points_conf"),
+    loss_keys=("loss_pmap",), short="pmap", frame_subset=True, result_keys=("world_points", "world_points_conf"),
     archive="points.npz",
 ))
 register_head(HeadSpec(

@@ -7,8 +7,11 @@ product is ``y = (x8 @ w8^T) * s_x * s_w^T + b`` computed by ``torch._scaled_mm`
 cores, float32 accumulation, bf16 output) on CUDA, and by the same formula in float32 on other
 devices (so the arithmetic is testable anywhere). Weights take half the memory of bf16.
 
-Use it only for inference on frozen weights: there is no backward through the quantised
-weight. The measured output error of the whole model is in docs/benchmarks.md.
+The weights are frozen: there is no gradient for them. Gradients do flow to the input (training
+through the frozen Wan blocks): ``dL/dx = dL/dy @ (w8 * s_w)``, the dequantised weight, in the
+gradient's dtype (the input quantisation is treated as the identity in backward, the usual
+straight-through rule of FP8 training). The measured output error of the whole model is in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -30,6 +33,32 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = amax / FP8_MAX
     x8 = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return x8, scale
+
+
+def _fp8_matmul(x2d: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+                out_dtype: torch.dtype) -> torch.Tensor:
+    """``(M, in) -> (M, out)``: quantise the rows of ``x2d`` and multiply (module docstring)."""
+    x8, sx = quantize_rows(x2d)
+    if x2d.is_cuda:
+        return torch._scaled_mm(x8, weight_fp8.t(), scale_a=sx, scale_b=weight_scale.t(), out_dtype=out_dtype)
+    return ((x8.float() @ weight_fp8.float().t()) * sx * weight_scale.t()).to(out_dtype)
+
+
+class _Float8MatMul(torch.autograd.Function):
+    """:func:`_fp8_matmul` with the input gradient through the dequantised weight."""
+
+    @staticmethod
+    def forward(ctx, x2d: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+                out_dtype: torch.dtype) -> torch.Tensor:
+        ctx.save_for_backward(weight_fp8, weight_scale)
+        ctx.in_dtype = x2d.dtype
+        return _fp8_matmul(x2d, weight_fp8, weight_scale, out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        weight_fp8, weight_scale = ctx.saved_tensors
+        weight = weight_fp8.to(grad.dtype) * weight_scale.to(grad.dtype)  # (out, in), dequantised
+        return (grad @ weight).to(ctx.in_dtype), None, None, None
 
 
 class Float8Linear(nn.Module):
@@ -58,12 +87,11 @@ class Float8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in)`` -> ``(..., out)`` in :attr:`out_dtype`."""
         shape = x.shape
-        x8, sx = quantize_rows(x.reshape(-1, self.in_features))
-        if x.is_cuda:
-            y = torch._scaled_mm(x8, self.weight_fp8.t(), scale_a=sx, scale_b=self.weight_scale.t(),
-                                 out_dtype=self.out_dtype)
+        x2d = x.reshape(-1, self.in_features)
+        if x.requires_grad and torch.is_grad_enabled():
+            y = _Float8MatMul.apply(x2d, self.weight_fp8, self.weight_scale, self.out_dtype)
         else:
-            y = ((x8.float() @ self.weight_fp8.float().t()) * sx * self.weight_scale.t()).to(self.out_dtype)
+            y = _fp8_matmul(x2d, self.weight_fp8, self.weight_scale, self.out_dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)

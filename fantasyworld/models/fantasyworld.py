@@ -28,6 +28,7 @@ and no cross-attention camera adapter, and no CLIP image tokens.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,6 @@ import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from fantasyworld.errors import CheckpointError
 from fantasyworld.heads.registry import ALL_HEADS, resolve_heads
@@ -43,11 +43,19 @@ from fantasyworld.layers.bicross_attention import BiCrossAttention, bicross_rota
 from fantasyworld.layers.control_adapter import ControlAdapter, pack_plucker_frames
 from fantasyworld.models import wan_backbone as wanb
 from fantasyworld.models.camera_conditioning import CameraAdapter, PoseEncoder
+from fantasyworld.models.checkpointing import checkpoint_mode, checkpoint_region
 from fantasyworld.models.config import FantasyWorldConfig
 from fantasyworld.models.geometry_branch import GeometryBranch
 from fantasyworld.models.irg_layer import IRGLayer
 from fantasyworld.models.pcb_layer import PCBLayer
 from fantasyworld.models.wan_loading import check_state_dict
+
+#: ``activation_offload`` value -> the parts of the forward whose saved activations go to pinned
+#: host memory: ``heads`` (the pixel-rate heads' latent-rate stage and temporal upsamplers, the
+#: largest activations of a step) and ``layers`` (the PCB/IRG/geometry layers; with layer or
+#: selective checkpointing they keep only their inputs or cached matmul outputs, which the
+#: checkpoint holds itself, so this matters without checkpointing).
+ACTIVATION_OFFLOAD: dict[str, tuple[str, ...]] = {"none": (), "heads": ("heads",), "all": ("layers", "heads")}
 
 #: Top-level modules trained in each stage (everything else is frozen).
 STAGE_TRAINABLE: dict[int, tuple[str, ...]] = {
@@ -147,8 +155,10 @@ class FantasyWorldModel(nn.Module):
                      if str(config.num_pcb + i) in self.camera_adapters else None)
             for i in range(config.num_irg)
         )
-        #: recompute each layer's activations in backward (saves memory, costs ~1 forward)
-        self.gradient_checkpointing = False
+        #: activation checkpointing of every layer (:mod:`fantasyworld.models.checkpointing`)
+        self.checkpointing = "none"
+        #: which saved activations go to pinned host memory in training (:data:`ACTIVATION_OFFLOAD`)
+        self.activation_offload = "none"
         self.checkpoint_heads = False
         self.stage = 2
         self.set_stage(2)
@@ -158,6 +168,56 @@ class FantasyWorldModel(nn.Module):
         """FSDP units, innermost first: the blocks, then every head the geometry branch built
         from the heads registry (``geometry.<module>``), so a registered head is sharded too."""
         return self._fsdp_block_units + tuple(f"geometry.{spec.module}" for spec in self.geometry.head_specs)
+
+    @property
+    def checkpointing(self) -> str:
+        """Activation checkpointing mode of the layers: ``none``, ``layer`` (whole layers
+        recomputed) or ``selective`` (matmul/attention outputs kept, the rest recomputed);
+        :data:`~fantasyworld.models.checkpointing.CHECKPOINT_MODES`."""
+        return self._checkpointing
+
+    @checkpointing.setter
+    def checkpointing(self, value: str) -> None:
+        self._checkpointing = checkpoint_mode(value).name
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Any activation checkpointing on (setting True selects ``layer`` unless a mode is set)."""
+        return self._checkpointing != "none"
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        if not value:
+            self._checkpointing = "none"
+        elif self._checkpointing == "none":
+            self._checkpointing = "layer"
+
+    @property
+    def activation_offload(self) -> str:
+        """Parts whose saved activations live in pinned host memory between forward and
+        backward (``torch.autograd.graph.save_on_cpu``): a key of :data:`ACTIVATION_OFFLOAD`."""
+        return self._activation_offload
+
+    @activation_offload.setter
+    def activation_offload(self, value: str) -> None:
+        if value not in ACTIVATION_OFFLOAD:
+            raise ValueError(f"activation_offload must be one of {', '.join(ACTIVATION_OFFLOAD)}, got {value!r}")
+        self._activation_offload = value
+
+    def _offload(self, part: str, device: torch.device) -> contextlib.AbstractContextManager:
+        """``save_on_cpu`` around ``part`` (``layers`` or ``heads``) when it is offloaded and
+        gradients are on; a null context otherwise."""
+        if part not in ACTIVATION_OFFLOAD[self._activation_offload] or not torch.is_grad_enabled():
+            return contextlib.nullcontext()
+        return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda", device_type=device.type)
+
+    def set_dpt_layout(self, channels_last: bool | None = None, resize: str | None = None) -> None:
+        """Speed options of the DPT heads' fusion stage (:meth:`DPTHead.set_layout`), for every
+        head that has them; the outputs are unchanged to rounding."""
+        for spec in self.geometry.head_specs:
+            head = getattr(self.geometry, spec.module)
+            if hasattr(head, "set_layout"):
+                head.set_layout(channels_last=channels_last, resize=resize)
 
     @property
     def checkpoint_heads(self) -> bool:
@@ -254,9 +314,7 @@ class FantasyWorldModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _ckpt(self, fn: Callable, *args):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+        return checkpoint_region(self._checkpointing, fn, *args)
 
     def encode_camera(self, plucker: torch.Tensor) -> torch.Tensor:
         """Plucker rays (B, T, 6, H, W) -> pose features (B, L, P) for the adapters.
@@ -284,6 +342,7 @@ class FantasyWorldModel(nn.Module):
         camera_pose_enc: torch.Tensor | None = None,
         stage: int | None = None,
         heads: str | tuple[str, ...] | None = ALL_HEADS,
+        pixel_frames: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
         """Joint video + geometry prediction.
 
@@ -302,6 +361,9 @@ class FantasyWorldModel(nn.Module):
             stage: 1 or 2 (default: ``self.stage``). Stage 1 returns no ``flow``.
             heads: names of the heads to run (:mod:`fantasyworld.heads.registry`), ``ALL_HEADS``
                 (every head), or ``None``/empty (none, e.g. all but the last sampling step).
+            pixel_frames: optional (B, K) int64 pixel-frame indices in [0, T): the pixel-rate
+                heads predict only these frames, and their outputs hold K frames instead of T
+                (training's frame subset; the camera head still predicts every frame).
         Returns:
             dict with ``flow`` (B, 16, F, H/8, W/8) or None in stage 1, and the outputs of each
             head that ran: ``depth``/``depth_conf`` (B, T, H, W), ``world_points`` (B, T, H, W, 3)
@@ -342,45 +404,48 @@ class FantasyWorldModel(nn.Module):
             x = x + pose_feature.to(x.dtype)
             pose_feature = None  # no cross-attention adapters
 
-        # 2. preconditioning blocks
-        for i in range(cfg.num_pcb):
-            if stage == 1:
-                with torch.no_grad():
-                    x = self.pcb_layers[i](x, inputs)
-            else:
-                x = self._ckpt(self.pcb_layers[i], x, inputs, pose_feature)
+        with self._offload("layers", x.device):  # saved activations of the layers to host memory, if asked
+            # 2. preconditioning blocks
+            for i in range(cfg.num_pcb):
+                if stage == 1:
+                    with torch.no_grad():
+                        x = self.pcb_layers[i](x, inputs)
+                else:
+                    x = self._ckpt(self.pcb_layers[i], x, inputs, pose_feature)
 
-        # 3./4. latent bridge, special tokens, geometry modulation
-        geo_branch = self.geometry
-        tokens = self._ckpt(geo_branch.bridge, x, inputs.grid, camera_pose_enc)
-        temb6 = geo_branch.time_modulation(timestep)
-        rope_frame, rope_global = geo_branch.rotary(inputs.grid, x.device)
-        p = tokens.shape[1]
-        if stage == 2:
-            head_dim = cfg.bicross_dim // cfg.bicross_heads
-            rope_v, rope_g = bicross_rotary(inputs.grid, head_dim, geo_branch.patch_start_idx, x.device)
+            # 3./4. latent bridge, special tokens, geometry modulation
+            geo_branch = self.geometry
+            tokens = self._ckpt(geo_branch.bridge, x, inputs.grid, camera_pose_enc)
+            temb6 = geo_branch.time_modulation(timestep)
+            rope_frame, rope_global = geo_branch.rotary(inputs.grid, x.device)
+            p = tokens.shape[1]
+            if stage == 2:
+                head_dim = cfg.bicross_dim // cfg.bicross_heads
+                rope_v, rope_g = bicross_rotary(inputs.grid, head_dim, geo_branch.patch_start_idx, x.device)
 
-        want = {i for i in cfg.dpt_layers} | {cfg.num_irg - 1}
-        kept: dict[int, torch.Tensor] = {}
-        # 5. IRG layers
-        for i in range(cfg.num_irg):
-            tokens = self._ckpt(geo_branch.frame_blocks[i], tokens, temb6, rope_frame)  # (B*F, P, D)
-            frame_out = tokens.view(b, f, p, -1)
-            g = tokens.view(b, f * p, -1)
-            if stage == 1:
-                g = self._ckpt(geo_branch.global_blocks[i], g, temb6, rope_global)
-            else:
-                x, g = self._ckpt(self.irg_layers[i], x, g, inputs, temb6, rope_global, rope_v, rope_g, pose_feature)
-            tokens = g.view(b * f, p, -1)
-            if i in want:
-                kept[i] = torch.cat([frame_out, g.view(b, f, p, -1)], dim=-1)  # (B, F, P, 2D)
+            want = {i for i in cfg.dpt_layers} | {cfg.num_irg - 1}
+            kept: dict[int, torch.Tensor] = {}
+            # 5. IRG layers
+            for i in range(cfg.num_irg):
+                tokens = self._ckpt(geo_branch.frame_blocks[i], tokens, temb6, rope_frame)  # (B*F, P, D)
+                frame_out = tokens.view(b, f, p, -1)
+                g = tokens.view(b, f * p, -1)
+                if stage == 1:
+                    g = self._ckpt(geo_branch.global_blocks[i], g, temb6, rope_global)
+                else:
+                    x, g = self._ckpt(self.irg_layers[i], x, g, inputs, temb6, rope_global, rope_v, rope_g,
+                                      pose_feature)
+                tokens = g.view(b * f, p, -1)
+                if i in want:
+                    kept[i] = torch.cat([frame_out, g.view(b, f, p, -1)], dim=-1)  # (B, F, P, 2D)
 
-        out: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"flow": None}
-        # 6. Wan head
-        if stage == 2:
-            out["flow"] = wanb.output_head(wan, x, inputs)
+            out: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"flow": None}
+            # 6. Wan head
+            if stage == 2:
+                out["flow"] = wanb.output_head(wan, x, inputs)
         # 7. heads
         if heads:
             inter_list = [kept[i] for i in cfg.dpt_layers]
-            out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, heads))
+            with self._offload("heads", x.device):
+                out.update(geo_branch.run_heads(inter_list, kept[cfg.num_irg - 1], image_hw, heads, pixel_frames))
         return out

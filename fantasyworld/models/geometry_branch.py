@@ -152,6 +152,7 @@ class GeometryBranch(nn.Module):
         last: torch.Tensor,
         image_hw: tuple[int, int],
         which: str | tuple[str, ...] | None = ALL_HEADS,
+        pixel_frames: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """The selected heads (:func:`~fantasyworld.heads.registry.resolve_heads`) on the
         concatenated intermediates, in registration order.
@@ -161,6 +162,8 @@ class GeometryBranch(nn.Module):
                 (entry i feeds DPT level i; level 0 is the finest).
             last: the last IRG layer's output (B, F, P, 2D) for the camera head.
             image_hw: pixel size (H, W) = 16 * (h, w).
+            pixel_frames: optional (B, K) int64 pixel-frame indices; the pixel-rate heads' outputs
+                then hold only those frames (B, K, H, W, ...) (:class:`HeadInputs`).
         Returns:
             the outputs of each head that ran (:mod:`fantasyworld.heads.registry`): ``depth``
             (B, T, H, W), ``depth_conf`` (B, T, H, W), ``world_points`` (B, T, H, W, 3),
@@ -170,9 +173,18 @@ class GeometryBranch(nn.Module):
             ``intrinsics`` (B, T, 3, 3).
         """
         selected = resolve_heads(which, self.head_names)
-        inputs = HeadInputs(intermediates, last, image_hw, self.config)
+        inputs = HeadInputs(intermediates, last, image_hw, self.config, pixel_frames)
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
         for spec in self.head_specs:
             if spec.name in selected:
-                out.update(spec.run(getattr(self, spec.module), inputs))
+                result = spec.run(getattr(self, spec.module), inputs)
+                if pixel_frames is not None and spec.pixel_rate and not spec.frame_subset:
+                    result = {k: select_frames(v, pixel_frames) if torch.is_tensor(v) else v for k, v in result.items()}
+                out.update(result)
         return out
+
+
+def select_frames(value: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Frames ``frames`` (B, K) of a per-frame tensor (B, T, ...) -> (B, K, ...)."""
+    rows = torch.arange(value.shape[0], device=value.device)[:, None]
+    return value[rows, frames.to(value.device)]

@@ -37,6 +37,8 @@ __all__ = [
     "camera_rays",
     "clean_inputs",
     "noisy_latents",
+    "pixel_frame_count",
+    "pixel_frame_subset",
     "position_noise",
     "sample_seed",
     "training_inputs",
@@ -62,7 +64,7 @@ def sample_seed(seed: int, position: int, stream: int = 0) -> int:
     """A 63-bit seed for the randomness of the sample at global stream ``position``.
 
     ``stream`` separates independent uses (0: diffusion noise and noise level, 1: the data
-    order of an epoch).
+    order of an epoch, 2: the pixel-frame subset of :func:`pixel_frame_subset`).
     """
     return int(np.random.SeedSequence([seed, stream, position]).generate_state(2, np.uint64)[0] >> 1)
 
@@ -89,6 +91,27 @@ def position_noise(positions: list[int], shape: tuple[int, ...], seed: int, shif
         sigmas.append(sample_training_sigmas(1, gen, shift, sigma_range=sigma_range))
         noises.append(torch.randn(shape, generator=gen))
     return torch.stack(noises), torch.cat(sigmas)
+
+
+def pixel_frame_count(per_step: float, num_frames: int) -> int:
+    """Frames of the subset: ``per_step`` frames if ``>= 1``, else ``max(1, round(per_step * T))``,
+    never more than ``T = num_frames``."""
+    k = int(per_step) if per_step >= 1 else max(1, round(per_step * num_frames))
+    return min(k, num_frames)
+
+
+def pixel_frame_subset(positions: list[int], num_frames: int, count: int, seed: int) -> torch.Tensor:
+    """Per sample, ``count`` distinct pixel frames of ``T = num_frames``, sorted: ``(B, K)`` int64.
+
+    Drawn uniformly without replacement from a CPU generator seeded by
+    ``sample_seed(seed, position, stream=2)``: independent of the noise (stream 0), different at
+    every step (positions advance), and the same however the batch is split over devices.
+    """
+    rows = []
+    for pos in positions:
+        gen = torch.Generator().manual_seed(sample_seed(seed, pos, stream=2))
+        rows.append(torch.randperm(num_frames, generator=gen)[:count].sort().values)
+    return torch.stack(rows)
 
 
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,12 +26,15 @@ every element of a ``ModuleList``/``ModuleDict``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from fantasyworld.models.checkpointing import COMPILED_CHECKPOINT_ATTR, run_checkpointed
 
 __all__ = ["COMPILE_GRANULARITIES", "apply_fsdp", "compile_blocks", "parallelize", "resolve_modules"]
 
@@ -48,8 +51,13 @@ def resolve_modules(model: nn.Module, path: str) -> Iterator[nn.Module]:
 COMPILE_GRANULARITIES = ("layers", "blocks")
 
 
+def _checkpointed_call(block: nn.Module, mode_name: str, *args: Any) -> Any:
+    """``block(*args)`` under checkpointing mode ``mode_name``, traced whole by the compiler."""
+    return run_checkpointed(mode_name, block._call_impl, *args)
+
+
 def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = False,
-                   granularity: str = "layers") -> nn.Module:
+                   granularity: str = "layers", backend: str = "inductor") -> nn.Module:
     """Compile every region of ``model._compile_regions[granularity]`` in place.
 
     ``layers`` (default) compiles each forward layer whole (a Wan block with its camera
@@ -58,15 +66,24 @@ def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = 
     and the sub-modules the layers drive piecewise (the earlier scheme, kept for comparison).
     Layers of one kind share one graph (their parameters are graph inputs), so the first call
     compiles one layer of each kind.
+
+    Each whole region (part ``""``) also gets a compiled callable with the activation checkpoint
+    *inside* its graph (:data:`~fantasyworld.models.checkpointing.COMPILED_CHECKPOINT_ATTR`): the
+    model uses it for the ``selective`` mode, whose policy the compiler must see (a checkpoint
+    dispatch mode around a compiled region would make the compiler skip the region).
+    ``backend``: the ``torch.compile`` backend (``inductor``; ``aot_eager`` for tests).
     """
     if granularity not in model._compile_regions:
         raise ValueError(f"compile granularity must be one of {tuple(model._compile_regions)}, got {granularity!r}")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    kw = {"mode": mode, "fullgraph": fullgraph, "dynamic": False}
+    kw = {"mode": mode, "fullgraph": fullgraph, "dynamic": False, "backend": backend}
     for path, parts in model._compile_regions[granularity].items():
         for block in resolve_modules(model, path):
             for part in parts:
                 (block.get_submodule(part) if part else block).compile(**kw)
+            if "" in parts:
+                inside = torch.compile(functools.partial(_checkpointed_call, block), **kw)
+                setattr(block, COMPILED_CHECKPOINT_ATTR, inside)
     return model
 
 

@@ -43,6 +43,8 @@ from fantasyworld.models.weights import weights_path
 from fantasyworld.training.parallel import World, barrier, gather_objects
 
 __all__ = [
+    "check_init_from",
+    "load_init_from",
     "STATE_VERSION",
     "check_output_dir",
     "complete_steps",
@@ -312,3 +314,39 @@ def read_weights_metadata(path: str | Path) -> dict[str, str]:
             return dict(f.metadata() or {})
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable safetensors checkpoint ({exc})") from exc
+
+
+def check_init_from(init_from: str | Path, stage: int, preset: str) -> None:
+    """Refuse an ``init_from`` that is absent or not a stage-1 FantasyWorld checkpoint of
+    ``preset``, from its header alone; :class:`CheckpointError` names ``init_from=PATH``."""
+    path = Path(init_from)
+    where = f"init_from={init_from}"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{where}: file does not exist. Stage 2 starts from the step-N.safetensors written by a stage-1 run "
+            f"(e.g. outputs/fantasy_world_stage1/step-20000.safetensors); set init_from to that file")
+    meta = read_weights_metadata(path)
+    want_stage = 1
+    if meta.get("format") != "fantasyworld":
+        raise CheckpointError(f"{where}: not a FantasyWorld checkpoint (metadata format={meta.get('format')!r})")
+    if meta.get("stage") != str(want_stage):
+        hint = " (to continue a stage-2 run, resume it instead)" if meta.get("stage") == "2" else ""
+        raise CheckpointError(f"{where}: is a stage-{meta.get('stage')} checkpoint; stage {stage} must "
+                              f"start from a stage-{want_stage} checkpoint{hint}")
+    if meta.get("preset") not in (None, preset):
+        raise CheckpointError(f"{where}: checkpoint preset {meta.get('preset')!r} does not match "
+                              f"model.preset {preset!r}")
+
+
+def load_init_from(model: nn.Module, init_from: str | Path, info: Callable[[str], None] | None = None) -> None:
+    """Load the stage-1 weights ``init_from`` into ``model`` strictly (header checked by
+    :func:`check_init_from`); a mismatch is a :class:`CheckpointError` naming ``init_from=PATH``."""
+    path = Path(init_from)
+    want_stage = 1
+    try:
+        model.load_fantasyworld(path, want_stage)
+    except CheckpointError as exc:
+        raise CheckpointError(f"init_from={init_from}: stage-{want_stage} weights do not match model "
+                              f"{model.config.name}: {exc}") from exc
+    if info is not None:
+        info(f"loaded stage-{want_stage} weights from {path} (strict)")

@@ -75,10 +75,33 @@ class ModelConfig:
     seeded random backbone for any preset (smoke tests and benchmarks only: nothing learned is
     meaningful)."""
     gradient_checkpointing: bool = False
-    """Non-reentrant activation checkpointing of every Wan/geometry layer (memory for compute)."""
-    checkpoint_heads: bool = False
+    """Non-reentrant activation checkpointing of every Wan/geometry layer (memory for compute);
+    the older spelling of ``checkpointing: layer``."""
+    checkpointing: str | None = None
+    """How the layers keep activations for backward (``models.checkpointing.CHECKPOINT_MODES``):
+    ``none``, ``layer`` (each layer recomputed whole in backward) or ``selective`` (matmul and
+    attention outputs kept, elementwise/norm ops recomputed: no GEMM is run twice, more memory
+    than ``layer``). null: ``layer`` if ``gradient_checkpointing``, else the memory tier's, else
+    ``none``."""
+    checkpoint_heads: bool | None = None
     """Also recompute the DPT heads' full-resolution fusion stage one frame chunk at a time
-    (1.3B, 81x336x592 on an H200: stage-2 peak 71 -> 50 GiB; docs/benchmarks.md)."""
+    (1.3B, 81x336x592 on an H200: stage-2 peak 71 -> 50 GiB; docs/benchmarks.md). null: the
+    memory tier's (off without one)."""
+    activation_offload: str | None = None
+    """Saved activations kept in pinned host memory between forward and backward
+    (``models.fantasyworld.ACTIVATION_OFFLOAD``): ``none``, ``heads`` (the DPT heads' latent-rate
+    stage and temporal upsamplers) or ``all``. Exact; costs host-device copies. null: the tier's."""
+    fp8_frozen: bool | None = None
+    """Store the frozen Wan blocks' linear layers as float8 e4m3 with row-wise scales (FP8 GEMMs
+    on CUDA, half the bytes of bf16; gradients reach the activations through the dequantised
+    weights). Changes the forward by the FP8 rounding. null: the tier's (off without one)."""
+    dpt_channels_last: bool | None = None
+    """DPT heads: run the full-resolution fusion convolutions in channels-last (NHWC) layout.
+    null: on for CUDA (cuDNN's bf16 convolutions are NHWC), off on the CPU. Same values."""
+    dpt_resize: str | None = None
+    """DPT heads: bilinear resizes as the ``kernel`` or as two ``matmul`` products
+    (``heads.resize``; same values in fp32, backward without atomics). null: ``matmul`` on
+    CUDA, ``kernel`` on the CPU."""
     base_lora: str | None = None
     """Wan2.2 expert presets: a LoRA merged into the frozen base before training (the official
     inference merges the expert's Wan2.2-Fun reward LoRA); ``None``: none."""
@@ -145,6 +168,9 @@ class OptimConfig:
     ``min_lr_ratio * lr`` at the run's last step, ``steps``); see ``training.trainer.LR_SCHEDULES``."""
     min_lr_ratio: float = 0.0
     """Floor of the cosine schedule as a fraction of ``lr``."""
+    optimizer: str | None = None
+    """``adamw`` (fp32 moments) or ``adamw8bit`` (8-bit moments, torchao: ``pip install -e
+    ".[lowmem]"``); ``training.optimizers.OPTIMIZERS``. null: the memory tier's, else ``adamw``."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm (all ranks, all trainable parameters) to this; null: off
     (the norm is still logged)."""
@@ -162,6 +188,13 @@ class LossConfig:
     """Weight of ``L_camera`` inside the geometry sum (the paper's 3)."""
     shift: float = 5.0
     """Timestep shift of the training noise schedule (Wan: 5)."""
+    pixel_frames_per_step: float | None = None
+    """Supervise the pixel-rate heads (depth, point map) on a random subset of the ``T`` pixel
+    frames of each sample: an integer ``K >= 1`` (frames) or a fraction in (0, 1) of ``T``
+    (``K = max(1, round(fraction T))``). The heads' full-resolution stage then runs on those
+    frames only (the speed-up); the frames are drawn per sample, seeded by the run seed and the
+    sample's stream position, sorted. The camera loss keeps every frame. Meant for stage 1 (where
+    the heads are most of the step); null (default): every frame, unchanged."""
 
 
 @dataclass(kw_only=True)
@@ -255,6 +288,9 @@ class TrainConfig:
     under bf16 (except diffusers' fp32-kept modules)."""
     max_nonfinite_steps: int = 5
     """A non-finite loss or gradient skips the step; this many skipped steps in a row stop the run."""
+    memory_tier: str | None = None
+    """``80``, ``48`` or ``24``: a bundle of memory settings for a card of that many GB
+    (``training.memory_tiers.TRAIN_MEMORY_TIERS``); keys set explicitly win over it. null: none."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -348,6 +384,19 @@ class TrainConfig:
                  f"{self.checkpoint.every}, {self.checkpoint.keep_last}")
         if self.log.every < 1:
             fail(f"log.every must be >= 1, got {self.log.every}")
+        k = self.loss.pixel_frames_per_step
+        if k is not None and (not k > 0 or (k >= 1 and k != int(k))):
+            fail(f"loss.pixel_frames_per_step must be an integer >= 1 (frames) or a fraction in (0, 1) of the "
+                 f"frames, or null (every frame); got {k}")
+        if k is not None and k >= 1 and d.num_frames is not None and k > d.num_frames:
+            fail(f"loss.pixel_frames_per_step {int(k)} exceeds data.num_frames {d.num_frames}: use at most "
+                 f"{d.num_frames} (or null for every frame)")
+        from fantasyworld.heads.resize import RESIZE_MODES
+        from fantasyworld.training.memory_tiers import validate_memory
+
+        if m.dpt_resize is not None and m.dpt_resize not in RESIZE_MODES:
+            fail(unknown_choice("model.dpt_resize", m.dpt_resize, RESIZE_MODES))
+        validate_memory(self, fail)
         self._validate_validation(fail)
 
     def _validate_validation(self, fail) -> None:

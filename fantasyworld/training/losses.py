@@ -16,6 +16,7 @@ Everything here runs in fp32 (inputs are upcast), whatever the autocast dtype.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -119,6 +120,7 @@ def compute_losses(
     alpha: float = 0.2,
     flow_target: torch.Tensor | None = None,
     camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
+    pixel_frames: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All losses of one training step (``camera_weight``: see :func:`total_loss`).
 
@@ -131,6 +133,10 @@ def compute_losses(
             ``(B, T, H, W)`` bool, ``w2c`` ``(B, T, 4, 4)`` OpenCV, ``intrinsics``
             ``(B, T, 3, 3)`` pixels at the resolution ``(H, W)`` of the depth maps.
         stage: 1 or 2; ``flow_target`` (``noise - x0``) is required in stage 2.
+        pixel_frames: optional ``(B, K)`` pixel-frame indices the pixel-rate heads predicted
+            (their outputs then hold K frames): their losses read the ground truth of those
+            frames. The scene normalisation still uses every frame, so the scale is the same
+            as without a subset; non-pixel-rate heads (camera) see every frame.
 
     Returns:
         ``objective``, the loss terms of the heads present (``loss_depth``, ``loss_pmap``,
@@ -139,10 +145,16 @@ def compute_losses(
     gt = normalize_geometry(batch["depth"], batch["points"], batch["valid"], batch["w2c"])
     targets = HeadTargets(depth=gt.depth, points=gt.points, w2c=gt.w2c, intrinsics=batch["intrinsics"],
                           valid=batch["valid"].bool(), image_hw=tuple(batch["depth"].shape[-2:]), alpha=alpha)
+    pixel_targets = targets
+    if pixel_frames is not None:
+        rows = torch.arange(gt.depth.shape[0], device=gt.depth.device)[:, None]
+        idx = pixel_frames.to(gt.depth.device)
+        pixel_targets = dataclasses.replace(targets, depth=gt.depth[rows, idx], points=gt.points[rows, idx],
+                                            valid=targets.valid[rows, idx])
     terms: dict[str, torch.Tensor] = {}
     for spec in HEADS.values():
         if spec.ran(outputs):
-            terms.update(spec.loss(outputs, targets))
+            terms.update(spec.loss(outputs, pixel_targets if spec.pixel_rate else targets))
     if stage == 2:
         if flow_target is None or outputs.get("flow") is None:
             raise ValueError("stage 2 needs outputs['flow'] and flow_target")
@@ -187,7 +199,8 @@ def per_sample_losses(
         outputs: the model outputs of the micro-batch (B samples).
         inputs: :func:`~fantasyworld.models.inputs.training_inputs` of the micro-batch: the
             ground truth ``depth, points, valid, w2c, intrinsics`` and (stage 2)
-            ``flow_target`` (B, 16, F, H/8, W/8).
+            ``flow_target`` (B, 16, F, H/8, W/8); optional ``pixel_frames`` (B, K) (the frame
+            subset the pixel-rate heads predicted, :func:`compute_losses`).
         stage, lambda_geo, alpha, camera_weight: as for :func:`compute_losses`.
 
     Returns:
@@ -202,8 +215,9 @@ def per_sample_losses(
         out_i = {k: _slice_sample(v, i) for k, v in outputs.items()}
         gt_i = {k: v[i:i + 1] for k, v in gt.items()}
         target = inputs["flow_target"][i:i + 1] if stage == 2 else None
+        frames = inputs.get("pixel_frames")
         terms = compute_losses(out_i, gt_i, stage=stage, lambda_geo=lambda_geo, alpha=alpha, flow_target=target,
-                               camera_weight=camera_weight)
+                               camera_weight=camera_weight, pixel_frames=None if frames is None else frames[i:i + 1])
         total = terms["objective"] if total is None else total + terms["objective"]
         for key in loss_keys(stage):
             if key in terms:

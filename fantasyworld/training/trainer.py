@@ -42,10 +42,11 @@ import torch
 import yaml
 
 from fantasyworld.errors import CheckpointError, NonFiniteLossError
+from fantasyworld.layers.fp8_linear import swap_linears_to_fp8
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.flow_matching import expert_sigma_range
-from fantasyworld.models.inputs import training_inputs
+from fantasyworld.models.inputs import pixel_frame_count, pixel_frame_subset, training_inputs
 from fantasyworld.models.parallelize import compile_blocks
 from fantasyworld.models.wan22 import load_wan22_base
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
@@ -56,6 +57,8 @@ from fantasyworld.training.data_checks import check_cache, validate_training_dat
 from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import loss_keys, per_sample_losses
 from fantasyworld.training.lr_schedule import lr_multiplier
+from fantasyworld.training.memory_tiers import MemorySettings, resolve_memory
+from fantasyworld.training.optimizers import build_optimizer
 from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
 from fantasyworld.training.signals import STOP_SIGNALS, SignalFlag, signal_exit_code
 
@@ -205,9 +208,13 @@ class Trainer:
         elif backbone == RANDOM and cfg.model.preset not in TINY_PRESETS and world.is_main:
             self.log.warning(f"model.backbone_dir=random: preset {mcfg.name} gets a random Wan backbone "
                              f"(smoke test only)")
-        model = FantasyWorldModel(mcfg, transformer=transformer, control_adapter=control_adapter)
+        # a random backbone is built where it runs (fast on a GPU); a loaded one arrives on the CPU
+        model = FantasyWorldModel(mcfg, transformer=transformer, control_adapter=control_adapter,
+                                  device=world.device if transformer is None else None)
         model.set_stage(self.stage)
-        model.gradient_checkpointing = cfg.model.gradient_checkpointing
+        self.memory: MemorySettings = resolve_memory(cfg)
+        model.checkpointing = self.memory.checkpointing
+        model.activation_offload = self.memory.activation_offload
         self.weight_keys = model.stage_state_keys(self.stage)
 
         if self.resume_step is not None:
@@ -221,8 +228,14 @@ class Trainer:
             if model.control_adapter is not None:
                 model.control_adapter.to(torch.bfloat16)
         model.to(world.device)
+        if self.memory.fp8_frozen:
+            swap_linears_to_fp8(model.transformer.blocks, lambda name, _: True)
         model.train()
-        model.checkpoint_heads = cfg.model.checkpoint_heads
+        model.checkpoint_heads = self.memory.checkpoint_heads
+        cuda = world.device.type == "cuda"
+        m = cfg.model
+        model.set_dpt_layout(channels_last=cuda if m.dpt_channels_last is None else m.dpt_channels_last,
+                             resize=m.dpt_resize or ("matmul" if cuda else "kernel"))
         if cfg.model.compile:  # torchtitan order: checkpointing, then compile, then sharding
             compile_blocks(model)
         self.model = shard_model(model, world)
@@ -233,52 +246,21 @@ class Trainer:
     def _check_init_from(self) -> None:
         """Refuse an ``init_from`` that is absent or not a stage-1 checkpoint of this preset,
         from its header alone (before the data check and the model build)."""
-        cfg = self.cfg
-        if not cfg.init_from or self.resume_step is not None:
-            return
-        path = Path(cfg.init_from)
-        where = f"init_from={cfg.init_from}"
-        if not path.is_file():
-            raise CheckpointError(
-                f"{where}: file does not exist. Stage 2 starts from the step-N.safetensors written by a stage-1 run "
-                f"(e.g. outputs/fantasy_world_stage1/step-20000.safetensors); set init_from to that file")
-        meta = ckpt.read_weights_metadata(path)
-        want_stage = 1
-        if meta.get("format") != "fantasyworld":
-            raise CheckpointError(f"{where}: not a FantasyWorld checkpoint (metadata format={meta.get('format')!r})")
-        if meta.get("stage") != str(want_stage):
-            hint = " (to continue a stage-2 run, resume it instead)" if meta.get("stage") == "2" else ""
-            raise CheckpointError(f"{where}: is a stage-{meta.get('stage')} checkpoint; stage {cfg.stage} must "
-                                  f"start from a stage-{want_stage} checkpoint{hint}")
-        preset = get_preset(cfg.model.preset).name
-        if meta.get("preset") not in (None, preset):
-            raise CheckpointError(f"{where}: checkpoint preset {meta.get('preset')!r} does not match "
-                                  f"model.preset {preset!r}")
+        if self.cfg.init_from and self.resume_step is None:
+            ckpt.check_init_from(self.cfg.init_from, self.cfg.stage, get_preset(self.cfg.model.preset).name)
 
     def _load_init_from(self, model: FantasyWorldModel) -> None:
-        """Load ``init_from`` strictly (stage 2: a stage-1 checkpoint is required; its header
-        was checked by :meth:`_check_init_from`)."""
-        cfg = self.cfg
-        if not cfg.init_from:
-            return
-        path = Path(cfg.init_from)
-        where = f"init_from={cfg.init_from}"
-        want_stage = 1
-        try:
-            model.load_fantasyworld(path, want_stage)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{where}: stage-{want_stage} weights do not match model {model.config.name}: "
-                                  f"{exc}") from exc
-        if self.world.is_main:
-            self.log.info(f"loaded stage-{want_stage} weights from {path} (strict)")
+        """Load ``init_from`` strictly (stage 2: a stage-1 checkpoint is required)."""
+        if self.cfg.init_from:
+            ckpt.load_init_from(model, self.cfg.init_from, self.log.info if self.world.is_main else None)
 
     def _build_optimizer(self) -> None:
         o = self.cfg.optim
         decay = [p for n, p in self.trainable if p.ndim >= 2 and "token" not in n]
         no_decay = [p for n, p in self.trainable if not (p.ndim >= 2 and "token" not in n)]
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas),
-                                           eps=o.eps)
+        self.optimizer = build_optimizer(self.memory.optimizer, [g for g in groups if g["params"]], lr=o.lr,
+                                         betas=tuple(o.betas), eps=o.eps, device=self.world.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(o.schedule, o.warmup_steps, self.cfg.steps, o.min_lr_ratio))
         self.start_step = 0
@@ -342,10 +324,17 @@ class Trainer:
         :func:`~fantasyworld.models.inputs.training_inputs` with this run's seed, shift and
         encoders."""
         mcfg = self.model_config
-        return training_inputs(batch, device=self.world.device, stage=self.stage, seed=self.cfg.seed,
-                               shift=self.cfg.loss.shift, is_i2v=mcfg.is_i2v, encoders=self, clip=mcfg.uses_clip,
-                               camera=self.stage == 2 or mcfg.has_control_adapter,
-                               sigma_range=expert_sigma_range(mcfg.expert, mcfg.expert_boundary))
+        inputs = training_inputs(batch, device=self.world.device, stage=self.stage, seed=self.cfg.seed,
+                                 shift=self.cfg.loss.shift, is_i2v=mcfg.is_i2v, encoders=self, clip=mcfg.uses_clip,
+                                 camera=self.stage == 2 or mcfg.has_control_adapter,
+                                 sigma_range=expert_sigma_range(mcfg.expert, mcfg.expert_boundary))
+        per_step = self.cfg.loss.pixel_frames_per_step
+        if per_step is not None:  # loss.pixel_frames_per_step: a seeded frame subset per sample
+            num_frames = inputs["depth"].shape[1]
+            inputs["pixel_frames"] = pixel_frame_subset(
+                batch["sample_position"].tolist(), num_frames, pixel_frame_count(per_step, num_frames),
+                self.cfg.seed).to(self.world.device)
+        return inputs
 
     def forward_losses(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward and per-sample losses (:func:`~fantasyworld.training.losses.per_sample_losses`).
@@ -358,7 +347,8 @@ class Trainer:
         with torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             outputs = self.model(
                 inputs["latents"], inputs["timestep"], inputs["text_emb"], plucker=inputs.get("plucker"),
-                cond_latent=inputs.get("cond_latent"), image_emb=inputs.get("image_emb"), stage=self.stage)
+                cond_latent=inputs.get("cond_latent"), image_emb=inputs.get("image_emb"), stage=self.stage,
+                pixel_frames=inputs.get("pixel_frames"))
         return per_sample_losses(outputs, inputs, stage=self.stage, lambda_geo=loss.lambda_geo, alpha=loss.alpha,
                                  camera_weight=loss.camera_weight)
 
@@ -375,11 +365,69 @@ class Trainer:
             norm = norm.full_tensor()
         return norm.detach().float().cpu()
 
+    def train_step(self, data_iter: Any, stop_requested: bool | str | None = None) -> tuple[dict[str, float], bool]:
+        """One optimizer step: ``grad_accum`` micro-batches of prepare -> forward and losses ->
+        backward, then the global gradient norm, clipping, the optimizer step and the LR schedule.
+
+        Args:
+            data_iter: the stream of micro-batches (``iter(self.loader)``); ``grad_accum`` are drawn,
+                also for a skipped step (the stream stays aligned).
+            stop_requested: this rank saw SIGTERM / SIGINT (shared with the other ranks here).
+
+        Returns:
+            ``(values, stop)``: the global means of the loss terms (:func:`loss_keys`), ``lr``,
+            ``grad_norm`` (before clipping; NaN when skipped) and ``skipped`` (1.0 or 0.0); ``stop``
+            is true when any rank asked to stop.
+        """
+        cfg, world = self.cfg, self.world
+        keys = loss_keys(self.stage)
+        self.model.train()
+        sums = torch.zeros(len(keys), dtype=torch.float64)
+        skipped = False
+        for _micro in range(cfg.grad_accum):
+            batch = next(data_iter)
+            if skipped:
+                continue  # keep the data stream aligned; no compute for a skipped step
+            inputs = self.prepare(batch)
+            total, terms = self.forward_losses(inputs)
+            bad = torch.tensor([0.0 if torch.isfinite(total).item() else 1.0])
+            if all_reduce_max(bad, world).item() > 0:
+                skipped = True
+                self.optimizer.zero_grad(set_to_none=True)
+                sums[:] = math.nan
+                del total, terms
+                continue
+            (total / (cfg.batch_size * cfg.grad_accum)).backward()
+            for j, key in enumerate(keys):
+                if key in terms:
+                    sums[j] += float(terms[key])
+        grad_norm = math.nan
+        if not skipped:
+            norm = self._grad_norm_and_clip()
+            grad_norm = float(norm)
+            if not math.isfinite(grad_norm):
+                skipped = True
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+        # global means of the loss terms + the SIGTERM flag (any rank) in one collective
+        per_rank = sums / (cfg.batch_size * cfg.grad_accum)
+        vec = torch.cat([per_rank, torch.tensor([1.0 if stop_requested else 0.0], dtype=torch.float64)])
+        vec = all_reduce_mean(vec, world)
+        values: dict[str, float] = {k: float(vec[j]) for j, k in enumerate(keys)}
+        values.update(lr=lr, grad_norm=grad_norm, skipped=float(skipped))
+        return values, bool(vec[-1] > 0)
+
     # ---------------------------------------------------------------------------- loop
     def train(self) -> TrainResult:
         """Run from ``start_step`` to ``cfg.steps`` (or until SIGTERM / SIGINT)."""
         cfg, world = self.cfg, self.world
-        keys = loss_keys(self.stage)
         logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=cfg.steps,
                                start_step=self.start_step, tensorboard=cfg.log.tensorboard,
                                progress=cfg.log.progress, every=cfg.log.every, wandb=cfg.log.wandb,
@@ -402,51 +450,11 @@ class Trainer:
         try:
             while step < cfg.steps:
                 t0 = time.perf_counter()
-                self.model.train()
-                sums = torch.zeros(len(keys), dtype=torch.float64)
-                skipped = False
-                for _micro in range(cfg.grad_accum):
-                    batch = next(data_iter)
-                    if skipped:
-                        continue  # keep the data stream aligned; no compute for a skipped step
-                    inputs = self.prepare(batch)
-                    total, terms = self.forward_losses(inputs)
-                    bad = torch.tensor([0.0 if torch.isfinite(total).item() else 1.0])
-                    if all_reduce_max(bad, world).item() > 0:
-                        skipped = True
-                        self.optimizer.zero_grad(set_to_none=True)
-                        sums[:] = math.nan
-                        del total, terms
-                        continue
-                    (total / (cfg.batch_size * cfg.grad_accum)).backward()
-                    for j, key in enumerate(keys):
-                        if key in terms:
-                            sums[j] += float(terms[key])
-                grad_norm = math.nan
-                if not skipped:
-                    norm = self._grad_norm_and_clip()
-                    grad_norm = float(norm)
-                    if not math.isfinite(grad_norm):
-                        skipped = True
-                if skipped:
-                    self.optimizer.zero_grad(set_to_none=True)
-                else:
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                lr = self.optimizer.param_groups[0]["lr"]
-                with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
-                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-                    self.scheduler.step()
+                values, stop_signal = self.train_step(data_iter, flag.raised)
+                skipped, grad_norm = bool(values["skipped"]), values["grad_norm"]
                 step += 1
-                # global means of the loss terms + the SIGTERM flag (any rank) in one collective
-                per_rank = sums / (cfg.batch_size * cfg.grad_accum)
-                vec = torch.cat([per_rank, torch.tensor([1.0 if flag.raised else 0.0], dtype=torch.float64)])
-                vec = all_reduce_mean(vec, world)
-                stop_signal = bool(vec[-1] > 0)
                 dt = time.perf_counter() - t0
-                values: dict[str, float] = {k: float(vec[j]) for j, k in enumerate(keys)}
-                values.update(lr=lr, grad_norm=grad_norm, skipped=float(skipped), step_time_s=dt,
-                              samples_per_s=self.global_batch / dt)
+                values.update(step_time_s=dt, samples_per_s=self.global_batch / dt)
                 if world.device.type == "cuda":
                     values["max_memory_gib"] = torch.cuda.max_memory_allocated(world.device) / 2**30
                 logger.log(step, values)
