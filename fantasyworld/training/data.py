@@ -192,7 +192,13 @@ def stream_state(loader: DataLoader, step: int) -> dict[str, Any]:
     ``{STREAM_STATE_KEY: sampler.state_dict(step)}`` with buckets, ``{}`` without (the position
     is then ``step x G`` alone)."""
     order = loader.dataset.order
-    return {} if order is None else {STREAM_STATE_KEY: order.state_dict(step)}
+    if order is None:
+        return {}
+    return {STREAM_STATE_KEY: {**order.state_dict(step), "buckets": _bucket_lists(loader)}}
+
+
+def _bucket_lists(loader: DataLoader) -> list[list[int]]:
+    return [b.as_list() for b in loader.dataset.dataset.buckets]
 
 
 def check_stream_state(loader: DataLoader, state: dict[str, Any], step: int, where: str) -> None:
@@ -208,6 +214,8 @@ def check_stream_state(loader: DataLoader, state: dict[str, Any], step: int, whe
         raise CheckpointError(f"{where}: cannot resume {now} data.buckets a run written {then} them (the data "
                               f"order would change): keep data.buckets as it was, or start a new run")
     why = order.mismatch(saved)
+    if why is None and saved.get("buckets") != _bucket_lists(loader):
+        why = f"buckets were {saved.get('buckets')}, now {_bucket_lists(loader)}"
     if why is None and saved["epoch"] * order.steps_per_epoch + saved["step_in_epoch"] != step:
         why = f"its position (epoch {saved['epoch']}, step {saved['step_in_epoch']}) is not step {step}"
     if why is not None:
