@@ -232,3 +232,31 @@ def test_bucketed_loader_refuses_unfit_clips_by_default(two_sizes) -> None:
     with pytest.raises(DataError) as err:
         RawClipDataset(two_sizes, buckets=BUCKETS)
     assert err.value.kind == NO_BUCKET and "clip_00006" in err.value.message
+
+
+def _cache_args(*argv: str):
+    import argparse
+
+    from fantasyworld.cli.data import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["data", "cache", "--data", "d", "--out", "o", "--vae", "v", "--text-encoder", "t",
+                              *argv])
+
+
+def test_cache_command_bucket_options() -> None:
+    from fantasyworld.cli.data import _cache_buckets
+
+    assert _cache_buckets(_cache_args()) is None
+    assert _cache_buckets(_cache_args("--buckets", "9x32x48,5x48x32")) == (Bucket(5, 48, 32), Bucket(9, 32, 48))
+    got = _cache_buckets(_cache_args("--aspect-ratios", "0.5625,1.7778", "--size", "336x592", "--frames", "49"))
+    assert got == (Bucket(49, 592, 336), Bucket(49, 336, 592))
+    got = _cache_buckets(_cache_args("--aspect-ratios", "1", "--size", "32x32", "--bucket-frames", "5,9"))
+    assert got == (Bucket(9, 32, 32), Bucket(5, 32, 32))
+    with pytest.raises(ConfigError, match="--aspect-ratios needs --size HxW"):
+        _cache_buckets(_cache_args("--aspect-ratios", "1"))
+    with pytest.raises(ConfigError, match=r"--buckets\[1\]: height must be a positive multiple of 16"):
+        _cache_buckets(_cache_args("--buckets", "9x32x48,5x40x32"))
+    assert main(["data", "cache", "--data", "d", "--out", "o", "--vae", "v", "--text-encoder", "t",
+                 "--buckets", "9x32"]) == 2

@@ -137,3 +137,15 @@ def test_bucketed_cache_trains_and_must_match_data_buckets(data, tmp_path, capsy
     assert main([*args, "data.buckets.sizes=[[9,32,48]]"]) == 2
     assert "but data.buckets is 9x32x48" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_validation_clips_are_read_at_their_bucket_shapes(data, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from fantasyworld.eval.validation import Validator
+
+    cfg = config_from_dict({**config_to_dict(_config(tmp_path / "run", steps=1, root=str(data))),
+                            "validation": {"every": 1, "split": "all", "max_clips": 4}})
+    fake = SimpleNamespace(cfg=cfg, run_dir=tmp_path / "run", start_step=0, world=SimpleNamespace(is_main=True))
+    validator = Validator(fake)
+    assert [tuple(s["video"].shape) for s in validator.samples] == [(3, 9, 32, 48)] * 2 + [(3, 5, 48, 32)] * 2

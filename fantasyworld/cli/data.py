@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fantasyworld.data.buckets import Bucket
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -78,7 +82,7 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache_buckets(args: argparse.Namespace):
+def _cache_buckets(args: argparse.Namespace) -> tuple[Bucket, ...] | None:
     """The bucket set of ``data cache`` (``--buckets`` or ``--aspect-ratios``), or None."""
     from fantasyworld.data.buckets import resolve_buckets
     from fantasyworld.errors import ConfigError
@@ -97,7 +101,8 @@ def _cache_buckets(args: argparse.Namespace):
             raise ConfigError("--aspect-ratios and --bucket-frames are comma-separated numbers, got "
                               f"{args.aspect_ratios!r} and {args.bucket_frames!r}") from None
         area = args.size[0] * args.size[1]
-    return resolve_buckets(sizes, ratios, area, frames, key="--buckets")
+    names = {"sizes": "--buckets", "aspect_ratios": "--aspect-ratios", "area": "--size", "frames": "--bucket-frames"}
+    return resolve_buckets(sizes, ratios, area, frames, key=names)
 
 
 def _floats(text: str) -> tuple[float, ...]:

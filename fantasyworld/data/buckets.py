@@ -33,7 +33,7 @@ frames exactly as without buckets. Batching by bucket is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -122,55 +122,68 @@ def parse_bucket(value: object, key: str) -> Bucket:
     return Bucket(frames, height, width)
 
 
+def _names(key: str | Mapping[str, str]) -> Mapping[str, str]:
+    """What messages call each bucket setting: ``key.sizes`` etc., or a given mapping."""
+    if isinstance(key, str):
+        return {f: f"{key}.{f}" for f in ("sizes", "aspect_ratios", "area", "frames")}
+    return key
+
+
 def generate_buckets(area: int, aspect_ratios: Sequence[float], frames: Sequence[int],
-                     key: str = "buckets") -> tuple[Bucket, ...]:
+                     key: str | Mapping[str, str] = "buckets") -> tuple[Bucket, ...]:
     """One resolution per aspect ratio ``r`` (``width / height``) with about ``area`` pixels,
     sides rounded to multiples of 16 (``h = 16 round(sqrt(area / r) / 16)``,
     ``w = 16 round(sqrt(area r) / 16)``, at least 16), times every frame count; duplicates
     (two ratios rounding to one resolution) are merged. Canonical order.
 
     Example: ``area = 336 * 592``, ratios ``9/16, 1, 16/9`` give 592x336, 448x448, 336x592.
+    ``key`` names the settings in messages (:func:`resolve_buckets`).
     """
+    n = _names(key)
     if isinstance(area, bool) or not isinstance(area, int) or area < 256:
-        raise ConfigError(f"{key}.area must be an integer number of pixels >= 256 (16x16), got {area!r}")
+        raise ConfigError(f"{n['area']} must be an integer number of pixels >= 256 (16x16), got {area!r}")
     if not isinstance(aspect_ratios, (list, tuple)) or not aspect_ratios:
-        raise ConfigError(f"{key}.aspect_ratios must be a non-empty list of width/height ratios, got {aspect_ratios!r}")
+        raise ConfigError(f"{n['aspect_ratios']} must be a non-empty list of width/height ratios, "
+                          f"got {aspect_ratios!r}")
     if not isinstance(frames, (list, tuple)) or not frames:
-        raise ConfigError(f"{key}.frames must be a non-empty list of 4k+1 frame counts, got {frames!r}")
+        raise ConfigError(f"{n['frames']} must be a non-empty list of 4k+1 frame counts, got {frames!r}")
     out = []
     for i, r in enumerate(aspect_ratios):
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
-            raise ConfigError(f"{key}.aspect_ratios[{i}] must be a positive number (width / height), got {r!r}")
+            raise ConfigError(f"{n['aspect_ratios']}[{i}] must be a positive number (width / height), got {r!r}")
         h = max(16, 16 * round(math.sqrt(area / r) / 16))
         w = max(16, 16 * round(math.sqrt(area * r) / 16))
         for j, f in enumerate(frames):
-            out.append(parse_bucket([f, h, w], f"{key}.frames[{j}]"))
+            out.append(parse_bucket([f, h, w], f"{n['frames']}[{j}]"))
     return _canonical(out)
 
 
 def resolve_buckets(sizes: Sequence[object] | None = None, aspect_ratios: Sequence[float] | None = None,
                     area: int | None = None, frames: Sequence[int] | None = None,
-                    key: str = "buckets") -> tuple[Bucket, ...] | None:
+                    key: str | Mapping[str, str] = "buckets") -> tuple[Bucket, ...] | None:
     """The bucket set of a config: ``sizes`` (explicit ``[frames, height, width]`` entries),
     or ``aspect_ratios`` with ``area`` and ``frames`` (:func:`generate_buckets`), or ``None``
     when neither is set (no buckets). Canonical order; :class:`ConfigError` naming
-    ``key.sizes[i]`` etc. for a bad entry, a duplicate, or both forms at once."""
+    ``key.sizes[i]`` etc. for a bad entry, a duplicate, or both forms at once (``key`` may
+    instead map ``sizes``, ``aspect_ratios``, ``area`` and ``frames`` to the names to print,
+    e.g. command-line options)."""
+    n = _names(key)
     if sizes is not None and aspect_ratios is not None:
-        raise ConfigError(f"set one of {key}.sizes (explicit buckets) and {key}.aspect_ratios (generated "
-                          f"from {key}.area and {key}.frames), not both")
+        raise ConfigError(f"set one of {n['sizes']} (explicit buckets) and {n['aspect_ratios']} (generated "
+                          f"from {n['area']} and {n['frames']}), not both")
     if sizes is not None:
         if not isinstance(sizes, (list, tuple)) or not sizes:
-            raise ConfigError(f"{key}.sizes must be a non-empty list of [frames, height, width], got {sizes!r}")
+            raise ConfigError(f"{n['sizes']} must be a non-empty list of [frames, height, width], got {sizes!r}")
         seen: dict[Bucket, int] = {}
         for i, entry in enumerate(sizes):
-            bucket = parse_bucket(entry, f"{key}.sizes[{i}]")
+            bucket = parse_bucket(entry, f"{n['sizes']}[{i}]")
             if bucket in seen:
-                raise ConfigError(f"{key}.sizes[{i}] {bucket} repeats {key}.sizes[{seen[bucket]}]")
+                raise ConfigError(f"{n['sizes']}[{i}] {bucket} repeats {n['sizes']}[{seen[bucket]}]")
             seen[bucket] = i
         return _canonical(list(seen))
     if aspect_ratios is not None:
         if area is None or frames is None:
-            raise ConfigError(f"{key}.aspect_ratios needs {key}.area and {key}.frames")
+            raise ConfigError(f"{n['aspect_ratios']} needs {n['area']} and {n['frames']}")
         return generate_buckets(area, aspect_ratios, frames, key)
     return None
 
