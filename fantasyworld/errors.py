@@ -24,8 +24,8 @@ from pathlib import Path
 
 __all__ = [
     "BAD_DTYPE", "BAD_INTRINSICS", "BAD_METADATA", "BAD_SHAPE", "CAMERA_COLUMNS", "CORRUPT_VIDEO", "DUPLICATE_ID",
-    "FRAME_COUNT", "KINDS", "MISSING_FILE", "NON_FINITE", "NON_ORTHONORMAL", "PATH_ESCAPE", "TOO_FEW_FRAMES",
-    "UNREADABLE",
+    "FRAME_COUNT", "KINDS", "MISSING_FILE", "NO_BUCKET", "NON_FINITE", "NON_ORTHONORMAL", "PATH_ESCAPE",
+    "TOO_FEW_FRAMES", "UNREADABLE",
     "CheckpointError", "ConfigError", "DataError", "EstimatorError", "FantasyWorldError", "Interrupted",
     "NonFiniteLossError", "OutputError", "Problem",
     "TrajectoryError", "check_output_dir", "interrupt_on_signals", "staged_output_dir",
@@ -46,11 +46,12 @@ BAD_METADATA = "bad_metadata"
 BAD_INTRINSICS = "bad_intrinsics"
 TOO_FEW_FRAMES = "too_few_frames"
 UNREADABLE = "unreadable_file"  # exists but cannot be read as text (not UTF-8, no permission)
+NO_BUCKET = "no_bucket"  # a clip fits none of the configured resolution/frame buckets
 
 KINDS = (
     MISSING_FILE, CORRUPT_VIDEO, FRAME_COUNT, BAD_SHAPE, BAD_DTYPE, NON_FINITE, CAMERA_COLUMNS,
     NON_ORTHONORMAL, PATH_ESCAPE, DUPLICATE_ID, BAD_METADATA, BAD_INTRINSICS, TOO_FEW_FRAMES,
-    UNREADABLE,
+    UNREADABLE, NO_BUCKET,
 )
 
 

@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fantasyworld.data.buckets import Bucket
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -26,7 +30,7 @@ def _synth(args: argparse.Namespace) -> int:
         synthesize_dataset(args.out, num_clips=args.clips, num_frames=args.frames, height=h, width=w,
                            seed=args.seed, workers=args.workers, per_frame=args.per_frame, fps=args.fps,
                            progress=not args.quiet, detail=args.detail, trajectories=trajectories,
-                           trajectory_frames=args.trajectory_frames)
+                           trajectory_frames=args.trajectory_frames, append=args.append)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -48,19 +52,57 @@ def _cache(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from fantasyworld.data.cache import build_cache
-    from fantasyworld.errors import DataError
+    from fantasyworld.errors import ConfigError, DataError
 
     h, w = args.size if args.size else (None, None)
     try:
-        build_cache(args.data, args.out, args.vae, args.text_encoder, tokenizer_dir=args.tokenizer,
-                    image_encoder_dir=args.image_encoder, num_frames=args.frames, height=h, width=w,
-                    stride=args.stride, device=args.device, dtype=args.dtype, latent_dtype=args.latent_dtype,
-                    geometry_dtype=args.geometry_dtype, overwrite=args.overwrite, progress=not args.quiet)
+        buckets = _cache_buckets(args)
+        out = build_cache(args.data, args.out, args.vae, args.text_encoder, tokenizer_dir=args.tokenizer,
+                          image_encoder_dir=args.image_encoder, num_frames=args.frames, height=h, width=w,
+                          stride=args.stride, device=args.device, dtype=args.dtype, latent_dtype=args.latent_dtype,
+                          geometry_dtype=args.geometry_dtype, overwrite=args.overwrite, progress=not args.quiet,
+                          buckets=buckets, unfit=args.unfit, max_crop=args.max_crop)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except DataError as err:
         print(err, file=sys.stderr)
         return 1
+    if buckets:
+        import json
+
+        index = json.loads((out / "index.json").read_text())
+        for u in index["unfit"]:
+            print(f"skipped {u['clip_id']}: {u['message']} [{u['reason']}]")
+        counts = {tuple(b): 0 for b in index["buckets"]}
+        for e in index["clips"]:
+            counts[tuple(e["bucket"])] += 1
+        print("buckets: " + ", ".join(f"{f}x{bh}x{bw}: {n}" for (f, bh, bw), n in counts.items()))
     print(f"cache written to {args.out}")
     return 0
+
+
+def _cache_buckets(args: argparse.Namespace) -> tuple[Bucket, ...] | None:
+    """The bucket set of ``data cache`` (``--buckets`` or ``--aspect-ratios``), or None."""
+    from fantasyworld.data.buckets import resolve_buckets
+    from fantasyworld.errors import ConfigError
+
+    if args.buckets is None and args.aspect_ratios is None:
+        return None
+    sizes = [b for b in args.buckets.split(",") if b.strip()] if args.buckets is not None else None
+    ratios = area = frames = None
+    if args.aspect_ratios is not None:
+        if args.size is None:
+            raise ConfigError("--aspect-ratios needs --size HxW: the generated buckets have about H x W pixels")
+        try:
+            ratios = [float(r) for r in args.aspect_ratios.split(",")]
+            frames = [int(f) for f in args.bucket_frames.split(",")] if args.bucket_frames else [args.frames]
+        except ValueError:
+            raise ConfigError("--aspect-ratios and --bucket-frames are comma-separated numbers, got "
+                              f"{args.aspect_ratios!r} and {args.bucket_frames!r}") from None
+        area = args.size[0] * args.size[1]
+    names = {"sizes": "--buckets", "aspect_ratios": "--aspect-ratios", "area": "--size", "frames": "--bucket-frames"}
+    return resolve_buckets(sizes, ratios, area, frames, key=names)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -97,6 +139,8 @@ def _annotate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``data`` with sub-commands ``synth``, ``validate``, ``cache`` and ``annotate``."""
+    from fantasyworld.data.buckets import UNFIT_POLICIES  # light: no torch
+
     parser = sub.add_parser("data", help="make, validate and cache datasets (see docs/data.md)")
     cmds = parser.add_subparsers(dest="data_command", required=True)
 
@@ -117,6 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trajectory-frames", type=int, default=None,
                    help="each clip is a --frames window (seeded start) of a camera path this long, "
                         "as a short clip cut from a longer video (default: the path spans the clip)")
+    p.add_argument("--append", action="store_true",
+                   help="add the clips after those already in --out (e.g. a second --size into one dataset)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_synth)
 
@@ -143,6 +189,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--geometry-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--buckets", default=None,
+                   help="store each clip at its bucket's shape: comma list of FxHxW, e.g. 81x336x592,81x592x336 "
+                        "(docs/data.md#buckets)")
+    p.add_argument("--aspect-ratios", default=None,
+                   help="generate the buckets instead: comma list of width/height ratios, each at about the "
+                        "pixel area of --size")
+    p.add_argument("--bucket-frames", default=None, help="frame counts of generated buckets (default: --frames)")
+    p.add_argument("--unfit", default="error", choices=list(UNFIT_POLICIES),
+                   help="clips that fit no bucket: refuse the dataset (default) or leave them out")
+    p.add_argument("--max-crop", type=float, default=None,
+                   help="a clip fits no bucket if its aspect crop would cut more than this share of its area")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cache)
 

@@ -15,6 +15,14 @@ training) and writes ``OUT/<clip_id>.safetensors`` holding
 with ``clip_id`` and ``prompt`` in the safetensors metadata, plus ``OUT/index.json`` listing
 the clips and the settings. :class:`CachedClipDataset` reads it back (keys in
 :mod:`fantasyworld.data.loader`).
+
+With ``buckets`` (:mod:`fantasyworld.data.buckets`) each clip is stored at its bucket's
+frames and size (``T, H, W`` above vary per clip; the file's metadata holds ``bucket`` as
+``FxHxW``), each index entry records ``bucket`` ``[frames, height, width]``, the index holds
+the bucket set (``buckets``) and the clips that fit none (``unfit``: clip id, reason,
+message), and ``num_frames`` / ``height`` / ``width`` are null. A rerun re-encodes a clip
+whose existing file holds another bucket. :class:`CachedClipDataset` then yields ``bucket``
+per item and exposes ``buckets`` / ``bucket_of`` for the bucket sampler.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from fantasyworld.data.buckets import Bucket
 from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.errors import MISSING_FILE, DataError
 from fantasyworld.models import encoders
@@ -67,7 +76,9 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
                 tokenizer_dir: str | Path | None = None, image_encoder_dir: str | Path | None = None,
                 num_frames: int = 81, height: int | None = None, width: int | None = None, stride: int = 1,
                 device: str = "cpu", dtype: str = "float32", latent_dtype: str = "float32",
-                geometry_dtype: str = "float32", overwrite: bool = False, progress: bool = False) -> Path:
+                geometry_dtype: str = "float32", overwrite: bool = False, progress: bool = False,
+                buckets: tuple[Bucket, ...] | None = None, unfit: str = "error",
+                max_crop: float | None = None) -> Path:
     """Encode every clip of ``data_root`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -76,6 +87,9 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
         dtype: compute dtype of the encoders; ``latent_dtype`` / ``geometry_dtype``: stored.
         overwrite: re-encode clips whose file exists (otherwise they are skipped, so an
             interrupted run resumes).
+        buckets, unfit, max_crop: store each clip at its bucket's shape
+            (:class:`~fantasyworld.data.loader.RawClipDataset`); ``num_frames``, ``height``
+            and ``width`` are then unused.
 
     Returns:
         ``out_dir``.
@@ -88,7 +102,9 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
     image_encoder = image_processor = None
     if image_encoder_dir is not None:
         image_encoder, image_processor = encoders.load_image_encoder(image_encoder_dir, device, compute)
-    dataset = RawClipDataset(data_root, num_frames=num_frames, height=height, width=width, stride=stride)
+    dataset = RawClipDataset(data_root, num_frames=num_frames, height=height, width=width, stride=stride,
+                             buckets=buckets, unfit=unfit, max_crop=max_crop)
+    bucketed = dataset.bucket_of is not None
     entries = []
     iterator = range(len(dataset))
     if progress:
@@ -98,28 +114,50 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
     for i in iterator:
         record = dataset.records[i]
         path = out_dir / f"{record.clip_id}.safetensors"
-        if overwrite or not path.exists():
+        meta = {"clip_id": record.clip_id, "prompt": record.prompt, "version": str(CACHE_VERSION)}
+        entry = {"clip_id": record.clip_id, "file": path.name}
+        if bucketed:
+            bucket = dataset.buckets[dataset.bucket_of[i]]
+            meta["bucket"], entry["bucket"] = str(bucket), bucket.as_list()
+        if overwrite or not path.exists() or (bucketed and _stored_bucket(path) != meta["bucket"]):
             sample = dataset[i]
             tensors = encode_sample(sample, vae, text_encoder, tokenizer, image_encoder, image_processor,
                                     DTYPES[latent_dtype], DTYPES[geometry_dtype])
-            save_file(tensors, str(path), metadata={"clip_id": record.clip_id, "prompt": record.prompt,
-                                                     "version": str(CACHE_VERSION)})
-        entries.append({"clip_id": record.clip_id, "file": path.name})
+            save_file(tensors, str(path), metadata=meta)
+        entries.append(entry)
     index = {
         "version": CACHE_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "data_root": str(Path(data_root).resolve()), "num_frames": num_frames, "stride": stride,
-        "height": height, "width": width, "vae": str(vae_dir), "text_encoder": str(text_encoder_dir),
+        "data_root": str(Path(data_root).resolve()), "num_frames": None if bucketed else num_frames,
+        "stride": stride, "height": None if bucketed else height, "width": None if bucketed else width,
+        "vae": str(vae_dir), "text_encoder": str(text_encoder_dir),
         "image_encoder": None if image_encoder_dir is None else str(image_encoder_dir),
         "text_dim": int(text_encoder.config.d_model), "clips": entries,
     }
+    if bucketed:
+        index["buckets"] = [b.as_list() for b in dataset.buckets]
+        index["unfit"] = [{"clip_id": u.clip_id, "reason": u.reason, "message": u.message}
+                          for u in dataset.assignment.unfit]
     (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=1))
     return out_dir
+
+
+def _stored_bucket(path: Path) -> str | None:
+    """The ``bucket`` metadata of an existing cache file (``None``: none, or unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("bucket")
+    except (SafetensorError, OSError):  # a torn file from an interrupted run: re-encode it
+        return None
 
 
 class CachedClipDataset(Dataset):
     """Items from a cache directory: ``latents``, ``text_emb``, ``text_len``, optional
     ``clip_image_emb`` / ``cond_latent``, and ``depth, points, valid, w2c, intrinsics,
-    frame_indices, prompt, clip_id`` (all float tensors returned as fp32). No ``video``."""
+    frame_indices, prompt, clip_id`` (all float tensors returned as fp32). No ``video``.
+
+    A bucketed cache also yields ``bucket`` (int64 scalar) and has ``buckets`` (the set, in
+    the index's order) and ``bucket_of`` (every entry's bucket index); otherwise both are
+    ``None``."""
 
     def __init__(self, cache_dir: str | Path):
         self.cache_dir = Path(cache_dir)
@@ -129,6 +167,11 @@ class CachedClipDataset(Dataset):
                             "cache index does not exist (run `fantasyworld data cache`)")
         self.index = json.loads(index_path.read_text())
         self.entries = self.index["clips"]
+        self.buckets: tuple[Bucket, ...] | None = None
+        self.bucket_of: list[int] | None = None
+        if self.index.get("buckets"):
+            self.buckets = tuple(Bucket(*b) for b in self.index["buckets"])
+            self.bucket_of = [self.buckets.index(Bucket(*e["bucket"])) for e in self.entries]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -146,4 +189,6 @@ class CachedClipDataset(Dataset):
         out["text_len"] = out["text_len"].reshape(())
         out["prompt"] = meta.get("prompt", "")
         out["clip_id"] = meta.get("clip_id", self.entries[i]["clip_id"])
+        if self.bucket_of is not None:
+            out["bucket"] = torch.tensor(self.bucket_of[i], dtype=torch.int64)
         return out

@@ -19,6 +19,7 @@ key                shape / type                    meaning
 ``text_len``       int64 ``(B,)``                  prompt tokens before the zero padding (cache)
 ``clip_image_emb`` float32 ``(B, 257, 1280)``      I2V only: CLIP penultimate hidden states
 ``cond_latent``    float32 ``(B, 20, F, H/8, W/8)`` I2V only: 4 mask + 16 latent channels
+``bucket``         int64 ``(B,)``                  bucketed datasets only: index of the bucket
 =================  ==============================  ==========================================
 
 ``T = 4k + 1`` pixel frames, ``F = (T - 1) / 4 + 1`` latent frames. :class:`RawClipDataset`
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fantasyworld.data.buckets import Bucket, BucketAssignment, ClipShape, assign_buckets
 from fantasyworld.data.formats import (
     DEFAULT_FOV_DEG,
     METADATA_NAME,
@@ -163,6 +165,13 @@ class RawClipDataset(Dataset):
     the crop window per item (seeded by ``seed`` and the item index, so a given
     ``(seed, index, epoch)`` is reproducible; call :meth:`set_epoch` to vary).
 
+    With ``buckets`` (:mod:`fantasyworld.data.buckets`) every clip is assigned a bucket once,
+    from its headers, and each item has that bucket's frames and size instead of
+    ``num_frames``, ``height`` and ``width``; clips that fit no bucket are refused or left out
+    by the ``unfit`` policy (the left-out ones are listed in ``assignment.unfit``). Items then
+    carry ``bucket`` (int64 scalar, an index into ``buckets``) and :attr:`bucket_of` lists
+    every item's bucket (for :class:`~fantasyworld.data.bucket_sampler.BucketBatchSampler`).
+
     Args:
         root: dataset root.
         num_frames: ``4k + 1`` frames per sample.
@@ -171,14 +180,19 @@ class RawClipDataset(Dataset):
         random: random start and crop window (training) instead of start 0 and centre crop.
         allow_nonfinite: mask NaN/inf depth/points as invalid instead of raising.
         seed: base seed for the random choices.
+        buckets: sample shapes to bucket the clips into (``None``: one shape for all).
+        unfit: ``error`` or ``skip`` (:data:`~fantasyworld.data.buckets.UNFIT_POLICIES`).
+        max_crop: largest share of a clip's area the aspect crop may cut (``None``: any).
 
     Raises:
-        DataError: on the first problem of a clip (the same checks as ``data validate``).
+        DataError: on the first problem of a clip (the same checks as ``data validate``), or
+            a clip that fits no bucket under ``unfit="error"``.
     """
 
     def __init__(self, root: str | Path, num_frames: int = 49, height: int | None = None,
                  width: int | None = None, stride: int = 1, random: bool = False,
-                 allow_nonfinite: bool = False, seed: int = 0):
+                 allow_nonfinite: bool = False, seed: int = 0, buckets: tuple[Bucket, ...] | None = None,
+                 unfit: str = "error", max_crop: float | None = None):
         check_frame_count(num_frames)
         self.root = Path(root)
         self.records = load_metadata(self.root)
@@ -190,6 +204,22 @@ class RawClipDataset(Dataset):
         self.allow_nonfinite = allow_nonfinite
         self.seed = seed
         self.epoch = 0
+        self.buckets: tuple[Bucket, ...] | None = None
+        self.bucket_of: list[int] | None = None
+        self.assignment: BucketAssignment | None = None
+        if buckets:
+            self._assign(tuple(buckets), unfit, max_crop)
+
+    def _assign(self, buckets: tuple[Bucket, ...], unfit: str, max_crop: float | None) -> None:
+        """Bucket every record from its headers (no frame decoded) and keep those that fit."""
+        shapes = []
+        for record in self.records:
+            info = inspect_clip(self.root, record, Reporter())
+            assert info is not None  # Reporter() raises on the first problem
+            shapes.append(ClipShape(record.clip_id, info.num_frames, info.height, info.width))
+        self.assignment = assign_buckets(shapes, buckets, self.stride, max_crop, unfit, self.root / METADATA_NAME)
+        self.records = [self.records[i] for i in self.assignment.kept]
+        self.buckets, self.bucket_of = buckets, list(self.assignment.bucket_of)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -202,13 +232,16 @@ class RawClipDataset(Dataset):
         info = inspect_clip(self.root, record, Reporter())
         assert info is not None  # Reporter() raises on the first problem
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.random else None
-        idx = sample_frame_indices(info.num_frames, self.num_frames, self.stride,
+        num_frames, out_hw = self.num_frames, (self.height or info.height, self.width or info.width)
+        if self.bucket_of is not None:
+            bucket = self.buckets[self.bucket_of[index]]
+            num_frames, out_hw = bucket.frames, (bucket.height, bucket.width)
+        idx = sample_frame_indices(info.num_frames, num_frames, self.stride,
                                    start=None if self.random else 0, rng=rng)
         if idx is None:
             raise DataError(record.cameras, TOO_FEW_FRAMES,
-                            f"{info.num_frames} frames, need {(self.num_frames - 1) * self.stride + 1} "
-                            f"for {self.num_frames} frames at stride {self.stride}")
-        out_hw = (self.height or info.height, self.width or info.width)
+                            f"{info.num_frames} frames, need {(num_frames - 1) * self.stride + 1} "
+                            f"for {num_frames} frames at stride {self.stride}")
         plan = CropResize.plan((info.height, info.width), out_hw,
                                crop="random" if self.random else "center", rng=rng)
         frames = read_video(record.video, idx)  # (T, H, W, 3) uint8
@@ -221,7 +254,7 @@ class RawClipDataset(Dataset):
         invalid = ~valid
         depth[invalid] = 0.0  # both are fresh float32 copies: edit in place
         points[invalid] = 0.0
-        return {
+        item = {
             "video": video.permute(1, 0, 2, 3).contiguous(),  # (3, T, H, W)
             "depth": torch.from_numpy(depth),
             "points": torch.from_numpy(points),
@@ -232,6 +265,9 @@ class RawClipDataset(Dataset):
             "clip_id": record.clip_id,
             "frame_indices": torch.from_numpy(idx.astype(np.int64)),
         }
+        if self.bucket_of is not None:
+            item["bucket"] = torch.tensor(self.bucket_of[index], dtype=torch.int64)
+        return item
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,15 +20,17 @@ rooms, :func:`~fantasyworld.data.synth_render.render_rays`) is :mod:`fantasyworl
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fantasyworld.data.formats import write_metadata, write_video
+from fantasyworld.data.formats import METADATA_NAME, write_metadata, write_video
 from fantasyworld.data.synth_render import (
     PALETTE,
     TEXTURES,
@@ -276,7 +278,7 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
                        width: int = 128, seed: int = 0, workers: int | None = None, per_frame: bool = False,
                        fps: float = 16.0, progress: bool = False, detail: float = 0.0,
                        trajectories: tuple[str, ...] | list[str] | None = None,
-                       trajectory_frames: int | None = None) -> Path:
+                       trajectory_frames: int | None = None, append: bool = False) -> Path:
     """Render ``num_clips`` clips into ``out_dir`` in the seed layout and write
     ``metadata.json``. Deterministic in ``seed`` (independent of ``workers``).
 
@@ -290,6 +292,9 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
             a seeded choice among :data:`TRAJECTORIES`.
         trajectory_frames: each clip is a ``num_frames`` window of a camera path this long
             (see :func:`render_clip`; the record keeps ``trajectory_window``).
+        append: add the clips after those already in ``out_dir`` (numbering continues after
+            the highest ``clip_NNNNN``, ``metadata.json`` lists old and new), e.g. to make one
+            dataset of several sizes or lengths; clip ``i`` still depends only on ``(seed, i)``.
 
     Returns:
         ``out_dir`` as a Path. ``height`` and ``width`` must be even (H.264 yuv420p).
@@ -304,8 +309,11 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
     trajectories = tuple(trajectories) if trajectories else None
     if trajectory_frames is not None and trajectory_frames < num_frames:
         raise ValueError(f"trajectory_frames ({trajectory_frames}) must be at least num_frames ({num_frames})")
+    existing = _existing_records(out_dir) if append else []
+    first = 1 + max((int(m.group(1)) for r in existing if (m := _CLIP_ID.fullmatch(str(r.get("clip_id"))))),
+                    default=-1)
     jobs = [(out_dir, i, seed, num_frames, height, width, per_frame, fps, float(detail), trajectories,
-             trajectory_frames) for i in range(num_clips)]
+             trajectory_frames) for i in range(first, first + num_clips)]
     workers = workers or min(num_clips, mp.cpu_count())
     if workers <= 1:
         it = map(_write_clip, jobs)
@@ -328,5 +336,20 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         if pool is not None:
             pool.close()
             pool.join()
-    write_metadata(out_dir, records)
+    write_metadata(out_dir, existing + records)
     return out_dir
+
+
+_CLIP_ID = re.compile(r"clip_(\d+)")
+
+
+def _existing_records(out_dir: Path) -> list[dict]:
+    """The records of ``out_dir/metadata.json`` as written by :func:`write_metadata` (none
+    if the file does not exist)."""
+    path = out_dir / METADATA_NAME
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("clips"), list):
+        raise ValueError(f"{path}: cannot append to it: not a {{'clips': [...]}} metadata file")
+    return list(data["clips"])

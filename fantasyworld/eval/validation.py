@@ -85,7 +85,10 @@ class Validator:
         self.cfg = trainer.cfg.validation
         d = trainer.cfg.data
         root = self.cfg.root or d.root
-        dataset = RawClipDataset(root, num_frames=d.num_frames, height=d.height, width=d.width)
+        from fantasyworld.training.data import bucket_kwargs
+
+        # with data.buckets, each validation clip at its bucket's shape (forwards are one clip each)
+        dataset = RawClipDataset(root, num_frames=d.num_frames, height=d.height, width=d.width, **bucket_kwargs(d))
         ids = [r.clip_id for r in dataset.records]
         chosen = select_split(ids, self.cfg.split, self.cfg.held_out_fraction)[: self.cfg.max_clips]
         if not chosen:

@@ -36,7 +36,8 @@ from torch import nn
 
 from fantasyworld.models.checkpointing import COMPILED_CHECKPOINT_ATTR, run_checkpointed
 
-__all__ = ["COMPILE_GRANULARITIES", "apply_fsdp", "compile_blocks", "parallelize", "resolve_modules"]
+__all__ = ["ACCUMULATED_RECOMPILES_PER_SHAPE", "COMPILE_GRANULARITIES", "RECOMPILES_PER_SHAPE", "apply_fsdp",
+           "compile_blocks", "parallelize", "resolve_modules"]
 
 
 def resolve_modules(model: nn.Module, path: str) -> Iterator[nn.Module]:
@@ -51,13 +52,18 @@ def resolve_modules(model: nn.Module, path: str) -> Iterator[nn.Module]:
 COMPILE_GRANULARITIES = ("layers", "blocks")
 
 
+#: recompile headroom per sample shape: each region's cache holds one entry per (shape, guard variant)
+RECOMPILES_PER_SHAPE = 64
+ACCUMULATED_RECOMPILES_PER_SHAPE = 256
+
+
 def _checkpointed_call(block: nn.Module, mode_name: str, *args: Any) -> Any:
     """``block(*args)`` under checkpointing mode ``mode_name``, traced whole by the compiler."""
     return run_checkpointed(mode_name, block._call_impl, *args)
 
 
 def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = False,
-                   granularity: str = "layers", backend: str = "inductor") -> nn.Module:
+                   granularity: str = "layers", num_shapes: int = 1, backend: Any = "inductor") -> nn.Module:
     """Compile every region of ``model._compile_regions[granularity]`` in place.
 
     ``layers`` (default) compiles each forward layer whole (a Wan block with its camera
@@ -71,11 +77,24 @@ def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = 
     *inside* its graph (:data:`~fantasyworld.models.checkpointing.COMPILED_CHECKPOINT_ATTR`): the
     model uses it for the ``selective`` mode, whose policy the compiler must see (a checkpoint
     dispatch mode around a compiled region would make the compiler skip the region).
-    ``backend``: the ``torch.compile`` backend (``inductor``; ``aot_eager`` for tests).
+
+    Shapes are static (``dynamic=False``): each distinct sample shape (``num_shapes``, the
+    number of resolution/frame buckets of a run, 1 without) gets its own specialised graph
+    the first time it is seen and is reused afterwards, never recompiled per batch. The
+    dynamo recompile limits are raised to ``num_shapes`` times the single-shape headroom
+    (:data:`RECOMPILES_PER_SHAPE`, :data:`ACCUMULATED_RECOMPILES_PER_SHAPE`), so no bucket
+    falls back to eager. ``backend``: the ``torch.compile`` backend (``inductor``;
+    ``aot_eager`` or a counting backend for tests).
     """
     if granularity not in model._compile_regions:
         raise ValueError(f"compile granularity must be one of {tuple(model._compile_regions)}, got {granularity!r}")
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if num_shapes < 1:
+        raise ValueError(f"num_shapes must be >= 1, got {num_shapes}")
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, RECOMPILES_PER_SHAPE * num_shapes)
+    if num_shapes > 1:
+        cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit,
+                                               ACCUMULATED_RECOMPILES_PER_SHAPE * num_shapes)
     kw = {"mode": mode, "fullgraph": fullgraph, "dynamic": False, "backend": backend}
     for path, parts in model._compile_regions[granularity].items():
         for block in resolve_modules(model, path):

@@ -36,6 +36,7 @@ from fantasyworld.training.config_io import (
 from fantasyworld.training.lr_schedule import LR_SCHEDULE_NAMES
 
 __all__ = [
+    "BucketConfig",
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",
@@ -113,6 +114,28 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class BucketConfig:
+    """Resolution and frame-count buckets (``data.buckets``; :mod:`fantasyworld.data.buckets`,
+    docs/data.md#buckets). Off unless ``sizes`` or ``aspect_ratios`` is set: then every clip
+    is brought to its bucket's shape (nearest aspect ratio, longest frame count it supplies)
+    instead of ``data.num_frames x data.height x data.width``, and every batch holds one bucket."""
+
+    sizes: list[list[int]] | None = None
+    """Explicit buckets, each ``[frames, height, width]``: frames 4k+1, height and width multiples of 16."""
+    aspect_ratios: list[float] | None = None
+    """Generate the buckets instead: one resolution per ratio (width / height) of about ``area`` pixels."""
+    area: int | None = None
+    """Pixel area of generated buckets (null: ``data.height x data.width``)."""
+    frames: list[int] | None = None
+    """Frame counts of generated buckets, each 4k+1 (null: ``[data.num_frames]``)."""
+    unfit: str = "error"
+    """Clips that fit no bucket (too short for every bucket, or cropped more than ``max_crop``):
+    ``error`` refuses the run naming the first one, ``skip`` trains without them (listed in the log)."""
+    max_crop: float | None = None
+    """A clip fits no bucket if the aspect crop would cut more than this share of its area (null: any)."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Training data: a raw seed-layout dataset (encoded on the fly) or a latent cache."""
 
@@ -150,6 +173,8 @@ class DataConfig:
     """Raw data: tokenizer directory (default: ``text_encoder/../tokenizer`` or ``text_encoder``)."""
     image_encoder: str | None = None
     """Raw data, I2V presets: local ``CLIPVisionModel`` directory, or ``tiny``."""
+    buckets: BucketConfig = field(default_factory=BucketConfig)
+    """Resolution and frame-count buckets (off by default)."""
 
 
 @dataclass(kw_only=True)
@@ -363,6 +388,10 @@ class TrainConfig:
                          f"directory) for raw data, or use a cache built with --image-encoder")
         if d.stride < 1 or d.num_workers < 0:
             fail(f"data.stride must be >= 1 and data.num_workers >= 0, got {d.stride}, {d.num_workers}")
+        from fantasyworld.data.buckets import resolve_bucket_config
+
+        area = d.height * d.width if d.height and d.width else None
+        resolve_bucket_config(d.buckets, area, d.num_frames)  # raises ConfigError naming the data.buckets key
 
         o = self.optim
         if not o.lr > 0:

@@ -16,20 +16,59 @@ Consequences:
 * per-sample randomness (noise, timestep) is keyed by the position
   (:func:`~fantasyworld.models.inputs.sample_seed`),
   so it is also independent of the split and of resumption.
+
+**Buckets** (``data.buckets``, :mod:`fantasyworld.data.buckets`): a dataset with
+``bucket_of`` maps positions through a
+:class:`~fantasyworld.data.bucket_sampler.BucketBatchSampler` instead of ``perm_e``: every
+global batch of ``G`` positions is one bucket, epochs are that sampler's epochs (each
+bucket topped up to a multiple of ``G``), and everything above still holds. A checkpoint
+then also records the sampler's position and fingerprint (:func:`stream_state`); resuming
+with data whose bucket assignment differs is refused (:func:`check_stream_state`), because
+the rest of the epoch would not be the rest of the saved one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fantasyworld.data.bucket_sampler import BucketBatchSampler
+from fantasyworld.data.buckets import Bucket, BucketSettings, resolve_bucket_config
 from fantasyworld.data.loader import collate
+from fantasyworld.errors import CheckpointError
 from fantasyworld.models.inputs import sample_seed
 
-__all__ = ["PositionDataset", "StepBatchSampler", "build_stream_loader", "sample_seed"]
+__all__ = ["PositionDataset", "StepBatchSampler", "bucket_kwargs", "build_stream_loader", "check_stream_state",
+           "config_buckets", "log_buckets", "num_buckets", "sample_seed", "stream_state"]
+
+STREAM_STATE_KEY = "data_buckets"
+"""Key of the bucket sampler's position in a checkpoint's state (absent without buckets)."""
+
+
+class _DataSettings(Protocol):
+    num_frames: int | None
+    height: int | None
+    width: int | None
+    buckets: BucketSettings
+
+
+def config_buckets(d: _DataSettings) -> tuple[Bucket, ...] | None:
+    """The bucket set of a run's ``data`` config (None: buckets off); generated buckets default
+    to ``data.height x data.width`` pixels and ``data.num_frames`` frames."""
+    area = d.height * d.width if d.height and d.width else None
+    return resolve_bucket_config(d.buckets, area, d.num_frames)
+
+
+def bucket_kwargs(d: _DataSettings) -> dict[str, Any]:
+    """Keyword arguments of :class:`~fantasyworld.data.loader.RawClipDataset` for ``data.buckets``
+    (empty when off, so the dataset is exactly the unbucketed one)."""
+    buckets = config_buckets(d)
+    if buckets is None:
+        return {}
+    return {"buckets": buckets, "unfit": d.buckets.unfit, "max_crop": d.buckets.max_crop}
 
 
 class PositionDataset(Dataset):
@@ -37,12 +76,15 @@ class PositionDataset(Dataset):
 
     Each item gets ``sample_position`` (int64 scalar tensor). A dataset with ``set_epoch``
     (random crops of :class:`~fantasyworld.data.loader.RawClipDataset`) is told the epoch
-    before each read, so crops vary per epoch and stay reproducible.
+    before each read, so crops vary per epoch and stay reproducible. ``order`` (a
+    :class:`~fantasyworld.data.bucket_sampler.BucketBatchSampler`) replaces the epoch
+    permutation with its bucketed plan.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, order: BucketBatchSampler | None = None) -> None:
         self.dataset = dataset
         self.seed = seed
+        self.order = order
         self.size = len(dataset)  # type: ignore[arg-type]
         if self.size == 0:
             raise ValueError("the training dataset is empty")
@@ -59,6 +101,8 @@ class PositionDataset(Dataset):
 
     def locate(self, position: int) -> tuple[int, int]:
         """``(epoch, dataset index)`` of a stream position."""
+        if self.order is not None:
+            return self.order.locate(position)
         epoch, offset = divmod(position, self.size)
         return epoch, int(self._permutation(epoch)[offset])
 
@@ -111,8 +155,69 @@ class StepBatchSampler(Sampler[list[int]]):
 def build_stream_loader(dataset: Dataset, *, seed: int, batch_size: int, world_size: int, rank: int,
                         grad_accum: int, start_step: int = 0, num_workers: int = 0,
                         pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over :class:`PositionDataset` driven by :class:`StepBatchSampler`."""
+    """A DataLoader over :class:`PositionDataset` driven by :class:`StepBatchSampler`; a
+    dataset with ``bucket_of`` (not None) gets the bucketed order (module docstring)."""
     sampler = StepBatchSampler(batch_size, world_size, rank, grad_accum, start_step)
-    return DataLoader(PositionDataset(dataset, seed), batch_sampler=sampler, collate_fn=collate,
+    order = None
+    if getattr(dataset, "bucket_of", None) is not None:
+        order = BucketBatchSampler(dataset.bucket_of, batch_size, num_replicas=world_size, rank=rank,
+                                   grad_accum=grad_accum, seed=seed)
+    return DataLoader(PositionDataset(dataset, seed, order), batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False)
+
+
+def num_buckets(d: _DataSettings) -> int:
+    """Sample shapes a run trains on: the number of buckets, or 1 without (the compile limit)."""
+    return len(config_buckets(d) or (None,))
+
+
+def log_buckets(dataset: Dataset, log: Any) -> None:
+    """Log a bucketed dataset's assignment (clips per bucket) and every clip left out, with its
+    reason, to ``log`` (a logger, or None: rank > 0). Nothing for an unbucketed dataset."""
+    if log is None or getattr(dataset, "bucket_of", None) is None:
+        return
+    assignment = getattr(dataset, "assignment", None)
+    if assignment is None:  # a cache: the assignment happened when it was built
+        counts = [dataset.bucket_of.count(k) for k in range(len(dataset.buckets))]
+        log.info("buckets: " + ", ".join(f"{b}: {n}" for b, n in zip(dataset.buckets, counts)))
+        return
+    log.info(f"buckets: {assignment.summary()}")
+    for unfit in assignment.unfit:
+        log.warning(f"left out (data.buckets.unfit=skip): {unfit}")
+
+
+def stream_state(loader: DataLoader, step: int) -> dict[str, Any]:
+    """Extra checkpoint state of the data stream after ``step`` optimizer steps:
+    ``{STREAM_STATE_KEY: sampler.state_dict(step)}`` with buckets, ``{}`` without (the position
+    is then ``step x G`` alone)."""
+    order = loader.dataset.order
+    if order is None:
+        return {}
+    return {STREAM_STATE_KEY: {**order.state_dict(step), "buckets": _bucket_lists(loader)}}
+
+
+def _bucket_lists(loader: DataLoader) -> list[list[int]]:
+    return [b.as_list() for b in loader.dataset.dataset.buckets]
+
+
+def check_stream_state(loader: DataLoader, state: dict[str, Any], step: int, where: str) -> None:
+    """Refuse to resume ``state`` (a checkpoint's state dict) at ``step`` when its bucket order
+    differs from this run's (other buckets or assignment, seed or global batch), or when one
+    of the two has buckets and the other not. ``where`` names the checkpoint file."""
+    order = loader.dataset.order
+    saved = state.get(STREAM_STATE_KEY)
+    if order is None and saved is None:
+        return
+    if order is None or saved is None:
+        now, then = ("with", "without") if saved is None else ("without", "with")
+        raise CheckpointError(f"{where}: cannot resume {now} data.buckets a run written {then} them (the data "
+                              f"order would change): keep data.buckets as it was, or start a new run")
+    why = order.mismatch(saved)
+    if why is None and saved.get("buckets") != _bucket_lists(loader):
+        why = f"buckets were {saved.get('buckets')}, now {_bucket_lists(loader)}"
+    if why is None and saved["epoch"] * order.steps_per_epoch + saved["step_in_epoch"] != step:
+        why = f"its position (epoch {saved['epoch']}, step {saved['step_in_epoch']}) is not step {step}"
+    if why is not None:
+        raise CheckpointError(f"{where}: cannot resume step {step}: the bucket order changed ({why}); resume with "
+                              f"the same data, data.buckets, seed and global batch, or start a new run")

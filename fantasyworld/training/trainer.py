@@ -51,6 +51,7 @@ from fantasyworld.models.parallelize import compile_blocks
 from fantasyworld.models.wan22 import load_wan22_base
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 from fantasyworld.training import checkpoint as ckpt
+from fantasyworld.training import data as stream
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
 from fantasyworld.training.data import build_stream_loader
 from fantasyworld.training.data_checks import check_cache, validate_training_data
@@ -237,7 +238,7 @@ class Trainer:
         model.set_dpt_layout(channels_last=cuda if m.dpt_channels_last is None else m.dpt_channels_last,
                              resize=m.dpt_resize or ("matmul" if cuda else "kernel"))
         if cfg.model.compile:  # torchtitan order: checkpointing, then compile, then sharding
-            compile_blocks(model)
+            compile_blocks(model, num_shapes=stream.num_buckets(cfg.data))  # one static graph per bucket
         self.model = shard_model(model, world)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.trainable:
@@ -276,6 +277,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["lr_scheduler"])
             self.start_step = int(state["step"])
             self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+            self._resume_stream = {k: state[k] for k in (stream.STREAM_STATE_KEY,) if k in state}
             if state["samples_seen"] != self.start_step * self.global_batch:
                 raise CheckpointError(
                     f"cannot resume step {self.start_step}: the checkpoint consumed {state['samples_seen']} samples, "
@@ -303,12 +305,16 @@ class Trainer:
 
             dataset = RawClipDataset(d.root, num_frames=d.num_frames, height=d.height, width=d.width,
                                      stride=d.stride, random=d.random_crop, allow_nonfinite=d.allow_nonfinite,
-                                     seed=cfg.seed)
+                                     seed=cfg.seed, **stream.bucket_kwargs(d))
         self.dataset = dataset
+        stream.log_buckets(dataset, self.log if world.is_main else None)
         self.loader = build_stream_loader(
             dataset, seed=cfg.seed, batch_size=cfg.batch_size, world_size=world.world_size, rank=world.rank,
             grad_accum=cfg.grad_accum, start_step=self.start_step, num_workers=d.num_workers,
             pin_memory=world.device.type == "cuda")
+        if self.resume_step is not None:  # the bucket order must be the one the checkpoint was cut from
+            stream.check_stream_state(self.loader, self._resume_stream, self.start_step,
+                                      str(ckpt.state_path(self.run_dir, self.resume_step)))
 
     def _validate_data(self) -> None:
         """Check every record and file of ``data.root`` before training (``data.validate``)."""
@@ -491,7 +497,7 @@ class Trainer:
             self.run_dir, step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             world=self.world, weight_keys=self.weight_keys, stage=self.stage, preset=self.model_config.name,
             samples_seen=step * self.global_batch, keep_last=self.cfg.checkpoint.keep_last,
-            extra_state={"nonfinite_streak": self.nonfinite_streak})
+            extra_state={"nonfinite_streak": self.nonfinite_streak, **stream.stream_state(self.loader, step)})
 
 
 def train(config: TrainConfig, world: World | None = None,
