@@ -430,6 +430,8 @@ class FantasyWorldPipeline:
                                  shift=shift, seed=seed, camera_magnitude=opts.camera_magnitude)
         if meter.peak_gib:
             settings["peak_memory_gib"] = {k: round(v, 3) for k, v in meter.peak_gib.items()}
+        if res.step_cache is not None:  # only with the option: the record is unchanged without it
+            settings["step_cache"] = res.step_cache
         settings.update(self._extra_settings(res, last_image))
         return generation_result(video, res, geo, w2c, k, cams, cloud, settings, timings, opts)
 

@@ -35,6 +35,11 @@ Geometry (heads run once, never at the intermediate steps):
   sigmas[-2]``, i.e. a slightly noisier latent than the one decoded. No extra forward,
   but the heads run on ``2B`` samples.
 * ``"none"``: no geometry.
+
+Step caching (optional, off by default; :mod:`fantasyworld.inference.step_cache`): a step
+whose first Wan block's output barely moved since the last computed step reuses that step's
+video residual instead of running the remaining blocks. Steps that read the heads, the first
+and last steps and the ``final`` geometry forward always run in full.
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from fantasyworld.heads.registry import ALL_HEADS, head_names, resolve_heads
+from fantasyworld.inference.step_cache import StepCache, StepCacheSettings
 from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, euler_step, round_timestep_bf16, sigma_to_timestep
 
 GEOMETRY_MODES = ("final", "last-step", "none")
@@ -116,6 +123,7 @@ class SampleResult:
         geometry_timestep: DiT timestep the heads saw (``None`` without geometry).
         timings: seconds per phase (``denoise``, ``geometry``).
         expert_steps: the number of sampling steps each expert key ran.
+        step_cache: the step cache's report (skipped steps, distances), ``None`` when off.
     """
 
     latents: torch.Tensor
@@ -124,6 +132,7 @@ class SampleResult:
     geometry_timestep: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     expert_steps: dict[str, int] = field(default_factory=dict)
+    step_cache: dict[str, Any] | None = None
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -153,6 +162,7 @@ def guided_flow(
     cfg_batch: bool = True,
     heads: str | tuple[str, ...] | None = None,
     round_timestep: bool = False,
+    step_cache: StepCache | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One guided velocity prediction.
 
@@ -167,6 +177,8 @@ def guided_flow(
         heads: heads to run (read from the conditional samples): names of the heads
             registry, ``ALL_HEADS`` or ``None`` (none).
         round_timestep: feed the DiT the bfloat16-rounded timestep (the official sampler).
+        step_cache: the run's :class:`~fantasyworld.inference.step_cache.StepCache` after its
+            ``begin_step`` (each forward gets the slot of its CFG half), or ``None`` (off).
 
     Returns:
         ``(v, geometry)``: the guided velocity ``(B, 16, F, H/8, W/8)`` fp32 and the head
@@ -176,17 +188,21 @@ def guided_flow(
     dtype = _model_dtype(model)
     use_cfg = guidance_scale != 1.0 and cond.negative_text_emb is not None
     t = _timestep(torch.as_tensor(sigma, dtype=torch.float32, device=x.device), round_timestep).reshape(1)
+    def cache(half: str) -> dict[str, Any]:  # no keyword at all when off: the plain forward
+        return {} if step_cache is None else {"step_cache": step_cache.slot(half, b)}
+
     if use_cfg and cfg_batch:
         x_in = torch.cat([x, x]).to(dtype)
-        out = model(x_in, t.expand(2 * b), **cond.model_kwargs(True, dtype), stage=2, heads=heads)
+        out = model(x_in, t.expand(2 * b), **cond.model_kwargs(True, dtype), stage=2, heads=heads, **cache("both"))
         v_cond, v_uncond = out["flow"].float().chunk(2)
     else:
-        out = model(x.to(dtype), t.expand(b), **cond.model_kwargs(False, dtype), stage=2, heads=heads)
+        out = model(x.to(dtype), t.expand(b), **cond.model_kwargs(False, dtype), stage=2, heads=heads,
+                    **cache("cond"))
         v_cond = out["flow"].float()
         if not use_cfg:
             return v_cond, _select(out, b)
         out_u = model(x.to(dtype), t.expand(b), **cond.unconditional().model_kwargs(False, dtype),
-                      stage=2, heads=None)
+                      stage=2, heads=None, **cache("uncond"))
         v_uncond = out_u["flow"].float()
     v = v_uncond + guidance_scale * (v_cond - v_uncond)
     return v, _select(out, b)
@@ -229,6 +245,7 @@ def run_sampling(
     cfg_batch: bool = True,
     progress: bool = True,
     schedule: str = "project",
+    step_cache: StepCacheSettings | None = None,
 ) -> SampleResult:
     """The Euler/CFG loop shared by every sampler: step ``i`` runs ``experts[plan[i]]``.
 
@@ -239,10 +256,13 @@ def run_sampling(
         noise: ``(B, 16, F, H/8, W/8)`` standard-normal start latents.
         geometry_expert: the key whose heads give the geometry (``last-step``: it must run
             the last step; ``final``: it runs the extra forward on the final latent).
+        step_cache: first-block step caching (:mod:`fantasyworld.inference.step_cache`), or
+            ``None`` (off: every step runs in full, as without the option).
         others: as :func:`sample` (module docstring for the ``geometry`` modes).
 
     Returns:
-        :class:`SampleResult`; ``expert_steps`` counts the steps each key ran.
+        :class:`SampleResult`; ``expert_steps`` counts the steps each key ran, ``step_cache``
+        is the cache's report (``None`` when off).
     """
     check_modes(geometry, schedule)
     num_steps = len(plan)
@@ -257,14 +277,17 @@ def run_sampling(
     x = noise.float()
     geo: dict[str, torch.Tensor] = {}
     geo_t: float | None = None
+    cache = None if step_cache is None else StepCache(step_cache, plan)
     start = time.perf_counter()
     bar = tqdm(total=num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
     for i, key in enumerate(plan):
         last = i == num_steps - 1
         want = heads if (last and geometry == "last-step") else None
         expert = experts[key]
+        if cache is not None:
+            cache.begin_step(i, heads=bool(want))
         v, out = guided_flow(expert.model, x, sigmas[i], expert.cond, guidance_scale, cfg_batch=cfg_batch,
-                             heads=want, round_timestep=official)
+                             heads=want, round_timestep=official, step_cache=cache)
         if want:
             geo, geo_t = out, float(_timestep(sigmas[i], official))
         x = euler_step(x, v, sigmas[i], sigmas[i + 1])
@@ -283,7 +306,8 @@ def run_sampling(
         _sync(noise.device)
         timings["geometry"] = time.perf_counter() - start
     return SampleResult(latents=x, geometry=geo, sigmas=sigmas.cpu(), geometry_timestep=geo_t, timings=timings,
-                        expert_steps={k: list(plan).count(k) for k in experts})
+                        expert_steps={k: list(plan).count(k) for k in experts},
+                        step_cache=None if cache is None else cache.report())
 
 
 #: the expert key of a one-model run
@@ -304,6 +328,7 @@ def sample(
     cfg_batch: bool = True,
     progress: bool = True,
     schedule: str = "project",
+    step_cache: StepCacheSettings | None = None,
 ) -> SampleResult:
     """Denoise ``noise`` ``(B, 16, F, H/8, W/8)`` (standard normal) into latents and geometry.
 
@@ -311,13 +336,14 @@ def sample(
     The function draws no random numbers: it is deterministic given ``noise``.
     ``schedule``: a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`
     (``official`` also rounds the DiT timestep to bfloat16). ``heads``: the heads run for the
-    geometry (:mod:`fantasyworld.heads.registry`; default every registered head).
+    geometry (:mod:`fantasyworld.heads.registry`; default every registered head). ``step_cache``:
+    optional first-block step caching (:mod:`fantasyworld.inference.step_cache`; default off).
     One model throughout: :func:`run_sampling` with the plan ``[SINGLE] * num_steps``.
     """
     check_modes(geometry, schedule)
     return run_sampling({SINGLE: Expert(model, cond)}, [SINGLE] * num_steps, noise, geometry_expert=SINGLE,
                         guidance_scale=guidance_scale, shift=shift, geometry=geometry, heads=heads,
-                        cfg_batch=cfg_batch, progress=progress, schedule=schedule)
+                        cfg_batch=cfg_batch, progress=progress, schedule=schedule, step_cache=step_cache)
 
 
 def _timestep(sigma: torch.Tensor, rounded: bool) -> torch.Tensor:

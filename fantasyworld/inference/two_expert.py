@@ -37,6 +37,7 @@ import torch
 
 from fantasyworld.heads.registry import ALL_HEADS
 from fantasyworld.inference.sampler import Conditioning, Expert, SampleResult, check_modes, run_sampling
+from fantasyworld.inference.step_cache import StepCacheSettings
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_TEMPORAL_STRIDE
 from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, round_timestep_bf16, sigma_to_timestep
@@ -140,6 +141,7 @@ def sample_two_experts(
     cfg_batch: bool = True,
     progress: bool = True,
     schedule: str = "official",
+    step_cache: StepCacheSettings | None = None,
 ) -> SampleResult:
     """Denoise ``noise`` ``(B, 16, F, H/8, W/8)`` with the two experts (module docstring).
 
@@ -152,6 +154,8 @@ def sample_two_experts(
         geometry: ``"last-step"`` (official), ``"final"`` or ``"none"``; always the low expert.
         schedule: a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`
             (``official`` also feeds the DiT the bfloat16-rounded timestep).
+        step_cache: optional first-block step caching, one reference per expert
+            (:mod:`fantasyworld.inference.step_cache`; default off).
 
     Returns:
         :class:`~fantasyworld.inference.sampler.SampleResult` of the shared loop
@@ -163,6 +167,7 @@ def sample_two_experts(
     experts = {name: Expert(m, _with_camera(m, cond, plucker)) for name, m in models.items()
                if name in plan or (name == "low" and geometry != "none")}
     res = run_sampling(experts, plan, noise, geometry_expert="low", guidance_scale=guidance_scale, shift=shift,
-                       geometry=geometry, heads=heads, cfg_batch=cfg_batch, progress=progress, schedule=schedule)
+                       geometry=geometry, heads=heads, cfg_batch=cfg_batch, progress=progress, schedule=schedule,
+                       step_cache=step_cache)
     res.timings.update({"steps_high": float(plan.count("high")), "steps_low": float(plan.count("low"))})
     return res
