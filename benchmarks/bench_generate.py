@@ -24,6 +24,14 @@ What it measures:
   then ours with each layer compiled and Wan with its blocks compiled; the ratios, and the
   compiled step's output error against eager next to the bf16 noise floor (the same step as
   two batch-1 forwards); with ``--fp8``, ours again with float8 Wan linears (compiled).
+* ``step-cache`` (``--what step-cache``): the first-block step cache
+  (:mod:`fantasyworld.inference.step_cache`): one uncached ``generate`` of ``--cache-steps``
+  steps, then one per ``--step-cache`` threshold with the same seed and inputs; per threshold
+  the denoise time and its speed-up, the skipped steps and every step's probe distance, and
+  the relative L2 error of the final latents and of the depth against the uncached run::
+
+      python benchmarks/bench_generate.py --what step-cache --step-cache 0.05,0.1,0.2 \\
+          --cache-steps 20 --out step_cache.json
 """
 
 from __future__ import annotations
@@ -173,6 +181,40 @@ def run_tier(pipe: FantasyWorldPipeline, tier: str, a: argparse.Namespace, image
     return res
 
 
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    """``||a - b|| / ||b||`` in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def run_step_cache(pipe: FantasyWorldPipeline, a: argparse.Namespace, image: np.ndarray | None) -> dict:
+    """``--cache-steps`` steps uncached, then once per ``--step-cache`` threshold, same seed and
+    inputs: denoise seconds, the speed-up, the skipped steps and the distances, and the output
+    error against the uncached run (final latents and depth, relative L2)."""
+    h, w = a.size
+    kw = dict(image=image, camera="orbit", num_frames=a.frames, height=h, width=w, num_steps=a.cache_steps, seed=0,
+              progress=False, step_cache_first_steps=a.step_cache_first, step_cache_last_steps=a.step_cache_last)
+    pipe("warm-up", **{**kw, "num_steps": 2})  # first-call costs (every phase, heads too) stay out of the timings
+    ref = pipe("a courtyard with a fountain", **kw)
+    base = ref.timings["denoise"]
+    out: dict = {"num_steps": a.cache_steps, "first_steps": a.step_cache_first, "last_steps": a.step_cache_last,
+                 "uncached": {"denoise_s": round(base, 3), "s_per_step": round(base / a.cache_steps, 3),
+                              "geometry_s": round(ref.timings.get("geometry", 0.0), 3)},
+                 "cached": []}
+    log(json.dumps(out["uncached"]))
+    for thresh in (float(v) for v in a.step_cache.split(",")):
+        res = pipe("a courtyard with a fountain", step_cache=thresh, **kw)
+        rep = res.settings["step_cache"]
+        row = {"threshold": thresh, "skipped": rep["skipped"], "skipped_steps": rep["skipped_steps"],
+               "denoise_s": round(res.timings["denoise"], 3),
+               "speedup_denoise": round(base / res.timings["denoise"], 3),
+               "latent_rel_err": _rel(res.latents, ref.latents), "depth_rel_err": _rel(res.depth, ref.depth),
+               "distance": rep["distance"]}
+        log(json.dumps(row))
+        out["cached"].append(row)
+    return out
+
+
 def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
     """Our batch-2 CFG step vs the plain Wan batch-2 forward, eager then compiled."""
     model, dev, dtype = pipe.model, pipe.device, pipe.dtype
@@ -250,8 +292,13 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--steps", type=int, default=3, help="denoising steps per generate (per-step cost x 50 = estimate)")
     p.add_argument("--tiers", default="80,48,24")
-    p.add_argument("--what", default="tiers,step")
+    p.add_argument("--what", default="tiers,step", help="comma list of tiers, step, step-cache")
     p.add_argument("--fp8", action="store_true", help="also time the step with float8 Wan linears (compiled)")
+    p.add_argument("--step-cache", default="0.05,0.1,0.2",
+                   help="--what step-cache: comma list of first-block cache thresholds, each run against uncached")
+    p.add_argument("--cache-steps", type=int, default=20, help="--what step-cache: denoising steps per run")
+    p.add_argument("--step-cache-first", type=int, default=2, help="--what step-cache: first steps in full")
+    p.add_argument("--step-cache-last", type=int, default=2, help="--what step-cache: last steps in full")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="JSON file for the results")
     a = p.parse_args()
@@ -284,6 +331,8 @@ def main() -> None:
             for k, v in arrays.items() if k != first}
         pipe.memory = get_memory_tier("80")
         pipe._place()
+    if "step-cache" in what:
+        results["step_cache"] = run_step_cache(pipe, a, image)
     if "step" in what:
         results["step"] = run_steps(pipe, a)
         log(json.dumps(results["step"]))

@@ -28,7 +28,7 @@ __all__ = [
     "TOO_FEW_FRAMES", "UNREADABLE",
     "CheckpointError", "ConfigError", "DataError", "EstimatorError", "FantasyWorldError", "Interrupted",
     "NonFiniteLossError", "OutputError", "Problem",
-    "TrajectoryError", "check_output_dir", "interrupt_on_signals", "staged_output_dir",
+    "TrajectoryError", "UnsupportedModeError", "check_output_dir", "interrupt_on_signals", "staged_output_dir",
 ]
 
 # Data problem kinds (stable names, used by tests and by scripts that parse the report).
@@ -122,6 +122,12 @@ class NonFiniteLossError(FantasyWorldError, RuntimeError):
 
 class OutputError(FantasyWorldError, ValueError):
     """An output folder cannot be written (it is a file, or read-only); the message names it."""
+
+
+class UnsupportedModeError(FantasyWorldError, ValueError):
+    """A checkpoint cannot serve the mode asked of it (e.g. evaluating a two-expert checkpoint's
+    geometry at a noise level only its high-noise expert runs, whose heads are never read); the
+    message names the checkpoint, says why and what works instead."""
 
 
 class Interrupted(KeyboardInterrupt):

@@ -90,3 +90,28 @@ def test_repeated_blocks_finds_the_encoder_layers() -> None:
     visit = HostOffload(te, torch.device("cpu"))
     with visit, visit:
         assert not visit.active
+
+
+def test_host_offload_moves_every_encoder_tensor_to_host_memory_at_once(monkeypatch) -> None:
+    """An offloaded encoder keeps nothing where it was built, its repeated blocks included, before
+    its first visit (on a GPU: no block left on the card until the first text phase)."""
+    from fantasyworld.inference import memory
+    from fantasyworld.models import encoders
+
+    copies: set[int] = set()
+
+    def host_copy(t: torch.Tensor) -> torch.Tensor:  # stands in for the pinned host copy
+        out = t.data.clone()
+        copies.add(out.data_ptr())
+        return out
+
+    monkeypatch.setattr(memory, "_pinned_host", host_copy)
+    te, _ = encoders.tiny_text_encoder(0)
+    before = {name: p.detach().clone() for name, p in te.named_parameters()}
+    memory.HostOffload(te, torch.device("cuda"))  # constructing moves; a visit is never entered here
+    params = dict(te.named_parameters())
+    in_blocks = [n for n in params if n.startswith("encoder.block.")]
+    assert in_blocks and len(in_blocks) < len(params)  # both kinds are checked
+    for name, p in params.items():
+        assert p.data_ptr() in copies, f"{name} was left where it was built"
+        assert torch.equal(p, before[name]), name  # the same values

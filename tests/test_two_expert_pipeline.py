@@ -74,3 +74,38 @@ def test_one_expert_alone_is_refused_by_the_single_model_pipeline(ckpt, tmp_path
         FantasyWorldPipeline.from_pretrained(ckpt / "low")
     with pytest.raises(CheckpointError, match="not a two-expert checkpoint"):
         TwoExpertPipeline.from_pretrained(ckpt / "low")
+
+
+def _same_model_pipelines():
+    """A two-expert pipeline whose experts are the same weights, and the one-model pipeline of them."""
+    import copy
+
+    from fantasyworld.inference.pipeline import FantasyWorldPipeline
+    from fantasyworld.models import encoders
+
+    torch.manual_seed(30)
+    low = FantasyWorldModel(get_preset("tiny-wan2.2-low")).eval()
+    high = copy.deepcopy(low)
+    high.config.expert = "high"  # the same weights under the high-noise name
+    vae = encoders.tiny_vae(0)
+    te, tok = encoders.tiny_text_encoder(0)
+    return TwoExpertPipeline(high, low, vae, te, tok), FantasyWorldPipeline(low, vae, te, tok)
+
+
+@pytest.mark.parametrize("geometry", ["last-step", "final"])
+def test_two_experts_of_one_model_give_the_one_model_pipeline_output(geometry) -> None:
+    """Both pipelines run one call (``_generate``): with both experts equal to one model, the
+    expert switch changes nothing, so every output is bit-identical to the one-model pipeline's."""
+    two, one = _same_model_pipelines()
+    image = np.random.default_rng(1).integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    kw = dict(image=image, camera="orbit", num_frames=5, height=32, width=48, num_steps=4, guidance_scale=4.0,
+              seed=5, schedule="official", geometry=geometry, negative_prompt="", progress=False, max_points=500)
+    a, b = two("a street", **kw), one("a street", **kw)
+    assert (a.settings["steps_high"], a.settings["steps_low"]) == (2, 2)  # both experts ran
+    for name in ("video", "latents", "depth", "depth_conf", "world_points", "pose_enc", "w2c", "intrinsics"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.cloud.xyz, b.cloud.xyz)
+    assert a.settings["geometry_timestep"] == b.settings["geometry_timestep"]
+    # and the outputs are not trivially equal: another seed moves them
+    c = one("a street", **{**kw, "seed": 6})
+    assert not np.array_equal(c.latents, b.latents)

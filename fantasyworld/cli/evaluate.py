@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from fantasyworld.data.split import HELD_OUT_FRACTION, SPLITS
 
     p = sub.add_parser("evaluate", help="score a checkpoint's geometry on held-out clips (see docs/evaluation.md)")
-    p.add_argument("--checkpoint", required=True, help="step-N.safetensors or its run directory (newest step)")
+    p.add_argument("--checkpoint", required=True,
+                   help="step-N.safetensors or its run directory (newest step); a directory with high/ and low/ "
+                        "evaluates the two-expert Wan2.2 variant (latents mode: the low-noise expert)")
     p.add_argument("--data", required=True, help="dataset root in the seed layout (metadata.json, videos, ...)")
     p.add_argument("--split", default="held-out", choices=SPLITS,
                    help="clips to score: held-out (clip-id hash, docs/evaluation.md), train or all")
@@ -46,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                     "or the tiny presets' seeded random one)")
     p.add_argument("--vae", default=None, help="VAE directory ('tiny' for the tiny random VAE)")
     p.add_argument("--text-encoder", default=None, help="UMT5 directory ('tiny' for the tiny random one)")
+    p.add_argument("--high-lora", default=None, help="Wan2.2: the high-noise expert's reward LoRA (safetensors)")
+    p.add_argument("--low-lora", default=None, help="Wan2.2: the low-noise expert's reward LoRA (safetensors)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--reestimate-cameras", action="store_true",
                    help="generation mode: structure from motion on the generated videos, scored against the "
@@ -87,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
         check_output_dir(out, "--out", overwrite=args.overwrite)
         evaluate(ckpt, args.data, out, settings, backbone=args.backbone, vae=args.vae,
-                 text_encoder=args.text_encoder, device=args.device, report=not args.no_report)
+                 text_encoder=args.text_encoder, device=args.device, report=not args.no_report,
+                 high_lora=args.high_lora, low_lora=args.low_lora)
     except (CheckpointError, DataError, OutputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -106,6 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "grid and bf16-rounded timesteps); auto: official for official_compat checkpoints")
     g.add_argument("--no-cfg-batch", action="store_true",
                    help="run the CFG passes as two forwards (default: the memory tier's choice)")
+    g.add_argument("--step-cache", type=float, default=None, metavar="THRESH",
+                   help="first-block step caching: reuse the last computed step's video residual while the first "
+                        "Wan block's output moved less than THRESH (relative L1); default off (see "
+                        "docs/inference.md#step-caching)")
+    g.add_argument("--step-cache-first", type=int, default=2, help="step caching: first steps always in full")
+    g.add_argument("--step-cache-last", type=int, default=2, help="step caching: last steps always in full")
+    g.add_argument("--step-cache-blocks", type=int, default=1, help="step caching: Wan blocks the probe runs")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile each transformer layer (first step pays the compile time)")
     g.add_argument("--fp8", action="store_true",
@@ -210,7 +217,9 @@ def _run(args: argparse.Namespace) -> int:
             schedule=args.schedule, cfg_batch=False if args.no_cfg_batch else None,
             vae_tiling={"auto": "auto", "on": True, "off": False}[args.vae_tiling],
             cloud_source=args.cloud_source, conf_percentile=args.conf_percentile, max_points=args.max_points,
-            fps=args.fps, progress=not args.quiet, **extra)
+            fps=args.fps, progress=not args.quiet, step_cache=args.step_cache,
+            step_cache_first_steps=args.step_cache_first, step_cache_last_steps=args.step_cache_last,
+            step_cache_probe_blocks=args.step_cache_blocks, **extra)
         result.timings["load"] = load_s
         out = Path(args.out)
         with staged_output_dir(out) as tmp:  # swapped in whole: an overwrite leaves no stale file
@@ -225,6 +234,10 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {len(paths)} outputs to {args.out} (open {paths['report.html']})")
         print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+        if "step_cache" in result.settings:
+            sc = result.settings["step_cache"]
+            print(f"step cache: skipped {sc['skipped']} of {sc['skipped'] + sc['computed']} steps "
+                  f"(threshold {sc['threshold']:g})")
         if "peak_memory_gib" in result.settings:
             print("peak GPU memory: " + ", ".join(f"{k} {v:.1f} GiB"
                                                  for k, v in result.settings["peak_memory_gib"].items()))

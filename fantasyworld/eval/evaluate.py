@@ -17,6 +17,10 @@ Two ways of getting geometry out of the model, per clip (letters: T pixel frames
     truth although the generated world is only the prompt's and the cameras' version of it,
     so those two numbers measure layout agreement, not reconstruction.
 
+Two-expert (Wan2.2 variant) directories are evaluated too: the latents mode reads the
+low-noise expert (a sigma on the high-noise side is refused), generation runs both experts
+(:mod:`fantasyworld.eval.checkpoints`).
+
 Scores (:func:`score_clip`, per clip, then means over clips; see
 :mod:`fantasyworld.eval.metrics` for the definitions and alignments):
 
@@ -57,7 +61,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from fantasyworld.data.loader import RawClipDataset
 from fantasyworld.data.split import HELD_OUT_FRACTION, select_split
@@ -68,6 +71,7 @@ from fantasyworld.eval.camera_accuracy import (
     reestimated_camera_accuracy,
     summarize_camera_accuracy,
 )
+from fantasyworld.eval.checkpoints import check_latents_sigma, default_size, inspect_checkpoint, load_pipeline
 from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_errors, pointmap_metrics, pose_auc, rpe
 from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.models import inputs
@@ -260,7 +264,8 @@ def predict_from_latents(pipe, sample: dict[str, Any], sigma: float, seed: int, 
     """Geometry from the clip's own latents at noise level ``sigma`` (module docstring).
 
     Args:
-        pipe: a :class:`~fantasyworld.inference.pipeline.FantasyWorldPipeline`.
+        pipe: a :class:`~fantasyworld.inference.pipeline.FantasyWorldPipeline` (two experts:
+            its ``model`` is the low-noise expert, the one whose heads are read).
         sample: one :class:`~fantasyworld.data.loader.RawClipDataset` item.
         stage: forward stage (1: PCBs + geometry only).
 
@@ -272,7 +277,7 @@ def predict_from_latents(pipe, sample: dict[str, Any], sigma: float, seed: int, 
     video = sample["video"][None]  # (1, 3, T, H, W)
     _, _, _, h, w = video.shape
     clean = inputs.clean_inputs({"video": video}, device, pipe.config.is_i2v, pipe,
-                                text_emb=pipe.encode_prompt(sample["prompt"]))
+                                text_emb=pipe.encode_prompt(sample["prompt"]), clip=pipe.config.uses_clip)
     x0 = clean.pop("x0")
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     sig = torch.full((1,), float(sigma), device=device)
@@ -312,28 +317,6 @@ def _ground_truth(sample: dict[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
-def _default_size(checkpoint: str | Path, dataset_root: Path, settings: EvalSettings) -> tuple[int, int, int]:
-    """``(num_frames, height, width)``: settings, else the training run config, else the data."""
-    from fantasyworld.data.formats import Reporter, load_metadata
-    from fantasyworld.data.loader import inspect_clip
-    from fantasyworld.inference.pipeline import resolve_checkpoint
-
-    t, h, w = settings.num_frames, settings.height, settings.width
-    weights, _, _ = resolve_checkpoint(checkpoint)
-    run_cfg = weights.parent / "train_config.yaml"
-    if run_cfg.is_file():
-        data = (yaml.safe_load(run_cfg.read_text()) or {}).get("data", {}) or {}
-        t, h, w = t or data.get("num_frames"), h or data.get("height"), w or data.get("width")
-    if t is None or h is None or w is None:
-        records = load_metadata(dataset_root)
-        info = inspect_clip(dataset_root, records[0], Reporter())
-        assert info is not None
-        t = t or (info.num_frames - 1) // 4 * 4 + 1
-        h = h or info.height // 16 * 16
-        w = w or info.width // 16 * 16
-    return int(t), int(h), int(w)
-
-
 def evaluate(
     checkpoint: str | Path,
     data_root: str | Path,
@@ -347,26 +330,32 @@ def evaluate(
     report: bool = True,
     log: Callable[[str], None] | None = print,
     pipe=None,
+    high_lora: str | None = None,
+    low_lora: str | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` on the ``settings.split`` clips of ``data_root``; write
     ``out_dir/metrics.json`` (and the report); return the metrics dict.
 
-    ``backbone``, ``vae``, ``text_encoder`` are passed to
-    :meth:`FantasyWorldPipeline.from_pretrained` (defaults: beside the checkpoint, else the
+    ``checkpoint``: one model's checkpoint, or a two-expert directory with ``high/`` and
+    ``low/`` (:mod:`fantasyworld.eval.checkpoints` says how each mode reads it; a ``latents``
+    sigma on the high-noise side is an :class:`~fantasyworld.errors.UnsupportedModeError`).
+    ``backbone``, ``vae``, ``text_encoder`` (and, for two experts, ``high_lora`` / ``low_lora``)
+    are passed to the pipeline's ``from_pretrained`` (defaults: beside the checkpoint, else the
     tiny presets' seeded random ones); ``pipe`` reuses an already loaded pipeline.
     """
-    from fantasyworld.inference.pipeline import FantasyWorldPipeline, resolve_checkpoint
-
     settings = settings or EvalSettings()
     start = time.perf_counter()
     say = log or (lambda _msg: None)
     out = Path(out_dir)
     data_root = Path(data_root)
-    weights, config, stage = resolve_checkpoint(checkpoint)
+    ckpt = inspect_checkpoint(checkpoint)
+    weights, config, stage = ckpt.path, ckpt.config, ckpt.stage
+    if "latents" in settings.modes:
+        check_latents_sigma(ckpt, settings.sigma)  # before anything is loaded
     if pipe is None:
-        pipe = FantasyWorldPipeline.from_pretrained(checkpoint, backbone=backbone, vae=vae, text_encoder=text_encoder,
-                                                    device=device)
-    t, h, w = _default_size(checkpoint, data_root, settings)
+        pipe = load_pipeline(ckpt, backbone=backbone, vae=vae, text_encoder=text_encoder, device=device,
+                             high_lora=high_lora, low_lora=low_lora)
+    t, h, w = default_size(ckpt, data_root, settings.num_frames, settings.height, settings.width)
     dataset = RawClipDataset(data_root, num_frames=t, height=h, width=w)
     all_ids = [r.clip_id for r in dataset.records]
     chosen = select_split(all_ids, settings.split, settings.held_out_fraction)
@@ -378,7 +367,8 @@ def evaluate(
     skipped = [m for m in settings.modes if m not in modes]
     say(f"evaluate: {len(chosen)} {settings.split} clip(s) of {data_root} ({len(all_ids)} in all), {t}x{h}x{w}, "
         f"stage-{stage} checkpoint {weights}, modes {', '.join(modes)}"
-        + (f" (skipped {', '.join(skipped)}: needs a stage-2 checkpoint)" if skipped else ""))
+        + (f" (skipped {', '.join(skipped)}: needs a stage-2 checkpoint)" if skipped else "")
+        + (f", experts {' + '.join(ckpt.experts)} (geometry from the low-noise expert)" if ckpt.two_expert else ""))
 
     per_clip: dict[str, Any] = {}
     samples: list[dict[str, Any]] = []
@@ -430,6 +420,7 @@ def evaluate(
         "version": METRICS_VERSION,
         "checkpoint": str(weights),
         "preset": config.name,
+        **({"experts": list(ckpt.experts)} if ckpt.two_expert else {}),
         "stage": stage,
         "data": str(data_root),
         "split": settings.split,

@@ -3,9 +3,15 @@
 Modules, one job each:
 
 * :mod:`~fantasyworld.inference.trajectories` - named camera paths, camera files, checks;
-* :mod:`~fantasyworld.inference.sampler` - flow-matching Euler with batched CFG, heads once;
+* :mod:`~fantasyworld.inference.sampler` - flow-matching Euler with batched CFG, heads once, one
+  loop over a per-step expert plan;
+* :mod:`~fantasyworld.inference.step_cache` - optional first-block step caching of the sampler;
 * :mod:`~fantasyworld.inference.pipeline` - :class:`FantasyWorldPipeline` (loading, encoders,
-  decode, ``__call__``);
+  decode, ``__call__``; the one call both pipelines run);
+* :mod:`~fantasyworld.inference.call_record` - the end of a call: geometry arrays, settings, result;
+* :mod:`~fantasyworld.inference.loading` - the encoders' loading, shared by both pipelines;
+* :mod:`~fantasyworld.inference.two_expert` / :mod:`~fantasyworld.inference.two_expert_pipeline` -
+  the Wan2.2 variant's plan, first/last-image latent and pipeline;
 * :mod:`~fantasyworld.inference.options` - :class:`GenerationOptions`, the keyword-only settings of a call;
 * :mod:`~fantasyworld.inference.camera_inputs` - trajectory -> Plücker rays (ours or the official recipe);
 * :mod:`~fantasyworld.inference.official_cameras` - the official inference's camera quirks;

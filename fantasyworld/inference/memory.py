@@ -38,6 +38,12 @@ class HostOffload:
     whole encoder (UMT5-XXL: 10.6 GiB in bf16). Leaving drops the GPU copies (the host copy is
     the master: the weights are frozen). Visits nest: an inner ``with`` is a no-op. On the CPU,
     or with ``enabled=False``, nothing moves.
+
+    Construction moves **every** tensor of the module, its repeated blocks included, to pinned
+    host memory: an encoder that was built or loaded on the GPU holds nothing there between
+    visits, not even before its first one (the blocks used to stay on the GPU until the first
+    visit's block swap pinned them, which added UMT5-XXL's 8.5 GiB of blocks and CLIP's to the
+    camera and text phases of a process's first call).
     """
 
     def __init__(self, module: nn.Module | None, device: torch.device, enabled: bool = True) -> None:
@@ -51,9 +57,9 @@ class HostOffload:
         block_ids = {id(t) for b in self.blocks for t in [*b.parameters(), *b.buffers()]}
         self._rest = []
         for t in [*module.parameters(), *module.buffers()]:
+            host = _pinned_host(t)  # every tensor, the blocks too: nothing stays on the GPU until a visit
+            t.data = host
             if id(t) not in block_ids:
-                host = _pinned_host(t)
-                t.data = host
                 self._rest.append((t, host))
         self._swap: BlockSwap | None = None
         self._pinned_blocks = False

@@ -2,8 +2,8 @@
 
 :class:`GenerationOptions` groups the keyword-only arguments of
 :meth:`FantasyWorldPipeline.__call__ <fantasyworld.inference.pipeline.FantasyWorldPipeline.__call__>`
-(camera-file reading, the translation scale, cached embeddings, the sampler's variants, VAE
-tiling, the point cloud and the written videos); each field documents itself.
+(camera-file reading, the translation scale, cached embeddings, the sampler's variants and
+its optional step cache, VAE tiling, the point cloud and the written videos); each field documents itself.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fantasyworld.inference.ply import DEFAULT_CONF_PERCENTILE, DEFAULT_MAX_POINTS
+from fantasyworld.inference.step_cache import StepCacheSettings
 from fantasyworld.inference.trajectories import DEFAULT_FOV_DEG
 
 __all__ = ["GenerationOptions"]
@@ -67,7 +68,14 @@ class GenerationOptions:
         (``tier_cfg_batch``: the memory tier's CFG batching, used when ``cfg_batch`` is unset)."""
         schedule, geometry = self.resolved(official_compat)
         return {"schedule": schedule, "geometry": geometry, "cfg_batch": self.resolved_cfg_batch(tier_cfg_batch),
-                "progress": self.progress}
+                "progress": self.progress, "step_cache": self.step_cache_settings()}
+
+    def step_cache_settings(self) -> StepCacheSettings | None:
+        """The sampler's step-cache settings, ``None`` when ``step_cache`` is unset (off)."""
+        if self.step_cache is None:
+            return None
+        return StepCacheSettings(float(self.step_cache), self.step_cache_first_steps, self.step_cache_last_steps,
+                                 self.step_cache_probe_blocks)
 
     def resolved_cfg_batch(self, tier_cfg_batch: bool) -> bool:
         """``cfg_batch`` when set, else the memory tier's choice ``tier_cfg_batch``."""
@@ -75,6 +83,16 @@ class GenerationOptions:
 
     cfg_batch: bool | None = None
     """Batch the CFG passes in one forward or run them apart; None: the memory tier's choice."""
+    step_cache: float | None = None
+    """First-block step caching (:mod:`~fantasyworld.inference.step_cache`): skip a step's
+    remaining blocks when the first block's output moved less than this relative L1 since the
+    last computed step; ``None`` (default): off, every step in full."""
+    step_cache_first_steps: int = 2
+    """Step caching: the first steps that always run in full."""
+    step_cache_last_steps: int = 2
+    """Step caching: the last steps that always run in full."""
+    step_cache_probe_blocks: int = 1
+    """Step caching: how many of the first Wan blocks the probe runs."""
     vae_tiling: bool | str = "auto"
     """``"auto"`` (the memory tier's choice: tiles large frames by default), True or False."""
     cloud_source: str = "depth"

@@ -26,9 +26,8 @@ beside the weights, if the converter wrote one, is applied to the loaded backbon
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +37,30 @@ import torch
 from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
-from fantasyworld.heads.registry import HEADS
+from fantasyworld.inference.call_record import call_settings, generation_result, geometry_arrays
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
 from fantasyworld.inference.images import load_image, load_text_embeddings
+from fantasyworld.inference.loading import (
+    TINY_BACKBONE_SEED,
+    fork_rng,
+    load_image_component,
+    load_text_component,
+    load_vae_component,
+)
 from fantasyworld.inference.memory import BlockSwap, HostOffload, PhaseMeter, to_device_except
 from fantasyworld.inference.memory_tiers import MemoryTier, get_memory_tier
 from fantasyworld.inference.options import GenerationOptions
-from fantasyworld.inference.ply import CLOUD_SOURCES, generation_cloud
+from fantasyworld.inference.ply import CLOUD_SOURCES
 from fantasyworld.inference.result import GenerationResult
-from fantasyworld.inference.sampler import Conditioning, initial_noise, sample
+from fantasyworld.inference.sampler import (
+    SINGLE,
+    Conditioning,
+    Expert,
+    SampleResult,
+    check_modes,
+    initial_noise,
+    run_sampling,
+)
 from fantasyworld.layers.fp8_linear import swap_linears_to_fp8
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE, FantasyWorldConfig
@@ -71,14 +85,6 @@ WAN_NEGATIVE_PROMPT = (
 #: Frames at or above this pixel area are decoded with the VAE's tiling (``vae_tiling="auto"``):
 #: at 480x832 tiling trades ~2.5x decode time for ~40% less decoder memory.
 VAE_TILING_MIN_AREA = 480 * 832
-#: Seed of the random backbone used for tiny presets when no backbone directory is given.
-TINY_BACKBONE_SEED = 0
-@contextlib.contextmanager
-def _fork_rng(seed: int) -> Iterator[None]:
-    """Seeded global torch RNG inside, caller's state restored after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class FantasyWorldPipeline:
@@ -230,7 +236,7 @@ class FantasyWorldPipeline:
         if spec in ("tiny", "random", config.name):
             if not tiny:
                 raise CheckpointError(f"a random backbone is only available for tiny presets, not {config.name}")
-            with _fork_rng(TINY_BACKBONE_SEED):
+            with fork_rng(TINY_BACKBONE_SEED):
                 transformer = build_wan_transformer(config.wan, device)
         else:
             transformer = load_wan_transformer(spec, torch.float32, device, expected_config=config.wan)
@@ -243,7 +249,7 @@ class FantasyWorldPipeline:
                     "checkpoint's config.json)")
             overridden = apply_backbone_override(root, transformer)  # fp32 copy, before any cast
         # 2. FantasyWorld modules (random init is overwritten; keep the caller's RNG untouched)
-        with _fork_rng(0):
+        with fork_rng(0):
             model = FantasyWorldModel(config, transformer, device=device)
         model.load_fantasyworld(weights, stage=stage)
         if dtype != torch.float32:
@@ -251,28 +257,12 @@ class FantasyWorldPipeline:
             rebuild_rope(model.transformer, device)
         model.eval().requires_grad_(False)
         # 3. encoders
-        vae_spec = component(vae, "vae")
-        with _fork_rng(0):
-            vae_model = encoders.tiny_vae(0).to(device) if vae_spec == "tiny" else encoders.load_vae(vae_spec, device)
-        te_spec = component(text_encoder, "text_encoder", required=False)
-        te = tok = None
-        if te_spec == "tiny":
-            with _fork_rng(0):
-                te, tok = encoders.tiny_text_encoder(0)
-            te = te.to(device)
-        elif te_spec is not None:
-            # UMT5 overflows in float16 (NaN activations): run it in bfloat16 instead
-            te_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
-            te, tok = encoders.load_text_encoder(te_spec, tokenizer, device, te_dtype)
+        vae_model = load_vae_component(component(vae, "vae"), device)
+        te, tok = load_text_component(component(text_encoder, "text_encoder", required=False), tokenizer, device,
+                                      dtype)
         ie = proc = None
-        if config.is_i2v:
-            ie_spec = component(image_encoder, "image_encoder")
-            if ie_spec == "tiny":
-                with _fork_rng(0):
-                    ie, proc = encoders.tiny_image_encoder(0)
-                ie = ie.to(device)
-            else:
-                ie, proc = encoders.load_image_encoder(ie_spec, device, dtype)
+        if config.uses_clip:
+            ie, proc = load_image_component(component(image_encoder, "image_encoder"), device, dtype)
         pipe = cls(model, vae_model, te, tok, ie, proc, target, dtype, source=str(weights), memory=memory)
         pipe.backbone_override = overridden
         return pipe
@@ -298,16 +288,19 @@ class FantasyWorldPipeline:
 
     @torch.no_grad()
     def encode_image(self, image: Any, num_frames: int, height: int, width: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """I2V conditioning: ``(cond_latent (1, 20, F, H/8, W/8), clip tokens (1, N, image_dim),
-        first frame (1, 3, H, W) in [-1, 1])`` built exactly as the latent cache builds them."""
-        if self.image_encoder is None:
+        first frame (1, 3, H, W) in [-1, 1])`` built exactly as the latent cache builds them;
+        presets without a CLIP branch (``uses_clip`` false) get ``None`` tokens."""
+        if self.config.uses_clip and self.image_encoder is None:
             raise ValueError(f"preset {self.config.name} is image-to-video but no image encoder is loaded")
         first = load_image(image, height, width).to(self.device)
         video = torch.zeros(1, 3, num_frames, height, width, device=self.device)
         video[:, :, 0] = first[0]
         vae_dtype = next(self.vae.parameters()).dtype
         cond = encoders.i2v_condition_latent(self.vae, video.to(vae_dtype)).float()
+        if not self.config.uses_clip:
+            return cond, None, first
         with self._image_visit:
             clip = encoders.encode_image_clip(self.image_encoder, self.image_processor, first).float()
         return cond, clip, first
@@ -363,30 +356,65 @@ class FantasyWorldPipeline:
                 (camera reading, translation scale, cached embeddings, sampler variant,
                 VAE tiling, point cloud, fps, progress); an unknown name is a ``TypeError``.
         """
+        negative = WAN_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        return self._generate(prompt, negative, image, camera, num_frames, height, width, num_steps, guidance_scale,
+                              shift, seed, GenerationOptions(**options))
+
+    # ------------------------------------------------------------------ what differs between pipelines
+    #: the expert key whose heads give the geometry (one model: :data:`~fantasyworld.inference.sampler.SINGLE`)
+    geometry_expert: str = SINGLE
+
+    def experts(self) -> dict[str, FantasyWorldModel]:
+        """The models a call can run, by expert key: one model here (two-expert pipelines: both)."""
+        return {SINGLE: self.model}
+
+    def plan(self, num_steps: int, shift: float, schedule: str, geometry: str) -> list[str]:
+        """The expert key of every sampling step (one model: the same key throughout)."""
+        check_modes(geometry, schedule)
+        return [SINGLE] * num_steps
+
+    def _pose_feature(self, model: FantasyWorldModel, plucker: torch.Tensor) -> torch.Tensor | None:
+        """``(1, L, P)`` pose features (or control-adapter tokens) of one model for Plücker rays
+        ``(1, T, 6, H, W)``; ``None`` for a model that reads no camera (stage 1 without a
+        control adapter)."""
+        if model.stage != 2 and model.control_adapter is None:
+            return None
+        return model.encode_camera(plucker.to(self.dtype))
+
+    # ------------------------------------------------------------------ the call, shared by every pipeline
+    def _generate(self, prompt: str, negative: str, image: Any, camera: Any, num_frames: int, height: int,
+                  width: int, num_steps: int, guidance_scale: float, shift: float, seed: int,
+                  opts: GenerationOptions, last_image: Any = None) -> GenerationResult:
+        """One call: camera features of each expert the plan runs (once), text and image
+        conditioning, the shared sampling loop (:func:`~fantasyworld.inference.sampler.run_sampling`),
+        decode, geometry arrays and the fused cloud, the settings record."""
         t0 = time.perf_counter()
-        opts = GenerationOptions(**options)
         self._check_call(image, num_frames, height, width, opts)
         meter = PhaseMeter(self.device)
-        negative = WAN_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        sampling = opts.sampling(self.config.official_compat, self.memory.cfg_batch)
+        plan = self.plan(num_steps, shift, sampling["schedule"], sampling["geometry"])
+        used = set(plan) | ({self.geometry_expert} if sampling["geometry"] != "none" else set())
+        models = {key: m for key, m in self.experts().items() if key in used}
 
-        # 1. camera trajectory -> Plücker rays -> pose features (once)
+        # 1. camera trajectory -> Plücker rays -> each expert's pose features (once)
         with meter.phase("camera"):
             cams = self.camera_inputs(camera, num_frames, height, width, image=image, **opts.camera_kwargs())
             plucker = cams.plucker.to(self.device)
             with torch.no_grad():
-                pose_feature = self.model.encode_camera(plucker.to(self.dtype)) if self.model.stage == 2 else None
+                poses = {key: self._pose_feature(m, plucker) for key, m in models.items()}
 
         # 2. text (and image) conditioning
         cond = self._conditioning(prompt, negative, image, num_frames, height, width, guidance_scale != 1.0,
-                                  pose_feature, opts, meter)
+                                  None, opts, meter, last_image=last_image)
 
         # 3. sampling
         f = (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1
         shape = (1, self.config.latent_channels, f, height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
         noise = initial_noise(shape, seed, self.device)
         with meter.phase("sample"):
-            res = sample(self.model, noise, cond, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                         **opts.sampling(self.config.official_compat, self.memory.cfg_batch))
+            experts = {key: Expert(m, dataclasses.replace(cond, pose_feature=poses[key])) for key, m in models.items()}
+            res = run_sampling(experts, plan, noise, geometry_expert=self.geometry_expert,
+                               guidance_scale=guidance_scale, shift=shift, **sampling)
 
         # 4. decode
         with meter.phase("decode"):
@@ -394,15 +422,22 @@ class FantasyWorldPipeline:
 
         # 5. geometry arrays and the fused cloud
         with meter.phase("fuse"):
-            geo, w2c, k, cloud = self._geometry(video, res.geometry, (height, width), seed, opts)
+            geo, w2c, k, cloud = geometry_arrays(video, res.geometry, (height, width), seed, opts)
         timings = {**meter.seconds, **res.timings, "total": time.perf_counter() - t0}
         del timings["sample"]  # reported as its parts (denoise, geometry)
-        settings = self._settings(prompt, negative, image, cams, res, opts, num_frames=num_frames, height=height,
-                                  width=width, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                                  seed=seed, camera_magnitude=opts.camera_magnitude)
+        settings = call_settings(self, prompt, negative, image, cams, res, opts, num_frames=num_frames,
+                                 height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale,
+                                 shift=shift, seed=seed, camera_magnitude=opts.camera_magnitude)
         if meter.peak_gib:
             settings["peak_memory_gib"] = {k: round(v, 3) for k, v in meter.peak_gib.items()}
-        return self._result(video, res, geo, w2c, k, cams, cloud, settings, timings, opts)
+        if res.step_cache is not None:  # only with the option: the record is unchanged without it
+            settings["step_cache"] = res.step_cache
+        settings.update(self._extra_settings(res, last_image))
+        return generation_result(video, res, geo, w2c, k, cams, cloud, settings, timings, opts)
+
+    def _extra_settings(self, res: SampleResult, last_image: Any) -> dict[str, Any]:
+        """Settings only this pipeline records (none for one model)."""
+        return {}
 
     # ------------------------------------------------------------------ steps of a call
     def _check_call(self, image: Any, num_frames: int, height: int, width: int, opts: GenerationOptions) -> None:
@@ -419,10 +454,11 @@ class FantasyWorldPipeline:
 
     def _conditioning(self, prompt: str, negative: str, image: Any, num_frames: int, height: int, width: int,
                       use_cfg: bool, pose_feature: torch.Tensor | None, opts: GenerationOptions,
-                      meter: PhaseMeter) -> Conditioning:
+                      meter: PhaseMeter, last_image: Any = None) -> Conditioning:
         """Text embeddings ``(1, Lt, text_dim)`` (and the negative ones under CFG), the I2V
-        conditioning latent and CLIP tokens, bundled with the pose features; phases
-        ``encode_text`` and ``encode_image`` of ``meter``."""
+        conditioning latent and CLIP tokens (:meth:`encode_image`, with ``last_image`` where the
+        pipeline takes one), bundled with the pose features; phases ``encode_text`` and
+        ``encode_image`` of ``meter``."""
         with meter.phase("encode_text"), self._text_visit:  # one visit for both prompts
             text = self._embeddings(opts.prompt_embeds, "prompt_embeds") if opts.prompt_embeds is not None \
                 else self.encode_prompt(prompt)
@@ -437,59 +473,10 @@ class FantasyWorldPipeline:
         cond_latent = image_emb = None
         if self.config.is_i2v:
             with meter.phase("encode_image"):
-                cond_latent, image_emb, _ = self.encode_image(image, num_frames, height, width)
+                extra = {} if last_image is None else {"last_image": last_image}
+                cond_latent, image_emb, _ = self.encode_image(image, num_frames, height, width, **extra)
         return Conditioning(text, neg, pose_feature, cond_latent, image_emb)
 
     def _vae_tiling(self, opts: GenerationOptions) -> bool | str:
         """The call's VAE tiling: the option when set, else the memory tier's."""
         return self.memory.vae_tiling if opts.vae_tiling == "auto" else opts.vae_tiling
-
-    @staticmethod
-    def _result(video: np.ndarray, res: Any, geo: dict[str, np.ndarray], w2c: np.ndarray | None, k: np.ndarray | None,
-                cams: CameraInputs, cloud: Any, settings: dict, timings: dict, opts: GenerationOptions
-                ) -> GenerationResult:
-        """The :class:`GenerationResult` of a call: every registered head's arrays that ran."""
-        return GenerationResult(
-            video=video, latents=res.latents[0].cpu().numpy(),
-            heads={key: geo[key] for spec in HEADS.values() for key in spec.result_keys if key in geo}, w2c=w2c,
-            intrinsics=k, requested_w2c=cams.trajectory.w2c, requested_intrinsics=cams.trajectory.K, cloud=cloud,
-            settings=settings, timings=timings, fps=opts.fps)
-
-    @staticmethod
-    def _geometry(video: np.ndarray, geometry: dict[str, Any], image_hw: tuple[int, int], seed: int,
-                  opts: GenerationOptions):
-        """Head outputs of batch item 0 as numpy, the decoded cameras ``w2c`` ``(T, 4, 4)`` / ``K``
-        ``(T, 3, 3)`` (None without the camera head) and the fused cloud (None if not asked for)."""
-        geo = {k: v[0].cpu().numpy() for k, v in geometry.items() if isinstance(v, torch.Tensor)}
-        w2c = k = None
-        if "pose_enc" in geo:
-            w2c, k = cameras_from_pose_enc(geo["pose_enc"], image_hw)
-        cloud = generation_cloud(video, geo, w2c, k, opts.cloud_source, opts.conf_percentile, opts.max_points, seed)
-        return geo, w2c, k, cloud
-
-    def _settings(self, prompt: str, negative: str, image: Any, cams: CameraInputs, res: Any,
-                  opts: GenerationOptions, *, camera_magnitude: float | None, **call: Any) -> dict[str, Any]:
-        """The ``settings`` record of a result (what was asked and what was used)."""
-        cfg = self.config
-        settings = {
-            "prompt": prompt if opts.prompt_embeds is None else f"<embeddings> {prompt}".strip(),
-            "negative_prompt": negative if opts.negative_prompt_embeds is None else "<embeddings>",
-            "image": None if image is None else (str(image) if isinstance(image, (str, Path)) else "<array>"),
-            "camera": cams.trajectory.source,
-            "camera_magnitude": cams.trajectory.extra.get("magnitude", camera_magnitude),
-            "translation_scale": cams.translation_scale, "translation_scale_source": cams.scale_source,
-            "official_compat": cfg.official_compat, "num_frames": call["num_frames"], "height": call["height"],
-            "width": call["width"], "num_steps": call["num_steps"], "guidance_scale": call["guidance_scale"],
-            "shift": call["shift"], "seed": call["seed"],
-            **dict(zip(("schedule", "geometry"), opts.resolved(cfg.official_compat), strict=True)),
-            "geometry_timestep": res.geometry_timestep,
-            "cfg_batch": opts.resolved_cfg_batch(self.memory.cfg_batch),
-            "memory_tier": self.memory.name,
-            "cloud_source": opts.cloud_source, "conf_percentile": opts.conf_percentile,
-            "max_points": opts.max_points,
-            "preset": cfg.name, "checkpoint": self.source, "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""), "fps": opts.fps,
-        }
-        if self.backbone_override:
-            settings["backbone_override"] = len(self.backbone_override)
-        return settings

@@ -35,17 +35,25 @@ Geometry (heads run once, never at the intermediate steps):
   sigmas[-2]``, i.e. a slightly noisier latent than the one decoded. No extra forward,
   but the heads run on ``2B`` samples.
 * ``"none"``: no geometry.
+
+Step caching (optional, off by default; :mod:`fantasyworld.inference.step_cache`): a step
+whose first Wan block's output barely moved since the last computed step reuses that step's
+video residual instead of running the remaining blocks. Steps that read the heads, the first
+and last steps and the ``final`` geometry forward always run in full.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from fantasyworld.heads.registry import ALL_HEADS, head_names, resolve_heads
+from fantasyworld.inference.step_cache import StepCache, StepCacheSettings
 from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, euler_step, round_timestep_bf16, sigma_to_timestep
 
 GEOMETRY_MODES = ("final", "last-step", "none")
@@ -114,6 +122,8 @@ class SampleResult:
         sigmas: ``(num_steps + 1,)`` the grid used.
         geometry_timestep: DiT timestep the heads saw (``None`` without geometry).
         timings: seconds per phase (``denoise``, ``geometry``).
+        expert_steps: the number of sampling steps each expert key ran.
+        step_cache: the step cache's report (skipped steps, distances), ``None`` when off.
     """
 
     latents: torch.Tensor
@@ -121,6 +131,8 @@ class SampleResult:
     sigmas: torch.Tensor | None = None
     geometry_timestep: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    expert_steps: dict[str, int] = field(default_factory=dict)
+    step_cache: dict[str, Any] | None = None
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -150,6 +162,7 @@ def guided_flow(
     cfg_batch: bool = True,
     heads: str | tuple[str, ...] | None = None,
     round_timestep: bool = False,
+    step_cache: StepCache | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One guided velocity prediction.
 
@@ -164,6 +177,8 @@ def guided_flow(
         heads: heads to run (read from the conditional samples): names of the heads
             registry, ``ALL_HEADS`` or ``None`` (none).
         round_timestep: feed the DiT the bfloat16-rounded timestep (the official sampler).
+        step_cache: the run's :class:`~fantasyworld.inference.step_cache.StepCache` after its
+            ``begin_step`` (each forward gets the slot of its CFG half), or ``None`` (off).
 
     Returns:
         ``(v, geometry)``: the guided velocity ``(B, 16, F, H/8, W/8)`` fp32 and the head
@@ -173,20 +188,130 @@ def guided_flow(
     dtype = _model_dtype(model)
     use_cfg = guidance_scale != 1.0 and cond.negative_text_emb is not None
     t = _timestep(torch.as_tensor(sigma, dtype=torch.float32, device=x.device), round_timestep).reshape(1)
+    def cache(half: str) -> dict[str, Any]:  # no keyword at all when off: the plain forward
+        return {} if step_cache is None else {"step_cache": step_cache.slot(half, b)}
+
     if use_cfg and cfg_batch:
         x_in = torch.cat([x, x]).to(dtype)
-        out = model(x_in, t.expand(2 * b), **cond.model_kwargs(True, dtype), stage=2, heads=heads)
+        out = model(x_in, t.expand(2 * b), **cond.model_kwargs(True, dtype), stage=2, heads=heads, **cache("both"))
         v_cond, v_uncond = out["flow"].float().chunk(2)
     else:
-        out = model(x.to(dtype), t.expand(b), **cond.model_kwargs(False, dtype), stage=2, heads=heads)
+        out = model(x.to(dtype), t.expand(b), **cond.model_kwargs(False, dtype), stage=2, heads=heads,
+                    **cache("cond"))
         v_cond = out["flow"].float()
         if not use_cfg:
             return v_cond, _select(out, b)
         out_u = model(x.to(dtype), t.expand(b), **cond.unconditional().model_kwargs(False, dtype),
-                      stage=2, heads=None)
+                      stage=2, heads=None, **cache("uncond"))
         v_uncond = out_u["flow"].float()
     v = v_uncond + guidance_scale * (v_cond - v_uncond)
     return v, _select(out, b)
+
+
+@dataclass
+class Expert:
+    """One model of a sampling run and the conditioning it sees.
+
+    Attributes:
+        model: a stage-2 :class:`~fantasyworld.models.fantasyworld.FantasyWorldModel`.
+        cond: its :class:`Conditioning` (``pose_feature``: this model's own camera features or
+            control-adapter tokens; the rest is shared by every expert of a run).
+    """
+
+    model: torch.nn.Module
+    cond: Conditioning
+
+
+def check_modes(geometry: str, schedule: str, modes: tuple[str, ...] = GEOMETRY_MODES) -> None:
+    """Raise ``ValueError`` naming the choices when ``geometry`` is not one of ``modes`` or
+    ``schedule`` not a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`."""
+    if geometry not in modes:
+        raise ValueError(f"geometry must be one of {modes}, got {geometry!r}")
+    if schedule not in SIGMA_SCHEDULES:
+        raise ValueError(f"schedule must be one of {tuple(SIGMA_SCHEDULES)}, got {schedule!r}")
+
+
+@torch.no_grad()
+def run_sampling(
+    experts: Mapping[str, Expert],
+    plan: Sequence[str],
+    noise: torch.Tensor,
+    *,
+    geometry_expert: str,
+    guidance_scale: float = 5.0,
+    shift: float = 5.0,
+    geometry: str = "final",
+    heads: str | tuple[str, ...] = ALL_HEADS,
+    cfg_batch: bool = True,
+    progress: bool = True,
+    schedule: str = "project",
+    step_cache: StepCacheSettings | None = None,
+) -> SampleResult:
+    """The Euler/CFG loop shared by every sampler: step ``i`` runs ``experts[plan[i]]``.
+
+    Args:
+        experts: the models of the run by key (one for :func:`sample`; ``high`` and ``low``
+            for :func:`~fantasyworld.inference.two_expert.sample_two_experts`).
+        plan: the expert key of every step (``len(plan)`` steps on the grid of ``schedule``).
+        noise: ``(B, 16, F, H/8, W/8)`` standard-normal start latents.
+        geometry_expert: the key whose heads give the geometry (``last-step``: it must run
+            the last step; ``final``: it runs the extra forward on the final latent).
+        step_cache: first-block step caching (:mod:`fantasyworld.inference.step_cache`), or
+            ``None`` (off: every step runs in full, as without the option).
+        others: as :func:`sample` (module docstring for the ``geometry`` modes).
+
+    Returns:
+        :class:`SampleResult`; ``expert_steps`` counts the steps each key ran, ``step_cache``
+        is the cache's report (``None`` when off).
+    """
+    check_modes(geometry, schedule)
+    num_steps = len(plan)
+    if geometry != "none" and geometry_expert not in experts:
+        raise ValueError(f"geometry expert {geometry_expert!r} is not one of the experts {tuple(experts)}")
+    if geometry == "last-step" and plan[-1] != geometry_expert:
+        raise ValueError(f"geometry='last-step' reads the {geometry_expert} expert at the last step, "
+                         f"but the last step runs the {plan[-1]} expert")
+    official = schedule == "official"
+    heads = resolve_heads(heads, head_names())  # registry names, registration order
+    sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift).to(noise.device)
+    x = noise.float()
+    geo: dict[str, torch.Tensor] = {}
+    geo_t: float | None = None
+    cache = None if step_cache is None else StepCache(step_cache, plan)
+    start = time.perf_counter()
+    bar = tqdm(total=num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
+    for i, key in enumerate(plan):
+        last = i == num_steps - 1
+        want = heads if (last and geometry == "last-step") else None
+        expert = experts[key]
+        if cache is not None:
+            cache.begin_step(i, heads=bool(want))
+        v, out = guided_flow(expert.model, x, sigmas[i], expert.cond, guidance_scale, cfg_batch=cfg_batch,
+                             heads=want, round_timestep=official, step_cache=cache)
+        if want:
+            geo, geo_t = out, float(_timestep(sigmas[i], official))
+        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        bar.update(1)
+    bar.close()
+    _sync(noise.device)
+    timings = {"denoise": time.perf_counter() - start}
+    if geometry == "final":
+        start = time.perf_counter()
+        expert = experts[geometry_expert]
+        geo_t = float(_timestep(sigmas[-2], official))
+        t = torch.full((x.shape[0],), geo_t, device=x.device)
+        dtype = _model_dtype(expert.model)
+        out = expert.model(x.to(dtype), t, **expert.cond.model_kwargs(False, dtype), stage=2, heads=heads)
+        geo = _select(out, x.shape[0])
+        _sync(noise.device)
+        timings["geometry"] = time.perf_counter() - start
+    return SampleResult(latents=x, geometry=geo, sigmas=sigmas.cpu(), geometry_timestep=geo_t, timings=timings,
+                        expert_steps={k: list(plan).count(k) for k in experts},
+                        step_cache=None if cache is None else cache.report())
+
+
+#: the expert key of a one-model run
+SINGLE = "model"
 
 
 @torch.no_grad()
@@ -203,6 +328,7 @@ def sample(
     cfg_batch: bool = True,
     progress: bool = True,
     schedule: str = "project",
+    step_cache: StepCacheSettings | None = None,
 ) -> SampleResult:
     """Denoise ``noise`` ``(B, 16, F, H/8, W/8)`` (standard normal) into latents and geometry.
 
@@ -210,42 +336,14 @@ def sample(
     The function draws no random numbers: it is deterministic given ``noise``.
     ``schedule``: a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`
     (``official`` also rounds the DiT timestep to bfloat16). ``heads``: the heads run for the
-    geometry (:mod:`fantasyworld.heads.registry`; default every registered head).
+    geometry (:mod:`fantasyworld.heads.registry`; default every registered head). ``step_cache``:
+    optional first-block step caching (:mod:`fantasyworld.inference.step_cache`; default off).
+    One model throughout: :func:`run_sampling` with the plan ``[SINGLE] * num_steps``.
     """
-    if geometry not in GEOMETRY_MODES:
-        raise ValueError(f"geometry must be one of {GEOMETRY_MODES}, got {geometry!r}")
-    if schedule not in SIGMA_SCHEDULES:
-        raise ValueError(f"schedule must be one of {tuple(SIGMA_SCHEDULES)}, got {schedule!r}")
-    official = schedule == "official"
-    heads = resolve_heads(heads, head_names())  # registry names, registration order
-    sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift).to(noise.device)
-    x = noise.float()
-    geo: dict[str, torch.Tensor] = {}
-    geo_t: float | None = None
-    start = time.perf_counter()
-    bar = tqdm(total=num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
-    for i in range(num_steps):
-        last = i == num_steps - 1
-        want = heads if (last and geometry == "last-step") else None
-        v, out = guided_flow(model, x, sigmas[i], cond, guidance_scale, cfg_batch=cfg_batch, heads=want,
-                             round_timestep=official)
-        if want:
-            geo, geo_t = out, float(_timestep(sigmas[i], official))
-        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
-        bar.update(1)
-    bar.close()
-    _sync(noise.device)
-    timings = {"denoise": time.perf_counter() - start}
-    if geometry == "final":
-        start = time.perf_counter()
-        geo_t = float(_timestep(sigmas[-2], official))
-        t = torch.full((x.shape[0],), geo_t, device=x.device)
-        dtype = _model_dtype(model)
-        out = model(x.to(dtype), t, **cond.model_kwargs(False, dtype), stage=2, heads=heads)
-        geo = _select(out, x.shape[0])
-        _sync(noise.device)
-        timings["geometry"] = time.perf_counter() - start
-    return SampleResult(latents=x, geometry=geo, sigmas=sigmas.cpu(), geometry_timestep=geo_t, timings=timings)
+    check_modes(geometry, schedule)
+    return run_sampling({SINGLE: Expert(model, cond)}, [SINGLE] * num_steps, noise, geometry_expert=SINGLE,
+                        guidance_scale=guidance_scale, shift=shift, geometry=geometry, heads=heads,
+                        cfg_batch=cfg_batch, progress=progress, schedule=schedule, step_cache=step_cache)
 
 
 def _timestep(sigma: torch.Tensor, rounded: bool) -> torch.Tensor:

@@ -24,27 +24,27 @@ one: the VAE latent of ``[first, zeros x (T-2), last]`` (or ``[first, zeros x (T
 frame, so latent frame 0 has all 4 mask channels 1 and, with a last image, latent frame
 ``F-1`` has only mask channel 3 set (pixel frame ``T-1``).
 
-Kept apart from the single-model sampler on purpose: it calls only its public step
-(:func:`~fantasyworld.inference.sampler.guided_flow`).
+The loop itself is the single-model sampler's
+(:func:`~fantasyworld.inference.sampler.run_sampling`, fed the per-step expert plan): only
+the plan, each expert's camera tokens and the boundary checks live here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
-from tqdm.auto import tqdm
 
-from fantasyworld.heads.registry import ALL_HEADS, head_names, resolve_heads
-from fantasyworld.inference.sampler import Conditioning, SampleResult, guided_flow
+from fantasyworld.heads.registry import ALL_HEADS
+from fantasyworld.inference.sampler import Conditioning, Expert, SampleResult, check_modes, run_sampling
+from fantasyworld.inference.step_cache import StepCacheSettings
 from fantasyworld.models import encoders
 from fantasyworld.models.config import VAE_TEMPORAL_STRIDE
-from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, euler_step, round_timestep_bf16, sigma_to_timestep
+from fantasyworld.models.flow_matching import SIGMA_SCHEDULES, round_timestep_bf16, sigma_to_timestep
 
 __all__ = [
     "DEFAULT_BOUNDARY", "TWO_EXPERT_GEOMETRY", "expert_for_timestep", "expert_steps", "first_last_condition_latent",
-    "first_last_mask", "sample_two_experts",
+    "first_last_mask", "sample_two_experts", "two_expert_plan",
 ]
 
 #: The official boundary: the high expert runs while bf16(t) > 900.
@@ -104,18 +104,24 @@ def first_last_condition_latent(vae, first: torch.Tensor, num_frames: int, last:
     return torch.cat([mask, latent], dim=1)
 
 
-def _conditional(out: dict, batch: int) -> dict[str, torch.Tensor]:
-    """Head outputs of the first ``batch`` samples (the conditional pass), fp32."""
-    return {k: ([t[:batch].float() for t in v] if isinstance(v, list) else v[:batch].float())
-            for k, v in out.items() if k != "flow" and v is not None}
-
-
 def _with_camera(model: torch.nn.Module, cond: Conditioning, plucker: torch.Tensor | None) -> Conditioning:
     """``cond`` with this expert's control-adapter tokens (they differ between the experts)."""
     if plucker is None:
         return dataclasses.replace(cond, pose_feature=None)
     dtype = model.transformer.patch_embedding.weight.dtype
     return dataclasses.replace(cond, pose_feature=model.encode_camera(plucker.to(dtype)))
+
+
+def two_expert_plan(num_steps: int, shift: float, boundary: float, schedule: str, geometry: str) -> list[str]:
+    """The expert of every step (:func:`expert_steps`), after checking the request: a known
+    ``geometry`` mode and schedule, and ``last-step`` geometry only when the last step is a
+    low-noise step (the heads are read from the low expert)."""
+    check_modes(geometry, schedule, TWO_EXPERT_GEOMETRY)
+    plan = expert_steps(num_steps, shift, boundary, schedule)
+    if geometry == "last-step" and plan[-1] != "low":
+        raise ValueError(f"geometry='last-step' reads the low expert at the last step, but with boundary {boundary} "
+                         "the last step is a high-noise step")
+    return plan
 
 
 @torch.no_grad()
@@ -135,6 +141,7 @@ def sample_two_experts(
     cfg_batch: bool = True,
     progress: bool = True,
     schedule: str = "official",
+    step_cache: StepCacheSettings | None = None,
 ) -> SampleResult:
     """Denoise ``noise`` ``(B, 16, F, H/8, W/8)`` with the two experts (module docstring).
 
@@ -147,51 +154,20 @@ def sample_two_experts(
         geometry: ``"last-step"`` (official), ``"final"`` or ``"none"``; always the low expert.
         schedule: a key of :data:`~fantasyworld.models.flow_matching.SIGMA_SCHEDULES`
             (``official`` also feeds the DiT the bfloat16-rounded timestep).
+        step_cache: optional first-block step caching, one reference per expert
+            (:mod:`fantasyworld.inference.step_cache`; default off).
 
     Returns:
-        :class:`~fantasyworld.inference.sampler.SampleResult`; ``timings`` also has
+        :class:`~fantasyworld.inference.sampler.SampleResult` of the shared loop
+        (:func:`~fantasyworld.inference.sampler.run_sampling`); ``timings`` also has
         ``steps_high`` / ``steps_low`` (the number of steps each expert ran).
     """
-    if geometry not in TWO_EXPERT_GEOMETRY:
-        raise ValueError(f"geometry must be one of {TWO_EXPERT_GEOMETRY}, got {geometry!r}")
-    if schedule not in SIGMA_SCHEDULES:
-        raise ValueError(f"schedule must be one of {tuple(SIGMA_SCHEDULES)}, got {schedule!r}")
-    plan = expert_steps(num_steps, shift, boundary, schedule)
-    if geometry == "last-step" and plan[-1] != "low":
-        raise ValueError(f"geometry='last-step' reads the low expert at the last step, but with boundary {boundary} "
-                         "the last step is a high-noise step")
-    official = schedule == "official"
-    heads = resolve_heads(heads, head_names())  # registry names, registration order
-    sigmas = SIGMA_SCHEDULES[schedule](num_steps, shift).to(noise.device)
+    plan = two_expert_plan(num_steps, shift, boundary, schedule, geometry)
     models = {"high": high, "low": low}
-    conds = {name: _with_camera(m, cond, plucker) for name, m in models.items() if name in plan or
-             (name == "low" and geometry != "none")}
-    x = noise.float()
-    geo: dict[str, torch.Tensor] = {}
-    geo_t: float | None = None
-    start = time.perf_counter()
-    bar = tqdm(total=num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
-    for i, name in enumerate(plan):
-        want = heads if (i == num_steps - 1 and geometry == "last-step") else None
-        v, out = guided_flow(models[name], x, sigmas[i], conds[name], guidance_scale, cfg_batch=cfg_batch,
-                             heads=want, round_timestep=official)
-        if want:
-            t = sigma_to_timestep(sigmas[i])
-            geo, geo_t = out, float(round_timestep_bf16(t) if official else t)
-        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
-        bar.update(1)
-    bar.close()
-    if noise.device.type == "cuda":
-        torch.cuda.synchronize(noise.device)
-    timings = {"denoise": time.perf_counter() - start, "steps_high": float(plan.count("high")),
-               "steps_low": float(plan.count("low"))}
-    if geometry == "final":
-        start = time.perf_counter()
-        t = sigma_to_timestep(sigmas[-2])
-        geo_t = float(round_timestep_bf16(t) if official else t)
-        dtype = low.transformer.patch_embedding.weight.dtype
-        out = low(x.to(dtype), torch.full((x.shape[0],), geo_t, device=x.device),
-                  **conds["low"].model_kwargs(False, dtype), stage=2, heads=heads)
-        geo = _conditional(out, x.shape[0])
-        timings["geometry"] = time.perf_counter() - start
-    return SampleResult(latents=x, geometry=geo, sigmas=sigmas.cpu(), geometry_timestep=geo_t, timings=timings)
+    experts = {name: Expert(m, _with_camera(m, cond, plucker)) for name, m in models.items()
+               if name in plan or (name == "low" and geometry != "none")}
+    res = run_sampling(experts, plan, noise, geometry_expert="low", guidance_scale=guidance_scale, shift=shift,
+                       geometry=geometry, heads=heads, cfg_batch=cfg_batch, progress=progress, schedule=schedule,
+                       step_cache=step_cache)
+    res.timings.update({"steps_high": float(plan.count("high")), "steps_low": float(plan.count("low"))})
+    return res

@@ -14,21 +14,21 @@ with its ``config.json``. Each expert's frozen base (transformer + control adapt
 the reward LoRA the converter recorded in ``config.json``) comes from the
 Wan2.2-Fun-A14B-Control-Camera directory (:mod:`fantasyworld.models.wan22`).
 
-A call is :class:`~fantasyworld.inference.pipeline.FantasyWorldPipeline`'s, with these
-differences: the first image (required) and the optional last image enter through the
-VAE latent and the 4-channel mask
-(:func:`~fantasyworld.inference.two_expert.first_last_condition_latent`), there are no CLIP
-tokens; the camera (any supported format, with the ``official_compat`` preprocessing of
-converted checkpoints) goes through each expert's control adapter; sampling is
-:func:`~fantasyworld.inference.two_expert.sample_two_experts` (bf16 boundary rule,
-geometry from the low expert); the negative prompt defaults to ``""`` and the size to
-480x832 (the official Wan2.2 defaults). Every export of the single-model path is written
-by the same :class:`~fantasyworld.inference.result.GenerationResult`.
+A call is :class:`~fantasyworld.inference.pipeline.FantasyWorldPipeline`'s own
+(``_generate``: camera, conditioning, the shared sampling loop, decode, geometry, result);
+this class overrides only what differs: the expert of each step (:meth:`TwoExpertPipeline.plan`,
+the bf16 boundary rule of :func:`~fantasyworld.inference.two_expert.two_expert_plan`), the
+models by key (:meth:`TwoExpertPipeline.experts`; each encodes the camera through its own
+control adapter, once per call), geometry from the low expert, the first (required) and
+optional last image through the VAE latent and the 4-channel mask
+(:func:`~fantasyworld.inference.two_expert.first_last_condition_latent`, no CLIP tokens), the
+extra settings, and the defaults: negative prompt ``""`` and 480x832 (the official Wan2.2
+ones). Every export of the single-model path is written by the same
+:class:`~fantasyworld.inference.result.GenerationResult`.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,12 @@ import torch
 from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.inference.images import load_image
-from fantasyworld.inference.memory import PhaseMeter
+from fantasyworld.inference.loading import TINY_BACKBONE_SEED, fork_rng, load_text_component, load_vae_component
 from fantasyworld.inference.options import GenerationOptions
-from fantasyworld.inference.pipeline import TINY_BACKBONE_SEED, FantasyWorldPipeline, _fork_rng
+from fantasyworld.inference.pipeline import FantasyWorldPipeline
 from fantasyworld.inference.result import GenerationResult
-from fantasyworld.inference.sampler import initial_noise
-from fantasyworld.inference.two_expert import first_last_condition_latent, sample_two_experts
-from fantasyworld.models import encoders
-from fantasyworld.models.config import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE
+from fantasyworld.inference.sampler import SampleResult
+from fantasyworld.inference.two_expert import first_last_condition_latent, two_expert_plan
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.official import OVERRIDE_FILE, apply_backbone_override
 from fantasyworld.models.wan22 import OFFICIAL_LORA_MULTIPLIER, load_wan22_base
@@ -74,7 +72,7 @@ def _load_expert(folder: Path, expert: str, backbone: str | Path | None, lora: s
     tiny = config.name.startswith("tiny")
     recorded = config.extra.get("base_lora")
     if backbone in (None, "random", "tiny") and tiny:
-        with _fork_rng(TINY_BACKBONE_SEED + EXPERT_DIRS.index(expert)):
+        with fork_rng(TINY_BACKBONE_SEED + EXPERT_DIRS.index(expert)):
             transformer = build_wan_transformer(config.wan, device)
             control = None  # built (seeded) with the model
     elif backbone is None:
@@ -93,7 +91,7 @@ def _load_expert(folder: Path, expert: str, backbone: str | Path | None, lora: s
             raise CheckpointError(f"{root / OVERRIDE_FILE}: a backbone override beside a checkpoint whose "
                                   "config.json has official_compat false; only convert-official writes one")
         apply_backbone_override(root, transformer, control)
-    with _fork_rng(EXPERT_DIRS.index(expert)):
+    with fork_rng(EXPERT_DIRS.index(expert)):
         model = FantasyWorldModel(config, transformer, device=device, control_adapter=control)
     model.load_fantasyworld(weights, stage=stage)
     if dtype != torch.float32:
@@ -118,7 +116,6 @@ class TwoExpertPipeline(FantasyWorldPipeline):
         if high.config.expert != "high" or low.config.expert != "low":
             raise ValueError(f"experts must be (high, low), got ({high.config.expert!r}, {low.config.expert!r})")
         self.high_model = high.eval()
-        self._last_image: Any = None
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -155,31 +152,44 @@ class TwoExpertPipeline(FantasyWorldPipeline):
         vae = vae if vae is not None else ("tiny" if tiny else None)
         if vae is None:
             raise CheckpointError(f"{root}: pass vae=DIR (the Wan2.1 VAE the Wan2.2-Fun release uses)")
-        with _fork_rng(0):
-            vae_model = encoders.tiny_vae(0).to(device) if vae == "tiny" else encoders.load_vae(vae, device)
+        vae_model = load_vae_component(vae, device)
         text_encoder = text_encoder if text_encoder is not None else ("tiny" if tiny else None)
-        te = tok = None
-        if text_encoder == "tiny":
-            with _fork_rng(0):
-                te, tok = encoders.tiny_text_encoder(0)
-            te = te.to(device)
-        elif text_encoder is not None:
-            te, tok = encoders.load_text_encoder(text_encoder, tokenizer, device,
-                                                 torch.bfloat16 if dtype == torch.float16 else dtype)
+        te, tok = load_text_component(text_encoder, tokenizer, device, dtype)
         return cls(experts["high"], experts["low"], vae_model, te, tok, device, dtype, source=str(root))
 
-    # ------------------------------------------------------------------ conditioning
+    # ------------------------------------------------------------------ what differs from one model
+    #: geometry comes from the low-noise expert
+    geometry_expert = "low"
+
+    def experts(self) -> dict[str, FantasyWorldModel]:
+        """``{"high": high-noise expert, "low": low-noise expert}``."""
+        return {"high": self.high_model, "low": self.model}
+
+    def plan(self, num_steps: int, shift: float, schedule: str, geometry: str) -> list[str]:
+        """The boundary rule's expert of every step
+        (:func:`~fantasyworld.inference.two_expert.two_expert_plan`: bf16 timestep > boundary
+        runs the high expert; ``last-step`` geometry needs a low last step)."""
+        return two_expert_plan(num_steps, shift, self.config.expert_boundary, schedule, geometry)
+
     @torch.no_grad()
-    def encode_image(self, image: Any, num_frames: int, height: int, width: int
+    def encode_image(self, image: Any, num_frames: int, height: int, width: int, last_image: Any = None
                      ) -> tuple[torch.Tensor, None, torch.Tensor]:
         """``(cond_latent (1, 20, F, H/8, W/8), None, first frame (1, 3, H, W))``: the first and
-        the call's last image through the VAE with the 4-channel mask (no CLIP)."""
+        the optional last image through the VAE with the 4-channel mask (no CLIP)."""
         first = load_image(image, height, width).to(self.device)
-        last = None if self._last_image is None else load_image(self._last_image, height, width).to(self.device)
+        last = None if last_image is None else load_image(last_image, height, width).to(self.device)
         vae_dtype = next(self.vae.parameters()).dtype
         cond = first_last_condition_latent(self.vae, first.to(vae_dtype), num_frames,
                                            None if last is None else last.to(vae_dtype))
         return cond.float(), None, first
+
+    def _extra_settings(self, res: SampleResult, last_image: Any) -> dict[str, Any]:
+        """The experts, the boundary, the steps each expert ran and the last image."""
+        return {"experts": [self.high_model.config.name, self.config.name],
+                "expert_boundary": self.config.expert_boundary,
+                "steps_high": res.expert_steps.get("high", 0), "steps_low": res.expert_steps.get("low", 0),
+                "last_image": None if last_image is None else (
+                    str(last_image) if isinstance(last_image, (str, Path)) else "<array>")}
 
     # ------------------------------------------------------------------ generation
     def __call__(  # type: ignore[override]
@@ -206,45 +216,6 @@ class TwoExpertPipeline(FantasyWorldPipeline):
             others: as :meth:`FantasyWorldPipeline.__call__` (``options`` are
                 :class:`~fantasyworld.inference.options.GenerationOptions` fields).
         """
-        t0 = time.perf_counter()
-        opts = GenerationOptions(**options)
-        self._check_call(image, num_frames, height, width, opts)
-        meter = PhaseMeter(self.device)
         negative = "" if negative_prompt is None else negative_prompt
-
-        with meter.phase("camera"):
-            cams = self.camera_inputs(camera, num_frames, height, width, image=image, **opts.camera_kwargs())
-            plucker = cams.plucker.to(self.device)
-
-        self._last_image = last_image
-        try:
-            cond = self._conditioning(prompt, negative, image, num_frames, height, width, guidance_scale != 1.0,
-                                      None, opts, meter)
-        finally:
-            self._last_image = None
-
-        f = (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1
-        shape = (1, self.config.latent_channels, f, height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
-        noise = initial_noise(shape, seed, self.device)
-        with meter.phase("sample"):
-            res = sample_two_experts(self.high_model, self.model, noise, cond, plucker.to(self.dtype),
-                                     num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                                     boundary=self.config.expert_boundary,
-                                     **opts.sampling(self.config.official_compat, self.memory.cfg_batch))
-        with meter.phase("decode"):
-            video = self.decode(res.latents, self._vae_tiling(opts))[0]
-        with meter.phase("fuse"):
-            geo, w2c, k, cloud = self._geometry(video, res.geometry, (height, width), seed, opts)
-        timings = {**meter.seconds, **res.timings, "total": time.perf_counter() - t0}
-        del timings["sample"]  # reported as its parts
-        settings = self._settings(prompt, negative, image, cams, res, opts, num_frames=num_frames, height=height,
-                                  width=width, num_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                                  seed=seed, camera_magnitude=opts.camera_magnitude)
-        if meter.peak_gib:
-            settings["peak_memory_gib"] = {k: round(v, 3) for k, v in meter.peak_gib.items()}
-        settings.update({"experts": [self.high_model.config.name, self.config.name],
-                         "expert_boundary": self.config.expert_boundary,
-                         "steps_high": int(res.timings["steps_high"]), "steps_low": int(res.timings["steps_low"]),
-                         "last_image": None if last_image is None else (
-                             str(last_image) if isinstance(last_image, (str, Path)) else "<array>")})
-        return self._result(video, res, geo, w2c, k, cams, cloud, settings, timings, opts)
+        return self._generate(prompt, negative, image, camera, num_frames, height, width, num_steps, guidance_scale,
+                              shift, seed, GenerationOptions(**options), last_image=last_image)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from diffusers import WanTransformer3DModel
@@ -62,6 +63,24 @@ STAGE_TRAINABLE: dict[int, tuple[str, ...]] = {
     1: ("geometry",),
     2: ("geometry", "interactions", "pose_encoder", "camera_adapters"),
 }
+
+
+class VideoStreamCache(Protocol):
+    """What a stage-2 forward consults to reuse the video stream of an earlier step (inference
+    step caching, :mod:`fantasyworld.inference.step_cache`; the policy lives there, not here).
+
+    After the first ``probe_blocks`` preconditioning layers the forward calls ``reuse(x)``
+    with their output ``x`` ``(B, L, D_wan)``: a tensor ``r`` of that shape means "skip the
+    rest", and the flow is the Wan output head on ``x + r`` (no geometry stream, no heads);
+    ``None`` means "run everything", and after the last IRG layer the forward calls
+    ``store(x_last - x)`` with the residual of the remaining video blocks.
+    """
+
+    probe_blocks: int
+
+    def reuse(self, probe: torch.Tensor) -> torch.Tensor | None: ...
+
+    def store(self, residual: torch.Tensor) -> None: ...
 
 
 class FantasyWorldModel(nn.Module):
@@ -343,6 +362,7 @@ class FantasyWorldModel(nn.Module):
         stage: int | None = None,
         heads: str | tuple[str, ...] | None = ALL_HEADS,
         pixel_frames: torch.Tensor | None = None,
+        step_cache: VideoStreamCache | None = None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
         """Joint video + geometry prediction.
 
@@ -364,6 +384,9 @@ class FantasyWorldModel(nn.Module):
             pixel_frames: optional (B, K) int64 pixel-frame indices in [0, T): the pixel-rate
                 heads predict only these frames, and their outputs hold K frames instead of T
                 (training's frame subset; the camera head still predicts every frame).
+            step_cache: inference only, stage 2: a :class:`VideoStreamCache` that may replace
+                everything after its probe layers by an earlier step's video residual
+                (``None``, the default: the plain forward, unchanged).
         Returns:
             dict with ``flow`` (B, 16, F, H/8, W/8) or None in stage 1, and the outputs of each
             head that ran: ``depth``/``depth_conf`` (B, T, H, W), ``world_points`` (B, T, H, W, 3)
@@ -404,6 +427,10 @@ class FantasyWorldModel(nn.Module):
             x = x + pose_feature.to(x.dtype)
             pose_feature = None  # no cross-attention adapters
 
+        if step_cache is not None and (stage != 2 or not 1 <= step_cache.probe_blocks <= cfg.num_pcb):
+            raise ValueError(f"step_cache needs stage 2 and 1 <= probe_blocks <= {cfg.num_pcb} "
+                             f"(got stage {stage}, probe_blocks {step_cache.probe_blocks})")
+        probe = None
         with self._offload("layers", x.device):  # saved activations of the layers to host memory, if asked
             # 2. preconditioning blocks
             for i in range(cfg.num_pcb):
@@ -412,6 +439,13 @@ class FantasyWorldModel(nn.Module):
                         x = self.pcb_layers[i](x, inputs)
                 else:
                     x = self._ckpt(self.pcb_layers[i], x, inputs, pose_feature)
+                if step_cache is not None and i + 1 == step_cache.probe_blocks:
+                    residual = step_cache.reuse(x)
+                    if residual is not None:  # the rest of the video stream is an earlier step's residual
+                        if heads:
+                            raise ValueError("a step whose video stream is reused runs no heads")
+                        return {"flow": wanb.output_head(wan, x + residual.to(x.dtype), inputs)}
+                    probe = x
 
             # 3./4. latent bridge, special tokens, geometry modulation
             geo_branch = self.geometry
@@ -442,6 +476,8 @@ class FantasyWorldModel(nn.Module):
             out: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"flow": None}
             # 6. Wan head
             if stage == 2:
+                if probe is not None:
+                    step_cache.store(x - probe)
                 out["flow"] = wanb.output_head(wan, x, inputs)
         # 7. heads
         if heads:
