@@ -69,7 +69,7 @@ class DemoConfig:
     num_clips: int = 400
     held_out_fraction: float = 0.2
     num_frames: int = 9
-    trajectory_frames: int | None = 33
+    trajectory_frames: int | None = None
     size: int = 32
     stage1_steps: int = 1500
     stage2_steps: int = 200
