@@ -113,7 +113,8 @@ class Trainer:
         self._setup_run_dir()
         self._check_init_from()
         if config.data.root is not None and config.data.validate:
-            self._validate_data()  # before any model is built: a bad clip fails in seconds
+            # every record and file of data.root, before any model is built: a bad clip fails in seconds
+            validate_training_data(self.cfg.data, self.log if self.world.is_main else None)
         self._build_encoders()
         self._build_model()
         self._build_optimizer()
@@ -299,7 +300,7 @@ class Trainer:
             from fantasyworld.data.cache import CachedClipDataset
 
             dataset = CachedClipDataset(d.cache_dir)
-            self._check_cache(dataset)
+            check_cache(dataset, d, self.model_config)  # frames, size and text width vs config and preset
         else:
             from fantasyworld.data.loader import RawClipDataset
 
@@ -315,14 +316,6 @@ class Trainer:
         if self.resume_step is not None:  # the bucket order must be the one the checkpoint was cut from
             stream.check_stream_state(self.loader, self._resume_stream, self.start_step,
                                       str(ckpt.state_path(self.run_dir, self.resume_step)))
-
-    def _validate_data(self) -> None:
-        """Check every record and file of ``data.root`` before training (``data.validate``)."""
-        validate_training_data(self.cfg.data, self.log if self.world.is_main else None)
-
-    def _check_cache(self, dataset) -> None:
-        """The cache's frames, size and text width must match the config and the preset."""
-        check_cache(dataset, self.cfg.data, self.model_config)
 
     # ---------------------------------------------------------------------------- one step
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
