@@ -201,15 +201,18 @@ class MlpLearner:
         x = clips.latents[idx] if self.args.mlp_input == "latents" else clips.video[idx]
         return x.flatten(1)
 
+    def _quats(self, clips: ClipSet, idx: torch.Tensor) -> torch.Tensor:
+        """Predicted quaternions relative to frame 0, ``(B, T, 4)``."""
+        return self.net(self._inputs(clips, idx)).view(len(idx), -1, 4)
+
     def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         target = pose_targets(clips.select(idx), self.hw)[..., 3:7]
-        pred = self.net(self._inputs(clips, idx)).view(len(idx), -1, 4)
-        return torch.nn.functional.smooth_l1_loss(pred, target)
+        return torch.nn.functional.smooth_l1_loss(self._quats(clips, idx), target)
 
     @torch.no_grad()
     def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, None]:
         self.net.eval()
-        quat = self.net(self._inputs(clips, idx)).view(len(idx), -1, 4)
+        quat = self._quats(clips, idx)
         self.net.train()
         enc = torch.zeros(*quat.shape[:2], 9, device=quat.device)
         enc[..., 3:7] = quat
@@ -218,7 +221,8 @@ class MlpLearner:
 
 
 class CnnLearner(MlpLearner):
-    """Pixel pairs (frame 0, frame i) -> quaternion of frame i relative to frame 0."""
+    """Pixel pairs (frame 0, frame i) -> quaternion of frame i relative to frame 0 (the loss
+    and the decoding are the MLP's)."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device, clips: ClipSet) -> None:
         self.args, self.device, self.hw = args, device, (args.size, args.size)
@@ -237,20 +241,6 @@ class CnnLearner(MlpLearner):
         pairs = torch.cat([first, video], dim=1).permute(0, 2, 1, 3, 4).reshape(b * t, 6, h, w)
         identity = torch.tensor([0.0, 0.0, 0.0, 1.0], device=video.device)
         return (self.net(pairs) + identity).view(b, t, 4)
-
-    def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        target = pose_targets(clips.select(idx), self.hw)[..., 3:7]
-        return torch.nn.functional.smooth_l1_loss(self._quats(clips, idx), target)
-
-    @torch.no_grad()
-    def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, None]:
-        self.net.eval()
-        quat = self._quats(clips, idx)
-        self.net.train()
-        enc = torch.zeros(*quat.shape[:2], 9, device=quat.device)
-        enc[..., 3:7] = quat
-        enc[..., 7:] = 1.0
-        return decode_pose(enc.double(), self.hw)[0], None
 
 
 LEARNERS = {"mlp": MlpLearner, "cnn": CnnLearner}
