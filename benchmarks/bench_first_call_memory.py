@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_generate import TIER_CAPS_GIB, build_components, set_cap  # noqa: E402
+from bench_generate import TIER_CAPS_GIB, add_shape_args, build_pipeline, set_cap  # noqa: E402
 
 from fantasyworld.inference import pipeline as pipeline_mod  # noqa: E402
 from fantasyworld.inference.memory import PhaseMeter, repeated_blocks  # noqa: E402
@@ -160,9 +160,7 @@ def one_call(pipe: FantasyWorldPipeline, a: argparse.Namespace, image: np.ndarra
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="wan2.1-i2v-14b-480p")
-    p.add_argument("--size", default="336x592", type=lambda s: tuple(int(v) for v in s.split("x")))
-    p.add_argument("--frames", type=int, default=81)
+    add_shape_args(p)
     p.add_argument("--steps", type=int, default=2, help="denoising steps per call (the peak does not depend on it)")
     p.add_argument("--tier", default="80", choices=sorted(TIER_CAPS_GIB))
     p.add_argument("--encoder-blocks-on-gpu", action="store_true",
@@ -182,10 +180,8 @@ def main() -> None:
                      "encoder_blocks_on_gpu": a.encoder_blocks_on_gpu, "device": torch.cuda.get_device_name(dev),
                      "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
                      "cudnn_benchmark": torch.backends.cudnn.benchmark, "date": time.strftime("%Y-%m-%d")}
-    start = time.perf_counter()
-    parts = build_components(a.preset, dev, dtype)
-    pipe = FantasyWorldPipeline(*parts, device=dev, dtype=dtype, memory=a.tier)
-    results["build_s"] = round(time.perf_counter() - start, 1)
+    pipe, build_s, image = build_pipeline(a, dev, dtype, a.tier)
+    results["build_s"] = round(build_s, 1)
     if a.encoder_blocks_on_gpu:
         for enc in (pipe.text_encoder, pipe.image_encoder):
             for block in repeated_blocks(enc) if enc is not None else []:
@@ -199,7 +195,6 @@ def main() -> None:
              **{f"irg_layers.{i}": m for i, m in enumerate(pipe.model.irg_layers)}}
     tracker = ModuleTracker(named, dev)
     set_cap(dev, TIER_CAPS_GIB.get(a.tier))
-    image = np.random.default_rng(0).integers(0, 256, (*a.size, 3), dtype=np.uint8) if pipe.config.is_i2v else None
     for tag in ("call1", "call2"):
         pipe._text_cache.clear()  # both calls encode their prompts (the text phase is measured each time)
         results[tag] = one_call(pipe, a, image, tag, tracker)

@@ -285,11 +285,27 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
     return res
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_args(p: argparse.ArgumentParser) -> None:
+    """``--preset``, ``--size HxW`` and ``--frames`` of the model and clip a benchmark builds."""
     p.add_argument("--preset", default="wan2.1-i2v-14b-480p")
     p.add_argument("--size", default="336x592", type=lambda s: tuple(int(v) for v in s.split("x")))
     p.add_argument("--frames", type=int, default=81)
+
+
+def build_pipeline(a: argparse.Namespace, dev: torch.device, dtype: torch.dtype, memory: str
+                   ) -> tuple[FantasyWorldPipeline, float, np.ndarray | None]:
+    """The pipeline of ``a.preset`` on random weights of the real sizes (:func:`build_components`),
+    the seconds it took, and a seeded random ``(H, W, 3)`` uint8 first frame for I2V presets."""
+    start = time.perf_counter()
+    pipe = FantasyWorldPipeline(*build_components(a.preset, dev, dtype), device=dev, dtype=dtype, memory=memory)
+    build_s = time.perf_counter() - start
+    image = np.random.default_rng(0).integers(0, 256, (*a.size, 3), dtype=np.uint8) if pipe.config.is_i2v else None
+    return pipe, build_s, image
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(p)
     p.add_argument("--steps", type=int, default=3, help="denoising steps per generate (per-step cost x 50 = estimate)")
     p.add_argument("--tiers", default="80,48,24")
     p.add_argument("--what", default="tiers,step", help="comma list of tiers, step, step-cache")
@@ -307,12 +323,8 @@ def main() -> None:
     results: dict = {"preset": a.preset, "size": list(a.size), "frames": a.frames, "steps": a.steps,
                      "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                      "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    start = time.perf_counter()
-    parts = build_components(a.preset, dev, dtype)
-    pipe = FantasyWorldPipeline(*parts, device=dev, dtype=dtype, memory="80")
-    results["build_s"] = time.perf_counter() - start
+    pipe, results["build_s"], image = build_pipeline(a, dev, dtype, "80")
     log(f"built in {results['build_s']:.1f}s")
-    image = np.random.default_rng(0).integers(0, 256, (*a.size, 3), dtype=np.uint8) if pipe.config.is_i2v else None
     what = a.what.split(",")
     if "tiers" in what:
         results["tiers"] = []
