@@ -87,8 +87,8 @@ def annotate_twice(work: Path, videos: Path, frames: int, true_fov: float | None
         rc = main(["data", "annotate", "--videos", str(videos), "--out", str(out), "--frames", str(frames),
                    "--depth-model", str(model), "--max-depth-residual", bound, "--quiet"])
         wall = time.perf_counter() - t0
+        problems, n = validate_dataset(out) if (out / "metadata.json").exists() else ([], 0)  # the whole output
         for entry in json.loads((out / "report.json").read_text())["clips"]:
-            problems, n = validate_dataset(out) if (out / "metadata.json").exists() else ([], 0)
             print(json.dumps({"run": name, "clip": entry["clip_id"], "rc": rc, "wall_s": round(wall, 1),
                               "status": entry["status"], "reason": entry.get("reason"),
                               "size": f"{entry.get('width')}x{entry.get('height')}",
