@@ -125,3 +125,4 @@ def test_trajectory_window_is_a_slice_of_the_longer_path(tmp_path):
     assert rec.extra["trajectory_window"]["trajectory_frames"] == 21
     with pytest.raises(ValueError, match="trajectory_frames"):
         synthesize_dataset(tmp_path / "bad", num_clips=1, num_frames=9, height=16, width=16, trajectory_frames=5)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

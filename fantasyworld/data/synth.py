@@ -305,10 +305,10 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
     if bad:
         raise ValueError(f"unknown trajectory {bad[0]!r} (known: {', '.join(TRAJECTORIES)})")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trajectories = tuple(trajectories) if trajectories else None
     if trajectory_frames is not None and trajectory_frames < num_frames:
         raise ValueError(f"trajectory_frames ({trajectory_frames}) must be at least num_frames ({num_frames})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trajectories = tuple(trajectories) if trajectories else None
     existing = _existing_records(out_dir) if append else []
     first = 1 + max((int(m.group(1)) for r in existing if (m := _CLIP_ID.fullmatch(str(r.get("clip_id"))))),
                     default=-1)
