@@ -93,6 +93,7 @@ class LearnConfig:
     worlds: int = 5000
     frames: int = 17
     size: int = 128
+    trajectory_frames: int = 0  # > frames: each world a window of a longer camera path (data synth --trajectory-frames)
     seed: int = 0
     held_out_fraction: float = 0.05
     batch: int = 32
@@ -104,6 +105,7 @@ class LearnConfig:
     shift2: float = 1.0
     camera_weight: float = 10.0
     camera_dropout: float = 0.5
+    pixel_frames1: float = 0.0  # > 0: stage 1 supervises that many (or that share of) pixel frames per sample
     max_steps1: int = 8000
     max_steps2: int = 4000
     calibration_steps: int = 30
@@ -175,7 +177,8 @@ def train_config(cfg: LearnConfig, stage: int, cache: Path, run_dir: Path, asset
         "optim": {"lr": lr, "weight_decay": 0.01, "warmup_steps": min(warmup, steps // 4), "schedule": "cosine",
                   "min_lr_ratio": 0.05, "grad_clip": 1.0},
         "loss": {"shift": shift, "camera_weight": cfg.camera_weight,
-                 "camera_dropout": cfg.camera_dropout if stage == 2 else 0.0},
+                 "camera_dropout": cfg.camera_dropout if stage == 2 else 0.0,
+                 "pixel_frames_per_step": (cfg.pixel_frames1 or None) if stage == 1 else None},
         "checkpoint": {"every": steps, "keep_last": 1},
         "log": {"every": min(log_every or cfg.log_every, steps), "tensorboard": False, "progress": False},
     }
@@ -270,7 +273,8 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     worlds = out / "worlds"
     shutil.rmtree(out / "data_train", ignore_errors=True)
     synthesize_dataset(worlds, num_clips=cfg.worlds, num_frames=cfg.frames, height=cfg.size, width=cfg.size,
-                       seed=cfg.seed, workers=cfg.workers, time_limit_s=cfg.budget.render)
+                       seed=cfg.seed, workers=cfg.workers, time_limit_s=cfg.budget.render,
+                       trajectory_frames=cfg.trajectory_frames or None)
     ids = [r.clip_id for r in load_metadata(worlds)]
     train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
     train_root = make_train_root(worlds, out / "data_train", train_ids)
