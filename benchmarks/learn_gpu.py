@@ -42,6 +42,7 @@ would shrink the rotations the 4x bar is measured on); batch 32 at the step rate
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -228,6 +229,9 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
     trainer = Trainer(train_config(cfg, stage, out / "cache", out / "runs" / name, out / "assets", steps, init))
     result = trainer.train(deadline=phases.deadline(name))
     del trainer
+    gc.collect()  # the stage's model and optimizer states leave the GPU before the next phase
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
     phases.end(name, steps=result.step, planned_steps=steps, stopped=result.stopped,
                calibration_steps_per_s=round(rate, 2), steps_per_s=round(_rate(result.history), 2))
     return result, calib.last_checkpoint

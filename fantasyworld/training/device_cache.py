@@ -37,6 +37,9 @@ def load_device_cache(dataset: Dataset, device: torch.device
     device and size) are kept until others are loaded or :func:`release_device_cache`."""
     from concurrent.futures import ThreadPoolExecutor
 
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # one key for "cuda" and "cuda:<current>"
+        device = torch.device("cuda", torch.cuda.current_device())
     root = getattr(dataset, "cache_dir", None)
     key = None
     if root is not None:
