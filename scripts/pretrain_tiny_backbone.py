@@ -1,41 +1,56 @@
-"""Pretrain the tiny VAE and the tiny Wan backbone that ``fantasyworld demo`` loads.
+"""Pretrain a VAE and a Wan backbone for the ``tiny`` preset (the demo's) or the ``small`` one.
 
 Why: the seeded *random* tiny VAE maps a clip to latents whose content varies by ~0.05
 around a constant (after Wan's latent normalisation), so a noise level of 0.1 already
 drowns the picture, and its random decoder and random DiT turn any latent into noise. The
-demo's geometry and video only mean something on top of a VAE and a backbone that were
-trained on the kind of video they see. This script trains both, on synthetic worlds
-(:mod:`fantasyworld.data.synth`) rendered from seeds that the demo never uses, and writes
+geometry and video only mean something on top of a VAE and a backbone that were trained on
+the kind of video they see. This script trains both, on synthetic worlds
+(:mod:`fantasyworld.data.synth`) rendered from seeds that the demo never uses, or on the
+videos of a seed-layout dataset (``--data``: e.g. the training split of a run), and writes
 
-``OUT/vae/``        ``AutoencoderKLWan`` (tiny: base_dim 8, Wan's 4x8x8 compression, 16 latent
-                    channels), ``latents_mean`` / ``latents_std`` set to the statistics of its
-                    own latents so that normalised latents have unit variance;
-``OUT/backbone/``   ``WanTransformer3DModel`` of the ``tiny`` preset (``WAN_TINY``), a
+``OUT/vae/``        ``AutoencoderKLWan`` (Wan's 4x8x8 compression, 16 latent channels, the
+                    preset's ``base_dim``), ``latents_mean`` / ``latents_std`` set to the
+                    statistics of its own latents so that normalised latents have unit variance;
+``OUT/backbone/``   ``WanTransformer3DModel`` of the preset (its ``wan`` config), a
                     text-to-video flow-matching DiT conditioned on the seeded tiny UMT5
                     (``encoders.tiny_text_encoder(0)``; frozen and random, like the demo's);
-``OUT/pretrain.json`` the settings, losses and timings of the run;
+``OUT/pretrain.json`` the settings, losses, steps, timings and what stopped each phase;
 
-both in diffusers' ``save_pretrained`` layout (config.json + safetensors). No geometry label
-is used here: depth, points and cameras are learnt by the demo's stage 1 and stage 2.
+both in diffusers' ``save_pretrained`` layout (config.json + safetensors), which the trainer
+(``model.backbone_dir``), the cache (``--vae``) and the pipeline load. No geometry label is
+used here: depth, points and cameras are learnt by stages 1 and 2.
 
-Recipe (defaults): 4000 clips of 9 frames at 32x32 (seed 7919, clip indices 0..3999; the
-demo renders with seeds 0 and 1); VAE: 3000 AdamW steps, batch 32, lr 1e-3, loss
-L1 + MSE + 1e-6 KL on posterior samples; backbone: 6000 AdamW steps, batch 64, lr 1e-3
-(cosine to 1e-4, 200 warm-up), flow matching with Wan's shift 5 and its velocity target, 10%
-of prompts replaced by the empty prompt (classifier-free guidance), EMA 0.999 of the weights
-saved. Run on one GPU::
+Recipes (:data:`RECIPES`, the defaults of every flag; flags override them):
+
+* ``tiny``: 4000 clips of 9 frames at 32x32 (seed 7919; the demo renders with seeds 0 and 1),
+  VAE base_dim 8: 3000 AdamW steps, batch 32, lr 1e-3; backbone: 6000 steps, batch 64, lr 1e-3;
+* ``small``: 4000 clips of 17 frames at 128x128, VAE base_dim 16 (0.8M parameters): at most
+  3000 steps or 45 s, batch 16; backbone (25M parameters): at most 6000 steps or 60 s, batch
+  64, lr 6e-4; bf16 autocast on a GPU. A minute and three quarters of training on one H200.
+
+Common to both: VAE loss L1 + MSE + 1e-6 KL on posterior samples of 5-frame sub-clips;
+backbone flow matching with Wan's shift 5 and its velocity target, 10% of prompts replaced
+by the empty prompt (classifier-free guidance), EMA 0.999 of the weights (warmed up as
+``min(0.999, (1 + k) / (10 + k))`` at step ``k``) saved. The learning rate follows a warm-up
+(4% of the run) and a cosine to 10% over the run's *progress*, the larger of the step
+fraction and the wall-clock fraction (``--vae-seconds``, ``--dit-seconds``), so a phase
+stopped by its time budget still ends decayed. Run on one GPU::
 
     python scripts/pretrain_tiny_backbone.py --out fantasyworld/assets/tiny --device cuda
+    python scripts/pretrain_tiny_backbone.py --preset small --out outputs/small_assets --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,11 +58,41 @@ import torch.nn.functional as F
 
 from fantasyworld.data.synth import render_clip
 from fantasyworld.models import encoders
-from fantasyworld.models.config import WAN_TINY
+from fantasyworld.models.config import get_preset
 from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
 from fantasyworld.models.wan_backbone import build_wan_transformer
 
 PRETRAIN_SEED = 7919
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Defaults of one preset's pretraining (every field is also a flag). ``*_seconds``:
+    wall-clock budget of a phase (None: steps only)."""
+
+    clips: int
+    frames: int
+    size: int
+    vae_base_dim: int
+    vae_steps: int
+    vae_batch: int
+    vae_lr: float
+    dit_steps: int
+    dit_batch: int
+    dit_lr: float
+    vae_seconds: float | None = None
+    dit_seconds: float | None = None
+
+
+#: preset name -> its recipe (module docstring)
+RECIPES: dict[str, PretrainRecipe] = {
+    "tiny": PretrainRecipe(clips=4000, frames=9, size=32, vae_base_dim=8, vae_steps=3000, vae_batch=32,
+                           vae_lr=1e-3, dit_steps=6000, dit_batch=64, dit_lr=1e-3),
+    "small": PretrainRecipe(clips=4000, frames=17, size=128, vae_base_dim=16, vae_steps=3000, vae_batch=16,
+                            vae_lr=1e-3, dit_steps=6000, dit_batch=64, dit_lr=6e-4, vae_seconds=45.0,
+                            dit_seconds=60.0),
+}
+WARMUP = 0.04  # share of a run's progress spent warming the learning rate up
 
 
 def _render(args: tuple[int, int, int, int]) -> tuple[np.ndarray, str]:
@@ -65,36 +110,107 @@ def render_worlds(num_clips: int, frames: int, height: int, width: int, workers:
     return video, [o[1] for o in out]
 
 
+def _read(args: tuple[str, int, int]) -> np.ndarray:
+    from fantasyworld.data.formats import read_video
+
+    path, frames, size = args
+    video = torch.from_numpy(read_video(Path(path), np.arange(frames))).permute(3, 0, 1, 2)  # (3, T, H, W)
+    if video.shape[-2:] != (size, size):  # scale to cover, centre crop
+        h, w = video.shape[-2:]
+        scale = size / min(h, w)
+        video = F.interpolate(video.float(), size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                              mode="bilinear", antialias=True).round().clamp(0, 255).byte()
+        top, left = (video.shape[-2] - size) // 2, (video.shape[-1] - size) // 2
+        video = video[..., top:top + size, left:left + size]
+    return video.numpy()
+
+
+def read_worlds(root: str | Path, num_clips: int, frames: int, size: int, workers: int
+                ) -> tuple[torch.Tensor, list[str]]:
+    """The first ``num_clips`` videos of a seed-layout dataset: ``(N, 3, T, size, size)`` uint8
+    (the first ``frames`` frames, scaled to cover and centre-cropped) and their prompts."""
+    from fantasyworld.data.formats import load_metadata
+
+    records = load_metadata(root)[:num_clips]
+    jobs = [(str(r.video), frames, size) for r in records]
+    with mp.get_context("fork").Pool(workers) as pool:
+        out = pool.map(_read, jobs, chunksize=16)
+    return torch.from_numpy(np.stack(out)), [r.prompt for r in records]
+
+
 def _to_float(video_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return video_u8.to(device).float().div_(127.5).sub_(1.0)
+    return video_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on a GPU, nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Progress:
+    """A phase's progress in [0, 1]: the larger of the step and the wall-clock fractions."""
+
+    def __init__(self, steps: int, seconds: float | None) -> None:
+        self.steps, self.seconds, self.start = steps, seconds, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, step: int) -> float:
+        by_time = self.elapsed() / self.seconds if self.seconds else 0.0
+        return max(step / self.steps, by_time)
+
+    def stopped_by(self, step: int) -> str:
+        return "steps" if step >= self.steps else "time"
+
+
+def lr_multiplier(progress: float, floor: float = 0.1) -> float:
+    """Linear warm-up over :data:`WARMUP` of the progress, then a cosine down to ``floor``."""
+    if progress < WARMUP:
+        return max(progress / WARMUP, 0.01)
+    p = min(1.0, (progress - WARMUP) / (1.0 - WARMUP))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def _report(name: str, step: int, losses: list[torch.Tensor], progress: Progress) -> float:
+    value = float(torch.stack(losses[-100:]).mean())  # one device synchronisation per report
+    print(f"{name} step {step}: loss {value:.4f} ({progress.elapsed():.0f} s)", flush=True)
+    return value
 
 
 def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.device, log: dict) -> torch.nn.Module:
-    """Autoencoder training of the tiny ``AutoencoderKLWan`` (module docstring)."""
-    vae = encoders.tiny_vae(args.seed).to(device).train()
+    """Autoencoder training of the VAE (module docstring)."""
+    vae = encoders.tiny_vae(args.seed, base_dim=args.vae_base_dim).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    losses = []
-    for step in range(args.vae_steps):
+    progress = Progress(args.vae_steps, args.vae_seconds)
+    losses: list[torch.Tensor] = []
+    step = 0
+    while progress(step) < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = args.vae_lr * lr_multiplier(progress(step))
         idx = torch.randint(0, len(video), (args.vae_batch,), generator=gen)
         first = int(torch.randint(0, video.shape[2] - args.vae_frames + 1, (1,), generator=gen))
         x = _to_float(video[idx, :, first:first + args.vae_frames], device)  # (B, 3, vae_frames, H, W)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn_like(post.mean)
-        rec = vae.decode(z).sample
-        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+        with _autocast(device):
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn_like(post.mean)
+            rec = vae.decode(z).sample.float()
+        kl = 0.5 * (post.mean.float().pow(2) + post.var.float() - 1.0 - post.logvar.float()).mean()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
-        if step % 500 == 0 or step == args.vae_steps - 1:
-            print(f"vae step {step}: loss {np.mean(losses[-100:]):.4f} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
-    log["vae"] = {"steps": args.vae_steps, "final_loss": float(np.mean(losses[-100:])),
-                  "seconds": time.perf_counter() - start}
+        losses.append(loss.detach())
+        step += 1
+        if step % 500 == 1:
+            _report("vae", step, losses, progress)
+    log["vae"] = {"steps": step, "stopped_by": progress.stopped_by(step), "base_dim": args.vae_base_dim,
+                  "parameters": sum(p.numel() for p in vae.parameters()),
+                  "final_loss": _report("vae", step, losses, progress), "seconds": progress.elapsed()}
     return vae.eval().requires_grad_(False)
 
 
@@ -102,51 +218,47 @@ def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.devic
 def calibrate_vae(vae, video: torch.Tensor, device: torch.device, log: dict) -> torch.Tensor:
     """Set ``latents_mean`` / ``latents_std`` to the per-channel statistics of the posterior
     means; returns the normalised latents ``(N, 16, F, h, w)`` on the CPU."""
-    raw = torch.cat([vae.encode(_to_float(video[i:i + 256], device)).latent_dist.mean.cpu()
-                     for i in range(0, len(video), 256)])
+    chunk = int(max(1, min(256, 2**22 // math.prod(video.shape[2:]))))  # clips per encoder call
+    raw = torch.cat([vae.encode(_to_float(video[i:i + chunk], device)).latent_dist.mean.float().cpu()
+                     for i in range(0, len(video), chunk)])
     mean = raw.mean(dim=(0, 2, 3, 4))
     std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)
     vae.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std])
-    rec = vae.decode(raw[:64].to(device)).sample
-    psnr = -10 * math.log10(float(F.mse_loss((rec + 1) / 2, (_to_float(video[:64], device) + 1) / 2)))
+    n = min(64, chunk, len(video))
+    rec = vae.decode(raw[:n].to(device)).sample
+    psnr = -10 * math.log10(float(F.mse_loss((rec + 1) / 2, (_to_float(video[:n], device) + 1) / 2)))
     log["vae"].update(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std],
                       reconstruction_psnr_db=psnr)
-    print(f"vae: reconstruction PSNR {psnr:.1f} dB on 64 training clips", flush=True)
+    print(f"vae: reconstruction PSNR {psnr:.1f} dB on {n} training clips", flush=True)
     return (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
 
 
 @torch.no_grad()
-def encode_prompts(prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiny-UMT5 embeddings ``(N, 512, 32)`` of the prompts and ``(1, 512, 32)`` of ``""``."""
-    te, tok = encoders.tiny_text_encoder(0)
+def encode_prompts(prompts: list[str], device: torch.device, text_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiny-UMT5 embeddings ``(N, 512, text_dim)`` of the prompts and ``(1, 512, text_dim)`` of ``""``."""
+    te, tok = encoders.tiny_text_encoder(0, d_model=text_dim)
     te = te.to(device)
     embs = torch.cat([encoders.encode_text(te, tok, prompts[i:i + 256])[0].cpu() for i in range(0, len(prompts), 256)])
     empty = encoders.encode_text(te, tok, [""])[0].cpu()
     return embs, empty
 
 
-def train_backbone(latents: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, args: argparse.Namespace,
-                   device: torch.device, log: dict) -> torch.nn.Module:
-    """Flow-matching text-to-video training of the tiny Wan DiT (module docstring)."""
+def train_backbone(latents: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, wan_config: dict[str, Any],
+                   args: argparse.Namespace, device: torch.device, log: dict) -> torch.nn.Module:
+    """Flow-matching text-to-video training of the preset's Wan DiT (module docstring)."""
     torch.manual_seed(args.seed)
-    model = build_wan_transformer(WAN_TINY, device).train()
-    ema = build_wan_transformer(WAN_TINY, device).eval().requires_grad_(False)
+    model = build_wan_transformer(wan_config, device).train()
+    ema = build_wan_transformer(wan_config, device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=args.dit_lr, weight_decay=0.01)
-    warm = 200
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        p = (step - warm) / max(1, args.dit_steps - warm)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(args.seed + 1)
     latents, text, empty = latents.to(device), text.to(device), empty.to(device)
-    start = time.perf_counter()
-    losses = []
-    for step in range(args.dit_steps):
+    progress = Progress(args.dit_steps, args.dit_seconds)
+    losses: list[torch.Tensor] = []
+    step = 0
+    while progress(step) < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = args.dit_lr * lr_multiplier(progress(step))
         idx = torch.randint(0, len(latents), (args.dit_batch,), generator=gen).to(device)
         x0 = latents[idx]
         ctx = text[idx]
@@ -154,35 +266,36 @@ def train_backbone(latents: torch.Tensor, text: torch.Tensor, empty: torch.Tenso
         ctx = torch.where(drop[:, None, None], empty.expand_as(ctx), ctx)
         sigma = sample_training_sigmas(args.dit_batch, gen, args.shift).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        pred = model(add_noise(x0, noise, sigma), sigma_to_timestep(sigma), ctx, return_dict=False)[0]
+        with _autocast(device):
+            pred = model(add_noise(x0, noise, sigma), sigma_to_timestep(sigma), ctx, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), flow_target(x0, noise))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1.0 - args.ema)
-        losses.append(loss.item())
-        if step % 500 == 0 or step == args.dit_steps - 1:
-            print(f"backbone step {step}: flow loss {np.mean(losses[-100:]):.4f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-    log["backbone"] = {"steps": args.dit_steps, "final_flow_loss": float(np.mean(losses[-200:])),
-                       "seconds": time.perf_counter() - start}
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+        losses.append(loss.detach())
+        step += 1
+        if step % 500 == 1:
+            _report("backbone", step, losses, progress)
+    log["backbone"] = {"steps": step, "stopped_by": progress.stopped_by(step),
+                       "parameters": sum(p.numel() for p in model.parameters()),
+                       "final_flow_loss": _report("backbone", step, losses, progress), "seconds": progress.elapsed()}
     return ema
 
 
 @torch.no_grad()
-def sample_preview(backbone, vae, text: torch.Tensor, device: torch.device, path: Path, steps: int = 30) -> None:
+def sample_preview(backbone, vae, text: torch.Tensor, device: torch.device, path: Path, frames: int, size: int,
+                   steps: int = 30) -> None:
     """Euler samples (shift 5, no CFG) for 4 prompts, decoded, saved as one PNG strip."""
     from PIL import Image
 
     from fantasyworld.models.flow_matching import euler_step, inference_sigmas
 
     gen = torch.Generator().manual_seed(0)
-    t_lat = 3
-    x = torch.randn((4, 16, t_lat, 4, 4), generator=gen).to(device)
+    x = torch.randn((4, 16, (frames - 1) // 4 + 1, size // 8, size // 8), generator=gen).to(device)
     ctx = text[:4].to(device)
     sig = inference_sigmas(steps, 5.0).to(device)
     for i in range(steps):
@@ -191,54 +304,73 @@ def sample_preview(backbone, vae, text: torch.Tensor, device: torch.device, path
     mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
     video = vae.decode(x * std + mean).sample  # (4, 3, T, H, W)
-    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
-    rows = [np.concatenate(list(clip), axis=1) for clip in frames]
+    frames_u8 = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+    rows = [np.concatenate(list(clip), axis=1) for clip in frames_u8]
+    zoom = max(1, 96 // size)
     Image.fromarray(np.concatenate(rows, axis=0)).resize(
-        (rows[0].shape[1] * 3, len(rows) * rows[0].shape[0] * 3), Image.Resampling.NEAREST).save(path)
+        (rows[0].shape[1] * zoom, len(rows) * rows[0].shape[0] * zoom), Image.Resampling.NEAREST).save(path)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags; those left unset take the preset's :data:`RECIPES` values."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="fantasyworld/assets/tiny")
+    p.add_argument("--preset", default="tiny", choices=tuple(RECIPES), help="whose VAE and backbone (default tiny)")
+    p.add_argument("--out", default=None, help="output folder (default fantasyworld/assets/tiny for tiny, "
+                                               "outputs/<preset>_assets otherwise)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--clips", type=int, default=4000)
-    p.add_argument("--frames", type=int, default=9)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--data", default=None, help="train on the videos of this seed-layout dataset instead of "
+                                                "rendering (e.g. a run's training split)")
     p.add_argument("--workers", type=int, default=max(1, mp.cpu_count()))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--vae-batch", type=int, default=32)
-    p.add_argument("--vae-lr", type=float, default=1e-3)
+    for name, value in asdict(RECIPES["tiny"]).items():
+        kind = float if isinstance(value, float) or name.endswith("seconds") else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     p.add_argument("--vae-kl", type=float, default=1e-6)
     p.add_argument("--vae-frames", type=int, default=5, help="4k+1 frames per VAE training sub-clip")
-    p.add_argument("--dit-steps", type=int, default=6000)
-    p.add_argument("--dit-batch", type=int, default=64)
-    p.add_argument("--dit-lr", type=float, default=1e-3)
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--cfg-dropout", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--preview", default=None, help="write a PNG of decoded samples here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    for name, value in asdict(RECIPES[args.preset]).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.out is None:
+        args.out = "fantasyworld/assets/tiny" if args.preset == "tiny" else f"outputs/{args.preset}_assets"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the pretraining (module docstring); returns what ``OUT/pretrain.json`` holds."""
+    args = parse_args(argv)
     device = torch.device(args.device)
+    wan_config = get_preset(args.preset).wan
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log: dict = {"args": vars(args), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "pretrain_seed": PRETRAIN_SEED}
+                 "torch": torch.__version__, "pretrain_seed": None if args.data else PRETRAIN_SEED}
     t0 = time.perf_counter()
-    video, prompts = render_worlds(args.clips, args.frames, args.size, args.size, args.workers)
+    if args.data:
+        video, prompts = read_worlds(args.data, args.clips, args.frames, args.size, args.workers)
+    else:
+        video, prompts = render_worlds(args.clips, args.frames, args.size, args.size, args.workers)
+    if device.type == "cuda":
+        video = video.pin_memory()
     log["render_seconds"] = time.perf_counter() - t0
-    print(f"rendered {len(video)} clips {tuple(video.shape[1:])} in {log['render_seconds']:.0f} s", flush=True)
+    print(f"{'read' if args.data else 'rendered'} {len(video)} clips {tuple(video.shape[1:])} in "
+          f"{log['render_seconds']:.0f} s", flush=True)
     vae = train_vae(video, args, device, log)
     latents = calibrate_vae(vae, video, device, log)
-    text, empty = encode_prompts(prompts, device)
-    backbone = train_backbone(latents, text, empty, args, device, log)
+    text, empty = encode_prompts(prompts, device, int(wan_config["text_dim"]))
+    backbone = train_backbone(latents, text, empty, wan_config, args, device, log)
+    if args.preview:
+        sample_preview(backbone, vae, text, device, Path(args.preview), args.frames, args.size)
     vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
     backbone.to("cpu").save_pretrained(out / "backbone", safe_serialization=True)
     log["total_seconds"] = time.perf_counter() - t0
     (out / "pretrain.json").write_text(json.dumps(log, indent=1) + "\n")
-    if args.preview:
-        sample_preview(backbone.to(device), vae.to(device), text, device, Path(args.preview))
     print(f"wrote {out} in {log['total_seconds']:.0f} s", flush=True)
+    return log
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ may reorder fp32 arithmetic, so gradients are compared to 1e-5 of each parameter
 gradient entry (three steps of AdamW at lr 1e-3 keep the parameters within that of each other;
 eager-vs-eager is bit-exact, see ``test_checkpointing_modes``). State carried across steps (a
 parameter baked into a graph as a constant, a stale guard, a reused output buffer) shows up on
-steps 2 and 3, after the optimizer has changed the parameters.
+steps 2 and 3, after the optimizer has changed the parameters. With the heads compiled too
+(the trainer's ``model.compile``) per-parameter gradients are compared at step 0 (see the test).
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fantasyworld.inference.testing import tiny_model
@@ -23,14 +25,14 @@ from tests.test_pixel_frame_subset import tiny_inputs
 STEPS = 3
 
 
-def _train(compiled: bool) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+def _train(compiled: bool, heads: bool = False) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """Per step: (objective, gradient norm before clipping, gradients) of three optimizer steps."""
     torch.manual_seed(0)
     model = tiny_model().train()
     model.set_stage(2)
     model.checkpointing = "layer"
     if compiled:
-        par.compile_blocks(model, backend="aot_eager")
+        par.compile_blocks(model, backend="aot_eager", heads=heads)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     history = []
@@ -47,8 +49,9 @@ def _train(compiled: bool) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, t
     return history
 
 
-def test_compiled_training_steps_match_eager_over_three_optimizer_steps(one_thread) -> None:
-    eager, compiled = _train(False), _train(True)
+@pytest.mark.parametrize("heads", [False, True], ids=["layers", "layers+heads"])
+def test_compiled_training_steps_match_eager_over_three_optimizer_steps(one_thread, heads: bool) -> None:
+    eager, compiled = _train(False), _train(True, heads)
     for step, ((loss_e, norm_e, grads_e), (loss_c, norm_c, grads_c)) in enumerate(zip(eager, compiled)):
         assert torch.isfinite(norm_c), f"step {step}: compiled gradient norm {norm_c}"
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=0, msg=f"step {step}: objective")
@@ -56,4 +59,13 @@ def test_compiled_training_steps_match_eager_over_three_optimizer_steps(one_thre
         assert grads_c.keys() == grads_e.keys() and len(grads_e) > 50
         for name, ref in grads_e.items():
             scale = ref.abs().max().item() or 1.0
+            if heads and (step > 0 or "_head." in name):
+                # compiled heads: their weight gradients sum over every pixel of every frame; the
+                # reordered fp32 sums reach 9e-5 of the largest entry at step 0, and AdamW's first
+                # steps (lr x sign(g)) turn such differences in near-zero entries into parameter
+                # differences of 2 lr that then reach every gradient. Per-parameter gradients are
+                # compared at step 0 only (the objective and the norm above: every step, 1e-5)
+                if step == 0:
+                    assert (grads_c[name] - ref).abs().max().item() <= 2e-4 * scale, f"step {step}: {name}"
+                continue
             assert (grads_c[name] - ref).abs().max().item() <= 1e-5 * scale, f"step {step}: {name}"

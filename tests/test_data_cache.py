@@ -96,3 +96,20 @@ def test_tiny_tokenizer_matches_umt5_special_ids():
     ids = tok("A red ball.").input_ids
     assert ids[-1] == 1 and tok.pad_token_id == 0 and 2 not in ids[:-1]
     assert tok("zebra").input_ids == [2, 1]  # unknown word -> <unk>
+
+
+def test_batched_cache_with_workers_matches_one_clip_at_a_time(setup, tmp_path):
+    data, paths, out = setup  # the module's cache: one clip per encoder call, in this process
+    batched = tmp_path / "batched"
+    rc = main(["data", "cache", "--data", str(data), "--out", str(batched), "--vae", str(paths["vae"]),
+               "--text-encoder", str(paths["text_encoder"]), "--image-encoder", str(paths["image_encoder"]),
+               "--frames", str(T), "--workers", "1", "--batch", "2", "--quiet"])
+    assert rc == 0
+    one, two = CachedClipDataset(out), CachedClipDataset(batched)
+    assert [e["clip_id"] for e in two.entries] == [e["clip_id"] for e in one.entries]
+    for a, b in zip(one, two):
+        assert a["clip_id"] == b["clip_id"] and a["prompt"] == b["prompt"] and set(a) == set(b)
+        for key in ("latents", "text_emb", "cond_latent", "clip_image_emb"):
+            torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-5)
+        for key in ("text_len", "depth", "points", "valid", "w2c", "intrinsics", "frame_indices"):
+            assert torch.equal(b[key], a[key]), key

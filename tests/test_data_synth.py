@@ -126,3 +126,19 @@ def test_trajectory_window_is_a_slice_of_the_longer_path(tmp_path):
     with pytest.raises(ValueError, match="trajectory_frames"):
         synthesize_dataset(tmp_path / "bad", num_clips=1, num_frames=9, height=16, width=16, trajectory_frames=5)
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_a_time_limit_keeps_the_finished_clips_and_removes_the_rest(tmp_path, capsys):
+    rc = main(["data", "synth", "--out", str(tmp_path / "cut"), "--clips", "6", "--frames", "5", "--size", "32x32",
+               "--workers", "2", "--max-seconds", "0", "--quiet"])
+    assert rc == 0 and "stopped by --max-seconds" in capsys.readouterr().out
+    cut = load_metadata(tmp_path / "cut")
+    k = len(cut)
+    assert 1 <= k < 6 and [r.clip_id for r in cut] == [f"clip_{i:05d}" for i in range(k)]
+    for folder in ("videos", "camera_params", "depth", "points"):  # nothing of the unfinished clips is left
+        assert sorted(p.stem for p in (tmp_path / "cut" / folder).iterdir()) == [r.clip_id for r in cut]
+    assert validate_dataset(tmp_path / "cut")[0] == []
+    full = synthesize_dataset(tmp_path / "full", num_clips=k, num_frames=5, height=32, width=32, workers=1)
+    for rec in cut:  # the clips a k-clip run renders
+        a, b = np.load(rec.depth), np.load(full / "depth" / f"{rec.clip_id}.npy")
+        assert np.array_equal(a, b)

@@ -76,6 +76,11 @@ def test_compile_blocks_compiles_exactly_the_declared_regions(model, monkeypatch
     assert sorted(compiled) == sorted(id(m) for m in layers)
     covered = [layer.wan_block for layer in [*model.pcb_layers, *model.irg_layers]]
     assert [id(b) for b in covered] == [id(b) for b in model.transformer.blocks]
+    # heads=True (the trainer's model.compile): the layers and every built head
+    compiled.clear()
+    par.compile_blocks(model, heads=True)
+    heads = [model.geometry.depth_head, model.geometry.point_head, model.geometry.camera_head]
+    assert sorted(compiled) == sorted(id(m) for m in [*layers, *heads])
     with pytest.raises(ValueError, match="granularity"):
         par.compile_blocks(model, granularity="model")
 

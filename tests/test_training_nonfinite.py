@@ -34,12 +34,12 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int] | None) -> None
     def fake(*args, **kwargs):
         out = real(*args, **kwargs)
         calls["n"] += 1
-        step = (calls["n"] - 1) // 2 + 1  # batch 2: two per-sample calls per step
+        step = calls["n"]  # one batched call (both samples, per_sample=True) per step
         if bad_steps is None or step in bad_steps:
             out["objective"] = out["objective"] * float("nan")
         return out
 
-    monkeypatch.setattr(losses_mod, "compute_losses", fake)  # per_sample_losses calls it per sample
+    monkeypatch.setattr(losses_mod, "compute_losses", fake)  # per_sample_losses calls it per micro-batch
 
 
 def _config(data: Path, out: Path, steps: int, **extra: object):

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,16 +27,21 @@ def _synth(args: argparse.Namespace) -> int:
     h, w = args.size
     start = time.time()
     trajectories = [t.strip() for t in args.trajectories.split(",") if t.strip()] if args.trajectories else None
+    from fantasyworld.data.formats import METADATA_NAME, load_metadata
+
+    before = len(load_metadata(args.out)) if args.append and (Path(args.out) / METADATA_NAME).is_file() else 0
     try:
         synthesize_dataset(args.out, num_clips=args.clips, num_frames=args.frames, height=h, width=w,
                            seed=args.seed, workers=args.workers, per_frame=args.per_frame, fps=args.fps,
                            progress=not args.quiet, detail=args.detail, trajectories=trajectories,
-                           trajectory_frames=args.trajectory_frames, append=args.append)
+                           trajectory_frames=args.trajectory_frames, append=args.append,
+                           time_limit_s=args.max_seconds)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.clips} clips x {args.frames} frames at {h}x{w} to {args.out} "
-          f"in {time.time() - start:.1f} s")
+    n = len(load_metadata(args.out)) - before
+    print(f"wrote {n} clips x {args.frames} frames at {h}x{w} to {args.out} in {time.time() - start:.1f} s"
+          + (f" (stopped by --max-seconds {args.max_seconds:g} before {args.clips})" if n < args.clips else ""))
     return 0
 
 
@@ -61,7 +67,8 @@ def _cache(args: argparse.Namespace) -> int:
                           image_encoder_dir=args.image_encoder, num_frames=args.frames, height=h, width=w,
                           stride=args.stride, device=args.device, dtype=args.dtype, latent_dtype=args.latent_dtype,
                           geometry_dtype=args.geometry_dtype, overwrite=args.overwrite, progress=not args.quiet,
-                          buckets=buckets, unfit=args.unfit, max_crop=args.max_crop)
+                          buckets=buckets, unfit=args.unfit, max_crop=args.max_crop,
+                          workers=args.workers, batch_size=args.batch)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -163,6 +170,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "as a short clip cut from a longer video (default: the path spans the clip)")
     p.add_argument("--append", action="store_true",
                    help="add the clips after those already in --out (e.g. a second --size into one dataset)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after this many seconds, keeping the clips finished by then (0 .. k-1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_synth)
 
@@ -188,6 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encoder compute dtype")
     p.add_argument("--latent-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--geometry-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--workers", type=int, default=0, help="processes decoding and reading clips (default 0: this one)")
+    p.add_argument("--batch", type=int, default=1, help="clips per encoder call (default 1)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--buckets", default=None,
                    help="store each clip at its bucket's shape: comma list of FxHxW, e.g. 81x336x592,81x592x336 "

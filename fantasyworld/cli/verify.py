@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "verify-config",
         help="build a preset on the meta device and list parameter counts and freezing per stage",
     )
-    p.add_argument("--preset", default="tiny", help="model preset (tiny, wan2.1-t2v-1.3b, wan2.1-i2v-14b-480p, "
+    p.add_argument("--preset", default="tiny", help="model preset (tiny, small, wan2.1-t2v-1.3b, wan2.1-i2v-14b-480p, "
                                                     "wan2.2-fun-a14b-control-camera-high, ...-low)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=None, help="check only this stage")
     p.set_defaults(func=run)

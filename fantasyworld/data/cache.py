@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from fantasyworld.data.buckets import Bucket
-from fantasyworld.data.loader import RawClipDataset
+from fantasyworld.data.loader import RawClipDataset, collate
 from fantasyworld.errors import MISSING_FILE, DataError
 from fantasyworld.models import encoders
 from fantasyworld.models.weights import DTYPES
@@ -47,29 +47,40 @@ INDEX_NAME = "index.json"
 CACHE_VERSION = 1
 
 
+def encode_batch(batch: dict[str, Any], vae, text_encoder, tokenizer, image_encoder=None, image_processor=None,
+                 latent_dtype: torch.dtype = torch.float32, geometry_dtype: torch.dtype = torch.float32
+                 ) -> list[dict[str, torch.Tensor]]:
+    """Tensors of the cache files of a :func:`~fantasyworld.data.loader.collate` batch of
+    :class:`RawClipDataset` items of one shape (one dict per clip, no batch dim, on the CPU):
+    one VAE and one text-encoder call for the whole batch."""
+    video = batch["video"]  # (B, 3, T, H, W)
+    out: dict[str, torch.Tensor] = {"latents": encoders.encode_video(vae, video).to(latent_dtype)}
+    text, text_len = encoders.encode_text(text_encoder, tokenizer, list(batch["prompt"]))
+    out["text_emb"] = text.to(latent_dtype)
+    out["text_len"] = text_len.reshape(-1, 1)
+    if image_encoder is not None:
+        out["clip_image_emb"] = encoders.encode_image_clip(image_encoder, image_processor,
+                                                           video[:, :, 0]).to(latent_dtype)
+        out["cond_latent"] = encoders.i2v_condition_latent(vae, video).to(latent_dtype)
+    out["depth"] = batch["depth"].to(geometry_dtype)
+    out["points"] = batch["points"].to(geometry_dtype)
+    out["valid"] = batch["valid"]
+    out["w2c"] = batch["w2c"].float()
+    out["intrinsics"] = batch["intrinsics"].float()
+    out["frame_indices"] = batch["frame_indices"]
+    host = {k: v.cpu() for k, v in out.items()}
+    return [{k: v[i].contiguous() for k, v in host.items()} for i in range(len(video))]
+
+
 def encode_sample(sample: dict[str, Any], vae, text_encoder, tokenizer, image_encoder=None,
                   image_processor=None, latent_dtype: torch.dtype = torch.float32,
                   geometry_dtype: torch.dtype = torch.float32
                   ) -> dict[str, torch.Tensor]:
     """Tensors of one cache file from one :class:`RawClipDataset` item (no batch dim)."""
-    video = sample["video"][None]  # (1, 3, T, H, W)
-    out = {
-        "latents": encoders.encode_video(vae, video)[0].to(latent_dtype),
-    }
-    text, text_len = encoders.encode_text(text_encoder, tokenizer, [sample["prompt"]])
-    out["text_emb"] = text[0].to(latent_dtype)
-    out["text_len"] = text_len.reshape(1)
-    if image_encoder is not None:
-        out["clip_image_emb"] = encoders.encode_image_clip(image_encoder, image_processor, video[:, :, 0])[0]
-        out["clip_image_emb"] = out["clip_image_emb"].to(latent_dtype)
-        out["cond_latent"] = encoders.i2v_condition_latent(vae, video)[0].to(latent_dtype)
-    out["depth"] = sample["depth"].to(geometry_dtype)
-    out["points"] = sample["points"].to(geometry_dtype)
-    out["valid"] = sample["valid"]
-    out["w2c"] = sample["w2c"].float()
-    out["intrinsics"] = sample["intrinsics"].float()
-    out["frame_indices"] = sample["frame_indices"]
-    return {k: v.contiguous().cpu() for k, v in out.items()}
+    batch = {k: ([v] if isinstance(v, str) else v[None]) for k, v in sample.items()
+             if k in ("video", "prompt", "depth", "points", "valid", "w2c", "intrinsics", "frame_indices")}
+    return encode_batch(batch, vae, text_encoder, tokenizer, image_encoder, image_processor, latent_dtype,
+                        geometry_dtype)[0]
 
 
 def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path, text_encoder_dir: str | Path,
@@ -78,7 +89,7 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
                 device: str = "cpu", dtype: str = "float32", latent_dtype: str = "float32",
                 geometry_dtype: str = "float32", overwrite: bool = False, progress: bool = False,
                 buckets: tuple[Bucket, ...] | None = None, unfit: str = "error",
-                max_crop: float | None = None) -> Path:
+                max_crop: float | None = None, workers: int = 0, batch_size: int = 1) -> Path:
     """Encode every clip of ``data_root`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -90,6 +101,9 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
         buckets, unfit, max_crop: store each clip at its bucket's shape
             (:class:`~fantasyworld.data.loader.RawClipDataset`); ``num_frames``, ``height``
             and ``width`` are then unused.
+        workers: DataLoader processes decoding and reading the clips (0: this process).
+        batch_size: clips per encoder call (the same files as one at a time, the latents up
+            to the float rounding of batched convolutions); 1 with buckets (shapes differ).
 
     Returns:
         ``out_dir``.
@@ -105,14 +119,8 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
     dataset = RawClipDataset(data_root, num_frames=num_frames, height=height, width=width, stride=stride,
                              buckets=buckets, unfit=unfit, max_crop=max_crop)
     bucketed = dataset.bucket_of is not None
-    entries = []
-    iterator = range(len(dataset))
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(iterator, desc="cache", unit="clip")
-    for i in iterator:
-        record = dataset.records[i]
+    entries, metas, todo = [], [], []
+    for i, record in enumerate(dataset.records):
         path = out_dir / f"{record.clip_id}.safetensors"
         meta = {"clip_id": record.clip_id, "prompt": record.prompt, "version": str(CACHE_VERSION)}
         entry = {"clip_id": record.clip_id, "file": path.name}
@@ -120,11 +128,27 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
             bucket = dataset.buckets[dataset.bucket_of[i]]
             meta["bucket"], entry["bucket"] = str(bucket), bucket.as_list()
         if overwrite or not path.exists() or (bucketed and _stored_bucket(path) != meta["bucket"]):
-            sample = dataset[i]
-            tensors = encode_sample(sample, vae, text_encoder, tokenizer, image_encoder, image_processor,
-                                    DTYPES[latent_dtype], DTYPES[geometry_dtype])
-            save_file(tensors, str(path), metadata=meta)
+            todo.append(i)
         entries.append(entry)
+        metas.append(meta)
+    loader = DataLoader(Subset(dataset, todo), batch_size=1 if bucketed else max(1, batch_size),
+                        num_workers=workers, collate_fn=collate, pin_memory=torch.device(device).type == "cuda")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="cache", unit="clip")
+    done = 0
+    for batch in loader:
+        for tensors in encode_batch(batch, vae, text_encoder, tokenizer, image_encoder, image_processor,
+                                    DTYPES[latent_dtype], DTYPES[geometry_dtype]):
+            i = todo[done]
+            save_file(tensors, str(out_dir / entries[i]["file"]), metadata=metas[i])
+            done += 1
+        if bar is not None:
+            bar.update(len(batch["prompt"]))
+    if bar is not None:
+        bar.close()
     index = {
         "version": CACHE_VERSION, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "data_root": str(Path(data_root).resolve()), "num_frames": None if bucketed else num_frames,
@@ -177,6 +201,10 @@ class CachedClipDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.read(i)
+
+    def read(self, i: int, upcast: bool = True) -> dict[str, Any]:
+        """Item ``i``; floating tensors as fp32, or (``upcast=False``) in their stored dtype."""
         path = self.cache_dir / self.entries[i]["file"]
         if not path.exists():
             raise DataError(path, MISSING_FILE, "cache file does not exist")
@@ -185,7 +213,7 @@ class CachedClipDataset(Dataset):
             meta = f.metadata() or {}
             for key in f.keys():
                 t = f.get_tensor(key)
-                out[key] = t.float() if t.is_floating_point() else t
+                out[key] = t.float() if upcast and t.is_floating_point() else t
         out["text_len"] = out["text_len"].reshape(())
         out["prompt"] = meta.get("prompt", "")
         out["clip_id"] = meta.get("clip_id", self.entries[i]["clip_id"])

@@ -25,6 +25,7 @@ import math
 import multiprocessing as mp
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,11 +275,23 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _remove_clip_files(out_dir: Path, clip_id: str) -> None:
+    """Delete whatever a clip that was not finished left behind (a stopped render)."""
+    import shutil
+
+    for path in (out_dir / "videos" / f"{clip_id}.mp4", out_dir / "camera_params" / f"{clip_id}.txt",
+                 out_dir / "depth" / f"{clip_id}.npy", out_dir / "points" / f"{clip_id}.npy"):
+        path.unlink(missing_ok=True)
+    for folder in (out_dir / "depth" / clip_id, out_dir / "points" / clip_id):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: int = 49, height: int = 128,
                        width: int = 128, seed: int = 0, workers: int | None = None, per_frame: bool = False,
                        fps: float = 16.0, progress: bool = False, detail: float = 0.0,
                        trajectories: tuple[str, ...] | list[str] | None = None,
-                       trajectory_frames: int | None = None, append: bool = False) -> Path:
+                       trajectory_frames: int | None = None, append: bool = False,
+                       time_limit_s: float | None = None) -> Path:
     """Render ``num_clips`` clips into ``out_dir`` in the seed layout and write
     ``metadata.json``. Deterministic in ``seed`` (independent of ``workers``).
 
@@ -295,6 +308,9 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         append: add the clips after those already in ``out_dir`` (numbering continues after
             the highest ``clip_NNNNN``, ``metadata.json`` lists old and new), e.g. to make one
             dataset of several sizes or lengths; clip ``i`` still depends only on ``(seed, i)``.
+        time_limit_s: stop once this many seconds have passed: the dataset then holds the
+            first ``k`` clips finished by then (the same clips a run of ``num_clips=k``
+            renders), the unfinished ones are removed, and ``metadata.json`` lists the ``k``.
 
     Returns:
         ``out_dir`` as a Path. ``height`` and ``width`` must be even (H.264 yuv420p).
@@ -326,8 +342,15 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         from tqdm import tqdm
 
         it = tqdm(it, total=num_clips, desc="synth", unit="clip")
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    records: list[dict] = []
     try:
-        records = list(it)
+        for rec in it:  # in clip order
+            records.append(rec)
+            if deadline is not None and time.monotonic() >= deadline and len(records) < num_clips:
+                if pool is not None:
+                    pool.terminate()  # the clips in flight are dropped below
+                break
     except BaseException:  # an error or a signal (Ctrl-C, the demo's SIGTERM): stop the workers now
         if pool is not None:
             pool.terminate()  # close() + join() alone would first render every queued clip
@@ -336,6 +359,8 @@ def synthesize_dataset(out_dir: str | Path, num_clips: int = 100, num_frames: in
         if pool is not None:
             pool.close()
             pool.join()
+    for index in range(first + len(records), first + num_clips if deadline is not None else 0):
+        _remove_clip_files(out_dir, f"clip_{index:05d}")
     write_metadata(out_dir, existing + records)
     return out_dir
 

@@ -30,6 +30,15 @@ components: ``loss_iter = L_T + L_R + 0.5 * L_FL`` (VGGT's weights 1, 1, 0.5). I
 combined as VGGT does: ``sum_i gamma^(n - 1 - i) * loss_iter_i / n`` with ``gamma = 0.6``,
 so the last iteration has weight 1 and the sum is divided by the iteration count ``n``
 (not by the sum of weights).
+
+Per-sample values (``per_sample=True``)
+---------------------------------------
+Every loss can also return one value per sample, ``(B,)``, instead of the batch scalar: the
+same formulas with ``N``, the means and the sums taken over each sample's own pixels, frames
+and components. A sample's value equals the scalar loss of that sample alone (up to float
+summation order), so the training objective of a micro-batch (the mean of per-sample losses,
+:func:`fantasyworld.training.losses.per_sample_losses`) is one batched call instead of a loop
+over samples. Neither form reads a value back to the host (no device synchronisation).
 """
 
 from __future__ import annotations
@@ -47,18 +56,25 @@ CAMERA_PART_WEIGHTS = (1.0, 1.0, 0.5)
 """VGGT's weights of the translation, rotation and field-of-view parts of the camera loss."""
 
 
+def _sum(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    """Sum of ``x`` ``(B, ...)``: a scalar, or ``(B,)`` with ``per_sample``."""
+    return x.flatten(1).sum(1) if per_sample else x.sum()
+
+
 def _confidence_regression_loss(
-    pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float
+    pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """Shared body of :func:`depth_loss` and :func:`point_loss` on ``(B, T, H, W, ch)`` tensors."""
+    """Shared body of :func:`depth_loss` and :func:`point_loss` on ``(B, T, H, W, ch)`` tensors.
+
+    Returns a scalar (normalised by the batch's valid pixels) or, with ``per_sample``, ``(B,)``
+    (each sample normalised by its own). Without a valid pixel the value is exactly 0 and the
+    graph stays connected to ``pred`` and ``conf``, so every rank runs the same backward; the
+    count is never read back to the host."""
     pred, conf, gt = pred.float(), conf.float(), gt.float()
     valid = valid.bool()
     channels = pred.shape[-1]
-    num_valid = valid.sum()
-    if num_valid == 0:
-        # Keep the graph connected so every rank runs the same backward.
-        return (pred.sum() + conf.sum()) * 0.0
-
+    num_valid = _sum(valid, per_sample)
     mask = valid.to(pred.dtype)
     # Zero the residual outside the mask so invalid ground truth (NaN/inf) cannot leak in.
     resid = torch.where(valid[..., None], pred - gt, torch.zeros_like(pred))  # (B, T, H, W, ch)
@@ -66,39 +82,45 @@ def _confidence_regression_loss(
     safe_conf = torch.where(valid, conf, torch.ones_like(conf))
 
     # 1. Confidence-weighted Euclidean residual.
-    reg = (safe_conf * resid.norm(dim=-1) * mask).sum()
+    reg = _sum(safe_conf * resid.norm(dim=-1) * mask, per_sample)
 
     # 2. Gradient matching: forward differences of the residual, pairs with both ends valid.
     grad_h = (resid[:, :, 1:] - resid[:, :, :-1]).abs().sum(dim=-1)  # (B, T, H-1, W)
     pair_h = mask[:, :, 1:] * mask[:, :, :-1]
     grad_w = (resid[:, :, :, 1:] - resid[:, :, :, :-1]).abs().sum(dim=-1)  # (B, T, H, W-1)
     pair_w = mask[:, :, :, 1:] * mask[:, :, :, :-1]
-    grad = (safe_conf[:, :, 1:] * grad_h * pair_h).sum() + (safe_conf[:, :, :, 1:] * grad_w * pair_w).sum()
+    grad = (_sum(safe_conf[:, :, 1:] * grad_h * pair_h, per_sample)
+            + _sum(safe_conf[:, :, :, 1:] * grad_w * pair_w, per_sample))
 
     # 3. Confidence regulariser.
-    log_reg = (torch.log(safe_conf) * mask).sum()
+    log_reg = _sum(torch.log(safe_conf) * mask, per_sample)
 
-    return (reg + grad / channels - alpha * log_reg) / num_valid.to(pred.dtype)
+    # A count of 0 leaves every sum above exactly 0: dividing by 1 then gives 0 (the division
+    # by a count >= 1 is unchanged by the clamp).
+    return (reg + grad / channels - alpha * log_reg) / num_valid.clamp_min(1).to(pred.dtype)
 
 
 def depth_loss(
-    pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.2
+    pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.2,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """Confidence-weighted depth loss (scalar), normalised per valid pixel (module docstring).
+    """Confidence-weighted depth loss, normalised per valid pixel (module docstring).
 
     Args:
         pred: ``(B, T, H, W)`` predicted depth. ``gt`` has the same shape (normalised scale).
         conf: ``(B, T, H, W)`` predicted confidence, ``> 0`` (the head gives ``1 + exp``).
         valid: ``(B, T, H, W)`` bool mask.
         alpha: weight of ``-log C`` (VGGT default 0.2).
+        per_sample: return ``(B,)`` (each sample over its own valid pixels) instead of the scalar.
     """
-    return _confidence_regression_loss(pred[..., None], conf, gt[..., None], valid, alpha)
+    return _confidence_regression_loss(pred[..., None], conf, gt[..., None], valid, alpha, per_sample)
 
 
 def point_loss(
-    pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.2
+    pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.2,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """Confidence-weighted point-map loss (scalar), normalised per valid pixel (module docstring).
+    """Confidence-weighted point-map loss, normalised per valid pixel (module docstring).
 
     Args:
         pred: ``(B, T, H, W, 3)`` predicted points; ``gt`` the same, in camera-0 coordinates
@@ -106,8 +128,9 @@ def point_loss(
         conf: ``(B, T, H, W)`` predicted confidence, ``> 0``.
         valid: ``(B, T, H, W)`` bool mask.
         alpha: weight of ``-log C`` (VGGT default 0.2).
+        per_sample: return ``(B,)`` (each sample over its own valid pixels) instead of the scalar.
     """
-    return _confidence_regression_loss(pred, conf, gt, valid, alpha)
+    return _confidence_regression_loss(pred, conf, gt, valid, alpha, per_sample)
 
 
 def camera_loss_terms(
@@ -119,8 +142,10 @@ def camera_loss_terms(
     scale: torch.Tensor | None = None,
     gamma: float = CAMERA_LOSS_GAMMA,
     huber_delta: float = 1.0,
+    per_sample: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Camera loss with its parts: ``loss_camera``, ``loss_T``, ``loss_R``, ``loss_FL`` (scalars).
+    """Camera loss with its parts: ``loss_camera``, ``loss_T``, ``loss_R``, ``loss_FL`` (scalars,
+    or ``(B,)`` with ``per_sample``: each sample's means over its own frames and components).
 
     Args:
         pred_enc_list: one ``(B, T, 9)`` prediction per refinement iteration, last = final.
@@ -143,11 +168,15 @@ def camera_loss_terms(
 
     n_iter = len(pred_enc_list)
     parts = {"loss_T": slice(0, 3), "loss_R": slice(3, 7), "loss_FL": slice(7, 9)}
-    totals = {name: gt_enc.new_zeros(()) for name in parts}
+    totals = {name: gt_enc.new_zeros((gt_enc.shape[0],) if per_sample else ()) for name in parts}
     for i, pred in enumerate(pred_enc_list):
         weight = gamma ** (n_iter - 1 - i)
         for name, sl in parts.items():
-            part = F.huber_loss(pred[..., sl].float(), gt_enc[..., sl], delta=huber_delta, reduction="mean")
+            if per_sample:
+                part = F.huber_loss(pred[..., sl].float(), gt_enc[..., sl], delta=huber_delta,
+                                    reduction="none").flatten(1).mean(1)  # (B,)
+            else:
+                part = F.huber_loss(pred[..., sl].float(), gt_enc[..., sl], delta=huber_delta, reduction="mean")
             totals[name] = totals[name] + weight * part
     out = {name: value / n_iter for name, value in totals.items()}
     w_t, w_r, w_fl = CAMERA_PART_WEIGHTS
@@ -164,8 +193,11 @@ def camera_loss(
     scale: torch.Tensor | None = None,
     gamma: float = CAMERA_LOSS_GAMMA,
     huber_delta: float = 1.0,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """Scalar camera loss; see :func:`camera_loss_terms` for arguments and the module docstring."""
+    """Camera loss (scalar, or ``(B,)`` with ``per_sample``); see :func:`camera_loss_terms` for
+    arguments and the module docstring."""
     return camera_loss_terms(
-        pred_enc_list, gt_w2c, gt_intrinsics, image_hw, scale=scale, gamma=gamma, huber_delta=huber_delta
+        pred_enc_list, gt_w2c, gt_intrinsics, image_hw, scale=scale, gamma=gamma, huber_delta=huber_delta,
+        per_sample=per_sample,
     )["loss_camera"]

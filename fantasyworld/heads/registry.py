@@ -86,6 +86,9 @@ class HeadTargets:
         valid: ``(B, T, H, W)`` bool mask.
         image_hw: ``(H, W)`` of the maps.
         alpha: weight of the confidence regulariser ``-alpha log C``.
+        per_sample: the losses return one value per sample, ``(B,)``, instead of the batch
+            scalar (a head whose loss returns a scalar anyway is run one sample at a time by
+            :func:`fantasyworld.training.losses.per_sample_losses`).
     """
 
     depth: torch.Tensor
@@ -95,6 +98,7 @@ class HeadTargets:
     valid: torch.Tensor
     image_hw: tuple[int, int]
     alpha: float
+    per_sample: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ class HeadSpec:
         run: ``(head, HeadInputs) -> {output key: tensor or list}``, the keys of ``outputs``.
         outputs: the keys the head fills in the model outputs; ``outputs[0]`` present means
             the head ran (the losses test it).
-        loss: ``(model outputs, HeadTargets) -> {loss key: scalar}`` with the keys of ``loss_keys``.
+        loss: ``(model outputs, HeadTargets) -> {loss key: scalar}`` with the keys of ``loss_keys``
+            (``(B,)`` per sample when ``HeadTargets.per_sample`` is set).
         loss_keys: logged loss terms; ``loss_keys[0]`` enters the objective, the others are parts.
         weight: weight of ``loss_keys[0]`` inside the geometry sum.
         short: progress-bar label of ``loss_keys[0]``.
@@ -226,7 +231,8 @@ def _run_camera(head: nn.Module, x: HeadInputs) -> dict[str, Any]:
 
 register_head(HeadSpec(
     name="depth", module="depth_head", build=_dpt(2, "exp"), run=_run_depth, outputs=("depth", "depth_conf"),
-    loss=lambda out, gt: {"loss_depth": depth_loss(out["depth"], out["depth_conf"], gt.depth, gt.valid, gt.alpha)},
+    loss=lambda out, gt: {"loss_depth": depth_loss(out["depth"], out["depth_conf"], gt.depth, gt.valid, gt.alpha,
+                                                   per_sample=gt.per_sample)},
     loss_keys=("loss_depth",), short="depth", frame_subset=True, result_keys=("depth", "depth_conf"),
     archive="depth.npz", archive_dtype="float16",
 ))
@@ -234,14 +240,15 @@ register_head(HeadSpec(
     name="points", module="point_head", build=_dpt(4, "inv_log"), run=_run_points,
     outputs=("world_points", "world_points_conf"),
     loss=lambda out, gt: {"loss_pmap": point_loss(out["world_points"], out["world_points_conf"], gt.points,
-                                                  gt.valid, gt.alpha)},
+                                                  gt.valid, gt.alpha, per_sample=gt.per_sample)},
     loss_keys=("loss_pmap",), short="pmap", frame_subset=True, result_keys=("world_points", "world_points_conf"),
     archive="points.npz",
 ))
 register_head(HeadSpec(
     name="camera", module="camera_head", build=_build_camera, run=_run_camera,
     outputs=("pose_enc_list", "pose_enc", "w2c", "intrinsics"),
-    loss=lambda out, gt: camera_loss_terms(out["pose_enc_list"], gt.w2c, gt.intrinsics, gt.image_hw),
+    loss=lambda out, gt: camera_loss_terms(out["pose_enc_list"], gt.w2c, gt.intrinsics, gt.image_hw,
+                                           per_sample=gt.per_sample),
     loss_keys=("loss_camera", "loss_T", "loss_R", "loss_FL"), weight=3.0, short="cam", pixel_rate=False,
     result_keys=("pose_enc",),
 ))

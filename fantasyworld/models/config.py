@@ -12,12 +12,24 @@ preset                                   Wan dim / ffn / heads / L   PCB   IRG  
 =======================================  ==========================  ====  ====  ==============
 ``tiny``                                 64 / 128 / 2 / 6            2     4     64 / 2
 ``tiny-i2v``                             same, image conditioning    2     4     64 / 2
+``small``                                384 / 1536 / 6 / 10         4     6     256 / 4
 ``wan2.1-t2v-1.3b``                      1536 / 8960 / 12 / 30       12    18    1024 / 16
 ``wan2.1-i2v-14b-480p``                  5120 / 13824 / 40 / 40      16    24    1024 / 16
 ``wan2.2-fun-a14b-control-camera-high``  5120 / 13824 / 40 / 40      16    24    1024 / 16
 ``wan2.2-fun-a14b-control-camera-low``   same                        16    24    1024 / 16
 ``tiny-wan2.2-high`` / ``-low``         64 / 128 / 2 / 6            2     4     64 / 2
 =======================================  ==========================  ====  ====  ==============
+
+``small`` sits between ``tiny`` and the released models: big enough to learn geometry from
+128x128 clips on one GPU in minutes (``benchmarks/learn_gpu.py``), small enough to
+pretrain its own VAE and backbone there (``scripts/pretrain_tiny_backbone.py --preset
+small``). Its text width is the tiny UMT5's (32), so the seeded tiny text encoder serves it;
+geometry 256 wide with 4 heads of 64, IRG cross-attention 192 wide (4 heads of 48, a
+multiple of 6 for the 3D RoPE), DPT levels 32 / 64 / 128 / 128 wide fused at 64 (the heads
+are most of a step's FLOPs: 0.17 TFLOP per 17x128x128 sample in stage 1, forward and
+backward, ``benchmarks/flops.py``), a 2-block camera trunk with 4 refinement iterations,
+camera adapters on the 4 PCBs (the 1.3B layout). 25.8M trainable parameters in stage 1,
+30.6M in stage 2, on a 25.0M frozen backbone.
 
 The Wan2.2 presets (FantasyWorld-Wan2.2-Fun-A14B-Control-Camera) are one preset per
 expert of the two-expert A14B model: the same architecture, ``expert="high"`` (runs while
@@ -236,6 +248,7 @@ WAN_TINY: dict[str, Any] = dict(
     added_kv_proj_dim=None, rope_max_seq_len=1024, pos_embed_seq_len=None,
 )
 WAN_TINY_I2V: dict[str, Any] = dict(WAN_TINY, in_channels=36, image_dim=32, added_kv_proj_dim=64)
+WAN_SMALL: dict[str, Any] = dict(WAN_TINY, num_attention_heads=6, attention_head_dim=64, ffn_dim=1536, num_layers=10)
 # Wan2.2-Fun-A14B-Control-Camera, one expert: Wan2.2-A14B dims, 36 input channels, no CLIP
 # branch (the control adapter is ours, beside the diffusers transformer).
 WAN22_FUN_A14B: dict[str, Any] = dict(WAN21_I2V_14B_480P, image_dim=None, added_kv_proj_dim=None)
@@ -268,10 +281,19 @@ def _tiny(name: str, wan: dict[str, Any]) -> FantasyWorldConfig:
     )
 
 
+def _small() -> FantasyWorldConfig:
+    return FantasyWorldConfig(
+        name="small", wan=dict(WAN_SMALL), num_pcb=4, geo_dim=256, geo_heads=4, bicross_dim=192, bicross_heads=4,
+        dpt_features=64, dpt_out_channels=(32, 64, 128, 128), dpt_layers=(5, 3, 2, 1), camera_head_depth=2,
+        camera_head_iters=4, pose_feature_dim=256, camera_adapter_blocks=(0, 1, 2, 3),
+    )
+
+
 def _preset_table() -> dict[str, FantasyWorldConfig]:
     return {
         "tiny": _tiny("tiny", WAN_TINY),
         "tiny-i2v": _tiny("tiny-i2v", WAN_TINY_I2V),
+        "small": _small(),
         # Seed: PCB 12 / IRG 18, camera adapters on the 12 PCBs. The pose feature width
         # is 1024 (the seed estimates ~30M adapter parameters; 2048 would give ~100M).
         "wan2.1-t2v-1.3b": FantasyWorldConfig(

@@ -150,13 +150,14 @@ def i2v_condition_latent(vae, video: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------
 # tiny random encoders (tests, demo)
-def tiny_vae(seed: int = 0):
-    """A ~0.2M-parameter random ``AutoencoderKLWan`` with Wan's compression (4x temporal,
-    8x spatial, 16 latent channels) and Wan2.1's latent statistics."""
+def tiny_vae(seed: int = 0, base_dim: int = 8):
+    """A random ``AutoencoderKLWan`` with Wan's compression (4x temporal, 8x spatial, 16
+    latent channels) and Wan2.1's latent statistics: ~0.2M parameters at the default
+    ``base_dim`` 8 (Wan2.1's is 96; parameters grow with its square)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+    return AutoencoderKLWan(base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
                             temperal_downsample=[False, True, True]).eval()
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "pixel_frame_subset",
     "position_noise",
     "sample_seed",
+    "to_device",
     "training_inputs",
 ]
 
@@ -114,6 +115,22 @@ def pixel_frame_subset(positions: list[int], num_frames: int, count: int, seed: 
     return torch.stack(rows)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """``tensor`` on ``device`` without making the host wait for the device.
+
+    A host tensor goes to a CUDA device by an asynchronous copy from page-locked memory
+    (``pin``: pin it first; the training loader pins its batches already): a copy from
+    pageable memory, or a blocking one, would wait for every queued kernel on each call. A
+    tensor already on ``device`` (a device-resident cache) is returned as it is; on the CPU
+    this is ``tensor.to(device)``.
+    """
+    if tensor.device == device or device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    if pin and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=tensor.is_pinned())
+
+
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_sigma, timestep)``: ``(1 - sigma) x0 + sigma noise`` (B, 16, F, h, w) and the DiT
     timestep ``1000 sigma`` (B,)."""
@@ -144,16 +161,16 @@ def clean_inputs(batch: dict[str, Any], device: torch.device, is_i2v: bool, enco
     clip = is_i2v if clip is None else clip
     out: dict[str, torch.Tensor] = {}
     if "latents" in batch:
-        out["x0"] = batch["latents"].to(device).float()
-        out["text_emb"] = batch["text_emb"].to(device).float()
+        out["x0"] = to_device(batch["latents"], device).float()
+        out["text_emb"] = to_device(batch["text_emb"], device).float()
         if is_i2v:
-            out["cond_latent"] = batch["cond_latent"].to(device).float()
+            out["cond_latent"] = to_device(batch["cond_latent"], device).float()
         if clip:
-            out["image_emb"] = batch["clip_image_emb"].to(device).float()
+            out["image_emb"] = to_device(batch["clip_image_emb"], device).float()
         return out
     if encoders is None:
         raise ValueError("a raw clip batch (video + prompt) needs the frozen encoders")
-    video = batch["video"].to(device)
+    video = to_device(batch["video"], device)
     out["x0"] = enc.encode_video(encoders.vae, video)
     if text_emb is None:
         text_emb, _ = enc.encode_text(encoders.text_encoder, encoders.tokenizer, list(batch["prompt"]))
@@ -192,12 +209,12 @@ def training_inputs(batch: dict[str, Any], *, device: torch.device, stage: int, 
         (stage 2: ``eps - x0``, else ``None``), stage 2 ``plucker`` (B, T, 6, H, W) fp32 and
         the ground truth of :data:`GEOMETRY_KEYS`, all on ``device``.
     """
-    out: dict[str, Any] = {k: batch[k].to(device, non_blocking=True) for k in GEOMETRY_KEYS}
+    out: dict[str, Any] = {k: to_device(batch[k], device) for k in GEOMETRY_KEYS}
     clean = clean_inputs(batch, device, is_i2v, encoders, clip=clip)
     x0 = clean.pop("x0")
     out.update(clean)
     noise, sigma = position_noise(batch["sample_position"].tolist(), tuple(x0.shape[1:]), seed, shift, sigma_range)
-    noise, sigma = noise.to(device), sigma.to(device)
+    noise, sigma = to_device(noise, device, pin=True), to_device(sigma, device, pin=True)
     out["latents"], out["timestep"] = noisy_latents(x0, noise, sigma)
     out["flow_target"] = flow_target(x0, noise) if stage == 2 else None
     if (stage == 2) if camera is None else camera:

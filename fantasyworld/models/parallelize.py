@@ -63,8 +63,11 @@ def _checkpointed_call(block: nn.Module, mode_name: str, *args: Any) -> Any:
 
 
 def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = False,
-                   granularity: str = "layers", num_shapes: int = 1, backend: Any = "inductor") -> nn.Module:
-    """Compile every region of ``model._compile_regions[granularity]`` in place.
+                   granularity: str = "layers", num_shapes: int = 1, backend: Any = "inductor",
+                   heads: bool = False) -> nn.Module:
+    """Compile every region of ``model._compile_regions[granularity]`` in place (and, with
+    ``heads``, every head the geometry branch built: small presets spend most of their
+    kernel launches in the DPT heads).
 
     ``layers`` (default) compiles each forward layer whole (a Wan block with its camera
     adapter; an IRG layer: Wan attention half, geometry attention half, bidirectional
@@ -103,6 +106,9 @@ def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = 
             if "" in parts:
                 inside = torch.compile(functools.partial(_checkpointed_call, block), **kw)
                 setattr(block, COMPILED_CHECKPOINT_ATTR, inside)
+    if heads:
+        for spec in model.geometry.head_specs:
+            model.geometry.get_submodule(spec.module).compile(**kw)
     return model
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -41,8 +42,8 @@ from fantasyworld.data.loader import collate
 from fantasyworld.errors import CheckpointError
 from fantasyworld.models.inputs import sample_seed
 
-__all__ = ["PositionDataset", "StepBatchSampler", "bucket_kwargs", "build_stream_loader", "check_stream_state",
-           "config_buckets", "log_buckets", "num_buckets", "sample_seed", "stream_state"]
+__all__ = ["PositionDataset", "StepBatchSampler", "bucket_kwargs", "build_stream_loader", "camera_dropped",
+           "check_stream_state", "config_buckets", "log_buckets", "num_buckets", "sample_seed", "stream_state"]
 
 STREAM_STATE_KEY = "data_buckets"
 """Key of the bucket sampler's position in a checkpoint's state (absent without buckets)."""
@@ -221,3 +222,14 @@ def check_stream_state(loader: DataLoader, state: dict[str, Any], step: int, whe
     if why is not None:
         raise CheckpointError(f"{where}: cannot resume step {step}: the bucket order changed ({why}); resume with "
                               f"the same data, data.buckets, seed and global batch, or start a new run")
+
+
+def camera_dropped(seed: int, position: int, global_batch: int, rate: float) -> bool:
+    """Whether the step holding stream ``position`` trains without camera conditioning
+    (``loss.camera_dropout``): a draw keyed by ``(seed, step)`` alone (stream 3), so every
+    micro-batch and rank of a step agree, and a resumed run draws as an uninterrupted one."""
+    if rate <= 0:
+        return False
+    step = position // global_batch
+    return bool(np.random.default_rng(sample_seed(seed, step, stream=3)).random() < rate)
+

@@ -11,9 +11,12 @@ Scalar names (one vocabulary with :mod:`fantasyworld.training.losses`):
 * ``perf/step_time_s``, ``perf/samples_per_s`` (global samples per second) and, on GPUs,
   ``perf/max_memory_gib`` (peak allocated memory of rank 0 so far).
 
-``metrics.jsonl`` has one JSON object per step with the same values (keys without the
-prefixes) plus ``step``; on resume the rows after the resumed step are dropped, so the
-file always describes one consistent run.
+``metrics.jsonl`` has one JSON object per log row with the same values (keys without the
+prefixes) plus ``step``; the trainer writes a row every ``log.every`` steps (and at
+checkpoints, validations, the last step and a stop) holding the means over the steps since
+the previous row, with ``steps`` (how many) and ``skipped`` (how many of them were skipped;
+:mod:`fantasyworld.training.step_stats`). On resume the rows after the resumed step are
+dropped, so the file always describes one consistent run.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ __all__ = ["METRICS_NAME", "MetricsLogger", "get_logger", "read_metrics"]
 
 METRICS_NAME = "metrics.jsonl"
 _PREFIX = {"lr": "optim", "grad_norm": "optim", "skipped": "optim", "step_time_s": "perf", "samples_per_s": "perf",
-           "max_memory_gib": "perf"}
+           "max_memory_gib": "perf", "steps": "perf"}
 
 
 def _short_names() -> dict[str, str]:
@@ -161,7 +164,7 @@ class MetricsLogger:
             post = {short[k]: f"{values[k]:.4g}" for k in short if k in values and values[k] is not None}
             post["lr"] = f"{values.get('lr', 0.0):.2e}"
             self.bar.set_postfix(post, refresh=False)
-            self.bar.update(1)
+            self.bar.update(step - self.bar.n)  # a row may cover several steps (log.every)
 
     def log_scalars(self, step: int, values: dict[str, Any]) -> None:
         """Finite numbers of ``values`` (full tag names, e.g. ``val/rot_err``) to TensorBoard and W&B."""

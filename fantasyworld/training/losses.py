@@ -60,8 +60,11 @@ normalize_geometry = normalize_scene
 normalize_geometry_scale = scene_scale
 
 
-def diffusion_loss(pred_flow: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between predicted and target velocity (fp32), averaged over all elements."""
+def diffusion_loss(pred_flow: torch.Tensor, target: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """Mean squared error between predicted and target velocity ``(B, 16, F, h, w)`` (fp32),
+    averaged over all elements (a scalar), or over each sample's elements (``(B,)``)."""
+    if per_sample:
+        return (pred_flow.float() - target.float()).square().flatten(1).mean(1)
     return F.mse_loss(pred_flow.float(), target.float())
 
 
@@ -97,7 +100,7 @@ def total_loss(
     out = {k: v for k, v in terms.items() if not (stage == 1 and k == "loss_diff")}
     geo_parts = [out[key] if w == 1.0 else w * out[key]
                  for key, w in _objective_weights(camera_weight, weights).items() if key in out]
-    geo = torch.stack(geo_parts).sum() if geo_parts else None
+    geo = torch.stack(geo_parts).sum(0) if geo_parts else None  # scalars, or (B,) per-sample terms
 
     if stage == 2:
         if "loss_diff" not in out:
@@ -121,6 +124,7 @@ def compute_losses(
     flow_target: torch.Tensor | None = None,
     camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
     pixel_frames: torch.Tensor | None = None,
+    per_sample: bool = False,
 ) -> dict[str, torch.Tensor]:
     """All losses of one training step (``camera_weight``: see :func:`total_loss`).
 
@@ -137,6 +141,8 @@ def compute_losses(
             (their outputs then hold K frames): their losses read the ground truth of those
             frames. The scene normalisation still uses every frame, so the scale is the same
             as without a subset; non-pixel-rate heads (camera) see every frame.
+        per_sample: every term (and the objective) is ``(B,)``, each sample's own loss
+            (the heads' ``per_sample`` form; a head whose loss ignores it returns a scalar).
 
     Returns:
         ``objective``, the loss terms of the heads present (``loss_depth``, ``loss_pmap``,
@@ -144,7 +150,8 @@ def compute_losses(
     """
     gt = normalize_geometry(batch["depth"], batch["points"], batch["valid"], batch["w2c"])
     targets = HeadTargets(depth=gt.depth, points=gt.points, w2c=gt.w2c, intrinsics=batch["intrinsics"],
-                          valid=batch["valid"].bool(), image_hw=tuple(batch["depth"].shape[-2:]), alpha=alpha)
+                          valid=batch["valid"].bool(), image_hw=tuple(batch["depth"].shape[-2:]), alpha=alpha,
+                          per_sample=per_sample)
     pixel_targets = targets
     if pixel_frames is not None:
         rows = torch.arange(gt.depth.shape[0], device=gt.depth.device)[:, None]
@@ -155,10 +162,14 @@ def compute_losses(
     for spec in HEADS.values():
         if spec.ran(outputs):
             terms.update(spec.loss(outputs, pixel_targets if spec.pixel_rate else targets))
+    if per_sample and any(v.ndim == 0 for v in terms.values()):
+        if batch["depth"].shape[0] > 1:
+            raise _ScalarHeadLoss  # a head without a per-sample loss: per_sample_losses loops instead
+        terms = {k: v.reshape(1) for k, v in terms.items()}  # one sample: its scalar is its value
     if stage == 2:
         if flow_target is None or outputs.get("flow") is None:
             raise ValueError("stage 2 needs outputs['flow'] and flow_target")
-        terms["loss_diff"] = diffusion_loss(outputs["flow"], flow_target)
+        terms["loss_diff"] = diffusion_loss(outputs["flow"], flow_target, per_sample=per_sample)
     return total_loss(terms, lambda_geo=lambda_geo, stage=stage, camera_weight=camera_weight)
 
 
@@ -167,6 +178,10 @@ def loss_keys(stage: int) -> tuple[str, ...]:
     ``loss_diff`` in stage 2."""
     keys = ("objective", *(k for spec in HEADS.values() for k in spec.loss_keys))
     return keys + (("loss_diff",) if stage == 2 else ())
+
+
+class _ScalarHeadLoss(Exception):
+    """A registered head returned a batch scalar where per-sample values were asked for."""
 
 
 def _slice_sample(value: Any, i: int) -> Any:
@@ -189,11 +204,14 @@ def per_sample_losses(
     alpha: float = 0.2,
     camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """:func:`compute_losses` of each sample of a micro-batch, summed over the samples.
+    """The losses of each sample of a micro-batch, summed over the samples.
 
     The objective of a step is the mean of per-sample objectives, so it does not depend on
     how the global batch is split over devices and accumulation steps (the batch-wide
-    valid-pixel normalisation of :func:`compute_losses` would).
+    valid-pixel normalisation of :func:`compute_losses` would). All samples are computed in
+    one batched call (:func:`compute_losses` with ``per_sample=True``); a registered head whose
+    loss returns a scalar for a batch of several samples makes it fall back to one
+    :func:`compute_losses` call per sample. Nothing is read back to the host.
 
     Args:
         outputs: the model outputs of the micro-batch (B samples).
@@ -205,10 +223,24 @@ def per_sample_losses(
 
     Returns:
         ``(objective_sum, terms)``: the sum over the samples of their objectives (scalar, fp32,
-        differentiable) and the per-term sums of :func:`loss_keys` (detached fp32).
+        differentiable) and the per-term sums of :func:`loss_keys` (detached fp32 scalars).
     """
     batch_size = inputs["latents"].shape[0]
     gt = {k: inputs[k] for k in ("depth", "points", "valid", "w2c", "intrinsics")}
+    kwargs = {"stage": stage, "lambda_geo": lambda_geo, "alpha": alpha, "camera_weight": camera_weight}
+    try:
+        terms = compute_losses(outputs, gt, flow_target=inputs["flow_target"] if stage == 2 else None,
+                               pixel_frames=inputs.get("pixel_frames"), per_sample=True, **kwargs)
+    except _ScalarHeadLoss:
+        return _looped_losses(outputs, inputs, gt, batch_size, kwargs)
+    sums = {key: terms[key].detach().float().sum() for key in loss_keys(stage) if key in terms}
+    return terms["objective"].sum(), sums
+
+
+def _looped_losses(outputs: dict[str, Any], inputs: dict[str, Any], gt: dict[str, torch.Tensor],
+                   batch_size: int, kwargs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`per_sample_losses` one sample at a time (heads without a per-sample loss)."""
+    stage = kwargs["stage"]
     total = None
     sums: dict[str, torch.Tensor] = {}
     for i in range(batch_size):
@@ -216,8 +248,8 @@ def per_sample_losses(
         gt_i = {k: v[i:i + 1] for k, v in gt.items()}
         target = inputs["flow_target"][i:i + 1] if stage == 2 else None
         frames = inputs.get("pixel_frames")
-        terms = compute_losses(out_i, gt_i, stage=stage, lambda_geo=lambda_geo, alpha=alpha, flow_target=target,
-                               camera_weight=camera_weight, pixel_frames=None if frames is None else frames[i:i + 1])
+        frames_i = None if frames is None else frames[i:i + 1]
+        terms = compute_losses(out_i, gt_i, flow_target=target, pixel_frames=frames_i, **kwargs)
         total = terms["objective"] if total is None else total + terms["objective"]
         for key in loss_keys(stage):
             if key in terms:

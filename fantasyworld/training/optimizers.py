@@ -4,7 +4,7 @@
 name           states (per trainable parameter)                        needs
 =============  ======================================================  ==========================
 adamw          two fp32 moments: 8 bytes (torch ``AdamW``, fused on     torch
-               CUDA)
+               CUDA and CPU)
 adamw8bit      two 8-bit block-quantised moments (block 256, dynamic    ``pip install -e ".[lowmem]"``
                quantisation map; tensors under 4096 elements keep fp32  (torchao)
                moments): about 2 bytes (torchao ``AdamW8bit``)
@@ -49,7 +49,8 @@ class OptimizerSpec:
 
 def _adamw(groups: ParamGroups, lr: float, betas: tuple[float, float], eps: float,
            device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type == "cuda" or None)
+    # fused (one kernel; on the CPU too): a non-finite step is skipped on the device (``found_inf``)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=device.type in ("cuda", "cpu") or None)
 
 
 def _adamw8bit(groups: ParamGroups, lr: float, betas: tuple[float, float], eps: float,

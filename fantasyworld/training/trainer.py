@@ -22,10 +22,15 @@ One optimizer step (letter legend B per-device batch, T pixel frames, F latent f
    ``validation.every`` steps (:mod:`fantasyworld.eval.validation`, passed in as ``validator``, off by default; it
    does not change the training).
 
-A non-finite loss (checked on every rank before backward, agreed by all-reduce) or gradient
-norm skips the optimizer step with a warning; ``max_nonfinite_steps`` skips in a row stop the
-run with :class:`NonFiniteLossError`. SIGTERM or SIGINT makes every rank finish the current
-step, write a checkpoint and return; ``fantasyworld train`` then exits with 143 / 130.
+Nothing is read back to the host inside a step: loss terms, gradient norm and skip flag stay
+on the device (:class:`~fantasyworld.training.step_stats.StepStats`) until the log row every
+``log.every`` steps (and at checkpoints, validations, the last step and a stop). A non-finite
+loss or gradient norm (agreed by all ranks) skips the optimizer step on the device (fused
+AdamW's ``found_inf``; other optimizers: a host check) and is reported at the next row;
+``max_nonfinite_steps`` skips in a row stop the run with :class:`NonFiniteLossError`. SIGTERM
+or SIGINT makes every rank finish the current step (several ranks: the step of the next row),
+write a checkpoint and return; ``fantasyworld train`` then exits with 143 / 130;
+``train(deadline=...)`` stops the same way once a wall-clock deadline has passed.
 """
 
 from __future__ import annotations
@@ -46,22 +51,23 @@ from fantasyworld.layers.fp8_linear import swap_linears_to_fp8
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.flow_matching import expert_sigma_range
-from fantasyworld.models.inputs import pixel_frame_count, pixel_frame_subset, training_inputs
+from fantasyworld.models.inputs import pixel_frame_count, pixel_frame_subset, to_device, training_inputs
 from fantasyworld.models.parallelize import compile_blocks
 from fantasyworld.models.wan22 import load_wan22_base
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
 from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training import data as stream
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
-from fantasyworld.training.data import build_stream_loader
+from fantasyworld.training.data import build_stream_loader, camera_dropped
 from fantasyworld.training.data_checks import check_cache, validate_training_data
 from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import loss_keys, per_sample_losses
 from fantasyworld.training.lr_schedule import lr_multiplier
 from fantasyworld.training.memory_tiers import MemorySettings, resolve_memory
 from fantasyworld.training.optimizers import build_optimizer
-from fantasyworld.training.parallel import World, all_reduce_max, all_reduce_mean, barrier, init_world, shard_model
+from fantasyworld.training.parallel import World, all_reduce_max, barrier, init_world, shard_model
 from fantasyworld.training.signals import STOP_SIGNALS, SignalFlag, signal_exit_code
+from fantasyworld.training.step_stats import StepStats
 
 __all__ = ["STOP_SIGNALS", "NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "signal_exit_code", "train"]
 
@@ -75,10 +81,11 @@ class TrainResult:
 
     Attributes:
         step: optimizer steps completed.
-        stopped: ``finished``, ``sigterm`` or ``sigint`` (see :func:`signal_exit_code`).
+        stopped: ``finished``, ``sigterm``, ``sigint`` (see :func:`signal_exit_code`) or
+            ``time_limit`` (the ``deadline`` of :meth:`Trainer.train` passed).
         run_dir: the run directory.
         last_checkpoint: path of the newest ``step-N.safetensors`` (or None).
-        history: per-step logged values of this process's run (rank 0), as in ``metrics.jsonl``.
+        history: the log rows of this process's run (rank 0), as in ``metrics.jsonl``.
     """
 
     step: int
@@ -239,7 +246,7 @@ class Trainer:
         model.set_dpt_layout(channels_last=cuda if m.dpt_channels_last is None else m.dpt_channels_last,
                              resize=m.dpt_resize or ("matmul" if cuda else "kernel"))
         if cfg.model.compile:  # torchtitan order: checkpointing, then compile, then sharding
-            compile_blocks(model, num_shapes=stream.num_buckets(cfg.data))  # one static graph per bucket
+            compile_blocks(model, num_shapes=stream.num_buckets(cfg.data), heads=True)  # a graph per bucket
         self.model = shard_model(model, world)
         self.trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.trainable:
@@ -309,10 +316,17 @@ class Trainer:
                                      seed=cfg.seed, **stream.bucket_kwargs(d))
         self.dataset = dataset
         stream.log_buckets(dataset, self.log if world.is_main else None)
-        self.loader = build_stream_loader(
-            dataset, seed=cfg.seed, batch_size=cfg.batch_size, world_size=world.world_size, rank=world.rank,
-            grad_accum=cfg.grad_accum, start_step=self.start_step, num_workers=d.num_workers,
-            pin_memory=world.device.type == "cuda")
+        if d.cache_on_device:
+            from fantasyworld.training.device_cache import DeviceCacheStream
+
+            self.loader = DeviceCacheStream(dataset, world.device, seed=cfg.seed, batch_size=cfg.batch_size,
+                                            world_size=world.world_size, rank=world.rank, grad_accum=cfg.grad_accum,
+                                            start_step=self.start_step)
+        else:
+            self.loader = build_stream_loader(
+                dataset, seed=cfg.seed, batch_size=cfg.batch_size, world_size=world.world_size, rank=world.rank,
+                grad_accum=cfg.grad_accum, start_step=self.start_step, num_workers=d.num_workers,
+                pin_memory=world.device.type == "cuda")
         if self.resume_step is not None:  # the bucket order must be the one the checkpoint was cut from
             stream.check_stream_state(self.loader, self._resume_stream, self.start_step,
                                       str(ckpt.state_path(self.run_dir, self.resume_step)))
@@ -321,18 +335,19 @@ class Trainer:
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Model inputs and loss targets of one micro-batch (outside autocast):
         :func:`~fantasyworld.models.inputs.training_inputs` with this run's seed, shift and
-        encoders."""
-        mcfg = self.model_config
-        inputs = training_inputs(batch, device=self.world.device, stage=self.stage, seed=self.cfg.seed,
-                                 shift=self.cfg.loss.shift, is_i2v=mcfg.is_i2v, encoders=self, clip=mcfg.uses_clip,
-                                 camera=self.stage == 2 or mcfg.has_control_adapter,
+        encoders; stage 2 without the cameras on the steps ``loss.camera_dropout`` drops."""
+        mcfg, cfg = self.model_config, self.cfg
+        positions = batch["sample_position"].tolist()  # a host tensor
+        dropped = camera_dropped(cfg.seed, positions[0], self.global_batch, cfg.loss.camera_dropout)
+        inputs = training_inputs(batch, device=self.world.device, stage=self.stage, seed=cfg.seed,
+                                 shift=cfg.loss.shift, is_i2v=mcfg.is_i2v, encoders=self, clip=mcfg.uses_clip,
+                                 camera=(self.stage == 2 and not dropped) or mcfg.has_control_adapter,
                                  sigma_range=expert_sigma_range(mcfg.expert, mcfg.expert_boundary))
-        per_step = self.cfg.loss.pixel_frames_per_step
+        per_step = cfg.loss.pixel_frames_per_step
         if per_step is not None:  # loss.pixel_frames_per_step: a seeded frame subset per sample
             num_frames = inputs["depth"].shape[1]
-            inputs["pixel_frames"] = pixel_frame_subset(
-                batch["sample_position"].tolist(), num_frames, pixel_frame_count(per_step, num_frames),
-                self.cfg.seed).to(self.world.device)
+            inputs["pixel_frames"] = to_device(pixel_frame_subset(
+                positions, num_frames, pixel_frame_count(per_step, num_frames), cfg.seed), self.world.device, pin=True)
         return inputs
 
     def forward_losses(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -352,84 +367,68 @@ class Trainer:
                                  camera_weight=loss.camera_weight)
 
     def _grad_norm_and_clip(self) -> torch.Tensor:
-        """Global L2 norm of the trainable gradients (before clipping); clips in place."""
+        """Global L2 norm of the trainable gradients (before clipping, a device scalar); clips in place."""
         from torch.distributed.tensor import DTensor
 
         params = [p for _, p in self.trainable if p.grad is not None]
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else math.inf
         if not params:
-            return torch.zeros(())
+            return torch.zeros((), device=self.world.device)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm, foreach=True)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
-        return norm.detach().float().cpu()
+        return norm.detach().float()
 
-    def train_step(self, data_iter: Any, stop_requested: bool | str | None = None) -> tuple[dict[str, float], bool]:
+    def step_on_device(self, data_iter: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer step: ``grad_accum`` micro-batches of prepare -> forward and losses ->
-        backward, then the global gradient norm, clipping, the optimizer step and the LR schedule.
-
-        Args:
-            data_iter: the stream of micro-batches (``iter(self.loader)``); ``grad_accum`` are drawn,
-                also for a skipped step (the stream stays aligned).
-            stop_requested: this rank saw SIGTERM / SIGINT (shared with the other ranks here).
+        backward, then the global gradient norm, clipping, the optimizer step and the LR schedule,
+        with nothing read back to the host (fused AdamW skips a non-finite step by ``found_inf``).
 
         Returns:
-            ``(values, stop)``: the global means of the loss terms (:func:`loss_keys`), ``lr``,
-            ``grad_norm`` (before clipping; NaN when skipped) and ``skipped`` (1.0 or 0.0); ``stop``
-            is true when any rank asked to stop.
+            ``(means, grad_norm, skipped)`` on the device: this rank's loss terms of
+            :func:`loss_keys` (means over its samples), the global norm before clipping and
+            whether the step was skipped (a non-finite objective or norm on any rank).
         """
-        cfg, world = self.cfg, self.world
+        cfg, dev = self.cfg, self.world.device
         keys = loss_keys(self.stage)
         self.model.train()
-        sums = torch.zeros(len(keys), dtype=torch.float64)
-        skipped = False
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        sums = torch.zeros(len(keys), dtype=torch.float64, device=dev)
         for _micro in range(cfg.grad_accum):
-            batch = next(data_iter)
-            if skipped:
-                continue  # keep the data stream aligned; no compute for a skipped step
-            inputs = self.prepare(batch)
-            total, terms = self.forward_losses(inputs)
-            bad = torch.tensor([0.0 if torch.isfinite(total).item() else 1.0])
-            if all_reduce_max(bad, world).item() > 0:
-                skipped = True
-                self.optimizer.zero_grad(set_to_none=True)
-                sums[:] = math.nan
-                del total, terms
-                continue
-            (total / (cfg.batch_size * cfg.grad_accum)).backward()
-            for j, key in enumerate(keys):
-                if key in terms:
-                    sums[j] += float(terms[key])
-        grad_norm = math.nan
-        if not skipped:
-            norm = self._grad_norm_and_clip()
-            grad_norm = float(norm)
-            if not math.isfinite(grad_norm):
-                skipped = True
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
+            total, terms = self.forward_losses(self.prepare(next(data_iter)))
+            (total / (cfg.batch_size * cfg.grad_accum)).backward()  # a non-finite step is skipped below
+            sums = sums + torch.stack([terms[k].detach().double() if k in terms else zero for k in keys])
+        norm = self._grad_norm_and_clip()
+        bad = (~torch.isfinite(norm) | ~torch.isfinite(sums[0])).float().reshape(1)
+        skipped = (all_reduce_max(bad, self.world).to(dev) > 0)[0]
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = skipped.float()  # skips the whole update on the device
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        lr = self.optimizer.param_groups[0]["lr"]
+        elif not bool(skipped):  # an optimizer without on-device skipping: one host read
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
-        # global means of the loss terms + the SIGTERM flag (any rank) in one collective
-        per_rank = sums / (cfg.batch_size * cfg.grad_accum)
-        vec = torch.cat([per_rank, torch.tensor([1.0 if stop_requested else 0.0], dtype=torch.float64)])
-        vec = all_reduce_mean(vec, world)
-        values: dict[str, float] = {k: float(vec[j]) for j, k in enumerate(keys)}
-        values.update(lr=lr, grad_norm=grad_norm, skipped=float(skipped))
-        return values, bool(vec[-1] > 0)
+        return sums / (cfg.batch_size * cfg.grad_accum), norm, skipped
+
+    def train_step(self, data_iter: Any, stop_requested: bool | str | None = None) -> tuple[dict[str, float], bool]:
+        """:meth:`step_on_device` read back at once: ``(values, stop)``, the global means of the
+        loss terms, ``lr``, ``grad_norm`` (NaN when skipped), ``skipped``; ``stop``: any rank asked."""
+        stats = StepStats(loss_keys(self.stage), self.world.device)
+        stats.add(*self.step_on_device(data_iter))
+        values, (stop,) = stats.flush(self.world, [bool(stop_requested)])
+        return {**values, "lr": self.last_lr}, stop
 
     # ---------------------------------------------------------------------------- loop
-    def train(self) -> TrainResult:
-        """Run from ``start_step`` to ``cfg.steps`` (or until SIGTERM / SIGINT)."""
+    def train(self, deadline: float | None = None) -> TrainResult:
+        """Run from ``start_step`` to ``cfg.steps`` (or until SIGTERM / SIGINT, or until
+        ``time.monotonic()`` passes ``deadline``: a checkpoint, then ``stopped="time_limit"``)."""
         cfg, world = self.cfg, self.world
         logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=cfg.steps,
                                start_step=self.start_step, tensorboard=cfg.log.tensorboard,
-                               progress=cfg.log.progress, every=cfg.log.every, wandb=cfg.log.wandb,
+                               progress=cfg.log.progress, every=1, wandb=cfg.log.wandb,
                                wandb_project=cfg.log.wandb_project, run_config=config_to_dict(cfg))
         flag = SignalFlag()
         history: list[dict[str, float]] = []
@@ -446,36 +445,31 @@ class Trainer:
                          f"{world.world_size} process(es) on "
                          f"{world.device.type}, global batch {self.global_batch} = {cfg.batch_size} x "
                          f"{world.world_size} x {cfg.grad_accum}, {'bf16' if self.use_bf16 else 'fp32'} compute")
+        stats = StepStats(loss_keys(self.stage), world.device, self.nonfinite_streak)
         try:
             while step < cfg.steps:
-                t0 = time.perf_counter()
-                values, stop_signal = self.train_step(data_iter, flag.raised)
-                skipped, grad_norm = bool(values["skipped"]), values["grad_norm"]
+                stats.add(*self.step_on_device(data_iter))
                 step += 1
-                dt = time.perf_counter() - t0
-                values.update(step_time_s=dt, samples_per_s=self.global_batch / dt)
+                # this rank's stop requests: one process acts at once, several agree at the next row
+                requests = [flag.raised is not None, deadline is not None and time.monotonic() >= deadline]
+                due_ckpt = step % cfg.checkpoint.every == 0 or step == cfg.steps
+                due_val = self.validator is not None and self.validator.due(step)
+                if not (step % cfg.log.every == 0 or due_ckpt or due_val or (not world.distributed and any(requests))):
+                    continue
+                values, (stop_signal, out_of_time) = stats.flush(world, requests)
+                self.nonfinite_streak = stats.streak
+                values.update(lr=self.last_lr, samples_per_s=self.global_batch / values["step_time_s"])
                 if world.device.type == "cuda":
                     values["max_memory_gib"] = torch.cuda.max_memory_allocated(world.device) / 2**30
                 logger.log(step, values)
                 history.append({"step": step, **values})
-                if skipped:
-                    self.nonfinite_streak += 1
-                    logger.write(f"warning: step {step}: non-finite loss or gradient norm (objective "
-                                 f"{values['objective']}, grad norm {grad_norm}); step skipped "
-                                 f"({self.nonfinite_streak} in a row, limit {cfg.max_nonfinite_steps})")
-                    if self.nonfinite_streak >= cfg.max_nonfinite_steps:
-                        raise NonFiniteLossError(
-                            f"{self.nonfinite_streak} optimizer steps in a row had a non-finite loss or gradient "
-                            f"(last: step {step}); stopping. Lower optim.lr, check the data (fantasyworld data "
-                            f"validate) or raise max_nonfinite_steps")
-                else:
-                    self.nonfinite_streak = 0
-                if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop_signal:
+                stats.report_skips(step, values, cfg.max_nonfinite_steps, logger.write)
+                if due_ckpt or stop_signal or out_of_time:
                     last_ckpt = self.save(step)
-                if self.validator is not None and self.validator.due(step) and not stop_signal:
+                if due_val and not (stop_signal or out_of_time):
                     self.validator.run(step, logger)
-                if stop_signal:
-                    stopped = flag.raised or "sigterm"  # another rank's signal: torchrun sends SIGTERM
+                if stop_signal or out_of_time:
+                    stopped = (flag.raised or "sigterm") if stop_signal else "time_limit"  # torchrun sends SIGTERM
                     logger.write(f"{stopped.upper()}: checkpoint written at step {step} ({last_ckpt}); exiting "
                                  f"(status {signal_exit_code(stopped)}; --resume continues)")
                     break

@@ -1,0 +1,391 @@
+"""Does training learn geometry? One command, one GPU, about eight minutes, a verdict.
+
+Phases (each with a wall-clock budget, ``--budget``; each stops on time and says how):
+
+1. **render**: ``fantasyworld data synth`` worlds (``--frames`` frames at ``--size``, seed
+   ``--seed``) until ``--worlds`` or the render budget (``--max-seconds``: the worlds finished
+   by then); the held-out split of :mod:`fantasyworld.data.split` (``--held-out-fraction``)
+   is set aside, the rest linked into a training root;
+2. **pretrain**: ``scripts/pretrain_tiny_backbone.py --preset PRESET --data TRAIN`` makes
+   this run's VAE and Wan backbone from ``--pretrain-clips`` training videos (no labels), its
+   VAE and backbone phases capped at 38% and 47% of the budget (the rest: reading the videos,
+   the latent statistics, saving);
+3. **cache**: ``fantasyworld data cache`` of the training root (latents, tiny-UMT5 text,
+   float16 geometry at pixel resolution); stage 1 loads it onto the GPU once for both
+   stages (``data.cache_on_device``);
+4. **stage 1** and 5. **stage 2** with the project's trainer on the cache: a short
+   calibration run on 64 cached clips measures the stage's step rate, the stage then gets as many
+   steps as fit its budget (capped by ``--max-steps1`` / ``--max-steps2``; the cosine
+   schedule spans them) and a deadline that stops it with a checkpoint if it runs late;
+6. **eval**: ``fantasyworld evaluate`` (``latents`` mode, no camera input) of both stages on
+   ``--eval-clips`` held-out worlds, with the evaluation's baselines (constant depth,
+   identity poses, one plane), and the flow-matching loss of the stage-2 model (with and
+   without cameras) against the frozen backbone's on the same held-out latents and noise.
+
+Writes into ``--out``: ``learning_curves.png``, ``held_out.json`` / ``held_out.md`` (table,
+diffusion losses, verdict), ``learn.json`` (settings, phases with budget / seconds / how
+each stopped, steps, rates), the worlds, runs, evaluations and assets; prints the verdict
+with its bars (``benchmarks/learn_report.py``). Exit status 0 on PASS, 1 on FAIL.
+
+Why these defaults (docs/evaluation.md, "Learning at scale on one GPU"): at 32x32 (2x2
+tokens a frame) relative rotation did not generalise from a few hundred to two thousand
+worlds, while the camera head learns once the information is in its input; 128x128 gives
+8x8 tokens per latent frame, and the render budget buys a few thousand distinct worlds of
+17 frames, each a whole trajectory (the largest motion per clip: windows of longer renders
+would shrink the rotations the 4x bar is measured on); batch 32 at the step rate of the
+``small`` preset fills the stage-1 budget with ~3000 steps of a cosine schedule.
+
+    python benchmarks/learn_gpu.py --out learn_out                       # one H200, ~8 minutes
+    python benchmarks/learn_gpu.py --out /tmp/learn_smoke --smoke        # CPU, seconds (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import learn_report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN_SCRIPT = ROOT / "scripts" / "pretrain_tiny_backbone.py"
+PHASES = ("render", "pretrain", "cache", "stage1", "stage2", "eval")
+
+
+@dataclass
+class Budget:
+    """Wall-clock seconds per phase (default total 440 s; with start-up about 7.5 minutes)."""
+
+    render: float = 60.0
+    pretrain: float = 100.0
+    cache: float = 35.0
+    stage1: float = 140.0
+    stage2: float = 60.0
+    eval: float = 45.0
+
+    @classmethod
+    def parse(cls, text: str, base: Budget | None = None) -> Budget:
+        """``render=60,stage1=200``: the named phases changed, the others kept."""
+        out = base if base is not None else cls()
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, value = part.partition("=")
+            if name not in PHASES:
+                raise ValueError(f"unknown phase {name!r} in --budget (phases: {', '.join(PHASES)})")
+            setattr(out, name, float(value))
+        return out
+
+
+@dataclass
+class LearnConfig:
+    """Settings of a run (defaults: one H200, module docstring; :meth:`smoke`: CPU, seconds)."""
+
+    preset: str = "small"
+    worlds: int = 5000
+    frames: int = 17
+    size: int = 128
+    trajectory_frames: int = 0  # > frames: each world a window of a longer camera path (data synth --trajectory-frames)
+    seed: int = 0
+    held_out_fraction: float = 0.05
+    batch: int = 32
+    lr1: float = 1e-3
+    lr2: float = 3e-4
+    warmup1: int = 150
+    warmup2: int = 50
+    shift1: float = 0.3
+    shift2: float = 1.0
+    camera_weight: float = 10.0
+    camera_dropout: float = 0.5
+    pixel_frames1: float = 0.0  # > 0: stage 1 supervises that many (or that share of) pixel frames per sample
+    max_steps1: int = 8000
+    max_steps2: int = 4000
+    calibration_steps: int = 30
+    log_every: int = 25
+    eval_clips: int = 64
+    eval_sigma: float = 0.05
+    diffusion_clips: int = 32
+    diffusion_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    workers: int = 16
+    compile: bool = False
+    device: str = "cuda"
+    pretrain_clips: int = 2000
+    pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
+    budget: Budget = field(default_factory=Budget)
+
+    @classmethod
+    def smoke(cls) -> LearnConfig:
+        """Every phase at tiny sizes on the CPU (seconds): nothing it prints means anything."""
+        return cls(worlds=8, frames=5, size=32, held_out_fraction=0.25, batch=2, warmup1=0, warmup2=0,
+                   max_steps1=3, max_steps2=2, calibration_steps=2, log_every=1, eval_clips=1, diffusion_clips=1,
+                   diffusion_sigmas=(0.5,), workers=1, device="cpu", pretrain_steps=(2, 2),
+                   budget=Budget(render=60, pretrain=120, cache=60, stage1=120, stage2=120, eval=120))
+
+
+class Phases:
+    """Start and end of every phase against its budget (``learn.json["phases"]``)."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget, self.rows, self.t0 = budget, {}, time.perf_counter()
+
+    def start(self, name: str) -> None:
+        """Begin ``name``."""
+        self.rows[name] = {"budget_s": getattr(self.budget, name), "start_s": time.perf_counter() - self.t0}
+        self._mono = time.monotonic()
+        say(f"{name}: budget {getattr(self.budget, name):.0f} s")
+
+    def deadline(self, name: str) -> float:
+        """The end of ``name``'s budget on the ``time.monotonic`` clock."""
+        return self._mono + getattr(self.budget, name)
+
+    def left(self, name: str) -> float:
+        """Seconds left of ``name``'s budget."""
+        return self.deadline(name) - time.monotonic()
+
+    def end(self, name: str, **info: Any) -> None:
+        row = self.rows[name]
+        row["seconds"] = time.perf_counter() - self.t0 - row["start_s"]
+        row["over_budget"] = row["seconds"] > row["budget_s"]
+        row.update(info)
+        say(f"{name}: {row['seconds']:.1f} s" + "".join(f", {k} {v}" for k, v in info.items()))
+
+
+def say(msg: str) -> None:
+    print(f"[learn] {msg}", flush=True)
+
+
+def train_config(cfg: LearnConfig, stage: int, cache: Path, run_dir: Path, assets: Path, steps: int,
+                 init: Path | None, log_every: int | None = None) -> Any:
+    """The trainer's config of one stage (``configs/stage{1,2}_small.yaml`` with this run's values)."""
+    from fantasyworld.training.config import config_from_dict
+
+    lr, warmup, shift = (cfg.lr1, cfg.warmup1, cfg.shift1) if stage == 1 else (cfg.lr2, cfg.warmup2, cfg.shift2)
+    data = {
+        "stage": stage, "output_dir": str(run_dir), "steps": steps, "batch_size": cfg.batch, "seed": cfg.seed,
+        "device": cfg.device, "mixed_precision": "auto",
+        "model": {"preset": cfg.preset, "backbone_dir": str(assets / "backbone"), "compile": cfg.compile},
+        "data": {"cache_dir": str(cache), "num_frames": cfg.frames, "height": cfg.size, "width": cfg.size,
+                 "cache_on_device": True},
+        "optim": {"lr": lr, "weight_decay": 0.01, "warmup_steps": min(warmup, steps // 4), "schedule": "cosine",
+                  "min_lr_ratio": 0.05, "grad_clip": 1.0},
+        "loss": {"shift": shift, "camera_weight": cfg.camera_weight,
+                 "camera_dropout": cfg.camera_dropout if stage == 2 else 0.0,
+                 "pixel_frames_per_step": (cfg.pixel_frames1 or None) if stage == 1 else None},
+        "checkpoint": {"every": steps, "keep_last": 1},
+        "log": {"every": min(log_every or cfg.log_every, steps), "tensorboard": False, "progress": False},
+    }
+    if init is not None:
+        data["init_from"] = str(init)
+    return config_from_dict(data)
+
+
+def _rate(history: list[dict[str, Any]]) -> float:
+    """Steps per second over the log rows after the first (compilation, allocator warm-up)."""
+    rows = history[1:] or history
+    return sum(r["steps"] for r in rows) / sum(r["steps"] * r["step_time_s"] for r in rows)
+
+
+def calibration_cache(cache: Path, out: Path, n: int) -> Path:
+    """A cache of the first ``n`` clips of ``cache`` (files linked): a quick step-rate run."""
+    index = json.loads((cache / "index.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in index["clips"][:n]:
+        if not (out / entry["file"]).exists():
+            os.link(cache / entry["file"], out / entry["file"])
+    (out / "index.json").write_text(json.dumps({**index, "clips": index["clips"][:n]}))
+    return out
+
+
+def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Path | None,
+              calib_init: Path | None) -> tuple[Any, Path | None]:
+    """Measure the step rate on the 64-clip calibration cache (stage 2 from the stage-1
+    calibration checkpoint), then train the stage in what is left of its budget;
+    ``(result, calibration checkpoint)``."""
+    from fantasyworld.data.cache import CachedClipDataset
+    from fantasyworld.training.device_cache import load_device_cache
+    from fantasyworld.training.trainer import Trainer
+
+    name = f"stage{stage}"
+    phases.start(name)
+    n = cfg.calibration_steps
+    calib = Trainer(train_config(cfg, stage, out / "calibration_cache", out / "runs" / f"calibrate{stage}",
+                                 out / "assets", n, calib_init, log_every=max(1, n // 3))).train()
+    rate = _rate(calib.history)
+    start = time.monotonic()
+    load_device_cache(CachedClipDataset(out / "cache"), torch.device(cfg.device))  # kept for both stages
+    setup = time.monotonic() - start + 2.0  # loading the cache (once) + building the model
+    cap = cfg.max_steps1 if stage == 1 else cfg.max_steps2
+    steps = max(1, min(cap, int(rate * max(phases.left(name) - setup, 0.0) * 0.95)))
+    say(f"{name}: {rate:.1f} steps/s in calibration -> {steps} steps of batch {cfg.batch} (cap {cap})")
+    trainer = Trainer(train_config(cfg, stage, out / "cache", out / "runs" / name, out / "assets", steps, init))
+    result = trainer.train(deadline=phases.deadline(name))
+    del trainer
+    gc.collect()  # the stage's model and optimizer states leave the GPU before the next phase
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
+    phases.end(name, steps=result.step, planned_steps=steps, stopped=result.stopped,
+               calibration_steps_per_s=round(rate, 2), steps_per_s=round(_rate(result.history), 2))
+    return result, calib.last_checkpoint
+
+
+def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, budget: float) -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_backbone", PRETRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    argv = ["--preset", cfg.preset, "--data", str(train_root), "--out", str(assets), "--device", cfg.device,
+            "--clips", str(n_clips), "--frames", str(cfg.frames), "--size", str(cfg.size), "--workers",
+            str(cfg.workers), "--seed", str(cfg.seed), "--vae-seconds", f"{0.38 * budget:.1f}",
+            "--dit-seconds", f"{0.47 * budget:.1f}"]
+    if cfg.pretrain_steps:
+        argv += ["--vae-steps", str(cfg.pretrain_steps[0]), "--dit-steps", str(cfg.pretrain_steps[1]),
+                 "--vae-batch", str(cfg.batch), "--dit-batch", str(cfg.batch)]
+    return module.main(argv)
+
+
+def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
+    """All phases (module docstring); returns ``learn.json``."""
+    from fantasyworld.data.cache import build_cache
+    from fantasyworld.data.formats import load_metadata
+    from fantasyworld.data.split import split_clip_ids
+    from fantasyworld.data.synth import synthesize_dataset
+    from fantasyworld.demo import make_train_root
+    from fantasyworld.eval.evaluate import EvalSettings, evaluate
+    from fantasyworld.inference.pipeline import FantasyWorldPipeline
+    from fantasyworld.models.encoders import save_tiny_encoders
+    from fantasyworld.training.device_cache import release_device_cache
+
+    out.mkdir(parents=True, exist_ok=True)
+    phases = Phases(cfg.budget)
+    device = torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"
+    say(f"{device}, torch {torch.__version__}, preset {cfg.preset}, {cfg.frames} frames at {cfg.size}x{cfg.size}")
+    if importlib.util.find_spec("scipy") is None:  # the Chamfer's nearest neighbours, else brute force
+        say("warning: scipy is not installed: the evaluation's point metrics fall back to brute force and the "
+            "eval phase will overrun its budget (pip install scipy)")
+
+    phases.start("render")
+    started = time.perf_counter()
+    worlds = out / "worlds"
+    shutil.rmtree(out / "data_train", ignore_errors=True)
+    synthesize_dataset(worlds, num_clips=cfg.worlds, num_frames=cfg.frames, height=cfg.size, width=cfg.size,
+                       seed=cfg.seed, workers=cfg.workers, time_limit_s=cfg.budget.render,
+                       trajectory_frames=cfg.trajectory_frames or None)
+    ids = [r.clip_id for r in load_metadata(worlds)]
+    train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
+    train_root = make_train_root(worlds, out / "data_train", train_ids)
+    phases.end("render", worlds=len(ids), train=len(train_ids), held_out=len(held_ids),
+               worlds_per_s=round(len(ids) / (time.perf_counter() - started), 1))
+
+    phases.start("pretrain")
+    assets = out / "assets"
+    pre = _pretrain(cfg, train_root, assets, min(cfg.pretrain_clips, len(train_ids)), cfg.budget.pretrain)
+    encoders = save_tiny_encoders(assets / "encoders")
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
+    phases.end("pretrain", vae_steps=pre["vae"]["steps"], vae_psnr_db=round(pre["vae"]["reconstruction_psnr_db"], 2),
+               backbone_steps=pre["backbone"]["steps"], backbone_flow_loss=round(pre["backbone"]["final_flow_loss"], 4))
+
+    phases.start("cache")
+    cache = build_cache(train_root, out / "cache", assets / "vae", encoders["text_encoder"], num_frames=cfg.frames,
+                        height=cfg.size, width=cfg.size, device=cfg.device, geometry_dtype="float16",
+                        workers=min(cfg.workers, 12) if cfg.workers > 1 else 0, batch_size=32, overwrite=True)
+    calibration_cache(cache, out / "calibration_cache", min(64, len(train_ids)))
+    size_gb = sum(p.stat().st_size for p in cache.glob("*.safetensors")) / 1e9
+    phases.end("cache", clips=len(train_ids), gigabytes=round(size_gb, 2))
+
+    result1, calib1 = run_stage(cfg, 1, out, phases, None, None)
+    result2, _ = run_stage(cfg, 2, out, phases, result1.last_checkpoint, calib1)
+    release_device_cache()
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
+
+    phases.start("eval")
+    settings = EvalSettings(split="held-out", held_out_fraction=cfg.held_out_fraction, max_clips=cfg.eval_clips,
+                            num_frames=cfg.frames, height=cfg.size, width=cfg.size, sigma=cfg.eval_sigma,
+                            modes=("latents",), seed=cfg.seed)
+    kw = {"backbone": str(assets / "backbone"), "vae": str(assets / "vae"),
+          "text_encoder": str(encoders["text_encoder"]), "device": cfg.device}
+    evals = {}
+    pipe = None
+    for stage, result in ((1, result1), (2, result2)):
+        pipe = FantasyWorldPipeline.from_pretrained(result.last_checkpoint, **kw)
+        metrics = evaluate(result.last_checkpoint, worlds, out / f"eval_stage{stage}", settings, pipe=pipe, log=None)
+        evals[stage] = metrics["summary"]["latents"]
+    diffusion = learn_report.diffusion_losses(pipe, assets / "backbone", worlds, held_ids[:cfg.diffusion_clips],
+                                              cfg.diffusion_sigmas, cfg.seed, cfg.frames, cfg.size)
+    phases.end("eval", clips=evals[2]["num_clips"])
+
+    verdict = learn_report.acceptance(evals[1], evals[2], diffusion)
+    summary = {"settings": _settings(cfg), "device": device, "torch": torch.__version__, "phases": phases.rows,
+               "total_seconds": time.perf_counter() - phases.t0, "pretrain": {k: pre[k] for k in ("vae", "backbone")},
+               "held_out_clips": held_ids[:cfg.eval_clips], "acceptance": verdict}
+    learn_report.plot_curves(out, {"stage 1": result1.history, "stage 2": result2.history})
+    learn_report.write_tables(out, evals[1], evals[2], verdict, diffusion, summary)
+    (out / "learn.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    over = [n for n, r in phases.rows.items() if r["over_budget"]]
+    say(f"total {summary['total_seconds']:.0f} s" + (f"; over budget: {', '.join(over)}" if over else ""))
+    for line in verdict["lines"]:
+        print(line, flush=True)
+    return summary
+
+
+def _settings(cfg: LearnConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["budget"] = asdict(cfg.budget)
+    return d
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="learn_out")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, seconds (tests)")
+    p.add_argument("--budget", dest="budget_text", default="",
+                   help=f"seconds per phase, e.g. stage1=200,eval=60 ({', '.join(PHASES)})")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier --out first")
+    base = LearnConfig()
+    for f in fields(LearnConfig):
+        if f.name in ("budget", "pretrain_steps", "diffusion_sigmas"):
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(getattr(base, f.name), bool):
+            p.add_argument(flag, action="store_true", default=None)
+        else:
+            p.add_argument(flag, type=type(getattr(base, f.name)), default=None)
+    args = p.parse_args(argv)
+    cfg = LearnConfig.smoke() if args.smoke else LearnConfig()
+    for f in fields(LearnConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    cfg.budget = Budget.parse(args.budget_text, cfg.budget)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        p.error("no CUDA device: pass --device cpu (slow) or --smoke")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            p.error(f"--out {out} is not empty: pass --overwrite or choose another folder")
+        shutil.rmtree(out)
+    return cfg, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, out = parse_args(argv)
+    if cfg.device == "cpu":
+        torch.set_num_threads(1)  # the small ops of these models: one thread (docs/benchmarks.md)
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: the DPT heads' convolutions autotuned once
+    summary = run(cfg, out)
+    return 0 if summary["acceptance"]["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

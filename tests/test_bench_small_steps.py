@@ -1,0 +1,36 @@
+"""benchmarks/bench_small_steps.py on the CPU: every variant trains, and the cache gives the
+raw clips' losses (latents, text and the pixel-resolution geometry targets all come along)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_small_steps.py"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_small_steps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_times_every_variant_and_stage(tmp_path: Path) -> None:
+    bench = _load()
+    report = bench.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "bench_small_steps.json").read_text()) == report
+    runs = {(r["stage"], r["variant"]): r for r in report["runs"]}
+    assert set(runs) == {(s, v) for s in (1, 2) for v in bench.VARIANTS}
+    for row in runs.values():
+        assert row["steps_per_s"] > 0 and row["timed_steps"] == 2
+    for stage in (1, 2):  # the same samples, noise and targets: the cache stores geometry as float16
+        raw = runs[(stage, "raw_video")]["final_objective"]
+        for variant in ("cache_on_device", "cache_loader"):
+            assert runs[(stage, variant)]["final_objective"] == pytest.approx(raw, rel=1e-3)
+        assert runs[(stage, "cache_on_device")]["final_objective"] == runs[(stage, "cache_loader")]["final_objective"]

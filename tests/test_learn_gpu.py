@@ -1,0 +1,82 @@
+"""benchmarks/learn_gpu.py: the --smoke CPU run writes every file with every phase timed, and
+the acceptance bars pass and fail where they should."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(abs_rel: float, rot: float, trans: float, chamfer: float) -> dict:
+    return {"model": {"abs_rel_median": abs_rel, "rot_err": rot, "trans_err": trans, "chamfer": chamfer},
+            "baseline": {"abs_rel_median": 0.32, "rot_err": 14.0, "trans_err": 90.0, "chamfer": 0.64}, "num_clips": 64}
+
+
+def test_acceptance_bars_at_their_thresholds() -> None:
+    report = _load("learn_report")
+    stage1 = _summary(0.075, 3.3, 42.0, 0.30)  # stage 2 below: at most 1.07x these
+    diffusion = {"stage2_camera": 0.50, "frozen_backbone": 0.55}
+    ok = report.acceptance(stage1, _summary(0.08, 3.5, 45.0, 0.32), diffusion)  # 4.0x, 4.0x, 2.0x, 2.0x
+    assert ok["passed"] and ok["lines"][0].startswith("PASS") and len(ok["lines"]) == 7
+    ratios = {b["bar"]: b["ratio"] for b in ok["bars"] if "ratio" in b}
+    assert ratios["depth AbsRel"] == pytest.approx(4.0) and ratios["translation direction"] == pytest.approx(2.0)
+    for worse, missed in ((_summary(0.081, 3.5, 45.0, 0.32), "depth AbsRel"),
+                          (_summary(0.08, 3.51, 45.0, 0.32), "rotation error"),
+                          (_summary(0.08, 3.5, 45.1, 0.32), "translation direction"),
+                          (_summary(0.08, 3.5, 45.0, 0.321), "Chamfer")):
+        res = report.acceptance(stage1, worse, diffusion)
+        assert not res["passed"] and [b["bar"] for b in res["bars"] if not b["passed"]] == [missed]
+    res = report.acceptance(_summary(0.075, 3.3, 42.0, 0.28), _summary(0.08, 3.5, 45.0, 0.32), diffusion)
+    assert [b["bar"] for b in res["bars"] if not b["passed"]] == ["geometry kept in stage 2"]  # 0.32 > 1.1 x 0.28
+    res = report.acceptance(stage1, _summary(0.08, 3.5, 45.0, 0.32), {"stage2_camera": 0.55, "frozen_backbone": 0.55})
+    assert [b["bar"] for b in res["bars"] if not b["passed"]] == ["diffusion loss"]
+
+
+def test_budget_flags_change_only_the_named_phases() -> None:
+    learn = _load("learn_gpu")
+    budget = learn.Budget.parse("stage1=200,eval=30")
+    assert (budget.stage1, budget.eval, budget.render) == (200.0, 30.0, learn.Budget().render)
+    with pytest.raises(ValueError, match="unknown phase 'train'"):
+        learn.Budget.parse("train=10")
+
+
+def test_smoke_run_writes_the_curves_table_and_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    learn = _load("learn_gpu")
+    rc = learn.main(["--smoke", "--out", str(tmp_path / "run")])
+    out = tmp_path / "run"
+    summary = json.loads((out / "learn.json").read_text())
+    assert rc == (0 if summary["acceptance"]["passed"] else 1)
+    assert set(summary["phases"]) == set(learn.PHASES)
+    for name, row in summary["phases"].items():
+        assert row["seconds"] > 0 and row["budget_s"] == getattr(learn.LearnConfig.smoke().budget, name)
+    assert summary["phases"]["stage1"]["steps"] == 3 and summary["phases"]["stage2"]["stopped"] == "finished"
+    held = json.loads((out / "held_out.json").read_text())
+    stage2 = json.loads((out / "eval_stage2" / "metrics.json").read_text())["summary"]["latents"]
+    depth = held["acceptance"]["bars"][0]
+    assert depth["ratio"] == pytest.approx(stage2["baseline"]["abs_rel_median"] / stage2["model"]["abs_rel_median"])
+    diffusion = held["diffusion"]
+    assert set(diffusion["per_sigma"]) == {"stage2_camera", "stage2_no_camera", "frozen_backbone"}
+    assert all(v > 0 for v in (diffusion["stage2_camera"], diffusion["frozen_backbone"]))
+    assert (out / "learning_curves.png").stat().st_size > 10_000 and "## Verdict" in (out / "held_out.md").read_text()
+    printed = capsys.readouterr().out
+    assert summary["acceptance"]["lines"][0] in printed and "Chamfer" in printed
+    with pytest.raises(SystemExit) as refused:  # an earlier run is not overwritten without --overwrite
+        learn.main(["--smoke", "--out", str(out)])
+    assert refused.value.code == 2 and (out / "learn.json").is_file()

@@ -1,0 +1,54 @@
+"""The ``small`` preset: verify-config passes, it trains both stages on a seeded random
+backbone, and the pretraining script's recipe for it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fantasyworld.cli import main
+from fantasyworld.models.config import PRESET_NAMES, get_preset
+from fantasyworld.models.fantasyworld import FantasyWorldModel
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny_backbone.py"
+
+
+def test_verify_config_small_counts_and_freezing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "small" in PRESET_NAMES
+    assert main(["verify-config", "--preset", "small"]) == 0
+    out = capsys.readouterr().out
+    counts = [int(n.replace(",", "")) for n in re.findall(r"OK stage \d: no Wan parameter trainable; ([\d,]+)", out)]
+    assert counts == [25_754_264, 30_601_764]
+    cfg = get_preset("small")
+    assert (cfg.wan_dim, cfg.num_wan_blocks, cfg.num_pcb, cfg.geo_dim, cfg.geo_heads) == (384, 10, 4, 256, 4)
+    assert cfg.wan["text_dim"] == 32  # the seeded tiny UMT5 serves it
+
+
+def test_small_forward_shapes_at_32x32(one_thread) -> None:
+    cfg = get_preset("small")
+    model = FantasyWorldModel(cfg).set_stage(2).eval()
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, 7, 32, generator=g)
+    with torch.no_grad():
+        out = model(latents, torch.tensor([300.0]), text, plucker=torch.randn(1, 5, 6, 32, 32, generator=g))
+    assert out["flow"].shape == (1, 16, 2, 4, 4) and out["depth"].shape == (1, 5, 32, 32)
+    assert out["world_points"].shape == (1, 5, 32, 32, 3) and out["pose_enc"].shape == (1, 5, 9)
+
+
+def test_pretraining_recipe_per_preset() -> None:
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_backbone", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    small = module.parse_args(["--preset", "small"])
+    assert (small.size, small.frames, small.vae_base_dim, small.out) == (128, 17, 16, "outputs/small_assets")
+    assert small.vae_seconds == 45.0 and small.dit_seconds == 60.0
+    tiny = module.parse_args(["--dit-steps", "7"])
+    assert (tiny.size, tiny.dit_steps, tiny.vae_seconds, tiny.out) == (32, 7, None, "fantasyworld/assets/tiny")
+    assert module.lr_multiplier(0.0) == 0.01 and module.lr_multiplier(0.04) == pytest.approx(1.0)
+    assert module.lr_multiplier(1.0) == pytest.approx(0.1)
