@@ -115,3 +115,46 @@ def test_host_offload_moves_every_encoder_tensor_to_host_memory_at_once(monkeypa
     for name, p in params.items():
         assert p.data_ptr() in copies, f"{name} was left where it was built"
         assert torch.equal(p, before[name]), name  # the same values
+
+
+def test_a_large_token_embedding_is_looked_up_on_the_host_during_a_visit(monkeypatch) -> None:
+    """UMT5-XXL's 1.96 GiB token table never visits the GPU: the visit copies every other tensor
+    outside the blocks, the lookup runs on the host table and the encoder's output is unchanged."""
+    from types import SimpleNamespace
+
+    from fantasyworld.inference import memory
+    from fantasyworld.models import encoders
+
+    moved: list[torch.Tensor] = []
+    monkeypatch.setattr(memory, "_pinned_host", lambda t: t.data.clone())
+    te, _ = encoders.tiny_text_encoder(0)
+    ids = torch.randint(0, te.config.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        plain = te(input_ids=ids, attention_mask=mask).last_hidden_state
+    visit = memory.HostOffload(te, torch.device("cuda"), host_embedding_bytes=0)
+    table = te.shared.weight
+    assert set(visit.host_embeddings) == {te.shared, te.encoder.embed_tokens}  # tied: both users of the table
+    assert all(t is not table for t, _ in visit._rest) and len(visit._rest) > 0
+    # the relative-position tables live in the blocks and are streamed with them, not looked up here
+    assert not any("relative_attention_bias" in n for n, m in te.named_modules() if m in visit.host_embeddings)
+    default = memory.HostOffload(encoders.tiny_text_encoder(0)[0], torch.device("cuda"))
+    assert default.host_embeddings == []  # the tiny table (< 64 MiB) visits as before
+
+    # enter and leave the visit with the CPU standing in for the GPU
+    visit.device = torch.device("cpu")
+    monkeypatch.setattr(memory, "BlockSwap", lambda *a: SimpleNamespace(detach=lambda: None))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(synchronize=lambda: None))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    real_lookup = memory._host_embedding_forward
+
+    def lookup(emb, device, x):
+        moved.append(x)
+        return real_lookup(emb, device, x)
+
+    monkeypatch.setattr(memory, "_host_embedding_forward", lookup)
+    with visit, torch.no_grad():
+        out = te(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert moved and torch.equal(moved[0], ids)  # the lookup went through the host table
+    assert torch.equal(out, plain)
+    assert "forward" not in te.shared.__dict__ and "forward" not in te.encoder.embed_tokens.__dict__  # restored

@@ -9,10 +9,12 @@ ahead of use (the Wan blocks under the block-swap tiers, an encoder's layers dur
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BlockSwap", "HostOffload", "PhaseMeter", "repeated_blocks", "to_device_except"]
@@ -29,15 +31,30 @@ def repeated_blocks(module: nn.Module) -> list[nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
+#: token-embedding tables at least this large stay in host memory during an encoder's visit
+#: and are looked up there (UMT5-XXL's is 256384 x 4096, 1.96 GiB in bf16)
+HOST_EMBEDDING_BYTES = 64 * 2**20
+
+
+def _host_embedding_forward(emb: nn.Embedding, device: torch.device, ids: torch.Tensor) -> torch.Tensor:
+    """``emb(ids)`` from its host table: the ids go to the host, only the rows come back
+    (``(*ids.shape, dim)`` on ``device``; for two 512-token prompts 8 MiB instead of the table)."""
+    rows = F.embedding(ids.to("cpu"), emb.weight, emb.padding_idx, emb.max_norm, emb.norm_type,
+                       emb.scale_grad_by_freq, emb.sparse)
+    return rows.to(device)
+
+
 class HostOffload:
     """An encoder that lives in pinned host memory and visits the GPU for its phase.
 
     ``with offload: ...`` copies the module's tensors outside its repeated blocks to the GPU
-    (for UMT5-XXL: the 2 GiB token embedding, the final norm) and streams the blocks one ahead
-    of use through a :class:`BlockSwap`, so the phase holds about two blocks instead of the
-    whole encoder (UMT5-XXL: 10.6 GiB in bf16). Leaving drops the GPU copies (the host copy is
-    the master: the weights are frozen). Visits nest: an inner ``with`` is a no-op. On the CPU,
-    or with ``enabled=False``, nothing moves.
+    (for UMT5-XXL: the final norm, CLIP's embeddings and projections) and streams the blocks
+    one ahead of use through a :class:`BlockSwap`, so the phase holds about two blocks instead
+    of the whole encoder (UMT5-XXL: 10.6 GiB in bf16). Token-embedding tables of at least
+    ``host_embedding_bytes`` (UMT5-XXL's 1.96 GiB) never visit: their lookups run on the host
+    and only the looked-up rows are copied (the same values, bit for bit). Leaving drops the
+    GPU copies (the host copy is the master: the weights are frozen). Visits nest: an inner
+    ``with`` is a no-op. On the CPU, or with ``enabled=False``, nothing moves.
 
     Construction moves **every** tensor of the module, its repeated blocks included, to pinned
     host memory: an encoder that was built or loaded on the GPU holds nothing there between
@@ -46,7 +63,8 @@ class HostOffload:
     camera and text phases of a process's first call).
     """
 
-    def __init__(self, module: nn.Module | None, device: torch.device, enabled: bool = True) -> None:
+    def __init__(self, module: nn.Module | None, device: torch.device, enabled: bool = True,
+                 host_embedding_bytes: int = HOST_EMBEDDING_BYTES) -> None:
         self.module = module
         self.device = torch.device(device)
         self.active = module is not None and enabled and self.device.type == "cuda"
@@ -55,11 +73,19 @@ class HostOffload:
             return
         self.blocks = repeated_blocks(module)
         block_ids = {id(t) for b in self.blocks for t in [*b.parameters(), *b.buffers()]}
+        in_blocks = {id(m) for b in self.blocks for m in b.modules()}
+        #: embedding modules looked up on the host during a visit (tied tables: every module using one)
+        self.host_embeddings = [
+            m for m in module.modules()
+            if isinstance(m, nn.Embedding) and id(m) not in in_blocks
+            and m.weight.numel() * m.weight.element_size() >= host_embedding_bytes
+        ]
+        kept_on_host = block_ids | {id(m.weight) for m in self.host_embeddings}
         self._rest = []
         for t in [*module.parameters(), *module.buffers()]:
             host = _pinned_host(t)  # every tensor, the blocks too: nothing stays on the GPU until a visit
             t.data = host
-            if id(t) not in block_ids:
+            if id(t) not in kept_on_host:
                 self._rest.append((t, host))
         self._swap: BlockSwap | None = None
         self._pinned_blocks = False
@@ -70,6 +96,8 @@ class HostOffload:
             return self
         for t, host in self._rest:
             t.data = host.to(self.device, non_blocking=True)
+        for emb in self.host_embeddings:
+            emb.forward = functools.partial(_host_embedding_forward, emb, self.device)
         if self.blocks:
             self._swap = BlockSwap(self.blocks, self.blocks, self.device)
         return self
@@ -81,6 +109,8 @@ class HostOffload:
         torch.cuda.current_stream(self.device).synchronize()
         for t, host in self._rest:
             t.data = host
+        for emb in self.host_embeddings:
+            del emb.forward  # back to nn.Embedding.forward
         if self._swap is not None:
             self._swap.detach()
             self._swap = None
