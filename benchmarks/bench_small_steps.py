@@ -18,6 +18,11 @@ frames at 32x32, batch 4).
     python benchmarks/bench_small_steps.py --device cpu --threads 1        # the demo's CPU step
     python benchmarks/bench_small_steps.py --device cuda --preset small --frames 17 --size 128 --batch 32 \\
         --vae OUT/assets/vae --backbone OUT/assets/backbone              # learn_gpu.py's shapes
+
+``--profile N`` then profiles N stage-1 steps from the cache on the device
+(``torch.profiler``): the operators by device time in ``OUT/profile.txt`` and, in the report,
+the wall and device-busy seconds per step and the profiler events per step (host-bound
+when the device is busy for a small share of the wall time).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from fantasyworld.data.synth import synthesize_dataset
 from fantasyworld.demo import ASSETS
 from fantasyworld.models.encoders import save_tiny_encoders
 from fantasyworld.training.config import config_from_dict
+from fantasyworld.training.signals import exit_on_signal
 from fantasyworld.training.trainer import Trainer
 
 VARIANTS = ("cache_on_device", "cache_loader", "raw_video")
@@ -61,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--compile", action="store_true", help="model.compile (torch.compile of every layer)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--profile", type=int, default=0,
+                   help="then profile this many stage-1 steps from the cache on the device (OUT/profile.txt)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run on tiny sizes (tests)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -100,6 +108,7 @@ def timed_run(args: argparse.Namespace, work: Path, stage: int, variant: str, in
     trainer = Trainer(cfg)
     build_s = time.perf_counter() - start
     result = trainer.train()
+    exit_on_signal(result.stopped, f"stage {stage} {variant}")  # a signal ends the benchmark, not one run
     rows = [r for r in result.history if r["step"] > args.warmup]
     steps = sum(r["steps"] for r in rows)
     seconds = sum(r["steps"] * r["step_time_s"] for r in rows)
@@ -109,6 +118,42 @@ def timed_run(args: argparse.Namespace, work: Path, stage: int, variant: str, in
         row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del trainer
     return row, result.last_checkpoint
+
+
+def profile_steps(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Where a stage-1 step's time goes: ``--profile`` steps (after ``--warmup``) under
+    ``torch.profiler``; the operators by their own device time in ``OUT/profile.txt``, the
+    device-busy share of the wall time (low: launch- or host-bound) in the returned row."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = args.profile
+    cfg = _config(argparse.Namespace(**{**vars(args), "warmup": args.warmup, "steps": steps}), work, 1,
+                  "cache_on_device", None)
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)
+    trainer = Trainer(cfg)
+    cuda = trainer.world.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    data_iter = iter(trainer.loader)
+    for _ in range(args.warmup):
+        trainer.step_on_device(data_iter)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.step_on_device(data_iter)
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    device_key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    busy_us = sum(e.self_device_time_total for e in events) if cuda else float("nan")
+    table = events.table(sort_by=device_key, row_limit=40, max_name_column_width=90)
+    (work / "profile.txt").write_text(table + "\n")
+    print(table, flush=True)
+    row = {"steps": steps, "wall_s_per_step": wall / steps, "device_busy_s_per_step": busy_us / 1e6 / steps,
+           "ops_per_step": sum(e.count for e in events if e.device_type.name == "CPU") / steps}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -145,6 +190,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"stage {stage} {variant:16s} {row['steps_per_s']:8.2f} steps/s  {row['samples_per_s']:8.1f} "
                   f"samples/s  (objective {row['final_objective']:.4f})", flush=True)
     report = {**header, "runs": rows}
+    if args.profile:
+        report["profile"] = profile_steps(args, work)
     (work / "bench_small_steps.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 

@@ -34,3 +34,14 @@ def test_smoke_run_times_every_variant_and_stage(tmp_path: Path) -> None:
         for variant in ("cache_on_device", "cache_loader"):
             assert runs[(stage, variant)]["final_objective"] == pytest.approx(raw, rel=1e-3)
         assert runs[(stage, "cache_on_device")]["final_objective"] == runs[(stage, "cache_loader")]["final_objective"]
+
+
+def test_profile_writes_the_operator_table_and_the_host_share(tmp_path: Path) -> None:
+    bench = _load()
+    report = bench.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--stages", "1",
+                         "--variants", "cache_on_device", "--profile", "2"])
+    row = report["profile"]
+    assert row["steps"] == 2 and row["wall_s_per_step"] > 0
+    assert row["ops_per_step"] > 1000  # a stage-1 step of the tiny preset issues thousands of operators
+    table = (tmp_path / "profile.txt").read_text()
+    assert "aten::" in table and "Self CPU" in table

@@ -296,19 +296,20 @@ def trajectory_metrics(pred_w2c: Any, gt_w2c: Any) -> dict[str, float]:
 
 def nearest_distances(query: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Euclidean distance ``(N,)`` from each ``query`` point ``(N, 3)`` to its nearest
-    ``reference`` point ``(M, 3)``: scipy's ``cKDTree`` if available, else exact brute force
+    ``reference`` point ``(M, 3)``: scipy's ``cKDTree`` if available (queried on all cores), else exact brute force
     in float64 torch, ``chunk`` queries at a time (``N x M`` work; fine for the subsampled
-    clouds of :func:`pointmap_metrics`)."""
+    clouds of :func:`pointmap_metrics`), on the GPU when there is one."""
     try:
         from scipy.spatial import cKDTree
     except ImportError:
         import torch
 
-        ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float64))
-        out = [torch.cdist(torch.from_numpy(np.ascontiguousarray(query[i:i + chunk], dtype=np.float64)), ref)
-               .min(dim=1).values for i in range(0, len(query), chunk)]
-        return torch.cat(out).numpy() if out else np.zeros(0)
-    return cKDTree(reference).query(query)[0]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float64)).to(device)
+        out = [torch.cdist(torch.from_numpy(np.ascontiguousarray(query[i:i + chunk], dtype=np.float64)).to(device),
+                           ref).min(dim=1).values for i in range(0, len(query), chunk)]
+        return torch.cat(out).cpu().numpy() if out else np.zeros(0)
+    return cKDTree(reference).query(query, workers=-1)[0]  # the queries on every core
 
 
 

@@ -23,6 +23,18 @@ def signal_exit_code(stopped: str) -> int:
     return 0
 
 
+def exit_on_signal(stopped: str, what: str) -> None:
+    """End the whole command when a signal stopped one of its runs (``stopped`` of a
+    :class:`~fantasyworld.training.trainer.TrainResult`): ``SystemExit`` with the shell's status
+    (:func:`signal_exit_code`) and a message naming ``what`` stopped, so a script that runs
+    several trainings does not go on with the next after SIGTERM / SIGINT. Other stops
+    (``finished``, ``time_limit``) return."""
+    code = signal_exit_code(stopped)
+    if code:
+        print(f"{stopped.upper()}: {what} stopped; exiting (status {code})", flush=True)
+        raise SystemExit(code)
+
+
 class SignalFlag:
     """Set by SIGTERM or SIGINT (installed only in the main thread); restored on :meth:`close`.
 
