@@ -1,0 +1,120 @@
+"""Peak activation memory of one no-grad forward, counted on the meta device (no GPU, no weights).
+
+Every tensor an operator returns during the forward is tracked by its storage until the last
+tensor on that storage is garbage-collected; the largest sum of live storages is the peak,
+reported with the operator, the output shape and the project's source lines that made it.
+Parameters are not counted (they exist before the forward). ``F.scaled_dot_product_attention``
+is counted as a fused kernel (its output only, no score matrix), as the GPU's flash kernels run.
+
+What it is for: where the inference forward's transient memory peaks, before a GPU is spent
+on it (``--no-heads``: the Wan and geometry blocks alone, as the denoising steps before the
+last run them).
+
+    python benchmarks/activation_peak.py --preset wan2.1-i2v-14b-480p --frames 81 --size 336x592
+    python benchmarks/activation_peak.py --preset wan2.1-i2v-14b-480p --frames 81 --size 336x592 --no-heads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import traceback
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fantasyworld.models.config import get_preset
+from fantasyworld.models.fantasyworld import FantasyWorldModel
+
+
+class LiveStorages(TorchDispatchMode):
+    """Bytes of the storages that operator outputs hold, while any tensor on them lives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, int] = {}
+        self.nbytes: dict[int, int] = {}
+        self.live = self.peak = 0
+        self.at: dict[str, Any] = {}
+
+    def _release(self, key: int) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            self.live -= self.nbytes.pop(key)
+            del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ARG002
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(t, torch.Tensor):
+                continue
+            key = t.untyped_storage()._cdata
+            if key not in self.refs:
+                self.refs[key] = 0
+                self.nbytes[key] = t.untyped_storage().nbytes()
+                self.live += self.nbytes[key]
+                if self.live > self.peak:
+                    self.peak = self.live
+                    lines = [f"{f.filename.split('fantasyworld/', 1)[-1]}:{f.lineno} {f.name}"
+                             for f in traceback.extract_stack()[:-1] if "/fantasyworld/" in f.filename]
+                    self.at = {"op": str(func), "shape": list(t.shape), "tensor_dtype": str(t.dtype),
+                               "where": lines[-3:]}
+            self.refs[key] += 1
+            weakref.finalize(t, self._release, key)
+        return out
+
+
+def _fused_attention(query, key, value, *args, **kwargs):  # noqa: ARG001
+    """What a fused attention kernel leaves behind: the output, no score matrix."""
+    return torch.empty(*query.shape[:-1], value.shape[-1], dtype=query.dtype, device=query.device)
+
+
+def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool = True,
+                 dtype: torch.dtype = torch.bfloat16, text_tokens: int = 512) -> dict[str, Any]:
+    """Peak live activation bytes of ``FantasyWorldModel(preset)``'s no-grad forward on one
+    sample of ``frames x height x width`` pixels (latents ``(1, 16, 1 + (frames - 1) // 4, H / 8,
+    W / 8)``, Plücker rays ``(1, frames, 6, H, W)``), on the meta device."""
+    cfg = get_preset(preset)
+    meta = {"device": "meta", "dtype": dtype}
+    with torch.device("meta"):
+        model = FantasyWorldModel(cfg, device="meta").to(dtype).eval()
+    lat_frames = (frames - 1) // 4 + 1
+    inputs: dict[str, Any] = {"plucker": torch.empty(1, frames, 6, height, width, **meta)}
+    if cfg.is_i2v:
+        inputs["cond_latent"] = torch.empty(1, cfg.wan["in_channels"] - 16, lat_frames, height // 8, width // 8,
+                                            **meta)
+        if cfg.uses_clip:
+            inputs["image_emb"] = torch.empty(1, 257, cfg.wan["image_dim"], **meta)
+    if not heads:
+        inputs["heads"] = None
+    latents = torch.empty(1, 16, lat_frames, height // 8, width // 8, **meta)
+    text = torch.empty(1, text_tokens, cfg.wan["text_dim"], **meta)
+    counter = LiveStorages()
+    sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, _fused_attention
+    try:
+        with torch.no_grad(), counter:
+            model(latents, torch.full((1,), 500.0, **meta), text, **inputs)
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    return {"preset": preset, "frames": frames, "height": height, "width": width, "heads": heads,
+            "dtype": str(dtype), "peak_gib": counter.peak / 2**30, "peak_bytes": counter.peak, **counter.at}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="wan2.1-i2v-14b-480p")
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--size", default="336x592", help="HxW in pixels")
+    p.add_argument("--no-heads", action="store_true", help="the blocks alone (the steps before the last)")
+    args = p.parse_args(argv)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    row = forward_peak(args.preset, args.frames, h, w, heads=not args.no_heads)
+    print(json.dumps(row, indent=1))
+    return row
+
+
+if __name__ == "__main__":
+    main()
