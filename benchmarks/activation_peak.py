@@ -73,14 +73,19 @@ def _fused_attention(query, key, value, *args, **kwargs):  # noqa: ARG001
 
 
 def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool = True,
-                 dtype: torch.dtype = torch.bfloat16, text_tokens: int = 512) -> dict[str, Any]:
+                 dtype: torch.dtype = torch.bfloat16, text_tokens: int = 512,
+                 temporal_chunk: int | None = None) -> dict[str, Any]:
     """Peak live activation bytes of ``FantasyWorldModel(preset)``'s no-grad forward on one
     sample of ``frames x height x width`` pixels (latents ``(1, 16, 1 + (frames - 1) // 4, H / 8,
-    W / 8)``, Plücker rays ``(1, frames, 6, H, W)``), on the meta device."""
+    W / 8)``, Plücker rays ``(1, frames, 6, H, W)``), on the meta device. ``temporal_chunk``: the
+    DPT heads' ``temporal_chunk_size`` (latent frames per step of their temporal upsamplers)."""
     cfg = get_preset(preset)
     meta = {"device": "meta", "dtype": dtype}
     with torch.device("meta"):
         model = FantasyWorldModel(cfg, device="meta").to(dtype).eval()
+    for module in model.modules():
+        if hasattr(module, "temporal_chunk_size"):
+            module.temporal_chunk_size = temporal_chunk
     lat_frames = (frames - 1) // 4 + 1
     inputs: dict[str, Any] = {"plucker": torch.empty(1, frames, 6, height, width, **meta)}
     if cfg.is_i2v:
@@ -100,7 +105,7 @@ def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool 
     finally:
         F.scaled_dot_product_attention = sdpa
     return {"preset": preset, "frames": frames, "height": height, "width": width, "heads": heads,
-            "dtype": str(dtype), "peak_gib": counter.peak / 2**30, "peak_bytes": counter.peak, **counter.at}
+            "dtype": str(dtype), "temporal_chunk": temporal_chunk, "peak_gib": counter.peak / 2**30, "peak_bytes": counter.peak, **counter.at}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -109,9 +114,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--size", default="336x592", help="HxW in pixels")
     p.add_argument("--no-heads", action="store_true", help="the blocks alone (the steps before the last)")
+    p.add_argument("--temporal-chunk", type=int, default=None,
+                   help="latent frames per step of the DPT heads' temporal upsamplers (default: all)")
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    row = forward_peak(args.preset, args.frames, h, w, heads=not args.no_heads)
+    row = forward_peak(args.preset, args.frames, h, w, heads=not args.no_heads, temporal_chunk=args.temporal_chunk)
     print(json.dumps(row, indent=1))
     return row
 
