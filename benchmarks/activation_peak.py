@@ -105,7 +105,8 @@ def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool 
     finally:
         F.scaled_dot_product_attention = sdpa
     return {"preset": preset, "frames": frames, "height": height, "width": width, "heads": heads,
-            "dtype": str(dtype), "temporal_chunk": temporal_chunk, "peak_gib": counter.peak / 2**30, "peak_bytes": counter.peak, **counter.at}
+            "dtype": str(dtype), "temporal_chunk": temporal_chunk,
+            "peak_gib": counter.peak / 2**30, "peak_bytes": counter.peak, **counter.at}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
