@@ -74,11 +74,13 @@ def _fused_attention(query, key, value, *args, **kwargs):  # noqa: ARG001
 
 def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool = True,
                  dtype: torch.dtype = torch.bfloat16, text_tokens: int = 512,
-                 temporal_chunk: int | None = None) -> dict[str, Any]:
+                 temporal_chunk: int | None = None, frames_chunk: int | None = None) -> dict[str, Any]:
     """Peak live activation bytes of ``FantasyWorldModel(preset)``'s no-grad forward on one
     sample of ``frames x height x width`` pixels (latents ``(1, 16, 1 + (frames - 1) // 4, H / 8,
     W / 8)``, Plücker rays ``(1, frames, 6, H, W)``), on the meta device. ``temporal_chunk``: the
-    DPT heads' ``temporal_chunk_size`` (latent frames per step of their temporal upsamplers)."""
+    DPT heads' ``temporal_chunk_size`` (latent frames per step of their temporal upsamplers);
+    ``frames_chunk``: their ``frames_chunk_size`` (pixel frames per step of the fusion; None:
+    the preset's)."""
     cfg = get_preset(preset)
     meta = {"device": "meta", "dtype": dtype}
     with torch.device("meta"):
@@ -86,6 +88,8 @@ def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool 
     for module in model.modules():
         if hasattr(module, "temporal_chunk_size"):
             module.temporal_chunk_size = temporal_chunk
+            if frames_chunk is not None:
+                module.frames_chunk_size = frames_chunk
     lat_frames = (frames - 1) // 4 + 1
     inputs: dict[str, Any] = {"plucker": torch.empty(1, frames, 6, height, width, **meta)}
     if cfg.is_i2v:
@@ -106,7 +110,8 @@ def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool 
         F.scaled_dot_product_attention = sdpa
     return {"preset": preset, "frames": frames, "height": height, "width": width, "heads": heads,
             "dtype": str(dtype), "temporal_chunk": temporal_chunk,
-            "peak_gib": counter.peak / 2**30, "peak_bytes": counter.peak, **counter.at}
+            "frames_chunk": frames_chunk, "peak_gib": counter.peak / 2**30, "peak_bytes": counter.peak,
+            **counter.at}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -117,9 +122,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-heads", action="store_true", help="the blocks alone (the steps before the last)")
     p.add_argument("--temporal-chunk", type=int, default=None,
                    help="latent frames per step of the DPT heads' temporal upsamplers (default: all)")
+    p.add_argument("--frames-chunk", type=int, default=None,
+                   help="pixel frames per step of the DPT heads' fusion (default: the preset's, 16)")
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    row = forward_peak(args.preset, args.frames, h, w, heads=not args.no_heads, temporal_chunk=args.temporal_chunk)
+    row = forward_peak(args.preset, args.frames, h, w, heads=not args.no_heads,
+                       temporal_chunk=args.temporal_chunk, frames_chunk=args.frames_chunk)
     print(json.dumps(row, indent=1))
     return row
 

@@ -158,3 +158,22 @@ def test_a_large_token_embedding_is_looked_up_on_the_host_during_a_visit(monkeyp
     assert moved and torch.equal(moved[0], ids)  # the lookup went through the host table
     assert torch.equal(out, plain)
     assert "forward" not in te.shared.__dict__ and "forward" not in te.encoder.embed_tokens.__dict__  # restored
+
+
+def test_the_tiers_heads_chunking_is_set_on_every_dpt_head_and_keeps_the_geometry(checkpoint) -> None:
+    own = MemoryTier("own", "the heads' own chunking", heads_chunks=None)
+    fine = MemoryTier("fine", "one latent frame, two pixel frames a step", heads_chunks=(1, 2))
+    pipes = {t.name: FantasyWorldPipeline.from_pretrained(checkpoint, memory=t) for t in (own, fine)}
+    heads = [m for m in pipes["fine"].model.modules() if hasattr(m, "frames_chunk_size")]
+    assert len(heads) == 2 and all((h.temporal_chunk_size, h.frames_chunk_size) == (1, 2) for h in heads)
+    assert all(h.temporal_chunk_size is None and h.frames_chunk_size == 16
+               for h in pipes["own"].model.modules() if hasattr(h, "frames_chunk_size"))
+    kw = {"num_frames": 9}
+    res = {name: pipe("a room", camera="orbit", seed=0, height=32, width=32, num_steps=2, progress=False,
+                      max_points=100, **kw) for name, pipe in pipes.items()}
+    assert res["fine"].settings["heads_chunks"] == [1, 2] and res["own"].settings["heads_chunks"] is None
+    np.testing.assert_array_equal(res["fine"].latents, res["own"].latents)  # the heads do not feed back
+    # exact chunkings: float32 sums over different convolution lengths and batch sizes only
+    for key in ("depth", "world_points"):
+        np.testing.assert_allclose(getattr(res["fine"], key), getattr(res["own"], key), rtol=1e-5, atol=1e-5)
+    assert MEMORY_TIERS[DEFAULT_MEMORY_TIER].heads_chunks == (4, 4)

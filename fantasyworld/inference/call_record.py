@@ -72,6 +72,7 @@ def call_settings(pipe: Any, prompt: str, negative: str, image: Any, cams: Camer
         "geometry_timestep": res.geometry_timestep,
         "cfg_batch": opts.resolved_cfg_batch(pipe.memory.cfg_batch),
         "memory_tier": pipe.memory.name,
+        "heads_chunks": None if pipe.memory.heads_chunks is None else list(pipe.memory.heads_chunks),
         "cloud_source": opts.cloud_source, "conf_percentile": opts.conf_percentile,
         "max_points": opts.max_points,
         "preset": cfg.name, "checkpoint": pipe.source, "device": str(pipe.device),

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BlockSwap", "HostOffload", "PhaseMeter", "repeated_blocks", "to_device_except"]
+__all__ = ["BlockSwap", "HostOffload", "PhaseMeter", "repeated_blocks", "set_head_chunks", "to_device_except"]
 
 
 def _pinned_host(t: torch.Tensor) -> torch.Tensor:
@@ -115,6 +115,19 @@ class HostOffload:
             self._swap.detach()
             self._swap = None
         torch.cuda.empty_cache()
+
+
+def set_head_chunks(model: nn.Module, chunks: tuple[int, int] | None) -> int:
+    """Set every DPT head's inference chunking (``MemoryTier.heads_chunks``): ``chunks =
+    (temporal_chunk_size, frames_chunk_size)``; ``None`` leaves the heads as they are.
+    Returns the number of heads set."""
+    if chunks is None:
+        return 0
+    temporal, frames = chunks
+    heads = [m for m in model.modules() if hasattr(m, "temporal_chunk_size") and hasattr(m, "frames_chunk_size")]
+    for head in heads:
+        head.temporal_chunk_size, head.frames_chunk_size = temporal, frames
+    return len(heads)
 
 
 def to_device_except(model: nn.Module, skip: Iterable[nn.Module], device: torch.device) -> None:

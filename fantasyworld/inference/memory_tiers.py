@@ -11,7 +11,13 @@ decode. A :class:`MemoryTier` says, for a card size, which of these share the ca
 * ``block_swap``: the frozen Wan blocks' weights live in pinned host memory and are copied to
   the GPU one layer ahead of use on a side stream
   (:class:`~fantasyworld.inference.memory.BlockSwap`), so only two blocks are resident at a time;
-* ``vae_tiling``: tiled VAE decode.
+* ``vae_tiling``: tiled VAE decode;
+* ``heads_chunks``: the DPT heads' chunking at inference, ``(latent frames per step of the
+  temporal upsamplers, pixel frames per step of the fusion)``; ``None`` keeps the heads' own
+  (all latent frames, 16 pixel frames, as the official). Both chunkings are exact (causal
+  convolutions with carried caches; a per-frame fusion), so the values do not change; at 14B,
+  81x336x592, ``(4, 4)`` lowers the last step's activation peak from 3.59 to 2.34 GiB
+  (``benchmarks/activation_peak.py``).
 
 Tiers are a registry (:data:`MEMORY_TIERS`, keyed by the card's GiB), chosen with
 ``FantasyWorldPipeline.from_pretrained(memory=...)`` or ``fantasyworld generate --memory``.
@@ -36,6 +42,7 @@ class MemoryTier:
     cfg_batch: bool = True
     block_swap: bool = False
     vae_tiling: bool | str = "auto"
+    heads_chunks: tuple[int, int] | None = (4, 4)
 
 
 #: card GiB -> tier

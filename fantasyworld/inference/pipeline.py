@@ -47,7 +47,7 @@ from fantasyworld.inference.loading import (
     load_text_component,
     load_vae_component,
 )
-from fantasyworld.inference.memory import BlockSwap, HostOffload, PhaseMeter, to_device_except
+from fantasyworld.inference.memory import BlockSwap, HostOffload, PhaseMeter, set_head_chunks, to_device_except
 from fantasyworld.inference.memory_tiers import MemoryTier, get_memory_tier
 from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.ply import CLOUD_SOURCES
@@ -137,6 +137,7 @@ class FantasyWorldPipeline:
             if module is not None and not offload:
                 module.to(self.device)
         # the encoders' visits to the GPU (no-ops when they are resident)
+        set_head_chunks(self.model, self.memory.heads_chunks)  # exact chunkings: the same values
         self._text_visit = HostOffload(self.text_encoder, self.device, offload)
         self._image_visit = HostOffload(self.image_encoder, self.device, offload)
         if cuda:
