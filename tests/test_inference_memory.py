@@ -164,10 +164,11 @@ def test_the_tiers_heads_chunking_is_set_on_every_dpt_head_and_keeps_the_geometr
     own = MemoryTier("own", "the heads' own chunking", heads_chunks=None)
     fine = MemoryTier("fine", "one latent frame, two pixel frames a step", heads_chunks=(1, 2))
     pipes = {t.name: FantasyWorldPipeline.from_pretrained(checkpoint, memory=t) for t in (own, fine)}
-    heads = [m for m in pipes["fine"].model.modules() if hasattr(m, "frames_chunk_size")]
-    assert len(heads) == 2 and all((h.temporal_chunk_size, h.frames_chunk_size) == (1, 2) for h in heads)
-    assert all(h.temporal_chunk_size is None and h.frames_chunk_size == 16
-               for h in pipes["own"].model.modules() if hasattr(h, "frames_chunk_size"))
+    heads = [m for m in pipes["fine"].model.modules() if hasattr(m, "inference_chunks")]
+    assert len(heads) == 2 and all(h.inference_chunks == (1, 2) for h in heads)
+    # only the no-gradient chunking is set: a model that also trains keeps its own
+    assert all((h.temporal_chunk_size, h.frames_chunk_size) == (None, 16) for h in heads)
+    assert all(h.inference_chunks is None for h in pipes["own"].model.modules() if hasattr(h, "inference_chunks"))
     kw = {"num_frames": 9}
     res = {name: pipe("a room", camera="orbit", seed=0, height=32, width=32, num_steps=2, progress=False,
                       max_points=100, **kw) for name, pipe in pipes.items()}

@@ -164,6 +164,9 @@ class DPTHead(nn.Module):
         #: recompute each frame chunk's fusion stage in backward (memory knob; set by the model)
         self.checkpoint_fusion = False
         self.temporal_chunk_size = temporal_chunk_size
+        #: ``(temporal_chunk_size, frames_chunk_size)`` used instead when no gradient is recorded
+        #: (inference; set by the memory tiers): both chunkings are exact, so only memory changes
+        self.inference_chunks: tuple[int, int] | None = None
         self.channels_last = False
         self.resize = "kernel"
         oc = list(out_channels)
@@ -313,9 +316,12 @@ class DPTHead(nn.Module):
         out_hw = (h * self.patch_size, w * self.patch_size)
         aspect = out_hw[1] / out_hw[0]
 
+        temporal_chunk, frames_chunk = self.temporal_chunk_size, self.frames_chunk_size
+        if self.inference_chunks is not None and not torch.is_grad_enabled():
+            temporal_chunk, frames_chunk = self.inference_chunks
         levels = self._levels(tokens, h, w)  # 4 x (B, C_i, F, h_i, w_i)
         if self.temporal_upsamplers is not None:
-            levels = [up(x, self.temporal_chunk_size) for up, x in zip(self.temporal_upsamplers, levels)]
+            levels = [up(x, temporal_chunk) for up, x in zip(self.temporal_upsamplers, levels)]
         num_out = levels[0].shape[2] if frames is None else frames.shape[1]
 
         def fuse_and_activate(*chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +329,7 @@ class DPTHead(nn.Module):
             return activate_head(raw, self.activation, self.conf_activation)
 
         values, confs = [], []
-        step = max(1, self.frames_chunk_size)
+        step = max(1, frames_chunk)
         for start in range(0, num_out, step):
             # (B, C_i, t, h_i, w_i) -> (B*t, C_i, h_i, w_i)
             chunk = [self._frame_maps(x, start, start + step, frames) for x in levels]

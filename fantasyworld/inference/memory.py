@@ -118,15 +118,13 @@ class HostOffload:
 
 
 def set_head_chunks(model: nn.Module, chunks: tuple[int, int] | None) -> int:
-    """Set every DPT head's inference chunking (``MemoryTier.heads_chunks``): ``chunks =
-    (temporal_chunk_size, frames_chunk_size)``; ``None`` leaves the heads as they are.
+    """Set every DPT head's chunking without gradients (``MemoryTier.heads_chunks``, the heads'
+    ``inference_chunks``): ``chunks = (temporal_chunk_size, frames_chunk_size)``, ``None``: the
+    heads' own. A model that also trains keeps its training chunking (gradients recorded).
     Returns the number of heads set."""
-    if chunks is None:
-        return 0
-    temporal, frames = chunks
-    heads = [m for m in model.modules() if hasattr(m, "temporal_chunk_size") and hasattr(m, "frames_chunk_size")]
+    heads = [m for m in model.modules() if hasattr(m, "inference_chunks")]
     for head in heads:
-        head.temporal_chunk_size, head.frames_chunk_size = temporal, frames
+        head.inference_chunks = None if chunks is None else tuple(chunks)
     return len(heads)
 
 
