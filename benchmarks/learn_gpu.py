@@ -132,16 +132,21 @@ class LearnConfig:
 
 
 class Phases:
-    """Start and end of every phase against its budget (``learn.json["phases"]``)."""
+    """Start and end of every phase against its budget (``learn.json["phases"]``). With
+    ``record``, each start and end rewrites that file with the phases so far (``"finished":
+    false``; a phase begun has no ``seconds`` yet), so a run stopped part-way (a time limit, a
+    signal) still says what each phase did and which one was running."""
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, record: Path | None = None, header: dict[str, Any] | None = None) -> None:
         self.budget, self.rows, self.t0 = budget, {}, time.perf_counter()
+        self.record, self.header = record, header or {}
 
     def start(self, name: str) -> None:
         """Begin ``name``."""
         self.rows[name] = {"budget_s": getattr(self.budget, name), "start_s": time.perf_counter() - self.t0}
         self._mono = time.monotonic()
         say(f"{name}: budget {getattr(self.budget, name):.0f} s")
+        self._write()
 
     def deadline(self, name: str) -> float:
         """The end of ``name``'s budget on the ``time.monotonic`` clock."""
@@ -157,6 +162,13 @@ class Phases:
         row["over_budget"] = row["seconds"] > row["budget_s"]
         row.update(info)
         say(f"{name}: {row['seconds']:.1f} s" + "".join(f", {k} {v}" for k, v in info.items()))
+        self._write()
+
+    def _write(self) -> None:
+        if self.record is not None:
+            partial = {**self.header, "finished": False, "phases": self.rows,
+                       "total_seconds": time.perf_counter() - self.t0}
+            self.record.write_text(json.dumps(partial, indent=1, default=str) + "\n")
 
 
 def say(msg: str) -> None:
@@ -268,8 +280,9 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     from fantasyworld.training.device_cache import release_device_cache
 
     out.mkdir(parents=True, exist_ok=True)
-    phases = Phases(cfg.budget)
     device = torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"
+    phases = Phases(cfg.budget, out / "learn.json",
+                    {"settings": _settings(cfg), "device": device, "torch": torch.__version__})
     say(f"{device}, torch {torch.__version__}, preset {cfg.preset}, {cfg.frames} frames at {cfg.size}x{cfg.size}")
     if importlib.util.find_spec("scipy") is None and not torch.cuda.is_available():
         # the Chamfer's nearest neighbours: scipy's k-d tree, else exact brute force (on the GPU if any)
@@ -330,7 +343,8 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     phases.end("eval", clips=evals[2]["num_clips"])
 
     verdict = learn_report.acceptance(evals[1], evals[2], diffusion)
-    summary = {"settings": _settings(cfg), "device": device, "torch": torch.__version__, "phases": phases.rows,
+    summary = {"settings": _settings(cfg), "device": device, "torch": torch.__version__, "finished": True,
+               "phases": phases.rows,
                "total_seconds": time.perf_counter() - phases.t0, "pretrain": {k: pre[k] for k in ("vae", "backbone")},
                "held_out_clips": held_ids[:cfg.eval_clips], "acceptance": verdict}
     learn_report.plot_curves(out, {"stage 1": result1.history, "stage 2": result2.history})

@@ -57,12 +57,25 @@ def test_budget_flags_change_only_the_named_phases() -> None:
         learn.Budget.parse("train=10")
 
 
+def test_phases_record_what_ran_so_far_for_a_run_stopped_part_way(tmp_path: Path) -> None:
+    learn = _load("learn_gpu")
+    record = tmp_path / "learn.json"
+    phases = learn.Phases(learn.Budget(), record, {"device": "cpu"})
+    phases.start("render")
+    phases.end("render", worlds=3)
+    phases.start("pretrain")  # stopped here: the file says so
+    partial = json.loads(record.read_text())
+    assert partial["finished"] is False and partial["device"] == "cpu"
+    assert partial["phases"]["render"]["worlds"] == 3 and partial["phases"]["render"]["seconds"] >= 0
+    assert "seconds" not in partial["phases"]["pretrain"] and partial["phases"]["pretrain"]["budget_s"] == 100.0
+
+
 def test_smoke_run_writes_the_curves_table_and_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     learn = _load("learn_gpu")
     rc = learn.main(["--smoke", "--out", str(tmp_path / "run")])
     out = tmp_path / "run"
     summary = json.loads((out / "learn.json").read_text())
-    assert rc == (0 if summary["acceptance"]["passed"] else 1)
+    assert rc == (0 if summary["acceptance"]["passed"] else 1) and summary["finished"] is True
     assert set(summary["phases"]) == set(learn.PHASES)
     for name, row in summary["phases"].items():
         assert row["seconds"] > 0 and row["budget_s"] == getattr(learn.LearnConfig.smoke().budget, name)
