@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import traceback
 import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fantasyworld.models.config import get_preset
-from fantasyworld.models.fantasyworld import FantasyWorldModel
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from meta_inputs import meta_forward_inputs  # noqa: E402
+
+from fantasyworld.models.config import get_preset  # noqa: E402
+from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
 
 
 class LiveStorages(TorchDispatchMode):
@@ -82,7 +88,6 @@ def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool 
     ``frames_chunk``: their ``frames_chunk_size`` (pixel frames per step of the fusion; None:
     the preset's)."""
     cfg = get_preset(preset)
-    meta = {"device": "meta", "dtype": dtype}
     with torch.device("meta"):
         model = FantasyWorldModel(cfg, device="meta").to(dtype).eval()
     for module in model.modules():
@@ -90,22 +95,15 @@ def forward_peak(preset: str, frames: int, height: int, width: int, heads: bool 
             module.temporal_chunk_size = temporal_chunk
             if frames_chunk is not None:
                 module.frames_chunk_size = frames_chunk
-    lat_frames = (frames - 1) // 4 + 1
-    inputs: dict[str, Any] = {"plucker": torch.empty(1, frames, 6, height, width, **meta)}
-    if cfg.is_i2v:
-        inputs["cond_latent"] = torch.empty(1, cfg.wan["in_channels"] - 16, lat_frames, height // 8, width // 8,
-                                            **meta)
-        if cfg.uses_clip:
-            inputs["image_emb"] = torch.empty(1, 257, cfg.wan["image_dim"], **meta)
+    latents, timestep, text, inputs = meta_forward_inputs(cfg, frames, height, width, dtype=dtype,
+                                                          text_tokens=text_tokens)
     if not heads:
         inputs["heads"] = None
-    latents = torch.empty(1, 16, lat_frames, height // 8, width // 8, **meta)
-    text = torch.empty(1, text_tokens, cfg.wan["text_dim"], **meta)
     counter = LiveStorages()
     sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, _fused_attention
     try:
         with torch.no_grad(), counter:
-            model(latents, torch.full((1,), 500.0, **meta), text, **inputs)
+            model(latents, timestep, text, **inputs)
     finally:
         F.scaled_dot_product_attention = sdpa
     return {"preset": preset, "frames": frames, "height": height, "width": width, "heads": heads,

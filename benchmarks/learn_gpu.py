@@ -343,8 +343,7 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     phases.end("eval", clips=evals[2]["num_clips"])
 
     verdict = learn_report.acceptance(evals[1], evals[2], diffusion)
-    summary = {"settings": _settings(cfg), "device": device, "torch": torch.__version__, "finished": True,
-               "phases": phases.rows,
+    summary = {**phases.header, "finished": True, "phases": phases.rows,
                "total_seconds": time.perf_counter() - phases.t0, "pretrain": {k: pre[k] for k in ("vae", "backbone")},
                "held_out_clips": held_ids[:cfg.eval_clips], "acceptance": verdict}
     learn_report.plot_curves(out, {"stage 1": result1.history, "stage 2": result2.history})

@@ -25,6 +25,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from meta_inputs import meta_forward_inputs  # noqa: E402
 
 from fantasyworld.models.config import get_preset  # noqa: E402
 from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
@@ -61,19 +64,11 @@ def step_tensor_sizes(preset: str, frames: int, height: int, width: int, stage: 
     with torch.device("meta"):
         model = FantasyWorldModel(cfg, device="meta")
     model.set_stage(stage)
-    meta = {"device": "meta"}
-    latents = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, **meta)
-    kwargs: dict = {"stage": stage}
-    if stage == 2 or cfg.has_control_adapter:
-        kwargs["plucker"] = torch.randn(1, frames, cfg.plucker_channels, height, width, **meta)
-    if cfg.is_i2v:
-        kwargs["cond_latent"] = torch.randn(1, cfg.wan["in_channels"] - 16, *latents.shape[2:], **meta)
-        if cfg.uses_clip:
-            kwargs["image_emb"] = torch.randn(1, 257, cfg.wan["image_dim"], **meta)
-    text = torch.randn(1, 512, cfg.wan["text_dim"], **meta)
+    latents, timestep, text, kwargs = meta_forward_inputs(cfg, frames, height, width,
+                                                          cameras=stage == 2 or cfg.has_control_adapter)
     rec = _SizeRecorder(min_elements)
     with rec:
-        out = model(latents, torch.full((1,), 500.0, **meta), text, **kwargs)
+        out = model(latents, timestep, text, **kwargs, stage=stage)
         loss = sum(v.float().sum() for v in out.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
         rec.phase = "backward"
         loss.backward()
