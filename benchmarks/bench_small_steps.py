@@ -21,8 +21,10 @@ frames at 32x32, batch 4).
 
 ``--profile N`` then profiles N stage-1 steps from the cache on the device
 (``torch.profiler``): the operators by device time in ``OUT/profile.txt`` and, in the report,
-the wall and device-busy seconds per step and the profiler events per step (host-bound
-when the device is busy for a small share of the wall time).
+the wall and device-busy seconds per step, the profiler events per step (host-bound
+when the device is busy for a small share of the wall time) and, on a GPU, the operations of
+one step that make the host wait for the device (``host_syncs_per_step``).
+``--cuda-graphs`` replays each step as one CUDA graph (``model.cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", default="1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--compile", action="store_true", help="model.compile (torch.compile of every layer)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="model.cuda_graphs (each step replayed as one CUDA graph after 3 eager steps)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--profile", type=int, default=0,
                    help="then profile this many stage-1 steps from the cache on the device (OUT/profile.txt)")
@@ -90,7 +94,8 @@ def _config(args: argparse.Namespace, work: Path, stage: int, variant: str, init
     total = args.warmup + args.steps
     cfg = {"stage": stage, "output_dir": str(work / "runs" / f"{variant}_stage{stage}"), "steps": total,
            "batch_size": args.batch, "seed": 0, "device": args.device, "mixed_precision": "auto",
-           "model": {"preset": args.preset, "backbone_dir": args.backbone, "compile": args.compile},
+           "model": {"preset": args.preset, "backbone_dir": args.backbone, "compile": args.compile,
+                     "cuda_graphs": args.cuda_graphs},
            "data": data, "optim": {"lr": 1e-4, "warmup_steps": 10},
            "checkpoint": {"every": total, "keep_last": 1},
            "log": {"every": args.log_every, "tensorboard": False, "progress": False}}
@@ -113,7 +118,8 @@ def timed_run(args: argparse.Namespace, work: Path, stage: int, variant: str, in
     steps = sum(r["steps"] for r in rows)
     seconds = sum(r["steps"] * r["step_time_s"] for r in rows)
     row = {"stage": stage, "variant": variant, "steps_per_s": steps / seconds, "samples_per_s": steps * args.batch /
-           seconds, "timed_steps": int(steps), "build_s": build_s, "final_objective": rows[-1]["objective"]}
+           seconds, "timed_steps": int(steps), "build_s": build_s, "final_objective": rows[-1]["objective"],
+           "graphs_captured": trainer.graphed.captures if trainer.graphed is not None else 0}
     if torch.cuda.is_available() and trainer.world.device.type == "cuda":
         row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del trainer
@@ -144,6 +150,7 @@ def profile_steps(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             trainer.step_on_device(data_iter)
         sync()
         wall = time.perf_counter() - start
+    syncs = count_host_syncs(trainer, data_iter) if cuda else None
     events = prof.key_averages()
     device_key = "self_device_time_total" if cuda else "self_cpu_time_total"
     busy_us = sum(e.self_device_time_total for e in events) if cuda else float("nan")
@@ -151,9 +158,26 @@ def profile_steps(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     (work / "profile.txt").write_text(table + "\n")
     print(table, flush=True)
     row = {"steps": steps, "wall_s_per_step": wall / steps, "device_busy_s_per_step": busy_us / 1e6 / steps,
-           "ops_per_step": sum(e.count for e in events if e.device_type.name == "CPU") / steps}
+           "ops_per_step": sum(e.count for e in events if e.device_type.name == "CPU") / steps,
+           "host_syncs_per_step": syncs}
     print(json.dumps(row), flush=True)
     return row
+
+
+def count_host_syncs(trainer: Trainer, data_iter: Any) -> int:
+    """Operations of one step that make the host wait for the device (CUDA's sync debug mode:
+    blocking copies, reads of device values); each one empties the queue the host keeps ahead."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.step_on_device(data_iter)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -174,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     batch_size=16, workers=0 if args.smoke else min(4, os.cpu_count() or 1))
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     header = {"preset": args.preset, "frames": args.frames, "size": args.size, "batch": args.batch,
-              "device": device, "torch": torch.__version__, "compile": args.compile, "log_every": args.log_every}
+              "device": device, "torch": torch.__version__, "compile": args.compile, "cuda_graphs": args.cuda_graphs,
+              "log_every": args.log_every}
     print(json.dumps(header), flush=True)
     rows = []
     init = None

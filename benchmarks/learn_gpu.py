@@ -117,6 +117,7 @@ class LearnConfig:
     diffusion_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     workers: int = 16
     compile: bool = False
+    cuda_graphs: bool = False  # model.cuda_graphs: each training step replayed as one CUDA graph
     device: str = "cuda"
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
@@ -184,7 +185,8 @@ def train_config(cfg: LearnConfig, stage: int, cache: Path, run_dir: Path, asset
     data = {
         "stage": stage, "output_dir": str(run_dir), "steps": steps, "batch_size": cfg.batch, "seed": cfg.seed,
         "device": cfg.device, "mixed_precision": "auto",
-        "model": {"preset": cfg.preset, "backbone_dir": str(assets / "backbone"), "compile": cfg.compile},
+        "model": {"preset": cfg.preset, "backbone_dir": str(assets / "backbone"), "compile": cfg.compile,
+                  "cuda_graphs": cfg.cuda_graphs},
         "data": {"cache_dir": str(cache), "num_frames": cfg.frames, "height": cfg.size, "width": cfg.size,
                  "cache_on_device": True},
         "optim": {"lr": lr, "weight_decay": 0.01, "warmup_steps": min(warmup, steps // 4), "schedule": "cosine",

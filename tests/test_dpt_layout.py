@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fantasyworld.heads.dpt_head import DPTHead
-from fantasyworld.heads.resize import interpolation_matrix, resize_bilinear
+from fantasyworld.heads.resize import device_interpolation_matrix, interpolation_matrix, resize_bilinear
 
 TINY = dict(features=32, out_channels=[16, 32, 64, 64])
 GRID = (3, 2)
@@ -45,6 +45,19 @@ def test_interpolation_matrix_rows_are_convex_pairs() -> None:
     assert ((a > 0).sum(1) <= 2).all() and a[0, 0] == 1 and a[-1, -1] == 1
     with pytest.raises(ValueError, match="resize mode must be one of kernel, matmul"):
         resize_bilinear(torch.zeros(1, 1, 2, 2), (4, 4), "nearest")
+
+
+def test_device_matrix_is_made_once_and_serves_training_after_inference() -> None:
+    # one copy to the device per size (a copy per resize would make the host wait for the device)
+    device_interpolation_matrix.cache_clear()
+    with torch.inference_mode():  # first needed by inference ...
+        a = device_interpolation_matrix(7, 19, torch.device("cpu"), torch.float32)
+    assert not a.is_inference()  # ... still usable where autograd saves it
+    assert device_interpolation_matrix(7, 19, torch.device("cpu"), torch.float32) is a
+    assert torch.equal(a, interpolation_matrix(7, 19, "cpu", torch.float32))
+    x = torch.randn(1, 2, 5, 7, requires_grad=True)
+    resize_bilinear(x, (11, 19), "matmul").sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def _tokens(num_frames: int, batch: int = 2) -> list[torch.Tensor]:

@@ -14,14 +14,21 @@ bf16 rounding level.
 Memory layouts: a ``channels_last`` input ``(N, C, h, w)`` stored as ``(N, h, w, C)`` is resized
 in that layout (the width product batches over ``N h``, the height product over ``N``), so no
 transpose is needed and the output is ``channels_last`` too.
+
+The matrices are built on the host (``index_put_`` of the two weights per row) and copied to
+the device once per ``(h, H, device, dtype)``: :func:`device_interpolation_matrix` keeps them.
+A copy from pageable host memory at every resize would make the host wait for every queued
+kernel (twice per resize, some twenty times per training step of a small preset).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RESIZE_MODES", "interpolation_matrix", "resize_bilinear"]
+__all__ = ["RESIZE_MODES", "device_interpolation_matrix", "interpolation_matrix", "resize_bilinear"]
 
 #: DPT resize implementations: the ``upsample_bilinear2d`` kernel, or two matrix products
 RESIZE_MODES = ("kernel", "matmul")
@@ -51,6 +58,16 @@ def interpolation_matrix(n_in: int, n_out: int, device: torch.device | str, dtyp
     return mat.to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=256)
+def device_interpolation_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`interpolation_matrix` made once per argument tuple and kept (read-only: the same
+    tensor is returned to every caller). A few hundred kilobytes at the largest sizes. Made
+    outside inference mode, so a matrix first needed by inference can be saved for a later
+    training backward."""
+    with torch.inference_mode(False):
+        return interpolation_matrix(n_in, n_out, device, dtype)
+
+
 def _kernel(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     total = size[0] * size[1] * x.shape[0] * x.shape[1]
     if total <= _INTERP_MAX_ELEMENTS:
@@ -62,8 +79,8 @@ def _kernel(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _matmul(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     n, c, h, w = x.shape
     out_h, out_w = size
-    a_h = interpolation_matrix(h, out_h, x.device, x.dtype)  # (H, h)
-    a_w = interpolation_matrix(w, out_w, x.device, x.dtype)  # (W, w)
+    a_h = device_interpolation_matrix(h, out_h, x.device, x.dtype)  # (H, h)
+    a_w = device_interpolation_matrix(w, out_w, x.device, x.dtype)  # (W, w)
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         t = torch.matmul(x, a_w.t())  # (N, C, h, W)
         return torch.matmul(a_h, t)  # (N, C, H, W)

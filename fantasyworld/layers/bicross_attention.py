@@ -18,6 +18,8 @@ Parameter names follow the official checkpoint (``gamma_m1``, ``cross_attn.m1_pr
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
@@ -35,6 +37,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.type_as(x)
 
 
+@functools.lru_cache(maxsize=16)
+def _rope_table(head_dim: int, device: torch.device) -> WanRotaryPosEmbed:
+    """Wan's RoPE frequency tables for ``head_dim`` on ``device``, built on the host and copied
+    once (a copy from pageable memory at every forward would make the host wait for the device);
+    the tables themselves are evaluated per call, so nothing grid-sized is kept."""
+    with torch.inference_mode(False):
+        return WanRotaryPosEmbed(head_dim, (1, 1, 1), max_seq_len=1024).to(device)
+
+
 def bicross_rotary(
     grid: tuple[int, int, int], head_dim: int, num_special: int, device: torch.device
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -44,7 +55,7 @@ def bicross_rotary(
     (1, F*(num_special + h*w), 1, d); special tokens get cos = 1, sin = 0.
     """
     f, h, w = grid
-    rope = WanRotaryPosEmbed(head_dim, (1, 1, 1), max_seq_len=1024).to(device)
+    rope = _rope_table(head_dim, torch.device(device))
     cos_v, sin_v = rope(torch.empty(1, 1, f, h, w, device=device))
     d = cos_v.shape[-1]
     cos_f = cos_v.reshape(f, h * w, d)

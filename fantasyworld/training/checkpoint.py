@@ -221,7 +221,33 @@ def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, world: 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=world.distributed)
-    return get_optimizer_state_dict(model, optimizer, options=options)
+    state = get_optimizer_state_dict(model, optimizer, options=options)
+    if "param_groups" in state:
+        state = {**state, "param_groups": [_plain_group(g) for g in state["param_groups"]]}
+    return state
+
+
+def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
+    """A parameter group as an eager AdamW holds it: one-element tensors (a CUDA-graphed run's
+    device learning rate) as floats, ``capturable`` off. A checkpoint then resumes the same
+    with or without ``model.cuda_graphs``, which sets both again."""
+    out = {k: float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 else v for k, v in group.items()}
+    if "capturable" in out:
+        out["capturable"] = False
+    return out
+
+
+def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The LR scheduler's state with one-element tensors (the last learning rates of a graphed
+    run) as floats."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            return float(v)
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    return {k: plain(v) for k, v in state.items()}
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -275,7 +301,7 @@ def save_checkpoint(
             "samples_seen": samples_seen,
             "world_size": world.world_size,
             "optimizer": optim_state,
-            "lr_scheduler": scheduler.state_dict(),
+            "lr_scheduler": _plain_scheduler_state(scheduler.state_dict()),
             "rng": rngs,
             **(extra_state or {}),
         }

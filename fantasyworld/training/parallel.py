@@ -118,21 +118,22 @@ def shard_model(model: nn.Module, world: World) -> nn.Module:
 
 
 def all_reduce_max(values: torch.Tensor, world: World) -> torch.Tensor:
-    """Elementwise max over ranks (in place on a copy); identity for one process."""
+    """Elementwise max over ranks (in place on a copy), on the input's device (a device tensor
+    is not read back to the host); identity for one process."""
     if not world.distributed:
         return values
     out = values.detach().clone().to(world.device)
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out.cpu()
+    return out.to(values.device)
 
 
 def all_reduce_mean(values: torch.Tensor, world: World) -> torch.Tensor:
-    """Elementwise mean over ranks; identity for one process."""
+    """Elementwise mean over ranks, on the input's device; identity for one process."""
     if not world.distributed:
         return values
     out = values.detach().clone().to(world.device)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return (out / world.world_size).cpu()
+    return (out / world.world_size).to(values.device)
 
 
 def gather_objects(obj: object, world: World) -> list[object]:

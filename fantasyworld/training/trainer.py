@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from fantasyworld.training import data as stream
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
 from fantasyworld.training.data import build_stream_loader, camera_dropped
 from fantasyworld.training.data_checks import check_cache, validate_training_data
+from fantasyworld.training.graphed_step import GraphedStep, StepOutputs, check_cuda_graphs
 from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import loss_keys, per_sample_losses
 from fantasyworld.training.lr_schedule import lr_multiplier
@@ -272,6 +273,7 @@ class Trainer:
                                          betas=tuple(o.betas), eps=o.eps, device=self.world.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(o.schedule, o.warmup_steps, self.cfg.steps, o.min_lr_ratio))
+        self.graphed: GraphedStep | None = None
         self.start_step = 0
         self.nonfinite_streak = 0
         self._resume_rng: Any = None
@@ -299,6 +301,11 @@ class Trainer:
             if self.world.is_main:
                 self.log.info(f"resumed from {ckpt.weights_path(self.run_dir, self.resume_step)} at step "
                               f"{self.start_step}")
+        if self.cfg.model.cuda_graphs:  # after any resume: the loaded groups get their device lr here
+            mem = self.memory
+            check_cuda_graphs(self.world.device, self.world.world_size, mem.optimizer, mem.checkpointing,
+                              mem.checkpoint_heads, mem.activation_offload)
+            self.graphed = GraphedStep(self._optimizer_step, self.optimizer, self.world.device)
 
     def _build_data(self) -> None:
         cfg, world = self.cfg, self.world
@@ -358,7 +365,9 @@ class Trainer:
             (scalar, fp32, differentiable) and the per-term sums (detached) for logging.
         """
         loss = self.cfg.loss
-        with torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        # a captured graph must not reuse autocast's cached weight casts across steps
+        with torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16, enabled=self.use_bf16,
+                            cache_enabled=self.graphed is None):
             outputs = self.model(
                 inputs["latents"], inputs["timestep"], inputs["text_emb"], plucker=inputs.get("plucker"),
                 cond_latent=inputs.get("cond_latent"), image_emb=inputs.get("image_emb"), stage=self.stage,
@@ -383,19 +392,37 @@ class Trainer:
         """One optimizer step: ``grad_accum`` micro-batches of prepare -> forward and losses ->
         backward, then the global gradient norm, clipping, the optimizer step and the LR schedule,
         with nothing read back to the host (fused AdamW skips a non-finite step by ``found_inf``).
+        With ``model.cuda_graphs`` the micro-batches are prepared first and the rest is replayed
+        as one CUDA graph (:mod:`~fantasyworld.training.graphed_step`).
 
         Returns:
             ``(means, grad_norm, skipped)`` on the device: this rank's loss terms of
             :func:`loss_keys` (means over its samples), the global norm before clipping and
             whether the step was skipped (a non-finite objective or norm on any rank).
         """
+        accum = self.cfg.grad_accum
+        self.model.train()
+        if self.graphed is not None:
+            out = self.graphed([self.prepare(next(data_iter)) for _ in range(accum)])
+        else:  # each micro-batch prepared when it is due: one micro-batch's inputs alive at a time
+            out = self._optimizer_step(self.prepare(next(data_iter)) for _ in range(accum))
+            self.optimizer.zero_grad(set_to_none=True)
+        self.last_lr = self._scheduled_lr()
+        with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+        return out
+
+    def _optimizer_step(self, micro_batches: Iterable[dict[str, Any]]) -> StepOutputs:
+        """Forward, losses and backward of each prepared micro-batch, then the norm, clipping and
+        the optimizer step (gradients are left in place; the caller clears them). No host read
+        with the fused AdamW, so the whole of it can be captured as a CUDA graph."""
         cfg, dev = self.cfg, self.world.device
         keys = loss_keys(self.stage)
-        self.model.train()
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         sums = torch.zeros(len(keys), dtype=torch.float64, device=dev)
-        for _micro in range(cfg.grad_accum):
-            total, terms = self.forward_losses(self.prepare(next(data_iter)))
+        for inputs in micro_batches:
+            total, terms = self.forward_losses(inputs)
             (total / (cfg.batch_size * cfg.grad_accum)).backward()  # a non-finite step is skipped below
             sums = sums + torch.stack([terms[k].detach().double() if k in terms else zero for k in keys])
         norm = self._grad_norm_and_clip()
@@ -406,12 +433,13 @@ class Trainer:
             self.optimizer.step()
         elif not bool(skipped):  # an optimizer without on-device skipping: one host read
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.last_lr = self.optimizer.param_groups[0]["lr"]
-        with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            self.scheduler.step()
         return sums / (cfg.batch_size * cfg.grad_accum), norm, skipped
+
+    def _scheduled_lr(self) -> float:
+        """The learning rate of the step being taken, as a float (computed on the host: a graphed
+        run's ``lr`` is a device tensor, which the log must not read back every step)."""
+        s = self.scheduler
+        return float(s.base_lrs[0] * s.lr_lambdas[0](s.last_epoch))
 
     def train_step(self, data_iter: Any, stop_requested: bool | str | None = None) -> tuple[dict[str, float], bool]:
         """:meth:`step_on_device` read back at once: ``(values, stop)``, the global means of the
