@@ -335,10 +335,11 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
           "text_encoder": str(encoders["text_encoder"]), "device": cfg.device}
     evals = {}
     pipe = None
+    baselines: dict = {}  # the same held-out clips for both stages: their baselines are scored once
     for stage, result in ((1, result1), (2, result2)):
         pipe = FantasyWorldPipeline.from_pretrained(result.last_checkpoint, **kw)
         metrics = evaluate(result.last_checkpoint, worlds, out / f"eval_stage{stage}", settings, pipe=pipe,
-                           log=lambda m, s=stage: say(f"eval stage {s}: {m.strip()}"))
+                           log=lambda m, s=stage: say(f"eval stage {s}: {m.strip()}"), baseline_scores=baselines)
         evals[stage] = metrics["summary"]["latents"]
     diffusion = learn_report.diffusion_losses(pipe, assets / "backbone", worlds, held_ids[:cfg.diffusion_clips],
                                               cfg.diffusion_sigmas, cfg.seed, cfg.frames, cfg.size)

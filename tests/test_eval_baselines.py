@@ -129,3 +129,14 @@ def test_nearest_distances_brute_force_matches_hand_values(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_scipy)
     np.testing.assert_allclose(nearest_distances(query, ref, chunk=2), expected)
+
+
+def test_brute_force_search_equals_the_kd_tree_on_a_degenerate_cloud():
+    # the one-plane baseline: every frame's points on the same plane, many of them repeated
+    rng = np.random.default_rng(0)
+    plane = np.concatenate([rng.uniform(-1, 1, (300, 2)), np.ones((300, 1))], axis=1)
+    ref = np.concatenate([plane] * 4)
+    query = rng.normal(size=(500, 3)) * 2.0
+    tree = nearest_distances(query, ref)  # cKDTree (scipy is a test extra)
+    brute = nearest_distances(query, ref, chunk=128, device="cpu")  # the GPU's search, on the CPU
+    np.testing.assert_allclose(brute, tree, rtol=1e-12, atol=1e-12)

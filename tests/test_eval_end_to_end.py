@@ -59,3 +59,20 @@ def test_evaluate_held_out_split_and_bad_input(tiny_setup, capsys):
     assert not (out / "report.html").exists()
     rc = main(["evaluate", "--checkpoint", str(root / "missing"), "--data", str(data), "--out", str(out)])
     assert rc == 2 and "error:" in capsys.readouterr().err
+
+
+def test_shared_baseline_scores_are_computed_once_and_equal(tiny_setup):
+    from fantasyworld.eval.evaluate import EvalSettings, evaluate
+
+    data, ckpt, root = tiny_setup
+    settings = EvalSettings(split="all", modes=("latents",), num_frames=5, height=32, width=32)
+    fresh = evaluate(ckpt, data, root / "eval_fresh", settings, report=False, log=None)
+    shared: dict = {}
+    first = evaluate(ckpt, data, root / "eval_first", settings, report=False, log=None, baseline_scores=shared)
+    assert set(shared) == {(c, 5, 32, 32) for c in first["clips"]}
+    shared[(first["clips"][0], 5, 32, 32)] = {**shared[(first["clips"][0], 5, 32, 32)], "rot_err": -1.0}
+    second = evaluate(ckpt, data, root / "eval_second", settings, report=False, log=None, baseline_scores=shared)
+    clip = first["clips"][0]
+    assert second["per_clip"][clip]["latents"]["baseline"]["rot_err"] == -1.0  # read from the dict, not rescored
+    for c in first["clips"]:
+        assert first["per_clip"][c]["latents"]["baseline"] == fresh["per_clip"][c]["latents"]["baseline"]

@@ -332,6 +332,7 @@ def evaluate(
     pipe=None,
     high_lora: str | None = None,
     low_lora: str | None = None,
+    baseline_scores: dict[tuple[str, int, int, int], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` on the ``settings.split`` clips of ``data_root``; write
     ``out_dir/metrics.json`` (and the report); return the metrics dict.
@@ -342,6 +343,9 @@ def evaluate(
     ``backbone``, ``vae``, ``text_encoder`` (and, for two experts, ``high_lora`` / ``low_lora``)
     are passed to the pipeline's ``from_pretrained`` (defaults: beside the checkpoint, else the
     tiny presets' seeded random ones); ``pipe`` reuses an already loaded pipeline.
+    ``baseline_scores``: a dict shared by several evaluations of the same clips (e.g. of two
+    checkpoints): the baselines' scores of a clip at a size, keyed ``(clip_id, T, H, W)``, are
+    computed once and read from it afterwards (they depend on the ground truth alone).
     """
     settings = settings or EvalSettings()
     start = time.perf_counter()
@@ -377,7 +381,12 @@ def evaluate(
         t0 = time.perf_counter()
         sample = dataset[index_of[clip_id]]
         gt = _ground_truth(sample)
-        base_scores = score_clip(baseline_prediction(gt), gt)
+        base_key = (clip_id, t, h, w)
+        base_scores = None if baseline_scores is None else baseline_scores.get(base_key)
+        if base_scores is None:
+            base_scores = score_clip(baseline_prediction(gt), gt)
+            if baseline_scores is not None:
+                baseline_scores[base_key] = base_scores
         clip_res: dict[str, Any] = {}
         fig: dict[str, Any] = {"clip_id": clip_id, "gt": gt, "frames": _frames_uint8(sample["video"])}
         seed = settings.seed + index_of[clip_id]

@@ -35,9 +35,10 @@ Point maps
   The prediction is Sim(3)-aligned to the ground truth with Umeyama on corresponding valid
   points (or a given transform). ``accuracy`` = mean distance from each predicted point to
   its nearest ground-truth point, ``completeness`` = mean distance from each ground-truth
-  point to its nearest predicted point, ``chamfer`` = their average. Nearest neighbours come
-  from scipy's ``cKDTree`` when scipy is installed (it is only a test extra), else from an
-  exact chunked brute-force search in torch (:func:`nearest_distances`).
+  point to its nearest predicted point, ``chamfer`` = their average. Nearest neighbours are
+  exact: a chunked brute-force search in torch on a GPU, else scipy's ``cKDTree`` when scipy
+  is installed (it is only a test extra), else the brute force on the CPU
+  (:func:`nearest_distances`).
 """
 
 from __future__ import annotations
@@ -294,23 +295,33 @@ def trajectory_metrics(pred_w2c: Any, gt_w2c: Any) -> dict[str, float]:
 # ------------------------------------------------------------------------ point maps
 
 
-def nearest_distances(query: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def nearest_distances(query: np.ndarray, reference: np.ndarray, chunk: int = 4096,
+                      device: str | None = None) -> np.ndarray:
     """Euclidean distance ``(N,)`` from each ``query`` point ``(N, 3)`` to its nearest
-    ``reference`` point ``(M, 3)``: scipy's ``cKDTree`` if available (queried on all cores), else exact brute force
-    in float64 torch, ``chunk`` queries at a time (``N x M`` work; fine for the subsampled
-    clouds of :func:`pointmap_metrics`), on the GPU when there is one."""
-    try:
-        from scipy.spatial import cKDTree
-    except ImportError:
-        import torch
+    ``reference`` point ``(M, 3)``, exact.
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float64)).to(device)
-        out = [torch.cdist(torch.from_numpy(np.ascontiguousarray(query[i:i + chunk], dtype=np.float64)).to(device),
-                           ref).min(dim=1).values for i in range(0, len(query), chunk)]
-        return torch.cat(out).cpu().numpy() if out else np.zeros(0)
-    return cKDTree(reference).query(query, workers=-1)[0]  # the queries on every core
+    On a GPU (``device`` None and CUDA available, or ``device="cuda"``) an exact brute-force
+    search in float64, ``chunk`` queries at a time (``N x M`` work: milliseconds for the
+    subsampled clouds of :func:`pointmap_metrics`; a k-d tree on the host takes tenths of a
+    second, most for the degenerate one-plane baseline); else scipy's ``cKDTree`` on every
+    core if scipy is installed; else the same brute force on the CPU.
+    """
+    import torch
 
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else None
+    if device is None:
+        try:
+            from scipy.spatial import cKDTree
+        except ImportError:
+            device = "cpu"
+        else:
+            return cKDTree(reference).query(query, workers=-1)[0]  # the queries on every core
+    ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float64)).to(device)
+    out = [torch.cdist(torch.from_numpy(np.ascontiguousarray(query[i:i + chunk], dtype=np.float64)).to(device), ref,
+                       compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+           for i in range(0, len(query), chunk)]
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
 
 def pointmap_metrics(
