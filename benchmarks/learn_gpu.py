@@ -117,7 +117,7 @@ class LearnConfig:
     diffusion_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     workers: int = 16
     compile: bool = False
-    cuda_graphs: bool = False  # model.cuda_graphs: each training step replayed as one CUDA graph
+    cuda_graphs: bool = True  # model.cuda_graphs on a GPU: each training step replayed as one CUDA graph
     device: str = "cuda"
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
@@ -186,7 +186,7 @@ def train_config(cfg: LearnConfig, stage: int, cache: Path, run_dir: Path, asset
         "stage": stage, "output_dir": str(run_dir), "steps": steps, "batch_size": cfg.batch, "seed": cfg.seed,
         "device": cfg.device, "mixed_precision": "auto",
         "model": {"preset": cfg.preset, "backbone_dir": str(assets / "backbone"), "compile": cfg.compile,
-                  "cuda_graphs": cfg.cuda_graphs},
+                  "cuda_graphs": cfg.cuda_graphs and cfg.device == "cuda"},
         "data": {"cache_dir": str(cache), "num_frames": cfg.frames, "height": cfg.size, "width": cfg.size,
                  "cache_on_device": True},
         "optim": {"lr": lr, "weight_decay": 0.01, "warmup_steps": min(warmup, steps // 4), "schedule": "cosine",
@@ -377,7 +377,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
         if f.name in ("budget", "pretrain_steps", "diffusion_sigmas"):
             continue
         flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(getattr(base, f.name), bool):
+        if isinstance(getattr(base, f.name), bool) and getattr(base, f.name):  # on by default
+            p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", default=None)
+        elif isinstance(getattr(base, f.name), bool):
             p.add_argument(flag, action="store_true", default=None)
         else:
             p.add_argument(flag, type=type(getattr(base, f.name)), default=None)

@@ -47,6 +47,14 @@ def test_interpolation_matrix_rows_are_convex_pairs() -> None:
         resize_bilinear(torch.zeros(1, 1, 2, 2), (4, 4), "nearest")
 
 
+@pytest.mark.parametrize(("n_in", "n_out"), [(21, 42), (37, 296), (5, 5), (8, 3), (1, 4), (6, 1)])
+def test_interpolation_matrix_is_the_kernels_weights(n_in: int, n_out: int) -> None:
+    # the kernel applied to the identity returns its own weights: the matrix must equal them
+    eye = torch.eye(n_in)[None]  # (1, n_in channels, n_in positions)
+    kernel = F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[0].T  # (n_out, n_in)
+    assert torch.equal(interpolation_matrix(n_in, n_out, "cpu", torch.float32), kernel)
+
+
 def test_device_matrix_is_made_once_and_serves_training_after_inference() -> None:
     # one copy to the device per size (a copy per resize would make the host wait for the device)
     device_interpolation_matrix.cache_clear()

@@ -57,6 +57,19 @@ def test_budget_flags_change_only_the_named_phases() -> None:
         learn.Budget.parse("train=10")
 
 
+def test_cuda_graphs_are_on_for_a_gpu_and_off_for_the_cpu(tmp_path: Path) -> None:
+    learn = _load("learn_gpu")
+    smoke, _ = learn.parse_args(["--smoke", "--out", str(tmp_path / "a")])
+    assert smoke.cuda_graphs  # the default ...
+    cfg = learn.train_config(smoke, 1, tmp_path / "cache", tmp_path / "run", tmp_path / "assets", 4, None)
+    assert cfg.device == "cpu" and not cfg.model.cuda_graphs  # ... applies on a GPU only
+    off, _ = learn.parse_args(["--smoke", "--no-cuda-graphs", "--out", str(tmp_path / "b")])
+    assert not off.cuda_graphs
+    smoke.device = "cuda"
+    assert learn.train_config(smoke, 1, tmp_path / "cache", tmp_path / "run", tmp_path / "assets", 4,
+                              None).model.cuda_graphs
+
+
 def test_phases_record_what_ran_so_far_for_a_run_stopped_part_way(tmp_path: Path) -> None:
     learn = _load("learn_gpu")
     record = tmp_path / "learn.json"

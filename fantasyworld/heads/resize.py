@@ -15,16 +15,18 @@ Memory layouts: a ``channels_last`` input ``(N, C, h, w)`` stored as ``(N, h, w,
 in that layout (the width product batches over ``N h``, the height product over ``N``), so no
 transpose is needed and the output is ``channels_last`` too.
 
-The matrices are built on the host (``index_put_`` of the two weights per row) and copied to
-the device once per ``(h, H, device, dtype)``: :func:`device_interpolation_matrix` keeps them.
-A copy from pageable host memory at every resize would make the host wait for every queued
-kernel (twice per resize, some twenty times per training step of a small preset).
+The matrices are built on the device from the sizes alone and kept per ``(h, H, device,
+dtype)`` (:func:`device_interpolation_matrix`): eager steps reuse them, and a compiled region
+traces their construction without host data (an earlier form built them on the host and
+copied them at every resize, which made the host wait for every queued kernel, some twenty
+times per training step of a small preset).
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,21 +43,20 @@ def interpolation_matrix(n_in: int, n_out: int, device: torch.device | str, dtyp
 
     Source coordinate ``s_i = i * (n_in - 1) / (n_out - 1)`` (0 when ``n_out == 1``), weights
     ``1 - l`` at ``floor(s_i)`` and ``l = s_i - floor(s_i)`` at ``min(floor(s_i) + 1, n_in - 1)``,
-    all in float32 as torch's kernel computes them, then cast to ``dtype``.
+    all in float32 as torch's kernel computes them, then cast to ``dtype``. Built on ``device``
+    from the sizes alone (no host data), so a compiled region traces it without a host copy.
     """
-    scale = torch.zeros((), dtype=torch.float32)
+    scale = 0.0
     if n_out > 1:  # float32 division, as the kernel's
-        scale = torch.tensor(float(n_in - 1), dtype=torch.float32) / torch.tensor(float(n_out - 1),
-                                                                                  dtype=torch.float32)
-    src = torch.arange(n_out, dtype=torch.float32) * scale
+        scale = float(np.float32(n_in - 1) / np.float32(n_out - 1))
+    src = torch.arange(n_out, dtype=torch.float32, device=device) * scale
     i0 = src.floor().long().clamp(max=n_in - 1)
     lam = src - i0.float()
     i1 = (i0 + 1).clamp(max=n_in - 1)
-    mat = torch.zeros(n_out, n_in, dtype=torch.float32)
-    rows = torch.arange(n_out)
-    mat.index_put_((rows, i0), 1.0 - lam, accumulate=True)
-    mat.index_put_((rows, i1), lam, accumulate=True)
-    return mat.to(device=device, dtype=dtype)
+    cols = torch.arange(n_in, device=device)
+    mat = (cols == i0[:, None]) * (1.0 - lam)[:, None]  # where i0 == i1 (the last row): 1 - l, then + l
+    mat = mat + (cols == i1[:, None]) * lam[:, None]
+    return mat.to(dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -79,8 +80,10 @@ def _kernel(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _matmul(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     n, c, h, w = x.shape
     out_h, out_w = size
-    a_h = device_interpolation_matrix(h, out_h, x.device, x.dtype)  # (H, h)
-    a_w = device_interpolation_matrix(w, out_w, x.device, x.dtype)  # (W, w)
+    # eager: the kept matrices; compiled: traced from the sizes (the compiler folds them)
+    matrix = interpolation_matrix if torch.compiler.is_compiling() else device_interpolation_matrix
+    a_h = matrix(h, out_h, x.device, x.dtype)  # (H, h)
+    a_w = matrix(w, out_w, x.device, x.dtype)  # (W, w)
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         t = torch.matmul(x, a_w.t())  # (N, C, h, W)
         return torch.matmul(a_h, t)  # (N, C, H, W)
