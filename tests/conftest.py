@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,3 +31,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import a repository script (``benchmarks/x.py``, ``scripts/y.py``) as a module under its
+    file name: its folder first on ``sys.path`` (its sibling imports) and the module in
+    ``sys.modules`` (dataclasses and pickling look it up there)."""
+    path = REPO / relative
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def script():
+    """:func:`load_script`: ``script("benchmarks/bench_small_steps.py")`` -> the module."""
+    return load_script

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "activation_peak.py"
+
+@pytest.fixture(scope="module")
+def bench(script):
+    return script("benchmarks/activation_peak.py")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("activation_peak", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_live_storages_count_what_is_alive_and_release_what_is_collected() -> None:
-    bench = _load()
+def test_live_storages_count_what_is_alive_and_release_what_is_collected(bench) -> None:
     x = torch.empty(1000, dtype=torch.bfloat16, device="meta")  # made before: not counted
     counter = bench.LiveStorages()
     with counter:
@@ -33,8 +26,7 @@ def test_live_storages_count_what_is_alive_and_release_what_is_collected() -> No
     assert v.shape == (10, 100)
 
 
-def test_the_heads_raise_the_tiny_forwards_peak_and_the_peak_names_its_source() -> None:
-    bench = _load()
+def test_the_heads_raise_the_tiny_forwards_peak_and_the_peak_names_its_source(bench) -> None:
     with_heads = bench.forward_peak("tiny", 9, 32, 32)
     blocks = bench.forward_peak("tiny", 9, 32, 32, heads=False)
     assert with_heads["peak_bytes"] > blocks["peak_bytes"] > 0

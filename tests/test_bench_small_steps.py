@@ -3,26 +3,20 @@ raw clips' losses (latents, text and the pixel-resolution geometry targets all c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_small_steps.py"
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_small_steps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def bench(script):
+    return script("benchmarks/bench_small_steps.py")
 
 
-def test_smoke_run_times_every_variant_and_stage(tmp_path: Path) -> None:
-    bench = _load()
+def test_smoke_run_times_every_variant_and_stage(bench, tmp_path: Path) -> None:
     report = bench.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "bench_small_steps.json").read_text()) == report
     runs = {(r["stage"], r["variant"]): r for r in report["runs"]}
@@ -36,8 +30,7 @@ def test_smoke_run_times_every_variant_and_stage(tmp_path: Path) -> None:
         assert runs[(stage, "cache_on_device")]["final_objective"] == runs[(stage, "cache_loader")]["final_objective"]
 
 
-def test_profile_writes_the_operator_table_and_the_host_share(tmp_path: Path) -> None:
-    bench = _load()
+def test_profile_writes_the_operator_table_and_the_host_share(bench, tmp_path: Path) -> None:
     report = bench.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--stages", "1",
                          "--variants", "cache_on_device", "--profile", "2"])
     row = report["profile"]

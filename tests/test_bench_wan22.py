@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_wan22.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_tiny_run_reports_steps_for_both_experts(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_wan22", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_tiny_run_reports_steps_for_both_experts(tmp_path, script) -> None:
+    bench = script("benchmarks/bench_wan22.py")
     res = bench.main(["--tiny", "--experts", "2", "--repeat", "1", "--out", str(tmp_path / "r.json")])
     assert res["presets"] == ["tiny-wan2.2-high", "tiny-wan2.2-low"] and res["latent"] == [16, 3, 4, 6]
     for key in ("s_per_cfg_step_high", "s_per_cfg_step_low", "s_last_step_with_heads", "s_control_adapter_low"):

@@ -3,25 +3,22 @@ the acceptance bars pass and fail where they should."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def learn(script):
+    return script("benchmarks/learn_gpu.py")
+
+
+@pytest.fixture(scope="module")
+def report(script):
+    return script("benchmarks/learn_report.py")
 
 
 def _summary(abs_rel: float, rot: float, trans: float, chamfer: float) -> dict:
@@ -29,8 +26,7 @@ def _summary(abs_rel: float, rot: float, trans: float, chamfer: float) -> dict:
             "baseline": {"abs_rel_median": 0.32, "rot_err": 14.0, "trans_err": 90.0, "chamfer": 0.64}, "num_clips": 64}
 
 
-def test_acceptance_bars_at_their_thresholds() -> None:
-    report = _load("learn_report")
+def test_acceptance_bars_at_their_thresholds(report) -> None:
     stage1 = _summary(0.075, 3.3, 42.0, 0.30)  # stage 2 below: at most 1.07x these
     diffusion = {"stage2_camera": 0.50, "frozen_backbone": 0.55}
     ok = report.acceptance(stage1, _summary(0.08, 3.5, 45.0, 0.32), diffusion)  # 4.0x, 4.0x, 2.0x, 2.0x
@@ -49,16 +45,14 @@ def test_acceptance_bars_at_their_thresholds() -> None:
     assert [b["bar"] for b in res["bars"] if not b["passed"]] == ["diffusion loss"]
 
 
-def test_budget_flags_change_only_the_named_phases() -> None:
-    learn = _load("learn_gpu")
+def test_budget_flags_change_only_the_named_phases(learn) -> None:
     budget = learn.Budget.parse("stage1=200,eval=30")
     assert (budget.stage1, budget.eval, budget.render) == (200.0, 30.0, learn.Budget().render)
     with pytest.raises(ValueError, match="unknown phase 'train'"):
         learn.Budget.parse("train=10")
 
 
-def test_cuda_graphs_are_on_for_a_gpu_and_off_for_the_cpu(tmp_path: Path) -> None:
-    learn = _load("learn_gpu")
+def test_cuda_graphs_are_on_for_a_gpu_and_off_for_the_cpu(learn, tmp_path: Path) -> None:
     smoke, _ = learn.parse_args(["--smoke", "--out", str(tmp_path / "a")])
     assert smoke.cuda_graphs  # the default ...
     cfg = learn.train_config(smoke, 1, tmp_path / "cache", tmp_path / "run", tmp_path / "assets", 4, None)
@@ -70,8 +64,7 @@ def test_cuda_graphs_are_on_for_a_gpu_and_off_for_the_cpu(tmp_path: Path) -> Non
                               None).model.cuda_graphs
 
 
-def test_phases_record_what_ran_so_far_for_a_run_stopped_part_way(tmp_path: Path) -> None:
-    learn = _load("learn_gpu")
+def test_phases_record_what_ran_so_far_for_a_run_stopped_part_way(learn, tmp_path: Path) -> None:
     record = tmp_path / "learn.json"
     phases = learn.Phases(learn.Budget(), record, {"device": "cpu"})
     phases.start("render")
@@ -83,8 +76,8 @@ def test_phases_record_what_ran_so_far_for_a_run_stopped_part_way(tmp_path: Path
     assert "seconds" not in partial["phases"]["pretrain"] and partial["phases"]["pretrain"]["budget_s"] == 100.0
 
 
-def test_smoke_run_writes_the_curves_table_and_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    learn = _load("learn_gpu")
+def test_smoke_run_writes_the_curves_table_and_verdict(learn, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     rc = learn.main(["--smoke", "--out", str(tmp_path / "run")])
     out = tmp_path / "run"
     summary = json.loads((out / "learn.json").read_text())

@@ -3,10 +3,7 @@ backbone, and the pretraining script's recipe for it."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +11,6 @@ import torch
 from fantasyworld.cli import main
 from fantasyworld.models.config import PRESET_NAMES, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny_backbone.py"
 
 
 def test_verify_config_small_counts_and_freezing(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,11 +35,8 @@ def test_small_forward_shapes_at_32x32(one_thread) -> None:
     assert out["world_points"].shape == (1, 5, 32, 32, 3) and out["pose_enc"].shape == (1, 5, 9)
 
 
-def test_pretraining_recipe_per_preset() -> None:
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_backbone", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def test_pretraining_recipe_per_preset(script) -> None:
+    module = script("scripts/pretrain_tiny_backbone.py")
     small = module.parse_args(["--preset", "small"])
     assert (small.size, small.frames, small.vae_base_dim, small.out) == (128, 17, 16, "outputs/small_assets")
     assert small.vae_seconds == 45.0 and small.dit_seconds == 60.0

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location(
-    "tensor_sizes", Path(__file__).resolve().parents[1] / "benchmarks" / "tensor_sizes.py")
-tensor_sizes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tensor_sizes)
+import pytest
 
 
-def test_the_attention_scores_of_the_81_frame_step_cross_2_31_and_nothing_else_does():
+@pytest.fixture(scope="module")
+def tensor_sizes(script):
+    return script("benchmarks/tensor_sizes.py")
+
+
+def test_the_attention_scores_of_the_81_frame_step_cross_2_31_and_nothing_else_does(tensor_sizes):
     rows = tensor_sizes.step_tensor_sizes("wan2.1-t2v-1.3b", 81, 336, 592, stage=2, min_elements=2**27)
     over = {tuple(r["shape"]) for r in rows if r["over_int32"]}
     # geometry global attention: 16 heads over 21 latent frames x (5 special + 21 x 37 patch) tokens
