@@ -235,6 +235,7 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
     calib = Trainer(train_config(cfg, stage, out / "calibration_cache", out / "runs" / f"calibrate{stage}",
                                  out / "assets", n, calib_init, log_every=max(1, n // 3))).train()
     exit_on_signal(calib.stopped, f"the {name} calibration run")
+    gc.collect()  # the calibration trainer (and its CUDA graph's memory pool) goes before the stage's
     rate = _rate(calib.history)
     start = time.monotonic()
     load_device_cache(CachedClipDataset(out / "cache"), torch.device(cfg.device))  # kept for both stages

@@ -15,6 +15,7 @@ from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training.config import ConfigError, apply_overrides, config_from_dict
 from fantasyworld.training.graphed_step import check_cuda_graphs, signature
 from fantasyworld.training.lr_schedule import lr_multiplier
+from fantasyworld.training.memory_tiers import MemorySettings
 
 
 def test_cpu_run_with_cuda_graphs_is_refused_by_the_config() -> None:
@@ -24,20 +25,19 @@ def test_cpu_run_with_cuda_graphs_is_refused_by_the_config() -> None:
     assert config_from_dict(apply_overrides(data, ["device=auto"])).model.cuda_graphs  # decided at start
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"device": torch.device("cpu")}, "a CUDA device (this run trains on cpu)"),
-    ({"world_size": 2}, "one process (this run has 2"),
-    ({"optimizer": "adamw8bit"}, "optim.optimizer adamw, whose fused step can be captured (got adamw8bit)"),
-    ({"checkpointing": "layer"}, "no activation checkpointing"),
-    ({"checkpoint_heads": True}, "no activation checkpointing"),
-    ({"activation_offload": "heads"}, "no activation offload"),
+@pytest.mark.parametrize(("where", "memory", "message"), [
+    ((torch.device("cpu"), 1), {}, "a CUDA device (this run trains on cpu)"),
+    ((torch.device("cuda"), 2), {}, "one process (this run has 2"),
+    ((torch.device("cuda"), 1), {"optimizer": "adamw8bit"},
+     "optim.optimizer adamw, whose fused step can be captured (got adamw8bit)"),
+    ((torch.device("cuda"), 1), {"checkpointing": "layer"}, "no activation checkpointing"),
+    ((torch.device("cuda"), 1), {"checkpoint_heads": True}, "no activation checkpointing"),
+    ((torch.device("cuda"), 1), {"activation_offload": "heads"}, "no activation offload"),
 ])
-def test_settings_a_graph_cannot_capture_are_named(kwargs: dict, message: str) -> None:
-    good = {"device": torch.device("cuda"), "world_size": 1, "optimizer": "adamw", "checkpointing": "none",
-            "checkpoint_heads": False, "activation_offload": "none"}
-    check_cuda_graphs(**good)  # nothing to refuse
+def test_settings_a_graph_cannot_capture_are_named(where: tuple, memory: dict, message: str) -> None:
+    check_cuda_graphs(torch.device("cuda"), 1, MemorySettings(fp8_frozen=True))  # nothing to refuse
     with pytest.raises(ConfigError) as err:
-        check_cuda_graphs(**{**good, **kwargs})
+        check_cuda_graphs(*where, MemorySettings(**memory))
     assert message in str(err.value) and "set model.cuda_graphs=false" in str(err.value)
 
 

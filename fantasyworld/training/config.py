@@ -112,11 +112,7 @@ class ModelConfig:
     """``torch.compile`` every repeated block and each head before sharding; the first step pays
     the compile time (~50 s at 1.3B), then ~5-10% faster (far fewer launches for small presets)."""
     cuda_graphs: bool = False
-    """Capture each optimizer step (forward, losses, backward, clipping, AdamW) as one CUDA graph
-    after three eager steps per input shape, and replay it (``training.graphed_step``): for small
-    presets, whose steps are bound by launching kernels. Needs a CUDA device, one process, the
-    ``adamw`` optimizer and no activation checkpointing or offload; keeps one step's activations
-    per input shape for the whole run."""
+    """Replay each optimizer step as one CUDA graph (small presets on one GPU; ``training.graphed_step``)."""
 
 
 @dataclass(kw_only=True)
@@ -146,8 +142,7 @@ class DataConfig:
     """Training data: a raw seed-layout dataset (encoded on the fly) or a latent cache."""
 
     root: str | None = None
-    """Raw dataset root (``metadata.json`` + videos/depth/points/camera_params). Video and text
-    are encoded every step with the encoders below: fine for tiny runs, slow at scale."""
+    """Raw dataset root (``metadata.json`` + videos/depth/points/camera_params), encoded every step."""
     cache_dir: str | None = None
     """Latent cache written by ``fantasyworld data cache`` (the fast path at scale)."""
     num_frames: int | None = 81
@@ -163,17 +158,14 @@ class DataConfig:
     allow_nonfinite: bool = False
     """Raw data: mask NaN/inf depth/points as invalid instead of raising."""
     validate: bool = True
-    """Raw data: check every record and every file's header, shape and dtype before training
-    starts (cheap: no frame is decoded), so a bad clip fails at once instead of when it is first
-    sampled. ``fantasyworld train --skip-validation`` turns it off for a dataset already checked."""
+    """Raw data: check every record and file header, shape and dtype before training (no frame is
+    decoded), so a bad clip fails at once; ``fantasyworld train --skip-validation`` turns it off."""
     validate_values: bool = False
-    """Raw data, with ``validate``: also read every depth/points array in full and refuse NaN/inf
-    anywhere (not only in the sampled window); costs one pass over the arrays."""
+    """Raw data, with ``validate``: also read every depth/points array in full, refusing NaN/inf."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     cache_on_device: bool = False
-    """With ``cache_dir``: hold the whole cache on the training device (its size on disk) and
-    gather each batch there: the same samples in the same order, no loader work per step."""
+    """With ``cache_dir``: the whole cache held on the training device, batches gathered there."""
     vae: str | None = None
     """Raw data: local ``AutoencoderKLWan`` directory, or ``tiny`` (default for tiny presets)."""
     text_encoder: str | None = None
@@ -444,8 +436,7 @@ class TrainConfig:
             fail(unknown_choice("model.dpt_resize", m.dpt_resize, RESIZE_MODES))
         validate_memory(self, fail)
         if m.cuda_graphs and self.device == "cpu":
-            fail("model.cuda_graphs needs a CUDA device: set device=cuda (or auto on a GPU machine), "
-                 "or model.cuda_graphs=false")
+            fail("model.cuda_graphs needs a CUDA device: set device=cuda (or auto), or model.cuda_graphs=false")
         self._validate_validation(fail)
 
     def _validate_validation(self, fail) -> None:

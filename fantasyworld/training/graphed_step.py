@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from fantasyworld.errors import ConfigError
+from fantasyworld.training.memory_tiers import MemorySettings
 
 __all__ = ["GraphedStep", "StepOutputs", "check_cuda_graphs", "signature"]
 
@@ -68,19 +69,19 @@ def signature(micro_batches: Sequence[dict[str, Any]]) -> Signature:
     return tuple(out)
 
 
-def check_cuda_graphs(device: torch.device, world_size: int, optimizer: str, checkpointing: str,
-                      checkpoint_heads: bool, activation_offload: str) -> None:
-    """Raise :class:`ConfigError` when ``model.cuda_graphs`` cannot run with these settings."""
+def check_cuda_graphs(device: torch.device, world_size: int, memory: MemorySettings) -> None:
+    """Raise :class:`ConfigError` when ``model.cuda_graphs`` cannot run on ``device`` with
+    ``world_size`` processes and the resolved ``memory`` settings."""
     problems = []
     if device.type != "cuda":
         problems.append(f"a CUDA device (this run trains on {device.type})")
     if world_size != 1:
         problems.append(f"one process (this run has {world_size}: FSDP's collectives are not captured here)")
-    if optimizer != "adamw":
-        problems.append(f"optim.optimizer adamw, whose fused step can be captured (got {optimizer})")
-    if checkpointing != "none" or checkpoint_heads:
+    if memory.optimizer != "adamw":
+        problems.append(f"optim.optimizer adamw, whose fused step can be captured (got {memory.optimizer})")
+    if memory.checkpointing != "none" or memory.checkpoint_heads:
         problems.append("no activation checkpointing (model.checkpointing none, model.checkpoint_heads false)")
-    if activation_offload != "none":
+    if memory.activation_offload != "none":
         problems.append("no activation offload (model.activation_offload none)")
     if problems:
         raise ConfigError("model.cuda_graphs needs " + "; ".join(problems) + ": set model.cuda_graphs=false "

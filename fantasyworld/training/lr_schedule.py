@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["LR_SCHEDULES", "LR_SCHEDULE_NAMES", "lr_multiplier"]
+__all__ = ["LR_SCHEDULES", "LR_SCHEDULE_NAMES", "lr_multiplier", "scheduled_lr"]
 
 
 def _constant(progress: float, min_ratio: float) -> float:  # noqa: ARG001
@@ -55,3 +56,10 @@ def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int, min_ratio:
         return shape(progress, min_ratio)
 
     return fn
+
+
+def scheduled_lr(scheduler: Any) -> float:
+    """The learning rate of the first parameter group at the scheduler's current step, as a
+    float computed on the host (a ``LambdaLR`` over :func:`lr_multiplier`): a CUDA-graphed
+    run keeps ``lr`` in a device tensor, which the log must not read back every step."""
+    return float(scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch))

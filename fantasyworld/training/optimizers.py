@@ -25,7 +25,7 @@ import torch
 
 from fantasyworld.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "clip_grad_norm"]
 
 ParamGroups = list[dict[str, Any]]
 
@@ -77,3 +77,21 @@ def build_optimizer(name: str, groups: ParamGroups, lr: float, betas: tuple[floa
     if name not in OPTIMIZERS:
         raise ConfigError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     return OPTIMIZERS[name].build(groups, lr, betas, eps, device)
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float | None, device: torch.device) -> torch.Tensor:
+    """Global L2 norm of the gradients of ``params`` (before clipping; a device scalar, fp32,
+    the full norm of sharded gradients too), clipping them in place to ``max_norm`` (None: no
+    clipping). No host read, so it can be captured in a CUDA graph."""
+    import math
+
+    from torch.distributed.tensor import DTensor
+
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return torch.zeros((), device=device)
+    norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm=math.inf if max_norm is None else max_norm,
+                                          foreach=True)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return norm.detach().float()

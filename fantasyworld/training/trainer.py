@@ -17,10 +17,10 @@ One optimizer step (letter legend B per-device batch, T pixel frames, F latent f
    accumulation steps (the batch-wide valid-pixel normalisation of ``compute_losses`` would).
 4. Backward of ``sum(objective_i) / (B * grad_accum)``; FSDP2 reduce-scatters (averages)
    gradients over ranks after every micro-batch.
-5. Global gradient norm, clipping, AdamW step, LR schedule (linear warmup, then constant).
-6. Checkpoint every ``checkpoint.every`` steps; validation samples every
-   ``validation.every`` steps (:mod:`fantasyworld.eval.validation`, passed in as ``validator``, off by default; it
-   does not change the training).
+5. Global gradient norm, clipping, AdamW step, LR schedule; with ``model.cuda_graphs`` steps 2-5
+   are one replayed CUDA graph (:mod:`~fantasyworld.training.graphed_step`).
+6. Checkpoint every ``checkpoint.every`` steps; validation every ``validation.every`` steps
+   (:mod:`fantasyworld.eval.validation`, passed in as ``validator``; it does not change the training).
 
 Nothing is read back to the host inside a step: loss terms, gradient norm and skip flag stay
 on the device (:class:`~fantasyworld.training.step_stats.StepStats`) until the log row every
@@ -35,7 +35,6 @@ write a checkpoint and return; ``fantasyworld train`` then exits with 143 / 130;
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -63,9 +62,9 @@ from fantasyworld.training.data_checks import check_cache, validate_training_dat
 from fantasyworld.training.graphed_step import GraphedStep, StepOutputs, check_cuda_graphs
 from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import loss_keys, per_sample_losses
-from fantasyworld.training.lr_schedule import lr_multiplier
+from fantasyworld.training.lr_schedule import lr_multiplier, scheduled_lr
 from fantasyworld.training.memory_tiers import MemorySettings, resolve_memory
-from fantasyworld.training.optimizers import build_optimizer
+from fantasyworld.training.optimizers import build_optimizer, clip_grad_norm
 from fantasyworld.training.parallel import World, all_reduce_max, barrier, init_world, shard_model
 from fantasyworld.training.signals import STOP_SIGNALS, SignalFlag, signal_exit_code
 from fantasyworld.training.step_stats import StepStats
@@ -302,9 +301,7 @@ class Trainer:
                 self.log.info(f"resumed from {ckpt.weights_path(self.run_dir, self.resume_step)} at step "
                               f"{self.start_step}")
         if self.cfg.model.cuda_graphs:  # after any resume: the loaded groups get their device lr here
-            mem = self.memory
-            check_cuda_graphs(self.world.device, self.world.world_size, mem.optimizer, mem.checkpointing,
-                              mem.checkpoint_heads, mem.activation_offload)
+            check_cuda_graphs(self.world.device, self.world.world_size, self.memory)
             self.graphed = GraphedStep(self._optimizer_step, self.optimizer, self.world.device)
 
     def _build_data(self) -> None:
@@ -375,25 +372,11 @@ class Trainer:
         return per_sample_losses(outputs, inputs, stage=self.stage, lambda_geo=loss.lambda_geo, alpha=loss.alpha,
                                  camera_weight=loss.camera_weight)
 
-    def _grad_norm_and_clip(self) -> torch.Tensor:
-        """Global L2 norm of the trainable gradients (before clipping, a device scalar); clips in place."""
-        from torch.distributed.tensor import DTensor
-
-        params = [p for _, p in self.trainable if p.grad is not None]
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else math.inf
-        if not params:
-            return torch.zeros((), device=self.world.device)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm, foreach=True)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        return norm.detach().float()
-
     def step_on_device(self, data_iter: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer step: ``grad_accum`` micro-batches of prepare -> forward and losses ->
         backward, then the global gradient norm, clipping, the optimizer step and the LR schedule,
         with nothing read back to the host (fused AdamW skips a non-finite step by ``found_inf``).
-        With ``model.cuda_graphs`` the micro-batches are prepared first and the rest is replayed
-        as one CUDA graph (:mod:`~fantasyworld.training.graphed_step`).
+        With ``model.cuda_graphs`` the micro-batches are prepared first, the rest is one CUDA graph.
 
         Returns:
             ``(means, grad_norm, skipped)`` on the device: this rank's loss terms of
@@ -407,7 +390,7 @@ class Trainer:
         else:  # each micro-batch prepared when it is due: one micro-batch's inputs alive at a time
             out = self._optimizer_step(self.prepare(next(data_iter)) for _ in range(accum))
             self.optimizer.zero_grad(set_to_none=True)
-        self.last_lr = self._scheduled_lr()
+        self.last_lr = scheduled_lr(self.scheduler)
         with warnings.catch_warnings():  # a skipped step calls scheduler.step() without optimizer.step()
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
@@ -425,7 +408,7 @@ class Trainer:
             total, terms = self.forward_losses(inputs)
             (total / (cfg.batch_size * cfg.grad_accum)).backward()  # a non-finite step is skipped below
             sums = sums + torch.stack([terms[k].detach().double() if k in terms else zero for k in keys])
-        norm = self._grad_norm_and_clip()
+        norm = clip_grad_norm([p for _, p in self.trainable], self.cfg.optim.grad_clip, dev)
         bad = (~torch.isfinite(norm) | ~torch.isfinite(sums[0])).float().reshape(1)
         skipped = (all_reduce_max(bad, self.world).to(dev) > 0)[0]
         if self.optimizer.defaults.get("fused"):
@@ -434,12 +417,6 @@ class Trainer:
         elif not bool(skipped):  # an optimizer without on-device skipping: one host read
             self.optimizer.step()
         return sums / (cfg.batch_size * cfg.grad_accum), norm, skipped
-
-    def _scheduled_lr(self) -> float:
-        """The learning rate of the step being taken, as a float (computed on the host: a graphed
-        run's ``lr`` is a device tensor, which the log must not read back every step)."""
-        s = self.scheduler
-        return float(s.base_lrs[0] * s.lr_lambdas[0](s.last_epoch))
 
     def train_step(self, data_iter: Any, stop_requested: bool | str | None = None) -> tuple[dict[str, float], bool]:
         """:meth:`step_on_device` read back at once: ``(values, stop)``, the global means of the
