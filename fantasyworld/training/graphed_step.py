@@ -42,7 +42,7 @@ import torch
 from fantasyworld.errors import ConfigError
 from fantasyworld.training.memory_tiers import MemorySettings
 
-__all__ = ["GraphedStep", "StepOutputs", "check_cuda_graphs", "signature"]
+__all__ = ["CudaGraphs", "GraphedStep", "StepOutputs", "check_cuda_graphs", "signature"]
 
 StepOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """``(loss-term means, gradient norm, skipped)`` of one step, on the device."""
@@ -88,13 +88,50 @@ def check_cuda_graphs(device: torch.device, world_size: int, memory: MemorySetti
                           "or change those settings")
 
 
-class _Captured:
-    """One signature's graph, its input buffers and its output tensors."""
+class _CudaCapture:
+    """A captured CUDA graph and the outputs of its body (the graph's own tensors)."""
 
-    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: list[dict[str, Any]], outputs: StepOutputs) -> None:
+    def __init__(self, graph: torch.cuda.CUDAGraph, outputs: StepOutputs) -> None:
         self.graph = graph
-        self.inputs = inputs
         self.outputs = outputs
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class CudaGraphs:
+    """How :class:`GraphedStep` runs eager warm-up steps and captures graphs on a CUDA device:
+    both on one side stream (cuBLAS and cuDNN set up their per-stream state during the warm-up
+    on the stream the capture then uses), a capture from a synchronised device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def eager(self, fn: Callable[[], StepOutputs]) -> StepOutputs:
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            out = fn()
+        current.wait_stream(self.stream)
+        return out
+
+    def capture(self, fn: Callable[[], StepOutputs]) -> _CudaCapture:
+        """Record ``fn``'s kernels (nothing runs until ``replay``)."""
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(self.device)
+        # thread_local: the loader's pin-memory thread may allocate host memory meanwhile
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            outputs = fn()
+        return _CudaCapture(graph, outputs)
+
+
+class _Captured:
+    """One signature's capture and the static input buffers its body reads."""
+
+    def __init__(self, capture: Any, inputs: list[dict[str, Any]]) -> None:
+        self.capture = capture
+        self.inputs = inputs
 
     def load(self, micro_batches: Sequence[dict[str, Any]]) -> None:
         for static, inputs in zip(self.inputs, micro_batches, strict=True):
@@ -114,21 +151,22 @@ class GraphedStep:
             device tensors here and ``capturable`` is switched on.
         device: the CUDA device.
         warmup: eager steps per signature before it is captured (>= 1).
+        backend: how eager steps run and graphs are captured (default :class:`CudaGraphs`; an
+            object with the same ``eager(fn)`` and ``capture(fn) -> .replay(), .outputs``).
     """
 
     def __init__(self, body: Callable[[Sequence[dict[str, Any]]], StepOutputs], optimizer: torch.optim.Optimizer,
-                 device: torch.device, warmup: int = 3) -> None:
+                 device: torch.device, warmup: int = 3, backend: Any = None) -> None:
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (cuDNN, the allocator and compilation settle there), got {warmup}")
         if not optimizer.defaults.get("fused"):
             raise ConfigError("model.cuda_graphs needs the fused AdamW (optim.optimizer adamw)")
         self.body = body
         self.optimizer = optimizer
-        self.device = device
         self.warmup = warmup
         self.graphs: dict[Signature, _Captured] = {}
         self.eager_steps: Counter[Signature] = Counter()
-        self.stream = torch.cuda.Stream(device)
+        self.backend = backend if backend is not None else CudaGraphs(device)
         for group in optimizer.param_groups:
             group["capturable"] = True
             if not isinstance(group["lr"], torch.Tensor):
@@ -150,16 +188,8 @@ class GraphedStep:
             captured = self._capture(key, micro_batches)
         else:
             captured.load(micro_batches)
-        captured.graph.replay()
-        return tuple(t.clone() for t in captured.outputs)  # type: ignore[return-value]
-
-    def _on_side_stream(self, fn: Callable[[], Any]) -> Any:
-        current = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(current)
-        with torch.cuda.stream(self.stream):
-            out = fn()
-        current.wait_stream(self.stream)
-        return out
+        captured.capture.replay()
+        return tuple(t.clone() for t in captured.capture.outputs)  # type: ignore[return-value]
 
     def _eager(self, micro_batches: Sequence[dict[str, Any]]) -> StepOutputs:
         self.optimizer.zero_grad(set_to_none=True)
@@ -169,17 +199,12 @@ class GraphedStep:
             self.optimizer.zero_grad(set_to_none=True)
             return out
 
-        return self._on_side_stream(run)
+        return self.backend.eager(run)
 
     def _capture(self, key: Signature, micro_batches: Sequence[dict[str, Any]]) -> _Captured:
         static = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
                   for inputs in micro_batches]
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its pool
-        graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(self.device)
-        # thread_local: the loader's pin-memory thread may allocate host memory meanwhile
-        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            outputs = self.body(static)
-        captured = _Captured(graph, static, outputs)
+        captured = _Captured(self.backend.capture(lambda: self.body(static)), static)
         self.graphs[key] = captured
         return captured
