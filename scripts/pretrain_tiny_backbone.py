@@ -60,6 +60,7 @@ from fantasyworld.data.synth import render_clip
 from fantasyworld.models import encoders
 from fantasyworld.models.config import get_preset
 from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
+from fantasyworld.models.inputs import to_device
 from fantasyworld.models.wan_backbone import build_wan_transformer
 
 PRETRAIN_SEED = 7919
@@ -139,7 +140,9 @@ def read_worlds(root: str | Path, num_clips: int, frames: int, size: int, worker
 
 
 def _to_float(video_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return video_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    # a gathered batch is pageable even when the clips are pinned: pinned first, so the copy
+    # does not make the host wait for the device
+    return to_device(video_u8, device, pin=True).float().div_(127.5).sub_(1.0)
 
 
 def _autocast(device: torch.device):
@@ -259,13 +262,14 @@ def train_backbone(latents: torch.Tensor, text: torch.Tensor, empty: torch.Tenso
     while progress(step) < 1.0:
         for group in opt.param_groups:
             group["lr"] = args.dit_lr * lr_multiplier(progress(step))
-        idx = torch.randint(0, len(latents), (args.dit_batch,), generator=gen).to(device)
+        # host-drawn randomness (seeded), copied without making the host wait for the device
+        idx = to_device(torch.randint(0, len(latents), (args.dit_batch,), generator=gen), device, pin=True)
         x0 = latents[idx]
         ctx = text[idx]
-        drop = (torch.rand(args.dit_batch, generator=gen) < args.cfg_dropout).to(device)
+        drop = to_device(torch.rand(args.dit_batch, generator=gen) < args.cfg_dropout, device, pin=True)
         ctx = torch.where(drop[:, None, None], empty.expand_as(ctx), ctx)
-        sigma = sample_training_sigmas(args.dit_batch, gen, args.shift).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        sigma = to_device(sample_training_sigmas(args.dit_batch, gen, args.shift), device, pin=True)
+        noise = to_device(torch.randn(x0.shape, generator=gen), device, pin=True)
         with _autocast(device):
             pred = model(add_noise(x0, noise, sigma), sigma_to_timestep(sigma), ctx, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), flow_target(x0, noise))
