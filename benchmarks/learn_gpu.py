@@ -118,6 +118,7 @@ class LearnConfig:
     workers: int = 16
     compile: bool = False
     cuda_graphs: bool = True  # model.cuda_graphs on a GPU: each training step replayed as one CUDA graph
+    pretrain_cuda_graphs: bool = False  # the pretraining script's --cuda-graphs (VAE and backbone passes)
     device: str = "cuda"
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
@@ -264,6 +265,8 @@ def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, bu
             "--clips", str(n_clips), "--frames", str(cfg.frames), "--size", str(cfg.size), "--workers",
             str(cfg.workers), "--seed", str(cfg.seed), "--vae-seconds", f"{0.38 * budget:.1f}",
             "--dit-seconds", f"{0.47 * budget:.1f}"]
+    if cfg.pretrain_cuda_graphs and cfg.device == "cuda":
+        argv.append("--cuda-graphs")
     if cfg.pretrain_steps:
         argv += ["--vae-steps", str(cfg.pretrain_steps[0]), "--dit-steps", str(cfg.pretrain_steps[1]),
                  "--vae-batch", str(cfg.batch), "--dit-batch", str(cfg.batch)]

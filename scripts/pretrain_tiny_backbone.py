@@ -145,11 +145,46 @@ def _to_float(video_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return to_device(video_u8, device, pin=True).float().div_(127.5).sub_(1.0)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on a GPU, nothing on the CPU."""
+def _autocast(device: torch.device, cache: bool = True):
+    """bf16 autocast on a GPU, nothing on the CPU (``cache=False`` inside a CUDA graph)."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+class _VAEPass(torch.nn.Module):
+    """One autoencoder pass as a module of tensors, ``x -> (reconstruction, mean, var, logvar)``
+    (fp32), with a posterior sample in between: what ``--cuda-graphs`` captures."""
+
+    def __init__(self, vae: torch.nn.Module, graphed: bool) -> None:
+        super().__init__()
+        self.vae, self.graphed = vae, graphed
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with _autocast(x.device, cache=not self.graphed):
+            post = self.vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn_like(post.mean)
+            rec = self.vae.decode(z).sample.float()
+        return rec, post.mean.float(), post.var.float(), post.logvar.float()
+
+
+class _FlowPass(torch.nn.Module):
+    """The backbone's velocity prediction as a module of tensors (what ``--cuda-graphs`` captures)."""
+
+    def __init__(self, model: torch.nn.Module, graphed: bool) -> None:
+        super().__init__()
+        self.model, self.graphed = model, graphed
+
+    def forward(self, x_t: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        with _autocast(x_t.device, cache=not self.graphed):
+            return self.model(x_t, timestep, context, return_dict=False)[0]
+
+
+def _graphed(module: torch.nn.Module, sample: tuple[torch.Tensor, ...], on: bool) -> Any:
+    """``module`` itself, or (``--cuda-graphs``) its forward and backward captured as CUDA graphs
+    (``torch.cuda.make_graphed_callables``: three warm-up passes that leave the weights and
+    their gradients untouched, then every call replays; inputs of the sample's shapes only)."""
+    return torch.cuda.make_graphed_callables(module, sample) if on else module
 
 
 class Progress:
@@ -191,17 +226,17 @@ def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.devic
     progress = Progress(args.vae_steps, args.vae_seconds)
     losses: list[torch.Tensor] = []
     step = 0
+    vae_pass = None  # built at the first batch (a graph needs its shapes)
     while progress(step) < 1.0:
         for group in opt.param_groups:
             group["lr"] = args.vae_lr * lr_multiplier(progress(step))
         idx = torch.randint(0, len(video), (args.vae_batch,), generator=gen)
         first = int(torch.randint(0, video.shape[2] - args.vae_frames + 1, (1,), generator=gen))
         x = _to_float(video[idx, :, first:first + args.vae_frames], device)  # (B, 3, vae_frames, H, W)
-        with _autocast(device):
-            post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn_like(post.mean)
-            rec = vae.decode(z).sample.float()
-        kl = 0.5 * (post.mean.float().pow(2) + post.var.float() - 1.0 - post.logvar.float()).mean()
+        if vae_pass is None:
+            vae_pass = _graphed(_VAEPass(vae, args.cuda_graphs), (x,), args.cuda_graphs)
+        rec, mean, var, logvar = vae_pass(x)
+        kl = 0.5 * (mean.pow(2) + var - 1.0 - logvar).mean()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,6 +294,7 @@ def train_backbone(latents: torch.Tensor, text: torch.Tensor, empty: torch.Tenso
     progress = Progress(args.dit_steps, args.dit_seconds)
     losses: list[torch.Tensor] = []
     step = 0
+    flow_pass = None  # built at the first batch (a graph needs its shapes)
     while progress(step) < 1.0:
         for group in opt.param_groups:
             group["lr"] = args.dit_lr * lr_multiplier(progress(step))
@@ -270,8 +306,10 @@ def train_backbone(latents: torch.Tensor, text: torch.Tensor, empty: torch.Tenso
         ctx = torch.where(drop[:, None, None], empty.expand_as(ctx), ctx)
         sigma = to_device(sample_training_sigmas(args.dit_batch, gen, args.shift), device, pin=True)
         noise = to_device(torch.randn(x0.shape, generator=gen), device, pin=True)
-        with _autocast(device):
-            pred = model(add_noise(x0, noise, sigma), sigma_to_timestep(sigma), ctx, return_dict=False)[0]
+        x_t, timestep = add_noise(x0, noise, sigma), sigma_to_timestep(sigma)
+        if flow_pass is None:
+            flow_pass = _graphed(_FlowPass(model, args.cuda_graphs), (x_t, timestep, ctx), args.cuda_graphs)
+        pred = flow_pass(x_t, timestep, ctx)
         loss = F.mse_loss(pred.float(), flow_target(x0, noise))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -335,7 +373,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg-dropout", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--preview", default=None, help="write a PNG of decoded samples here")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each VAE and backbone forward and backward as CUDA graphs (GPU only)")
     args = p.parse_args(argv)
+    if args.cuda_graphs and not str(args.device).startswith("cuda"):
+        p.error(f"--cuda-graphs needs a CUDA device (--device {args.device})")
     for name, value in asdict(RECIPES[args.preset]).items():
         if getattr(args, name) is None:
             setattr(args, name, value)

@@ -44,3 +44,6 @@ def test_pretraining_recipe_per_preset(script) -> None:
     assert (tiny.size, tiny.dit_steps, tiny.vae_seconds, tiny.out) == (32, 7, None, "fantasyworld/assets/tiny")
     assert module.lr_multiplier(0.0) == 0.01 and module.lr_multiplier(0.04) == pytest.approx(1.0)
     assert module.lr_multiplier(1.0) == pytest.approx(0.1)
+    with pytest.raises(SystemExit):  # the graphed passes are CUDA-only: refused before anything runs
+        module.parse_args(["--cuda-graphs", "--device", "cpu"])
+    assert module.parse_args(["--cuda-graphs", "--device", "cuda"]).cuda_graphs
