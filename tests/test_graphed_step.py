@@ -157,7 +157,8 @@ def test_graphed_steps_warm_up_capture_once_and_replay_on_new_data() -> None:
 
     model, opt, sched, body = _learner(lr_tensor=False)
     backend = ReplayByRunning(opt)
-    step = GraphedStep(body, opt, torch.device("cpu"), warmup=3, backend=backend)
+    lines: list[str] = []
+    step = GraphedStep(body, opt, torch.device("cpu"), warmup=3, backend=backend, log=lines.append)
     assert all(isinstance(g["lr"], torch.Tensor) and g["capturable"] for g in opt.param_groups)
     got = []
     for i, batch in enumerate(batches):
@@ -169,6 +170,7 @@ def test_graphed_steps_warm_up_capture_once_and_replay_on_new_data() -> None:
             assert (backend.eager_calls, backend.captures) == (3, 1)
     # the second signature warmed up and was captured on its own; the first was never captured again
     assert (backend.eager_calls, backend.captures, step.captures) == (6, 2, 2)
+    assert len(lines) == 2 and "CUDA graph 2 after 3 eager steps" in lines[1] and "x (5, 3)" in lines[1]
     # every replay trained on its own step's data: the static buffers were refilled each time
     assert got == reference
     # the host's float of the schedule (what the log shows) is the lr the replays read

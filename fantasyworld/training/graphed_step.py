@@ -153,10 +153,12 @@ class GraphedStep:
         warmup: eager steps per signature before it is captured (>= 1).
         backend: how eager steps run and graphs are captured (default :class:`CudaGraphs`; an
             object with the same ``eager(fn)`` and ``capture(fn) -> .replay(), .outputs``).
+        log: called with one line per capture (what was captured, how many graphs there are).
     """
 
     def __init__(self, body: Callable[[Sequence[dict[str, Any]]], StepOutputs], optimizer: torch.optim.Optimizer,
-                 device: torch.device, warmup: int = 3, backend: Any = None) -> None:
+                 device: torch.device, warmup: int = 3, backend: Any = None,
+                 log: Callable[[str], None] | None = None) -> None:
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (cuDNN, the allocator and compilation settle there), got {warmup}")
         if not optimizer.defaults.get("fused"):
@@ -167,6 +169,7 @@ class GraphedStep:
         self.graphs: dict[Signature, _Captured] = {}
         self.eager_steps: Counter[Signature] = Counter()
         self.backend = backend if backend is not None else CudaGraphs(device)
+        self.log = log
         for group in optimizer.param_groups:
             group["capturable"] = True
             if not isinstance(group["lr"], torch.Tensor):
@@ -207,4 +210,8 @@ class GraphedStep:
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its pool
         captured = _Captured(self.backend.capture(lambda: self.body(static)), static)
         self.graphs[key] = captured
+        if self.log is not None:
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in static[0].items() if isinstance(v, torch.Tensor))
+            self.log(f"captured the training step as CUDA graph {len(self.graphs)} after {self.warmup} eager steps "
+                     f"({len(static)} micro-batch(es) of {shapes})")
         return captured

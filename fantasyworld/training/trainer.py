@@ -302,7 +302,8 @@ class Trainer:
                               f"{self.start_step}")
         if self.cfg.model.cuda_graphs:  # after any resume: the loaded groups get their device lr here
             check_cuda_graphs(self.world.device, self.world.world_size, self.memory)
-            self.graphed = GraphedStep(self._optimizer_step, self.optimizer, self.world.device)
+            self.graphed = GraphedStep(self._optimizer_step, self.optimizer, self.world.device,
+                                       log=self.log.info if self.world.is_main else None)
 
     def _build_data(self) -> None:
         cfg, world = self.cfg, self.world
