@@ -180,13 +180,9 @@ def count_host_syncs(trainer: Trainer, data_iter: Any) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: convolutions autotuned in the warm-up
-    work = Path(args.out)
+def prepare_data(args: argparse.Namespace, work: Path) -> None:
+    """The worlds (``WORK/worlds``), the tiny encoders and the latent cache (``WORK/cache``) the
+    runs train on; each is made only if it is not there yet."""
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "worlds" / "metadata.json").is_file():
         synthesize_dataset(work / "worlds", num_clips=args.clips, num_frames=args.frames, height=args.size,
@@ -196,6 +192,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         build_cache(work / "worlds", work / "cache", args.vae, encoders["text_encoder"], num_frames=args.frames,
                     height=args.size, width=args.size, device=args.device, geometry_dtype="float16",
                     batch_size=16, workers=0 if args.smoke else min(4, os.cpu_count() or 1))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: convolutions autotuned in the warm-up
+    work = Path(args.out)
+    prepare_data(args, work)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     header = {"preset": args.preset, "frames": args.frames, "size": args.size, "batch": args.batch,
               "device": device, "torch": torch.__version__, "compile": args.compile, "cuda_graphs": args.cuda_graphs,

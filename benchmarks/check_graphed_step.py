@@ -43,11 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _bench_args(args: argparse.Namespace, work: Path, graphs: bool) -> argparse.Namespace:
+    """``bench_small_steps``'s arguments for these settings (one log row per step)."""
+    return bench.parse_args(["--out", str(work), "--device", "cuda", "--preset", args.preset, "--backbone",
+                             args.backbone, "--frames", str(args.frames), "--size", str(args.size), "--batch",
+                             str(args.batch), "--clips", str(args.clips), "--warmup", "0", "--steps",
+                             str(args.steps), "--log-every", "1"] + (["--cuda-graphs"] if graphs else []))
+
+
 def run(args: argparse.Namespace, work: Path, graphs: bool, init: Path | None) -> dict[str, Any]:
-    ns = bench.parse_args(["--out", str(work), "--device", "cuda", "--preset", args.preset, "--backbone",
-                           args.backbone, "--frames", str(args.frames), "--size", str(args.size), "--batch",
-                           str(args.batch), "--warmup", "0", "--steps", str(args.steps), "--log-every", "1"]
-                          + (["--cuda-graphs"] if graphs else []))
+    ns = _bench_args(args, work, graphs)
     cfg = bench._config(ns, work, args.stage, "cache_on_device", init)
     cfg.output_dir = str(work / "runs" / f"stage{args.stage}_{'graphs' if graphs else 'eager'}")
     shutil.rmtree(cfg.output_dir, ignore_errors=True)
@@ -71,11 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     work = Path(args.out)
-    bench.main(["--out", str(work), "--device", "cuda", "--preset", args.preset, "--backbone", args.backbone,
-                "--frames", str(args.frames), "--size", str(args.size), "--batch", str(args.batch), "--clips",
-                str(args.clips), "--warmup", "0", "--steps", "1", "--log-every", "1", "--stages", "1",
-                "--variants", "cache_on_device"])  # renders and caches the worlds (one timed step)
-    torch.backends.cudnn.benchmark = False
+    bench.prepare_data(_bench_args(args, work, False), work)  # the worlds and their latent cache
     init = None
     if args.stage == 2:
         init = run(argparse.Namespace(**{**vars(args), "stage": 1, "steps": 3}), work, False, None)["checkpoint"]

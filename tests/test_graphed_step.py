@@ -81,9 +81,9 @@ def test_graphed_groups_are_saved_as_an_eager_run_saves_them(tmp_path) -> None:
 
 
 def _one_process():
-    from fantasyworld.training.parallel import World
+    from fantasyworld.training.parallel import init_world
 
-    return World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False)
+    return init_world("cpu")
 
 
 class ReplayByRunning:

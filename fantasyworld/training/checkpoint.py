@@ -227,11 +227,21 @@ def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, world: 
     return state
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with one-element tensors (a CUDA-graphed run's device learning rates) as
+    floats, inside lists too."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
-    """A parameter group as an eager AdamW holds it: one-element tensors (a CUDA-graphed run's
-    device learning rate) as floats, ``capturable`` off. A checkpoint then resumes the same
-    with or without ``model.cuda_graphs``, which sets both again."""
-    out = {k: float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 else v for k, v in group.items()}
+    """A parameter group as an eager AdamW holds it: one-element tensors as floats (:func:`_plain`),
+    ``capturable`` off. A checkpoint then resumes the same with or without ``model.cuda_graphs``,
+    which sets both again."""
+    out = {k: _plain(v) for k, v in group.items()}
     if "capturable" in out:
         out["capturable"] = False
     return out
@@ -240,14 +250,7 @@ def _plain_group(group: dict[str, Any]) -> dict[str, Any]:
 def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
     """The LR scheduler's state with one-element tensors (the last learning rates of a graphed
     run) as floats."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            return float(v)
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        return v
-
-    return {k: plain(v) for k, v in state.items()}
+    return {k: _plain(v) for k, v in state.items()}
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
