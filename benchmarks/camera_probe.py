@@ -48,6 +48,7 @@ from fantasyworld.data.synth import synthesize_dataset
 from fantasyworld.demo import ASSETS
 from fantasyworld.eval.evaluate import baseline_prediction, score_clip
 from fantasyworld.geometry.pose_encoding import decode_pose, encode_pose, relative_to_first
+from fantasyworld.heads.losses import CAMERA_LOSS_TYPES
 from fantasyworld.models import encoders
 from fantasyworld.models.config import get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
@@ -76,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma", default="shift:0.5", help="'shift:S' (training schedule) or 'fixed:SIGMA'")
     p.add_argument("--grad-clip", type=float, default=1.0, help="0: off")
     p.add_argument("--camera-weight", type=float, default=3.0)
+    p.add_argument("--camera-loss", choices=CAMERA_LOSS_TYPES, default="huber",
+                   help="the camera loss's penalty (loss.camera_loss); the mlp/cnn learners' too")
+    p.add_argument("--trajectories", default="", help="comma-separated trajectory families to render "
+                   "(default: the seeded mix of all); a separate worlds folder per choice")
     p.add_argument("--camera-input", choices=("model", "ground-truth"), default="model")
     p.add_argument("--camera-only", action="store_true")
     p.add_argument("--mlp-input", choices=("latents", "pixels"), default="latents")
@@ -174,7 +179,8 @@ class FantasyWorldLearner:
 
     def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         out = self.forward(clips, idx, sigma, gen)
-        return compute_losses(out, clips.select(idx), stage=1, camera_weight=self.args.camera_weight)["objective"]
+        return compute_losses(out, clips.select(idx), stage=1, camera_weight=self.args.camera_weight,
+                              camera_loss=self.args.camera_loss)["objective"]
 
     @torch.no_grad()
     def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,6 +213,8 @@ class MlpLearner:
 
     def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         target = pose_targets(clips.select(idx), self.hw)[..., 3:7]
+        if self.args.camera_loss == "l1":
+            return torch.nn.functional.l1_loss(self._quats(clips, idx), target)
         return torch.nn.functional.smooth_l1_loss(self._quats(clips, idx), target)
 
     @torch.no_grad()
@@ -261,10 +269,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    worlds = Path(args.worlds_dir or out / "worlds") / f"{args.clips}x{args.frames}x{args.size}"
+    families = [t for t in args.trajectories.split(",") if t]
+    worlds = Path(args.worlds_dir or out / "worlds") / "x".join(
+        [str(args.clips), str(args.frames), str(args.size)] + (["+".join(families)] if families else []))
     if not (worlds / "metadata.json").is_file():
         synthesize_dataset(worlds, num_clips=args.clips, num_frames=args.frames, height=args.size,
-                           width=args.size, seed=0, progress=True)
+                           width=args.size, seed=0, progress=True, trajectories=families or None)
     torch.manual_seed(args.seed)
     ds = RawClipDataset(worlds, num_frames=args.frames, height=args.size, width=args.size)
     ids = [r.clip_id for r in ds.records]

@@ -171,6 +171,28 @@ def test_camera_loss_hand_computed_huber_gamma_and_part_weights():
     torch.testing.assert_close(terms["loss_camera"], torch.tensor(expected), **TOL)
 
 
+def test_camera_loss_l1_hand_computed_and_per_sample():
+    """``loss_type="l1"`` (VGGT's released code): |r| per component, same means and weights."""
+    height, width = 4, 6
+    w2c = torch.eye(4).expand(2, 2, 4, 4).clone()
+    k = torch.tensor([[width / 2, 0.0, 3.0], [0.0, height / 2, 2.0], [0.0, 0.0, 1.0]]).expand(2, 2, 3, 3)
+    gt_enc = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.pi / 2, math.pi / 2]).expand(2, 2, 9)
+    pred = gt_enc.clone()
+    pred[0, 0, 0] += 2.0  # tx: |2| (Huber would give 1.5); mean over 6 T entries of sample 0 = 1/3
+    pred[0, 1, 6] -= 0.1  # qw: |0.1| (Huber 0.005); mean over 8 R entries = 0.0125
+    pred[1, :, 8] += 0.3  # fov_w of sample 1, both frames: mean over 4 FL entries = 0.15
+    per = camera_loss_terms([pred], w2c, k, (height, width), per_sample=True, loss_type="l1")
+    torch.testing.assert_close(per["loss_T"], torch.tensor([1 / 3, 0.0]), **TOL)
+    torch.testing.assert_close(per["loss_R"], torch.tensor([0.0125, 0.0]), **TOL)
+    torch.testing.assert_close(per["loss_FL"], torch.tensor([0.0, 0.15]), **TOL)
+    batch = camera_loss_terms([pred], w2c, k, (height, width), loss_type="l1")
+    torch.testing.assert_close(batch["loss_camera"], per["loss_camera"].mean(), **TOL)
+    huber = camera_loss_terms([pred], w2c, k, (height, width))
+    torch.testing.assert_close(huber["loss_R"], torch.tensor(0.005 / 16), **TOL)
+    with pytest.raises(ValueError, match="loss_type"):
+        camera_loss_terms([pred], w2c, k, (height, width), loss_type="l2")
+
+
 def test_geometry_losses_invariant_to_similarity_transform_after_normalisation():
     batch = _random_scene(1)
     gen = torch.Generator().manual_seed(7)

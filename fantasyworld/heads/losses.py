@@ -24,12 +24,15 @@ pixels), and no quantile outlier filtering.
 
 Camera loss (:func:`camera_loss`)
 ---------------------------------
-Huber (``delta = 1``, i.e. smooth-L1) between each refinement iteration's 9-d prediction and
-the encoding of the normalised relative ground truth; per-part means over frames and
-components: ``loss_iter = L_T + L_R + 0.5 * L_FL`` (VGGT's weights 1, 1, 0.5). Iterations are
-combined as VGGT does: ``sum_i gamma^(n - 1 - i) * loss_iter_i / n`` with ``gamma = 0.6``,
-so the last iteration has weight 1 and the sum is divided by the iteration count ``n``
-(not by the sum of weights).
+A per-component penalty between each refinement iteration's 9-d prediction and the encoding
+of the normalised relative ground truth (``loss_type``, :data:`CAMERA_LOSS_TYPES`): ``huber``
+(``delta = 1``, i.e. smooth-L1, the VGGT paper's; on pose residuals far below 1 it is
+``0.5 r^2``) or ``l1`` (``|r|``, what VGGT's released training code uses: its authors found it
+more stable than smooth-L1 and L2). Per-part means over frames and components give
+``loss_iter = L_T + L_R + 0.5 * L_FL`` (VGGT's weights 1, 1, 0.5). Iterations are combined as
+VGGT does: ``sum_i gamma^(n - 1 - i) * loss_iter_i / n`` with ``gamma = 0.6``, so the last
+iteration has weight 1 and the sum is divided by the iteration count ``n`` (not by the sum
+of weights).
 
 Per-sample values (``per_sample=True``)
 ---------------------------------------
@@ -48,12 +51,17 @@ import torch.nn.functional as F
 
 from fantasyworld.geometry.pose_encoding import encode_pose, relative_to_first
 
-__all__ = ["CAMERA_LOSS_GAMMA", "CAMERA_PART_WEIGHTS", "camera_loss", "camera_loss_terms", "depth_loss", "point_loss"]
+__all__ = [
+    "CAMERA_LOSS_GAMMA", "CAMERA_LOSS_TYPES", "CAMERA_PART_WEIGHTS", "camera_loss", "camera_loss_terms", "depth_loss",
+    "point_loss",
+]
 
 CAMERA_LOSS_GAMMA = 0.6
 """VGGT's per-iteration decay: iteration ``i`` of ``n`` has weight ``gamma^(n - 1 - i)``."""
 CAMERA_PART_WEIGHTS = (1.0, 1.0, 0.5)
 """VGGT's weights of the translation, rotation and field-of-view parts of the camera loss."""
+CAMERA_LOSS_TYPES = ("huber", "l1")
+"""Per-component penalties of :func:`camera_loss_terms` (module docstring)."""
 
 
 def _sum(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
@@ -143,6 +151,7 @@ def camera_loss_terms(
     gamma: float = CAMERA_LOSS_GAMMA,
     huber_delta: float = 1.0,
     per_sample: bool = False,
+    loss_type: str = "huber",
 ) -> dict[str, torch.Tensor]:
     """Camera loss with its parts: ``loss_camera``, ``loss_T``, ``loss_R``, ``loss_FL`` (scalars,
     or ``(B,)`` with ``per_sample``: each sample's means over its own frames and components).
@@ -156,7 +165,10 @@ def camera_loss_terms(
         image_hw: ``(H, W)`` of the images the intrinsics refer to.
         scale: optional ``(B,)`` from :func:`~fantasyworld.geometry.cameras.scene_scale`.
         gamma: iteration decay (VGGT 0.6); ``huber_delta``: Huber threshold (1 = smooth-L1).
+        loss_type: ``huber`` (default) or ``l1`` (:data:`CAMERA_LOSS_TYPES`).
     """
+    if loss_type not in CAMERA_LOSS_TYPES:
+        raise ValueError(f"camera loss_type must be one of {CAMERA_LOSS_TYPES}, got {loss_type!r}")
     if len(pred_enc_list) == 0:
         raise ValueError("pred_enc_list is empty: the camera head returned no iterations")
     with torch.no_grad():
@@ -172,11 +184,11 @@ def camera_loss_terms(
     for i, pred in enumerate(pred_enc_list):
         weight = gamma ** (n_iter - 1 - i)
         for name, sl in parts.items():
-            if per_sample:
-                part = F.huber_loss(pred[..., sl].float(), gt_enc[..., sl], delta=huber_delta,
-                                    reduction="none").flatten(1).mean(1)  # (B,)
+            if loss_type == "l1":
+                penalty = (pred[..., sl].float() - gt_enc[..., sl]).abs()
             else:
-                part = F.huber_loss(pred[..., sl].float(), gt_enc[..., sl], delta=huber_delta, reduction="mean")
+                penalty = F.huber_loss(pred[..., sl].float(), gt_enc[..., sl], delta=huber_delta, reduction="none")
+            part = penalty.flatten(1).mean(1) if per_sample else penalty.mean()  # (B,) or scalar
             totals[name] = totals[name] + weight * part
     out = {name: value / n_iter for name, value in totals.items()}
     w_t, w_r, w_fl = CAMERA_PART_WEIGHTS
@@ -194,10 +206,11 @@ def camera_loss(
     gamma: float = CAMERA_LOSS_GAMMA,
     huber_delta: float = 1.0,
     per_sample: bool = False,
+    loss_type: str = "huber",
 ) -> torch.Tensor:
     """Camera loss (scalar, or ``(B,)`` with ``per_sample``); see :func:`camera_loss_terms` for
     arguments and the module docstring."""
     return camera_loss_terms(
         pred_enc_list, gt_w2c, gt_intrinsics, image_hw, scale=scale, gamma=gamma, huber_delta=huber_delta,
-        per_sample=per_sample,
+        per_sample=per_sample, loss_type=loss_type,
     )["loss_camera"]

@@ -89,6 +89,8 @@ class HeadTargets:
         per_sample: the losses return one value per sample, ``(B,)``, instead of the batch
             scalar (a head whose loss returns a scalar anyway is run one sample at a time by
             :func:`fantasyworld.training.losses.per_sample_losses`).
+        camera_loss: the camera loss's per-component penalty, ``huber`` or ``l1``
+            (:data:`~fantasyworld.heads.losses.CAMERA_LOSS_TYPES`).
     """
 
     depth: torch.Tensor
@@ -99,6 +101,7 @@ class HeadTargets:
     image_hw: tuple[int, int]
     alpha: float
     per_sample: bool = False
+    camera_loss: str = "huber"
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ register_head(HeadSpec(
     name="camera", module="camera_head", build=_build_camera, run=_run_camera,
     outputs=("pose_enc_list", "pose_enc", "w2c", "intrinsics"),
     loss=lambda out, gt: camera_loss_terms(out["pose_enc_list"], gt.w2c, gt.intrinsics, gt.image_hw,
-                                           per_sample=gt.per_sample),
+                                           per_sample=gt.per_sample, loss_type=gt.camera_loss),
     loss_keys=("loss_camera", "loss_T", "loss_R", "loss_FL"), weight=3.0, short="cam", pixel_rate=False,
     result_keys=("pose_enc",),
 ))

@@ -118,7 +118,9 @@ def encode_text(text_encoder, tokenizer, prompts: list[str], max_length: int = T
     ids = tok.input_ids.to(param.device)
     mask = tok.attention_mask.to(param.device)
     hidden = text_encoder(ids, attention_mask=mask).last_hidden_state.float()
-    hidden = hidden * mask[..., None].to(hidden.dtype)
+    # an encoder under HostOffload keeps its token table (the first parameter) on the host:
+    # its output then lives on the GPU while the mask stays where the table is
+    hidden = hidden * mask[..., None].to(hidden.device, hidden.dtype)
     return hidden, mask.sum(1).long()
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fantasyworld.errors import ConfigError
+from fantasyworld.heads.losses import CAMERA_LOSS_TYPES
 from fantasyworld.training.config_io import (
     apply_overrides,
     config_to_dict,
@@ -212,18 +213,17 @@ class LossConfig:
     """Weight of the ``-log C`` confidence regulariser (VGGT default)."""
     camera_weight: float = 3.0
     """Weight of ``L_camera`` inside the geometry sum (the paper's 3)."""
+    camera_loss: str = "huber"
+    """Camera-loss penalty: ``huber`` (smooth-L1, VGGT's paper) or ``l1`` (VGGT's released code)."""
     shift: float = 5.0
     """Timestep shift of the training noise schedule (Wan: 5)."""
     pixel_frames_per_step: float | None = None
-    """Supervise the pixel-rate heads (depth, point map) on a random subset of the ``T`` pixel
-    frames of each sample: an integer ``K >= 1`` (frames) or a fraction in (0, 1) of ``T``
-    (``K = max(1, round(fraction T))``). The heads' full-resolution stage then runs on those
-    frames only (the speed-up); the frames are drawn per sample, seeded by the run seed and the
-    sample's stream position, sorted. The camera loss keeps every frame. Meant for stage 1 (where
-    the heads are most of the step); null (default): every frame, unchanged."""
+    """Supervise depth and point maps on K of each sample's T pixel frames (an integer K >= 1, or
+    a fraction of T: K = max(1, round(fraction T))), drawn per sample from the run seed; the heads'
+    full-resolution stage runs on those only, the camera loss keeps every frame. For stage 1;
+    null (default): every frame."""
     camera_dropout: float = 0.0
-    """Stage 2: share of the steps trained without camera conditioning (drawn per step from the
-    seed), so the geometry keeps reading cameras from the video (as the evaluation asks)."""
+    """Stage 2: share of steps without camera conditioning (seeded), so geometry keeps reading the video."""
 
 
 @dataclass(kw_only=True)
@@ -415,8 +415,9 @@ class TrainConfig:
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
             fail(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if self.loss.lambda_geo < 0 or self.loss.alpha < 0 or self.loss.shift <= 0 or \
-                not 0.0 <= self.loss.camera_dropout < 1.0:
-            fail("loss.lambda_geo and loss.alpha must be >= 0, loss.shift > 0, loss.camera_dropout in [0, 1)")
+                not 0.0 <= self.loss.camera_dropout < 1.0 or self.loss.camera_loss not in CAMERA_LOSS_TYPES:
+            fail(f"loss.lambda_geo and loss.alpha must be >= 0, loss.shift > 0, loss.camera_dropout in [0, 1), "
+                 f"loss.camera_loss one of {', '.join(CAMERA_LOSS_TYPES)} (got {self.loss.camera_loss!r})")
         if self.checkpoint.every < 1 or self.checkpoint.keep_last < 1:
             fail(f"checkpoint.every and checkpoint.keep_last must be >= 1, got "
                  f"{self.checkpoint.every}, {self.checkpoint.keep_last}")

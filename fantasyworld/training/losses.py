@@ -125,6 +125,7 @@ def compute_losses(
     camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
     pixel_frames: torch.Tensor | None = None,
     per_sample: bool = False,
+    camera_loss: str = "huber",
 ) -> dict[str, torch.Tensor]:
     """All losses of one training step (``camera_weight``: see :func:`total_loss`).
 
@@ -143,6 +144,7 @@ def compute_losses(
             as without a subset; non-pixel-rate heads (camera) see every frame.
         per_sample: every term (and the objective) is ``(B,)``, each sample's own loss
             (the heads' ``per_sample`` form; a head whose loss ignores it returns a scalar).
+        camera_loss: the camera loss's penalty, ``huber`` or ``l1`` (``LossConfig.camera_loss``).
 
     Returns:
         ``objective``, the loss terms of the heads present (``loss_depth``, ``loss_pmap``,
@@ -151,7 +153,7 @@ def compute_losses(
     gt = normalize_geometry(batch["depth"], batch["points"], batch["valid"], batch["w2c"])
     targets = HeadTargets(depth=gt.depth, points=gt.points, w2c=gt.w2c, intrinsics=batch["intrinsics"],
                           valid=batch["valid"].bool(), image_hw=tuple(batch["depth"].shape[-2:]), alpha=alpha,
-                          per_sample=per_sample)
+                          per_sample=per_sample, camera_loss=camera_loss)
     pixel_targets = targets
     if pixel_frames is not None:
         rows = torch.arange(gt.depth.shape[0], device=gt.depth.device)[:, None]
@@ -203,6 +205,7 @@ def per_sample_losses(
     lambda_geo: float = 1.0,
     alpha: float = 0.2,
     camera_weight: float = CAMERA_LOSS_WEIGHT_IN_TOTAL,
+    camera_loss: str = "huber",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The losses of each sample of a micro-batch, summed over the samples.
 
@@ -219,7 +222,7 @@ def per_sample_losses(
             ground truth ``depth, points, valid, w2c, intrinsics`` and (stage 2)
             ``flow_target`` (B, 16, F, H/8, W/8); optional ``pixel_frames`` (B, K) (the frame
             subset the pixel-rate heads predicted, :func:`compute_losses`).
-        stage, lambda_geo, alpha, camera_weight: as for :func:`compute_losses`.
+        stage, lambda_geo, alpha, camera_weight, camera_loss: as for :func:`compute_losses`.
 
     Returns:
         ``(objective_sum, terms)``: the sum over the samples of their objectives (scalar, fp32,
@@ -227,7 +230,8 @@ def per_sample_losses(
     """
     batch_size = inputs["latents"].shape[0]
     gt = {k: inputs[k] for k in ("depth", "points", "valid", "w2c", "intrinsics")}
-    kwargs = {"stage": stage, "lambda_geo": lambda_geo, "alpha": alpha, "camera_weight": camera_weight}
+    kwargs = {"stage": stage, "lambda_geo": lambda_geo, "alpha": alpha, "camera_weight": camera_weight,
+              "camera_loss": camera_loss}
     try:
         terms = compute_losses(outputs, gt, flow_target=inputs["flow_target"] if stage == 2 else None,
                                pixel_frames=inputs.get("pixel_frames"), per_sample=True, **kwargs)

@@ -371,7 +371,7 @@ class Trainer:
                 cond_latent=inputs.get("cond_latent"), image_emb=inputs.get("image_emb"), stage=self.stage,
                 pixel_frames=inputs.get("pixel_frames"))
         return per_sample_losses(outputs, inputs, stage=self.stage, lambda_geo=loss.lambda_geo, alpha=loss.alpha,
-                                 camera_weight=loss.camera_weight)
+                                 camera_weight=loss.camera_weight, camera_loss=loss.camera_loss)
 
     def step_on_device(self, data_iter: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer step: ``grad_accum`` micro-batches of prepare -> forward and losses ->
