@@ -14,10 +14,15 @@ Learners (``--learner``):
   ``--camera-input ground-truth`` replaces the camera head's input tokens by a fixed random
   projection of the ground-truth encodings of each latent frame's pixel frames (a control:
   it measures what the camera head and its loss can do when the information is present);
+  ``--camera-input patches`` adds that projection to every patch token of each latent frame at
+  the latent bridge instead (a control of the whole path: frame and global attention must carry
+  it from the patches into the camera tokens);
   ``--camera-only`` drops the depth and point losses;
 * ``mlp``: a two-layer MLP from the whole clip's latents (or pixels, ``--mlp-input pixels``)
   straight to the quaternions relative to frame 0 (a control: can a generic learner
   generalise relative rotation from this data at all?);
+* ``shift``: no learning, the yaw read from the horizontal image shift between consecutive
+  frames (:class:`ShiftEstimator`; a control of what the pixels carry: right for pure turns);
 * ``cnn``: a small convolutional network on pixel pairs (frame 0, frame i) stacked as 6
   channels, one quaternion relative to frame 0 per pair (a control with the inductive bias
   of optical flow: translation-equivariant features compared across the two frames).
@@ -69,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=400)
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--learner", choices=("fantasyworld", "mlp", "cnn"), default="fantasyworld")
+    p.add_argument("--learner", choices=("fantasyworld", "mlp", "cnn", "shift"), default="fantasyworld")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -81,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the camera loss's penalty (loss.camera_loss); the mlp/cnn learners' too")
     p.add_argument("--trajectories", default="", help="comma-separated trajectory families to render "
                    "(default: the seeded mix of all); a separate worlds folder per choice")
-    p.add_argument("--camera-input", choices=("model", "ground-truth"), default="model")
+    p.add_argument("--camera-input", choices=("model", "ground-truth", "patches"), default="model")
     p.add_argument("--camera-only", action="store_true")
     p.add_argument("--mlp-input", choices=("latents", "pixels"), default="latents")
     p.add_argument("--train-subset", type=int, default=0, help="train on the first N training worlds only")
@@ -167,6 +172,21 @@ class FantasyWorldLearner:
                 return (grouped @ proj,) + tuple(inputs[1:])
 
             head.register_forward_pre_hook(replace_tokens)
+        elif args.camera_input == "patches":
+            branch = self.model.geometry
+            width = branch.config.geo_dim
+            proj = torch.randn(36, width, generator=torch.Generator().manual_seed(args.seed)).to(device)
+            bridge = branch.bridge
+
+            def bridge_with_pose(video_tokens, grid, camera_pose_enc=None):
+                tokens = bridge(video_tokens, grid, camera_pose_enc)  # (B*F, P, D)
+                enc = self.gt_tokens
+                grouped = torch.cat([enc[:, :1].repeat(1, 4, 1), enc[:, 1:]], 1).reshape(enc.shape[0], -1, 36)
+                signal = (grouped @ proj).reshape(-1, 1, width).to(tokens.dtype)  # (B*F, 1, D)
+                start = branch.patch_start_idx
+                return torch.cat([tokens[:, :start], tokens[:, start:] + signal], dim=1)
+
+            branch.bridge = bridge_with_pose
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def forward(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> dict:
@@ -251,7 +271,48 @@ class CnnLearner(MlpLearner):
         return (self.net(pairs) + identity).view(b, t, 4)
 
 
-LEARNERS = {"mlp": MlpLearner, "cnn": CnnLearner}
+class ShiftEstimator:
+    """No learning: the yaw read from image shifts (a control of what the pixels carry).
+
+    For each pair of consecutive frames, the horizontal shift ``s`` (integer pixels, at least a
+    quarter of the width overlapping) that maximises the normalised cross-correlation of the
+    grey images; the yaw between them is ``atan(s / fx)``, summed from frame 0. It models a
+    camera that only turns about its vertical axis, so it is right for ``turn`` clips and wrong
+    wherever a translation also shifts the image (pan, dolly, orbit, arc)."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, clips: ClipSet) -> None:
+        self.args, self.device, self.hw = args, device, (args.size, args.size)
+        self.params: list[torch.nn.Parameter] = []
+
+    @staticmethod
+    def _shift(a: torch.Tensor, b: torch.Tensor) -> int:
+        """Shift ``s`` with ``b[:, x] ~ a[:, x + s]`` of grey images ``(H, W)``."""
+        width = a.shape[1]
+        best, arg = -float("inf"), 0
+        for s in range(-(width - width // 4), width - width // 4 + 1):
+            x, y = (a[:, s:], b[:, :width - s]) if s >= 0 else (a[:, :width + s], b[:, -s:])
+            x, y = x - x.mean(), y - y.mean()
+            score = float((x * y).mean() / (x.std() * y.std() + 1e-6))
+            if score > best:
+                best, arg = score, s
+        return arg
+
+    @torch.no_grad()
+    def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, None]:
+        grey = clips.video[idx].mean(1).double().cpu()  # (B, T, H, W)
+        fx = clips.gt["intrinsics"][idx][:, 0, 0, 0].double().cpu()
+        b, t = grey.shape[:2]
+        w2c = torch.eye(4, dtype=torch.float64).repeat(b, t, 1, 1)
+        for i in range(b):
+            yaw = 0.0
+            for k in range(1, t):
+                yaw += float(torch.atan(torch.tensor(self._shift(grey[i, k - 1], grey[i, k]) / fx[i])))
+                c, s = np.cos(yaw), np.sin(yaw)
+                w2c[i, k, :3, :3] = torch.tensor([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
+        return w2c, None
+
+
+LEARNERS = {"mlp": MlpLearner, "cnn": CnnLearner, "shift": ShiftEstimator}
 
 
 def evaluate(learner, clips: ClipSet, limit: int) -> dict[str, float]:
@@ -289,7 +350,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     learner = (FantasyWorldLearner(args, device) if args.learner == "fantasyworld"
                else LEARNERS[args.learner](args, device, train))
 
-    opt = torch.optim.AdamW(learner.params, lr=args.lr, weight_decay=0.01)
+    if not learner.params:  # an estimator: nothing to train
+        args.steps = 0
+    opt = torch.optim.AdamW(learner.params or [torch.nn.Parameter(torch.zeros(1))], lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(args.schedule, 20, args.steps))
     gen = torch.Generator().manual_seed(args.seed)
     kind, value = args.sigma.split(":")
