@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from fantasyworld.models import encoders
 from fantasyworld.models.config import get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.flow_matching import add_noise, sample_training_sigmas, sigma_to_timestep
+from fantasyworld.models.geometry_branch import group_by_latent_frame
 from fantasyworld.models.wan_loading import load_wan_transformer
 from fantasyworld.training.losses import compute_losses
 from fantasyworld.training.lr_schedule import lr_multiplier
@@ -167,9 +169,7 @@ class FantasyWorldLearner:
             proj = torch.randn(36, width, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
             def replace_tokens(_module, inputs):
-                enc = self.gt_tokens  # (B, T, 9): frame 0 repeated 4x, then 4 pixel frames per latent frame
-                grouped = torch.cat([enc[:, :1].repeat(1, 4, 1), enc[:, 1:]], 1).reshape(enc.shape[0], -1, 36)
-                return (grouped @ proj,) + tuple(inputs[1:])
+                return (group_by_latent_frame(self.gt_tokens) @ proj,) + tuple(inputs[1:])
 
             head.register_forward_pre_hook(replace_tokens)
         elif args.camera_input == "patches":
@@ -180,9 +180,8 @@ class FantasyWorldLearner:
 
             def bridge_with_pose(video_tokens, grid, camera_pose_enc=None):
                 tokens = bridge(video_tokens, grid, camera_pose_enc)  # (B*F, P, D)
-                enc = self.gt_tokens
-                grouped = torch.cat([enc[:, :1].repeat(1, 4, 1), enc[:, 1:]], 1).reshape(enc.shape[0], -1, 36)
-                signal = (grouped @ proj).reshape(-1, 1, width).to(tokens.dtype)  # (B*F, 1, D)
+                signal = (group_by_latent_frame(self.gt_tokens) @ proj).reshape(-1, 1, width)  # (B*F, 1, D)
+                signal = signal.to(tokens.dtype)
                 start = branch.patch_start_idx
                 return torch.cat([tokens[:, :start], tokens[:, start:] + signal], dim=1)
 
@@ -306,8 +305,8 @@ class ShiftEstimator:
         for i in range(b):
             yaw = 0.0
             for k in range(1, t):
-                yaw += float(torch.atan(torch.tensor(self._shift(grey[i, k - 1], grey[i, k]) / fx[i])))
-                c, s = np.cos(yaw), np.sin(yaw)
+                yaw += math.atan(self._shift(grey[i, k - 1], grey[i, k]) / float(fx[i]))
+                c, s = math.cos(yaw), math.sin(yaw)
                 w2c[i, k, :3, :3] = torch.tensor([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
         return w2c, None
 

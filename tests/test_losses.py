@@ -152,11 +152,18 @@ def test_camera_loss_zero_for_identical_trajectories():
     assert raw.abs().item() < 1e-6
 
 
+def _identity_cameras(batch: int, height: int = 4, width: int = 6):
+    """``batch`` clips of 2 identity cameras whose intrinsics give fields of view of pi/2: the
+    w2c, the intrinsics and their encoding (``t = 0, q = (0, 0, 0, 1), fov = pi/2, pi/2``)."""
+    w2c = torch.eye(4).expand(batch, 2, 4, 4).clone()
+    k = torch.tensor([[width / 2, 0.0, 3.0], [0.0, height / 2, 2.0], [0.0, 0.0, 1.0]]).expand(batch, 2, 3, 3)
+    gt_enc = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.pi / 2, math.pi / 2]).expand(batch, 2, 9)
+    return w2c, k, gt_enc
+
+
 def test_camera_loss_hand_computed_huber_gamma_and_part_weights():
     height, width = 4, 6
-    w2c = torch.eye(4).expand(1, 2, 4, 4).clone()
-    k = torch.tensor([[width / 2, 0.0, 3.0], [0.0, height / 2, 2.0], [0.0, 0.0, 1.0]]).expand(1, 2, 3, 3)
-    gt_enc = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.pi / 2, math.pi / 2]).expand(1, 2, 9)
+    w2c, k, gt_enc = _identity_cameras(1, height, width)
     first = gt_enc.clone()
     first[0, 0, 0] += 2.0  # tx, frame 0: Huber(2) = 2 - 0.5 = 1.5 ; mean over 6 T entries = 0.25
     first[0, 1, 6] -= 0.5  # qw, frame 1: Huber(0.5) = 0.125 ; mean over 8 R entries = 0.015625
@@ -174,9 +181,7 @@ def test_camera_loss_hand_computed_huber_gamma_and_part_weights():
 def test_camera_loss_l1_hand_computed_and_per_sample():
     """``loss_type="l1"`` (VGGT's released code): |r| per component, same means and weights."""
     height, width = 4, 6
-    w2c = torch.eye(4).expand(2, 2, 4, 4).clone()
-    k = torch.tensor([[width / 2, 0.0, 3.0], [0.0, height / 2, 2.0], [0.0, 0.0, 1.0]]).expand(2, 2, 3, 3)
-    gt_enc = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.pi / 2, math.pi / 2]).expand(2, 2, 9)
+    w2c, k, gt_enc = _identity_cameras(2, height, width)
     pred = gt_enc.clone()
     pred[0, 0, 0] += 2.0  # tx: |2| (Huber would give 1.5); mean over 6 T entries of sample 0 = 1/3
     pred[0, 1, 6] -= 0.1  # qw: |0.1| (Huber 0.005); mean over 8 R entries = 0.0125

@@ -37,7 +37,7 @@ def _cfg(**changes: object):
         ({"global_batch_size": 7, "batch_size": 2}, "global_batch_size 7 is not a multiple of batch_size 2"),
         ({"mixed_precision": "fp16"}, "mixed_precision must be auto, bf16 or fp32"),
         ({"log.progress": "maybe"}, "log.progress must be true or false"),
-        ({"loss.camera_loss": "l2"}, "loss.camera_loss one of huber, l1 (got 'l2')"),
+        ({"loss.camera_loss": "l2"}, "loss.camera_loss must be one of huber, l1, got 'l2'"),
     ],
 )
 def test_bad_setting_names_key_and_fix(changes: dict, message: str) -> None:

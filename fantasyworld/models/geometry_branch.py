@@ -43,10 +43,16 @@ class CamTokenProjector(nn.Module):
 
     def forward(self, pose_enc: torch.Tensor) -> torch.Tensor:
         """pose_enc (B, T, 9), T = 4k+1 -> camera tokens (B*F, 1, D), F = k+1."""
-        b, t, _ = pose_enc.shape
-        first = pose_enc[:, :1].expand(b, 4, 9)
-        groups = torch.cat([first, pose_enc[:, 1:]], dim=1).reshape(b, (t + 3) // 4, 36)
-        return self.mlp(groups).reshape(-1, 1, self.mlp[-1].out_features)
+        return self.mlp(group_by_latent_frame(pose_enc)).reshape(-1, 1, self.mlp[-1].out_features)
+
+
+def group_by_latent_frame(pose_enc: torch.Tensor) -> torch.Tensor:
+    """Pixel-rate pose encodings ``(B, T, 9)``, ``T = 4k+1`` -> ``(B, k+1, 36)``, the 4 pixel
+    frames of each latent frame side by side (causal, as the VAE: latent frame 0 <- pixel
+    frame 0 four times, latent frame ``j >= 1`` <- pixel frames ``4j-3 .. 4j``)."""
+    b, t, _ = pose_enc.shape
+    first = pose_enc[:, :1].expand(b, 4, 9)
+    return torch.cat([first, pose_enc[:, 1:]], dim=1).reshape(b, (t + 3) // 4, 36)
 
 
 def _expand_special(token: torch.Tensor, b: int, f: int) -> torch.Tensor:

@@ -415,9 +415,10 @@ class TrainConfig:
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
             fail(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if self.loss.lambda_geo < 0 or self.loss.alpha < 0 or self.loss.shift <= 0 or \
-                not 0.0 <= self.loss.camera_dropout < 1.0 or self.loss.camera_loss not in CAMERA_LOSS_TYPES:
-            fail(f"loss.lambda_geo and loss.alpha must be >= 0, loss.shift > 0, loss.camera_dropout in [0, 1), "
-                 f"loss.camera_loss one of {', '.join(CAMERA_LOSS_TYPES)} (got {self.loss.camera_loss!r})")
+                not 0.0 <= self.loss.camera_dropout < 1.0:
+            fail("loss.lambda_geo and loss.alpha must be >= 0, loss.shift > 0, loss.camera_dropout in [0, 1)")
+        if self.loss.camera_loss not in CAMERA_LOSS_TYPES:
+            fail(f"loss.camera_loss must be one of {', '.join(CAMERA_LOSS_TYPES)}, got {self.loss.camera_loss!r}")
         if self.checkpoint.every < 1 or self.checkpoint.keep_last < 1:
             fail(f"checkpoint.every and checkpoint.keep_last must be >= 1, got "
                  f"{self.checkpoint.every}, {self.checkpoint.keep_last}")
