@@ -139,6 +139,16 @@ def read_worlds(root: str | Path, num_clips: int, frames: int, size: int, worker
     return torch.from_numpy(np.stack(out)), [r.prompt for r in records]
 
 
+def resident_or_pinned(video_u8: torch.Tensor, device: torch.device, share: float = 0.25) -> torch.Tensor:
+    """The clips ``(N, 3, T, H, W)`` uint8 on the GPU when they take at most ``share`` of its
+    free memory (every batch is then gathered there: no host copy per step), else in pinned
+    host memory (each gathered batch copied asynchronously)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    if video_u8.numel() * video_u8.element_size() <= share * free:
+        return video_u8.to(device)
+    return video_u8.pin_memory()
+
+
 def _to_float(video_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     # a gathered batch is pageable even when the clips are pinned: pinned first, so the copy
     # does not make the host wait for the device
@@ -230,7 +240,7 @@ def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.devic
     while progress(step) < 1.0:
         for group in opt.param_groups:
             group["lr"] = args.vae_lr * lr_multiplier(progress(step))
-        idx = torch.randint(0, len(video), (args.vae_batch,), generator=gen)
+        idx = to_device(torch.randint(0, len(video), (args.vae_batch,), generator=gen), video.device, pin=True)
         first = int(torch.randint(0, video.shape[2] - args.vae_frames + 1, (1,), generator=gen))
         x = _to_float(video[idx, :, first:first + args.vae_frames], device)  # (B, 3, vae_frames, H, W)
         if vae_pass is None:
@@ -401,7 +411,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         video, prompts = render_worlds(args.clips, args.frames, args.size, args.size, args.workers)
     if device.type == "cuda":
-        video = video.pin_memory()
+        video = resident_or_pinned(video, device)
+    log["clips_on"] = str(video.device)
     log["render_seconds"] = time.perf_counter() - t0
     print(f"{'read' if args.data else 'rendered'} {len(video)} clips {tuple(video.shape[1:])} in "
           f"{log['render_seconds']:.0f} s", flush=True)
