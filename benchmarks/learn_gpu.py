@@ -232,6 +232,11 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
 
     name = f"stage{stage}"
     phases.start(name)
+    if torch.cuda.is_available() and cfg.device != "cpu":
+        # fixed shapes from here on: the DPT heads' convolutions autotuned once. Not earlier: the
+        # pretraining's VAE runs many causal-convolution shapes, and autotuning them all took 21 s
+        # of its 38 s budget (measured)
+        torch.backends.cudnn.benchmark = True
     n = cfg.calibration_steps
     calib = Trainer(train_config(cfg, stage, out / "calibration_cache", out / "runs" / f"calibrate{stage}",
                                  out / "assets", n, calib_init, log_every=max(1, n // 3))).train()
@@ -408,8 +413,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg, out = parse_args(argv)
     if cfg.device == "cpu":
         torch.set_num_threads(1)  # the small ops of these models: one thread (docs/benchmarks.md)
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: the DPT heads' convolutions autotuned once
     summary = run(cfg, out)
     return 0 if summary["acceptance"]["passed"] else 1
 
