@@ -29,6 +29,8 @@ subK           ``loss.pixel_frames_per_step=K`` (an integer, or ``sub0.25`` a fr
 framesN        N pixel frames (default ``--frames``)
 fit            try the frame counts of ``--fit-frames`` (largest first) and keep the first that runs
 eval           after the steps: geometry losses on every frame of the first ``--eval-batches`` batches
+nocudnn        ``torch.backends.cuda.enable_cudnn_sdp(False)`` for this configuration (SDPA then
+               dispatches to flash / memory-efficient attention): isolates cuDNN attention
 ============== ===============================================================================
 
 Configurations with the same stage, frames and steps see the same batches (same seed, same
@@ -100,7 +102,7 @@ def matmul_rate(device: torch.device, n: int) -> float:
 def parse_tokens(spec: str) -> dict[str, Any]:
     """A configuration string (module docstring) -> ``{"overrides": [...], "cap": GiB|None, ...}``."""
     out: dict[str, Any] = {"overrides": {}, "cap": None, "frames": None, "fit": False, "eval": False,
-                           "compile": None, "tier": None}
+                           "compile": None, "tier": None, "cudnn_sdp": True}
     o = out["overrides"]
     for tok in spec.split("+"):
         if tok in ("none", "layer", "selective"):
@@ -131,6 +133,8 @@ def parse_tokens(spec: str) -> dict[str, Any]:
             out["fit"] = True
         elif tok == "eval":
             out["eval"] = True
+        elif tok == "nocudnn":
+            out["cudnn_sdp"] = False
         else:
             raise ValueError(f"unknown configuration token {tok!r} in {spec!r} (see --help)")
     return out
@@ -208,11 +212,13 @@ def run_config(a: argparse.Namespace, stage: int, frames: int, parsed: dict[str,
         _run_config_dict(a, stage, frames, parsed, cache, init_from, run_dir)).items()])
     _release(device)
     if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(parsed["cudnn_sdp"])
         total = torch.cuda.get_device_properties(device).total_memory
         frac = 1.0 if parsed["cap"] is None else min(1.0, parsed["cap"] * 2**30 / total)
         torch.cuda.set_per_process_memory_fraction(frac, device.index or 0)
     row: dict[str, Any] = {"config": name, "stage": stage, "preset": a.preset, "frames": frames, "hw": a.hw,
-                           "batch": a.batch, "cap_gib": parsed["cap"], "memory_tier": cfg.memory_tier}
+                           "batch": a.batch, "cap_gib": parsed["cap"], "memory_tier": cfg.memory_tier,
+                           "cudnn_sdp": parsed["cudnn_sdp"]}
     losses: list[dict[str, float]] = []
     times: list[float] = []
     trainer = it = None
