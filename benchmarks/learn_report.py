@@ -126,13 +126,18 @@ def acceptance(stage1: dict[str, Any], stage2: dict[str, Any], diffusion: dict[s
 
 def write_tables(out: Path, stage1: dict[str, Any], stage2: dict[str, Any], verdict: dict[str, Any],
                  diffusion: dict[str, Any] | None, run: dict[str, Any]) -> tuple[Path, Path]:
-    """``OUT/held_out.json`` (everything) and ``OUT/held_out.md`` (the table and the verdict)."""
+    """``OUT/held_out.json`` (everything) and ``OUT/held_out.md`` (the table and the verdict; after
+    ``abs_rel_median``, the token-resolution depth oracle's, when the evaluation scored it)."""
     keys = [k for k in stage2["model"] if k in stage2["baseline"]]
     rows = ["| metric | stage 1 | stage 2 | baseline | stage 2 better by |", "|---|---:|---:|---:|---:|"]
     for key in keys:
         m1, m2, b = stage1["model"].get(key, float("nan")), stage2["model"][key], stage2["baseline"][key]
         better = _ratio(m2, b) if key in HIGHER_IS_BETTER else _ratio(b, m2)  # > 1: the model is better
         rows.append(f"| {key} | {m1:.4g} | {m2:.4g} | {b:.4g} | {better:.2f}x |")
+        if key == "abs_rel_median" and key in stage2.get("oracle", {}):  # ground truth only: the same both stages
+            o1, o2 = stage1.get("oracle", {}).get(key, float("nan")), stage2["oracle"][key]
+            rows.append(f"| {key}: depth at token resolution from ground truth (oracle, ceiling of the ratio: "
+                        f"{_ratio(b, o2):.2f}x) | {o1:.4g} | {o2:.4g} | {b:.4g} | {_ratio(b, o2):.2f}x |")
     text = [f"# Held-out geometry ({stage2.get('num_clips', '?')} worlds)", "",
             "`latents` mode of `fantasyworld evaluate`; the last column is baseline / model for errors and "
             "model / baseline for accuracies (" + ", ".join(HIGHER_IS_BETTER) + ").", "", *rows, ""]

@@ -37,7 +37,11 @@ def test_demo_smoke_writes_every_file(tmp_path):
     assert {c["clip_id"] for c in train_ids} == set(summary["train_clips"])
     assert set(summary["train_clips"]).isdisjoint(summary["held_out_clips"])
     assert summary["acceptance"]["verdict"].startswith(("PASS", "FAIL"))
-    assert "evaluation/report.html" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "evaluation/report.html" in page
+    lat = summary["summary"]["latents"]  # the page's table shows the oracle's ceiling beside the model
+    ceiling = lat["baseline"]["abs_rel_median"] / lat["oracle"]["abs_rel_median"]
+    assert f"token resolution from ground truth (oracle, ceiling of the ratio: {ceiling:.2f}x)" in page
     # a second run is refused (nothing changes), with --overwrite it replaces the earlier demo folder
     before = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*"))
     assert main(["demo", "--smoke", "--out", str(out)]) == 2

@@ -1,5 +1,6 @@
-"""Trivial baselines, the held-out split, per-clip scoring and the acceptance check on
-hand-made cases (exact arithmetic; tolerances 1e-9 for float64 round-off)."""
+"""Trivial baselines, the token-resolution depth oracle, the held-out split, per-clip scoring
+and the acceptance check on hand-made cases (exact arithmetic; tolerances 1e-9 for float64
+round-off)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 
 from fantasyworld.data.split import clip_hash, select_split, split_clip_ids
+from fantasyworld.data.synth import render_clip
 from fantasyworld.eval import baselines
-from fantasyworld.eval.evaluate import acceptance, baseline_prediction, score_clip, summarize
-from fantasyworld.eval.metrics import nearest_distances
+from fantasyworld.eval.evaluate import DEPTH_KEYS, acceptance, baseline_prediction, score_clip, summarize
+from fantasyworld.eval.metrics import depth_metrics, nearest_distances
+from fantasyworld.eval.report import _table_rows
 
 
 def _yaw_w2c(deg: float, centre: tuple[float, float, float]) -> np.ndarray:
@@ -95,6 +98,95 @@ def test_acceptance_needs_two_times_better_on_both_bars():
     acc = acceptance(summarize(per_clip))
     assert not acc["rotation_error"]["passed"] and not acc["passed"]
     assert "rotation_error" in acc["verdict"] and "MISSED" in acc["verdict"]
+
+
+def test_token_depth_of_a_constant_depth_is_that_constant():
+    ones = np.ones((2, 32, 48), dtype=bool)
+    # 2.5 and the bilinear weights (multiples of 1/32) are dyadic: every step is exact
+    depth = np.full((2, 32, 48), 2.5)
+    oracle = baselines.token_depth(depth, ones)
+    assert oracle.dtype == np.float64 and oracle.shape == (2, 32, 48)
+    assert np.array_equal(oracle, depth)
+    assert depth_metrics(oracle, depth, ones)["abs_rel_median"] == 0.0
+    # 3.7 is not: the cell sums and the weights round at float64's 1e-16
+    np.testing.assert_allclose(baselines.token_depth(np.full((2, 32, 48), 3.7), ones), 3.7, rtol=1e-13, atol=0)
+    assert baselines.TOKEN_PIXELS == 16
+
+
+def test_token_depth_of_a_ramp_is_exact_between_the_cell_centres():
+    # d = 1 + 0.1 x: a cell's mean is the ramp at its centre x = 16 j + 7.5, and bilinear
+    # upsampling (align_corners=False) maps pixel x to those centres linearly, so pixels
+    # 8..39 (between the first and the last centre) are exact; beyond them the value is held
+    # at the outer centres, 1.75 (x <= 7) and 4.95 (x >= 40)
+    x = np.arange(48.0)
+    depth = np.broadcast_to(1.0 + 0.1 * x, (2, 32, 48)).copy()
+    ones = np.ones(depth.shape, dtype=bool)
+    oracle = baselines.token_depth(depth, ones)
+    np.testing.assert_allclose(oracle[..., 8:40], depth[..., 8:40], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(oracle[..., :8], 1.75, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(oracle[..., 40:], 4.95, rtol=0, atol=1e-12)
+    # both medians are 3.35 (columns 23 and 24), so the alignment is the identity and the
+    # AbsRel is the edge columns' relative error averaged over all 48 columns
+    edges = [abs(1.75 - (1 + 0.1 * i)) / (1 + 0.1 * i) for i in range(8)]
+    edges += [abs(4.95 - (1 + 0.1 * i)) / (1 + 0.1 * i) for i in range(40, 48)]
+    scores = depth_metrics(oracle, depth, ones)
+    assert scores["median_scale"] == pytest.approx(1.0, abs=1e-12)
+    assert scores["abs_rel_median"] == pytest.approx(sum(edges) / 48, abs=1e-12)  # 0.0681
+
+
+def test_token_depth_fills_cells_and_frames_without_valid_pixels():
+    # 3 frames of 2 x 3 cells; frame 0's cells hold 1..6, frame 2 only its cell (0, 0)
+    cells = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    depth = np.zeros((3, 32, 48))
+    depth[0] = np.kron(cells, np.ones((16, 16)))
+    depth[2, :16, :16] = 7.0
+    valid = depth > 0
+    valid[0, :16, :16] = False  # cell (0, 0) of frame 0 empty
+    depth[0, 16:, 40:] = np.inf  # cell (1, 2): its right half invalid, holding inf
+    valid[0, 16:, 40:] = False
+    oracle = baselines.token_depth(depth, valid)
+    assert np.isfinite(oracle).all()
+    # the empty cell takes the mean of its non-empty neighbours (0, 1), (1, 0), (1, 1); the
+    # corner pixels hold their cell's value; the half-valid cell is the mean of its valid half
+    assert oracle[0, 0, 0] == pytest.approx((2.0 + 4.0 + 5.0) / 3, abs=1e-12)
+    assert oracle[0, -1, -1] == pytest.approx(6.0, abs=1e-12)
+    # frame 1 has no valid pixel: the clip's valid median, 4 (256 pixels each of 2, 3, 4, 5
+    # and 7, 128 of 6: the middle two of 1408 are 4s)
+    np.testing.assert_allclose(oracle[1], 4.0, rtol=0, atol=1e-12)
+    # frame 2: one valid cell fills its neighbours, then theirs (two passes)
+    np.testing.assert_allclose(oracle[2], 7.0, rtol=0, atol=1e-12)
+    assert math.isfinite(score_clip({"depth": oracle}, {"depth": depth, "valid": valid})["abs_rel_median"])
+    with pytest.raises(ValueError, match="multiple"):
+        baselines.token_depth(np.ones((1, 24, 32)), np.ones((1, 24, 32), dtype=bool))
+
+
+def test_token_depth_oracle_beats_the_constant_depth_on_a_synthetic_world():
+    clip = render_clip(0, 0, 9, 32, 32)  # a room open to the sky: 19% invalid pixels
+    depth = clip.depth.astype(np.float64)
+    gt = {"depth": depth, "valid": depth > 0}
+    assert not gt["valid"].all()
+    oracle = score_clip({"depth": baselines.token_depth(depth, gt["valid"])}, gt)
+    constant = score_clip({"depth": baselines.constant_depth(depth.shape)}, gt)
+    assert set(oracle) == set(DEPTH_KEYS)
+    assert 0.0 < oracle["abs_rel_median"] < constant["abs_rel_median"]
+
+
+def test_summary_averages_the_oracle_and_the_tables_show_its_ceiling():
+    base = {"abs_rel_median": 0.3, "rot_err": 10.0}
+    per_clip = {c: {"latents": {"model": {"abs_rel_median": 0.1, "rot_err": 4.0}, "baseline": base,
+                                "oracle": {"abs_rel_median": o}}} for c, o in (("a", 0.1), ("b", 0.3))}
+    summary = summarize(per_clip)
+    assert summary["latents"]["oracle"] == {"abs_rel_median": pytest.approx(0.2)}
+    acc = acceptance(summary)  # the bars still compare the model with the baselines
+    assert acc["depth_abs_rel"]["ratio"] == pytest.approx(3.0) and acc["depth_abs_rel"]["baseline_value"] == 0.3
+    rows = _table_rows(summary)
+    labels = [r[0] for r in rows]
+    i = labels.index("abs_rel_median (lower better)")
+    assert rows[i + 1] == ["abs_rel_median: depth at token resolution from ground truth (oracle, ceiling of the "
+                           "ratio: 1.50x)", "0.2", "0.3", "1.50x"]
+    del per_clip["a"]["latents"]["oracle"], per_clip["b"]["latents"]["oracle"]
+    assert "oracle" not in summarize(per_clip)["latents"]
+    assert len(_table_rows(summarize(per_clip))) == len(rows) - 1
 
 
 def test_held_out_split_is_by_clip_id_hash_and_never_empty():

@@ -4,6 +4,7 @@ metrics.json has the documented keys, the baselines are scored, the report is wr
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -36,8 +37,14 @@ def test_evaluate_cli_writes_metrics_and_report(tiny_setup):
         for method in ("model", "baseline"):
             assert set(m["summary"][mode][method]) == {*DEPTH_KEYS, *CAMERA_KEYS, *POINT_KEYS}
         assert m["summary"][mode]["num_clips"] == 3
+        assert set(m["summary"][mode]["oracle"]) == set(DEPTH_KEYS)  # depth only, ground truth only
+    for clip in m["clips"]:
+        assert m["per_clip"][clip]["generation"]["oracle"] == m["per_clip"][clip]["latents"]["oracle"]
     # the identity-pose baseline never predicts motion: translation direction error is 90
     assert m["summary"]["latents"]["baseline"]["trans_err"] == 90.0
+    oracle, constant = (m["summary"]["latents"][k]["abs_rel_median"] for k in ("oracle", "baseline"))
+    assert math.isfinite(oracle) and 0.0 < oracle < constant
+    assert set(m["oracles"]) == {"token_depth"}
     acc = m["acceptance"]
     assert set(acc) >= {"depth_abs_rel", "rotation_error", "passed", "verdict"}
     assert acc["verdict"].startswith(("PASS", "FAIL"))
@@ -45,6 +52,7 @@ def test_evaluate_cli_writes_metrics_and_report(tiny_setup):
         assert (out / name).stat().st_size > 0, name
     html = (out / "report.html").read_text()
     assert "depth_samples.png" in html and "trajectories.png" in html and "constant_depth" in html
+    assert f"token resolution from ground truth (oracle, ceiling of the ratio: {constant / oracle:.2f}x)" in html
 
 
 def test_evaluate_held_out_split_and_bad_input(tiny_setup, capsys):
@@ -70,9 +78,13 @@ def test_shared_baseline_scores_are_computed_once_and_equal(tiny_setup):
     shared: dict = {}
     first = evaluate(ckpt, data, root / "eval_first", settings, report=False, log=None, baseline_scores=shared)
     assert set(shared) == {(c, 5, 32, 32) for c in first["clips"]}
-    shared[(first["clips"][0], 5, 32, 32)] = {**shared[(first["clips"][0], 5, 32, 32)], "rot_err": -1.0}
-    second = evaluate(ckpt, data, root / "eval_second", settings, report=False, log=None, baseline_scores=shared)
     clip = first["clips"][0]
+    assert set(shared[(clip, 5, 32, 32)]) == {"baseline", "oracle"}
+    shared[(clip, 5, 32, 32)]["baseline"] = {**shared[(clip, 5, 32, 32)]["baseline"], "rot_err": -1.0}
+    shared[(clip, 5, 32, 32)]["oracle"] = {**shared[(clip, 5, 32, 32)]["oracle"], "abs_rel_median": -2.0}
+    second = evaluate(ckpt, data, root / "eval_second", settings, report=False, log=None, baseline_scores=shared)
     assert second["per_clip"][clip]["latents"]["baseline"]["rot_err"] == -1.0  # read from the dict, not rescored
+    assert second["per_clip"][clip]["latents"]["oracle"]["abs_rel_median"] == -2.0
     for c in first["clips"]:
-        assert first["per_clip"][c]["latents"]["baseline"] == fresh["per_clip"][c]["latents"]["baseline"]
+        for method in ("baseline", "oracle"):
+            assert first["per_clip"][c]["latents"][method] == fresh["per_clip"][c]["latents"][method]

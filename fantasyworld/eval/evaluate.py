@@ -37,10 +37,13 @@ Scores (:func:`score_clip`, per clip, then means over clips; see
   the model's own predicted cameras (:mod:`fantasyworld.eval.camera_accuracy`).
 
 Every mode is scored for the model and for the trivial baselines of
-:mod:`fantasyworld.eval.baselines` (constant depth, identity poses, one plane). The
-acceptance check compares, in the ``latents`` mode, ``abs_rel_median`` with the constant
-depth and ``rot_err`` with the identity poses: the model passes a bar when the baseline's
-mean is at least :data:`ACCEPTANCE_FACTOR` times the model's.
+:mod:`fantasyworld.eval.baselines` (constant depth, identity poses, one plane), and the
+depth of the token-resolution oracle there (``token_depth``, ground truth averaged over the
+geometry tokens' pixel cells: the ceiling of the depth ratio) as a third method, ``oracle``,
+outside the acceptance check. That check compares, in the ``latents`` mode,
+``abs_rel_median`` with the constant depth and ``rot_err`` with the identity poses: the
+model passes a bar when the baseline's mean is at least :data:`ACCEPTANCE_FACTOR` times the
+model's.
 
 Outputs in ``out_dir``: ``metrics.json`` (layout in docs/evaluation.md), the report
 (:mod:`fantasyworld.eval.report`) and, with it, the sample clips' scenes for the viewer
@@ -76,18 +79,8 @@ from fantasyworld.eval.metrics import ate_rmse, depth_metrics, pairwise_pose_err
 from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.models import inputs
 
-__all__ = [
-    "ACCEPTANCE_FACTOR",
-    "EvalSettings",
-    "MODES",
-    "acceptance",
-    "baseline_prediction",
-    "evaluate",
-    "predict_from_generation",
-    "predict_from_latents",
-    "score_clip",
-    "summarize",
-]
+__all__ = ["ACCEPTANCE_FACTOR", "EvalSettings", "MODES", "acceptance", "baseline_prediction", "evaluate",
+           "predict_from_generation", "predict_from_latents", "reference_scores", "score_clip", "summarize"]
 
 #: A bar is met when ``baseline / model >= ACCEPTANCE_FACTOR``.
 ACCEPTANCE_FACTOR = 2.0
@@ -208,17 +201,24 @@ def baseline_prediction(gt: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def reference_scores(gt: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """``{"baseline": scores of baseline_prediction(gt), "oracle": depth scores of the
+    token-resolution oracle}`` (:func:`fantasyworld.eval.baselines.token_depth`) of one clip."""
+    oracle = {"depth": baselines.token_depth(gt["depth"], gt["valid"])}
+    return {"baseline": score_clip(baseline_prediction(gt), gt), "oracle": score_clip(oracle, gt)}
+
+
 def _nanmean(values: list[float]) -> float:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(vals)) if vals else float("nan")
 
 
 def summarize(per_clip: dict[str, dict[str, dict[str, dict[str, float]]]]) -> dict[str, Any]:
-    """Means over clips: ``{mode: {"model": {...}, "baseline": {...}}}`` from
+    """Means over clips: ``{mode: {"model": {...}, "baseline": {...}, "oracle": {...}}}`` from
     ``per_clip[clip][mode][method]``."""
     out: dict[str, Any] = {}
     for mode in MODES:
-        for method in ("model", "baseline"):
+        for method in ("model", "baseline", "oracle"):
             rows = [c[mode][method] for c in per_clip.values() if mode in c and method in c[mode]]
             if not rows:
                 continue
@@ -332,7 +332,7 @@ def evaluate(
     pipe=None,
     high_lora: str | None = None,
     low_lora: str | None = None,
-    baseline_scores: dict[tuple[str, int, int, int], dict[str, float]] | None = None,
+    baseline_scores: dict[tuple[str, int, int, int], dict[str, dict[str, float]]] | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` on the ``settings.split`` clips of ``data_root``; write
     ``out_dir/metrics.json`` (and the report); return the metrics dict.
@@ -344,8 +344,9 @@ def evaluate(
     are passed to the pipeline's ``from_pretrained`` (defaults: beside the checkpoint, else the
     tiny presets' seeded random ones); ``pipe`` reuses an already loaded pipeline.
     ``baseline_scores``: a dict shared by several evaluations of the same clips (e.g. of two
-    checkpoints): the baselines' scores of a clip at a size, keyed ``(clip_id, T, H, W)``, are
-    computed once and read from it afterwards (they depend on the ground truth alone).
+    checkpoints): the baselines' and the oracle's scores of a clip at a size
+    (:func:`reference_scores`), keyed ``(clip_id, T, H, W)``, are computed once and read from
+    it afterwards (they depend on the ground truth alone).
     """
     settings = settings or EvalSettings()
     start = time.perf_counter()
@@ -381,24 +382,23 @@ def evaluate(
         t0 = time.perf_counter()
         sample = dataset[index_of[clip_id]]
         gt = _ground_truth(sample)
-        base_key = (clip_id, t, h, w)
-        base_scores = None if baseline_scores is None else baseline_scores.get(base_key)
-        if base_scores is None:
-            base_scores = score_clip(baseline_prediction(gt), gt)
+        refs = None if baseline_scores is None else baseline_scores.get((clip_id, t, h, w))
+        if refs is None:
+            refs = reference_scores(gt)
             if baseline_scores is not None:
-                baseline_scores[base_key] = base_scores
+                baseline_scores[(clip_id, t, h, w)] = refs
         clip_res: dict[str, Any] = {}
         fig: dict[str, Any] = {"clip_id": clip_id, "gt": gt, "frames": _frames_uint8(sample["video"])}
         seed = settings.seed + index_of[clip_id]
         if "latents" in modes:
             pred = predict_from_latents(pipe, sample, settings.sigma, seed, stage, settings.camera_conditioning)
-            clip_res["latents"] = {"model": score_clip(pred, gt), "baseline": base_scores}
+            clip_res["latents"] = {"model": score_clip(pred, gt), **refs}
             fig["latents"] = pred
         if "generation" in modes:
             res = predict_from_generation(pipe, sample, seed, settings.num_steps, settings.guidance_scale,
                                           settings.shift)
             pred = {"depth": res.depth, "w2c": res.w2c, "world_points": res.world_points}
-            clip_res["generation"] = {"model": score_clip(pred, gt), "baseline": base_scores}
+            clip_res["generation"] = {"model": score_clip(pred, gt), **refs}
             if settings.reestimate_cameras:
                 clip_res["generation"].update(_camera_control(res, settings))
             fig["generation"] = {**pred, "video": res.video}
@@ -408,9 +408,9 @@ def evaluate(
         lat = clip_res.get("latents", {}).get("model", {})
         re_est = clip_res.get("generation", {}).get("reestimated")
         say(f"  [{n + 1}/{len(chosen)}] {clip_id}: " + (
-            f"abs_rel {lat.get('abs_rel_median', float('nan')):.3f} (baseline "
-            f"{base_scores['abs_rel_median']:.3f}), rot_err {lat.get('rot_err', float('nan')):.2f} deg (baseline "
-            f"{base_scores['rot_err']:.2f}), " if lat else "") + (
+            f"abs_rel {lat.get('abs_rel_median', float('nan')):.3f} (baseline {refs['baseline']['abs_rel_median']:.3f}"
+            f", oracle {refs['oracle']['abs_rel_median']:.3f}), rot_err {lat.get('rot_err', float('nan')):.2f} deg "
+            f"(baseline {refs['baseline']['rot_err']:.2f}), " if lat else "") + (
             "" if re_est is None else
             f"re-estimated cameras: RotErr {re_est['RotErr']:.3f} TransErr {re_est['TransErr']:.3f} "
             f"CamMC {re_est['CamMC']:.3f}, " if re_est["status"] == "ok" else
@@ -436,6 +436,7 @@ def evaluate(
         "clips": chosen,
         "settings": {**asdict(settings), "modes": list(modes), "num_frames": t, "height": h, "width": w},
         "baselines": baselines.BASELINE_DESCRIPTIONS,
+        "oracles": baselines.ORACLE_DESCRIPTIONS,
         "summary": summary,
         "acceptance": accept,
         "per_clip": per_clip,

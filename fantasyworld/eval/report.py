@@ -5,7 +5,8 @@ Files written into the evaluation folder by :func:`write_eval_report`:
 
 =======================  =====================================================================
 ``report.html``          verdict, metric table, the figures, per-clip scores, links
-``metrics_table.png``    model vs trivial baseline per metric and mode, with the ratio
+``metrics_table.png``    model vs trivial baseline per metric and mode, with the ratio, and
+                         the token-resolution depth oracle's AbsRel (the ratio's ceiling)
 ``depth_samples.png``    per sample clip, three frames (first, middle, last): input frames,
                          ground-truth depth, predicted depth (``latents`` mode), and for the
                          ``generation`` mode the generated frames and their depth. Depth is
@@ -119,8 +120,29 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
+def _method_cells(summary: dict[str, Any], modes: list[str], key: str, method: str = "model"
+                  ) -> tuple[list[str], list[float]]:
+    """Per mode: ``method``'s mean of ``key``, the baseline's and how many times better; and the ratios."""
+    cells: list[str] = []
+    ratios: list[float] = []
+    for m in modes:
+        mv = summary[m].get(method, {}).get(key)
+        bv = summary[m].get("baseline", {}).get(key)
+        ratio = None
+        if mv is not None and bv is not None and math.isfinite(mv) and math.isfinite(bv):
+            if key in _LOWER_IS_BETTER and mv > 0:
+                ratio = bv / mv
+            elif key not in _LOWER_IS_BETTER and bv > 0:
+                ratio = mv / bv
+        cells += [_fmt(mv), _fmt(bv), "-" if ratio is None else f"{ratio:.2f}x"]
+        ratios += [] if ratio is None else [ratio]
+    return cells, ratios
+
+
 def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """Header + one row per metric: metric, then per mode model / baseline / ratio."""
+    """Header + one row per metric: metric, then per mode model / baseline / ratio. After
+    ``abs_rel_median``, the same for the token-resolution depth oracle (in the model's
+    column; its ratio is the ceiling of the model's at that resolution), when scored."""
     modes = [m for m in ("latents", "generation") if m in summary]
     header = ["metric"]
     for m in modes:
@@ -131,18 +153,12 @@ def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
             continue
         unit = f" ({_UNITS[key]})" if key in _UNITS else ""
         arrow = " (lower better)" if key in _LOWER_IS_BETTER else " (higher better)"
-        row = [key + unit + arrow]
-        for m in modes:
-            mv = summary[m].get("model", {}).get(key)
-            bv = summary[m].get("baseline", {}).get(key)
-            ratio = None
-            if mv is not None and bv is not None and math.isfinite(mv) and math.isfinite(bv):
-                if key in _LOWER_IS_BETTER and mv > 0:
-                    ratio = bv / mv
-                elif key not in _LOWER_IS_BETTER and bv > 0:
-                    ratio = mv / bv
-            row += [_fmt(mv), _fmt(bv), "-" if ratio is None else f"{ratio:.2f}x"]
-        rows.append(row)
+        rows.append([key + unit + arrow, *_method_cells(summary, modes, key)[0]])
+        if key == "abs_rel_median" and any(key in summary[m].get("oracle", {}) for m in modes):
+            cells, ratios = _method_cells(summary, modes, key, "oracle")
+            ceiling = f"{ratios[0]:.2f}x" if ratios else "-"
+            rows.append([f"{key}: depth at token resolution from ground truth (oracle, ceiling of the ratio: "
+                         f"{ceiling})", *cells])
     return rows
 
 
@@ -165,11 +181,12 @@ def _html_table(rows: list[list[str]]) -> str:
 
 def _per_clip_rows(metrics: dict[str, Any]) -> list[list[str]]:
     keys = ("abs_rel_median", "rot_err", "trans_err", "ate", "chamfer")
-    rows = [["clip", "mode"] + [f"{k} model / baseline" for k in keys]]
+    rows = [["clip", "mode"] + [f"{k} model / baseline" for k in keys] + ["abs_rel_median oracle"]]
     for clip, res in metrics["per_clip"].items():
         for mode, methods in res.items():
             m, b = methods.get("model", {}), methods.get("baseline", {})
-            rows.append([clip, mode] + [f"{_fmt(m.get(k))} / {_fmt(b.get(k))}" for k in keys])
+            rows.append([clip, mode] + [f"{_fmt(m.get(k))} / {_fmt(b.get(k))}" for k in keys]
+                        + [_fmt(methods.get("oracle", {}).get("abs_rel_median"))])
     return rows
 
 
@@ -218,7 +235,8 @@ def write_eval_report(out_dir: str | Path, metrics: dict[str, Any], samples: lis
     camctrl = _camera_control_html(metrics["summary"])
     settings = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in metrics["settings"].items())
-    base = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in metrics["baselines"].items())
+    base = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+                   for k, v in {**metrics["baselines"], **metrics.get("oracles", {})}.items())
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>FantasyWorld evaluation</title>
 <style>body{{font-family:sans-serif;margin:20px;max-width:1200px}} table{{border-collapse:collapse}}
@@ -231,7 +249,7 @@ img{{image-rendering:pixelated;max-width:100%}} figure{{margin:10px 0}}</style><
 {verdict}
 <h2>Metrics: model vs trivial baselines</h2>
 {_html_table(_table_rows(metrics["summary"]))}
-<p>Baselines:</p><ul>{base}</ul>
+<p>Baselines (and the oracle, which reads the ground truth):</p><ul>{base}</ul>
 <figure><img src="metrics_table.png"><figcaption>metrics_table.png</figcaption></figure>
 {camctrl}
 <h2>Depth: ground truth vs predicted</h2>
