@@ -104,7 +104,7 @@ class LearnConfig:
     warmup2: int = 50
     shift1: float = 0.3
     shift2: float = 1.0
-    camera_weight: float = 10.0
+    camera_weight: float = 30.0
     camera_dropout: float = 0.5
     pixel_frames1: float = 0.0  # > 0: stage 1 supervises that many (or that share of) pixel frames per sample
     max_steps1: int = 8000
