@@ -111,7 +111,9 @@ class ModelConfig:
     """Multiplier of ``base_lora`` (official: 0.55)."""
     compile: bool = False
     """``torch.compile`` every repeated block and each head before sharding; the first step pays
-    the compile time (~50 s at 1.3B), then ~5-10% faster (far fewer launches for small presets)."""
+    the compile time (~50 s at 1.3B), then ~5-10% faster (far fewer launches for small presets).
+    Known defect: at 81x336x592 (1.3B, stage 2) the compiled step's gradients were measured wrong
+    (torch 2.11, any attention kernel; docs/benchmarks.md); 21 frames at that size is valid."""
     cuda_graphs: bool = False
     """Replay each optimizer step as one CUDA graph (small presets on one GPU; ``training.graphed_step``)."""
 
