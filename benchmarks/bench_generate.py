@@ -23,7 +23,8 @@ What it measures:
   and the plain diffusers Wan transformer's own batch-2 forward on the same inputs, eager,
   then ours with each layer compiled and Wan with its blocks compiled; the ratios, and the
   compiled step's output error against eager next to the bf16 noise floor (the same step as
-  two batch-1 forwards); with ``--fp8``, ours again with float8 Wan linears (compiled).
+  two batch-1 forwards); with ``--fp8``, ours again with float8 linears (compiled; ``--fp8-scope all``: the geometry
+  blocks' and cross-attention's too).
 * ``step-cache`` (``--what step-cache``): the first-block step cache
   (:mod:`fantasyworld.inference.step_cache`): one uncached ``generate`` of ``--cache-steps``
   steps, then one per ``--step-cache`` threshold with the same seed and inputs; per threshold
@@ -48,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fantasyworld.inference.memory_tiers import get_memory_tier  # noqa: E402
+from fantasyworld.inference.memory_tiers import FP8_SCOPES, get_memory_tier  # noqa: E402
 from fantasyworld.inference.pipeline import FantasyWorldPipeline  # noqa: E402
 from fantasyworld.inference.sampler import Conditioning  # noqa: E402
 from fantasyworld.layers.fp8_linear import swap_linears_to_fp8  # noqa: E402
@@ -275,7 +276,9 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
     res["ratio_compiled_vs_wan_compiled"] = res["ours_compiled_s"] / res["wan_compiled_s"]
     if a.fp8:
         torch.cuda.reset_peak_memory_stats(dev)
-        res["fp8_linears"] = len(swap_linears_to_fp8(model.transformer.blocks, lambda name, _: True))
+        res["fp8_scope"] = a.fp8_scope
+        res["fp8_linears"] = sum(len(swap_linears_to_fp8(model.get_submodule(prefix), lambda *_: True))
+                                 for prefix in FP8_SCOPES[a.fp8_scope])
         torch.cuda.empty_cache()
         res["fp8_resident_gib"] = torch.cuda.memory_allocated(dev) / 2**30
         got = ours().float()  # recompiles for the new layer type
@@ -309,7 +312,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="denoising steps per generate (per-step cost x 50 = estimate)")
     p.add_argument("--tiers", default="80,48,24")
     p.add_argument("--what", default="tiers,step", help="comma list of tiers, step, step-cache")
-    p.add_argument("--fp8", action="store_true", help="also time the step with float8 Wan linears (compiled)")
+    p.add_argument("--fp8", action="store_true", help="also time the step with float8 linears (compiled)")
+    p.add_argument("--fp8-scope", default="wan", choices=list(FP8_SCOPES),
+                   help="which linears --fp8 quantises (fantasyworld.inference.memory_tiers.FP8_SCOPES)")
     p.add_argument("--step-cache", default="0.05,0.1,0.2",
                    help="--what step-cache: comma list of first-block cache thresholds, each run against uncached")
     p.add_argument("--cache-steps", type=int, default=20, help="--what step-cache: denoising steps per run")

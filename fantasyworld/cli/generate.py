@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from fantasyworld.inference.memory_tiers import DEFAULT_MEMORY_TIER, MEMORY_TIERS
+from fantasyworld.inference.memory_tiers import DEFAULT_MEMORY_TIER, FP8_SCOPES, MEMORY_TIERS
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -115,8 +115,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--step-cache-blocks", type=int, default=1, help="step caching: Wan blocks the probe runs")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile each transformer layer (first step pays the compile time)")
-    g.add_argument("--fp8", action="store_true",
-                   help="float8 weights for the frozen Wan blocks' linear layers (FP8 GPUs; see docs/benchmarks.md)")
+    g.add_argument("--fp8", nargs="?", const="wan", default=None, choices=list(FP8_SCOPES), metavar="SCOPE",
+                   help="float8 weights for linear layers (FP8 GPUs; see docs/benchmarks.md): 'wan' (the default "
+                        "with a bare --fp8) the frozen Wan blocks', 'all' also the geometry blocks' and the "
+                        "cross-attention's")
     g.add_argument("--memory", default=DEFAULT_MEMORY_TIER, choices=list(MEMORY_TIERS),
                    help="memory tier, the card's GiB: " + "; ".join(f"{k}: {t.description}"
                                                                   for k, t in MEMORY_TIERS.items()))
@@ -203,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
                 tokenizer=args.tokenizer, image_encoder=args.image_encoder, device=device, dtype=dtype,
                 preset=args.preset, memory=args.memory)
             if args.fp8:
-                pipe.quantize_fp8()
+                pipe.quantize_fp8(args.fp8)
             if args.compile:
                 pipe.compile()
         load_s = time.perf_counter() - start

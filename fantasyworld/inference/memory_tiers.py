@@ -21,7 +21,8 @@ decode. A :class:`MemoryTier` says, for a card size, which of these share the ca
 
 Tiers are a registry (:data:`MEMORY_TIERS`, keyed by the card's GiB), chosen with
 ``FantasyWorldPipeline.from_pretrained(memory=...)`` or ``fantasyworld generate --memory``.
-The figures each tier reaches are in docs/benchmarks.md; the placement helpers are in
+Float8 weights are a separate choice (:data:`FP8_SCOPES`, ``--fp8``). The figures each tier
+reaches are in docs/benchmarks.md; the placement helpers are in
 :mod:`fantasyworld.inference.memory`. This module imports nothing heavy (the CLI reads it).
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MEMORY_TIER", "MEMORY_TIERS", "MemoryTier", "get_memory_tier"]
+__all__ = ["DEFAULT_MEMORY_TIER", "FP8_SCOPES", "MEMORY_TIERS", "MemoryTier", "get_memory_tier"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,12 @@ def get_memory_tier(name: str | MemoryTier | None) -> MemoryTier:
     if key not in MEMORY_TIERS:
         raise ValueError(f"memory tier must be one of {tuple(MEMORY_TIERS)}, got {name!r}")
     return MEMORY_TIERS[key]
+
+
+#: what ``FantasyWorldPipeline.quantize_fp8(scope)`` turns into float8: the model's sub-modules (dotted names) whose
+#: linear layers it replaces. ``wan``: the frozen Wan blocks (the measured option, docs/benchmarks.md);
+#: ``all``: also the geometry branch's frame / global blocks and the IRG layers' cross-attention.
+FP8_SCOPES: dict[str, tuple[str, ...]] = {
+    "wan": ("transformer.blocks",),
+    "all": ("transformer.blocks", "geometry.frame_blocks", "geometry.global_blocks", "interactions"),
+}

@@ -48,7 +48,7 @@ from fantasyworld.inference.loading import (
     load_vae_component,
 )
 from fantasyworld.inference.memory import BlockSwap, HostOffload, PhaseMeter, set_head_chunks, to_device_except
-from fantasyworld.inference.memory_tiers import MemoryTier, get_memory_tier
+from fantasyworld.inference.memory_tiers import FP8_SCOPES, MemoryTier, get_memory_tier
 from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.ply import CLOUD_SOURCES
 from fantasyworld.inference.result import GenerationResult
@@ -147,10 +147,16 @@ class FantasyWorldPipeline:
     def config(self) -> FantasyWorldConfig:
         return self.model.config
 
-    def quantize_fp8(self) -> list[str]:
-        """Float8 e4m3 weights for the frozen Wan blocks' linear layers (:class:`~fantasyworld.layers.
-        fp8_linear.Float8Linear`; the rest stays as it is); returns the names replaced."""
-        names = swap_linears_to_fp8(self.model.transformer.blocks, lambda name, _: True)
+    def quantize_fp8(self, scope: str = "wan") -> list[str]:
+        """Float8 e4m3 weights (:class:`~fantasyworld.layers.fp8_linear.Float8Linear`) for the linear
+        layers of :data:`FP8_SCOPES` ``[scope]``: ``wan`` the Wan blocks', ``all`` also the geometry
+        blocks' and the bidirectional cross-attention's (inference only: nothing is trained here);
+        returns the names replaced, relative to the model."""
+        if scope not in FP8_SCOPES:
+            raise ValueError(f"fp8 scope must be one of {', '.join(FP8_SCOPES)}, got {scope!r}")
+        names = []
+        for prefix in FP8_SCOPES[scope]:
+            names += [f"{prefix}.{n}" for n in swap_linears_to_fp8(self.model.get_submodule(prefix), lambda *_: True)]
         self._place()
         return names
 

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from torch import nn
 
+from fantasyworld.layers.fp8_linear import linear_dtype
+
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs of ``x`` (B, L, H, d) by (cos, sin) of shape (1, L, 1, d).
@@ -128,6 +130,6 @@ class BiCrossAttention(nn.Module):
         rope_geo: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """video (B, Lv, Dv), geo (B, Lg, Dg) -> updated (video, geo)."""
-        dtype = self.cross_attn.m1_proj.weight.dtype  # streams may differ in dtype (bf16 video, fp32 geometry)
+        dtype = linear_dtype(self.cross_attn.m1_proj)  # streams may differ in dtype (bf16 video, fp32 geometry)
         dv, dg = self.cross_attn(self.norm_video(video).to(dtype), self.norm_geo(geo).to(dtype), rope_video, rope_geo)
         return video + (self.gamma_m1 * dv).to(video.dtype), geo + (self.gamma_m2 * dg).to(geo.dtype)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["FP8_MAX", "Float8Linear", "quantize_rows", "swap_linears_to_fp8"]
+__all__ = ["FP8_MAX", "Float8Linear", "linear_dtype", "quantize_rows", "swap_linears_to_fp8"]
 
 #: largest finite float8 e4m3 value
 FP8_MAX = 448.0
@@ -98,6 +98,11 @@ class Float8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 row-wise"
+
+
+def linear_dtype(layer: nn.Module) -> torch.dtype:
+    """The compute dtype of a linear layer: its weight's, or a :class:`Float8Linear`'s output dtype."""
+    return layer.out_dtype if isinstance(layer, Float8Linear) else layer.weight.dtype
 
 
 def swap_linears_to_fp8(module: nn.Module, include: Callable[[str, nn.Linear], bool]) -> list[str]:
