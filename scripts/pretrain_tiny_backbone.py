@@ -419,7 +419,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     vae = train_vae(video, args, device, log)
     latents = calibrate_vae(vae, video, device, log)
     text, empty = encode_prompts(prompts, device, int(wan_config["text_dim"]))
+    # the backbone's one convolution (patch embedding) has fixed shapes: autotuned once. Not the VAE's
+    # many causal-convolution shapes, whose first-call autotuning took 21 of its 38 s (measured)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
     backbone = train_backbone(latents, text, empty, wan_config, args, device, log)
+    torch.backends.cudnn.benchmark = benchmark
     if args.preview:
         sample_preview(backbone, vae, text, device, Path(args.preview), args.frames, args.size)
     vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
