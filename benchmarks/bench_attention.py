@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_gpu import cuda_time  # noqa: E402
 
 from fantasyworld.models.config import get_preset  # noqa: E402
 
@@ -73,17 +77,7 @@ def attention_shapes(preset: str, frames: int, height: int, width: int, batch: i
 
 def time_call(fn, repeat: int = 10) -> float:
     """Median milliseconds of ``fn()`` over ``repeat`` calls after two warm-ups (CUDA events)."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return statistics.median(cuda_time(fn, warmup=2, repeat=repeat)) * 1e3
 
 
 def main(argv: list[str] | None = None) -> dict:
