@@ -68,8 +68,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--stage", type=int, default=2)
     p.add_argument("--forward-only", action="store_true")
+    p.add_argument("--pixel-frames", type=int, default=None,
+                   help="the pixel-rate heads predict this many frames (loss.pixel_frames_per_step); default all")
     a = p.parse_args()
-    r = count_flops(a.preset, a.frames, a.height, a.width, a.batch, a.stage, backward=not a.forward_only)
+    r = count_flops(a.preset, a.frames, a.height, a.width, a.batch, a.stage, backward=not a.forward_only,
+                    pixel_frames=a.pixel_frames)
     print(json.dumps({k: f"{v / 1e12:.2f} TFLOP" for k, v in r.items()}))
 
 
