@@ -13,6 +13,11 @@ adamw8bit      two 8-bit block-quantised moments (block 256, dynamic    ``pip in
 At the 1.3B preset (1,086M / 1,288M trainable parameters in stage 1 / 2) the fp32 moments take
 8.7 / 10.3 GB and the 8-bit ones 2.2 / 2.6 GB. The 8-bit update differs from fp32 AdamW by
 the quantisation of the moments (tested against ``adamw`` after one step, docs/training.md).
+
+What ``adamw8bit`` costs in time (one H200, 1.3B, docs/benchmarks.md): torchao updates one
+parameter at a time through a compiled function, so its first step compiles one graph per
+parameter shape (about 3 minutes in a fresh process; seconds once the compile cache holds them)
+and every later step takes about 0.5 s longer than the fused fp32 step.
 """
 
 from __future__ import annotations
