@@ -254,11 +254,22 @@ def _plain_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load a full, name-keyed optimizer state into a (possibly sharded) optimizer."""
+    """Load a full, name-keyed optimizer state into a (possibly sharded) optimizer.
+
+    A group hyperparameter the optimizer holds as a one-element tensor (torchao's 8-bit AdamW
+    keeps ``lr`` as one, and refuses a float) is saved as a float (:func:`_plain_group`); it is
+    given back as a tensor of the dtype and device it had before the load.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    tensors = [{k: (v.dtype, v.device) for k, v in group.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+               for group in optimizer.param_groups]
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=True))
+    for group, kinds in zip(optimizer.param_groups, tensors):
+        for key, (dtype, device) in kinds.items():
+            if not isinstance(group.get(key), torch.Tensor):
+                group[key] = torch.tensor(float(group[key]), dtype=dtype, device=device)
 
 
 # ------------------------------------------------------------------------------------ save/load

@@ -198,8 +198,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     """Floor of the cosine schedule as a fraction of ``lr``."""
     optimizer: str | None = None
-    """``adamw`` (fp32 moments) or ``adamw8bit`` (8-bit moments, torchao: ``pip install -e
-    ".[lowmem]"``); ``training.optimizers.OPTIMIZERS``. null: the memory tier's, else ``adamw``."""
+    """``adamw`` (fp32 moments), ``adamw8bit`` (8-bit moments, torchao) or ``adamw8bit-bnb`` (8-bit
+    moments, bitsandbytes; both ``pip install -e ".[lowmem]"``); ``training.optimizers.OPTIMIZERS``.
+    null: the memory tier's, else ``adamw``."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm (all ranks, all trainable parameters) to this; null: off
     (the norm is still logged)."""

@@ -8,6 +8,10 @@ adamw          two fp32 moments: 8 bytes (torch ``AdamW``, fused on     torch
 adamw8bit      two 8-bit block-quantised moments (block 256, dynamic    ``pip install -e ".[lowmem]"``
                quantisation map; tensors under 4096 elements keep fp32  (torchao)
                moments): about 2 bytes (torchao ``AdamW8bit``)
+adamw8bit-bnb  the same idea from bitsandbytes (``AdamW8bit``, block-   ``pip install -e ".[lowmem]"``
+               wise 8-bit moments, tensors under 4096 elements fp32):   (bitsandbytes)
+               about 2 bytes; one fused kernel per parameter, nothing
+               compiled
 =============  ======================================================  ==========================
 
 At the 1.3B preset (1,086M / 1,288M trainable parameters in stage 1 / 2) the fp32 moments take
@@ -17,7 +21,9 @@ the quantisation of the moments (tested against ``adamw`` after one step, docs/t
 What ``adamw8bit`` costs in time (one H200, 1.3B, docs/benchmarks.md): torchao updates one
 parameter at a time through a compiled function, so its first step compiles one graph per
 parameter shape (about 3 minutes in a fresh process; seconds once the compile cache holds them)
-and every later step takes about 0.5 s longer than the fused fp32 step.
+and every later step takes about 0.5 s longer than the fused fp32 step. ``adamw8bit-bnb`` runs
+one precompiled kernel per parameter instead (no first-step compile); its GPU step time is not
+measured yet, so the memory tiers keep ``adamw8bit``.
 """
 
 from __future__ import annotations
@@ -69,10 +75,24 @@ def _adamw8bit(groups: ParamGroups, lr: float, betas: tuple[float, float], eps: 
     return AdamW8bit(groups, lr=lr, betas=betas, eps=eps)
 
 
+def _adamw8bit_bnb(groups: ParamGroups, lr: float, betas: tuple[float, float], eps: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    try:
+        from bitsandbytes.optim import AdamW8bit
+    except ImportError as exc:
+        raise ConfigError(
+            "optim.optimizer=adamw8bit-bnb needs bitsandbytes (8-bit optimizer states): pip install -e \".[lowmem]\" "
+            f"(or pip install bitsandbytes), or set optim.optimizer=adamw ({exc})") from None
+    # the same size rule as torchao's: tensors under 4096 elements keep fp32 moments
+    return AdamW8bit(groups, lr=lr, betas=betas, eps=eps, min_8bit_size=4096)
+
+
 #: ``optim.optimizer`` value -> builder
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "adamw": OptimizerSpec("adamw", "torch AdamW, fp32 moments", _adamw, 8.0),
     "adamw8bit": OptimizerSpec("adamw8bit", "torchao AdamW8bit, 8-bit block-quantised moments", _adamw8bit, 2.0),
+    "adamw8bit-bnb": OptimizerSpec("adamw8bit-bnb", "bitsandbytes AdamW8bit, 8-bit block-wise moments",
+                                   _adamw8bit_bnb, 2.0),
 }
 
 
