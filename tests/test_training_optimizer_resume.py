@@ -75,3 +75,23 @@ def test_bnb_adamw8bit_step_follows_fp32_adamw() -> None:
     assert opt8.state[params8[0]]["state1"].dtype == torch.uint8  # a large tensor's moments are 8-bit
     assert opt8.state[params8[3]]["state1"].dtype == torch.float32  # a small one's stay fp32
     assert OPTIMIZERS["adamw8bit-bnb"].state_bytes_per_param < OPTIMIZERS["adamw"].state_bytes_per_param
+
+
+def test_bnb_adamw8bit_refuses_sharded_parameters() -> None:
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes (the lowmem extra) is not installed")
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from fantasyworld.errors import ConfigError
+
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        sharded = torch.nn.Parameter(distribute_tensor(torch.randn(64, 64), mesh, [Shard(0)]))
+        with pytest.raises(ConfigError, match="adamw8bit-bnb cannot update FSDP2-sharded parameters"):
+            build_optimizer("adamw8bit-bnb", [{"params": [sharded], "weight_decay": 0.0}], 1e-3, (0.9, 0.999),
+                            1e-8, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()

@@ -83,6 +83,11 @@ def _adamw8bit_bnb(groups: ParamGroups, lr: float, betas: tuple[float, float], e
         raise ConfigError(
             "optim.optimizer=adamw8bit-bnb needs bitsandbytes (8-bit optimizer states): pip install -e \".[lowmem]\" "
             f"(or pip install bitsandbytes), or set optim.optimizer=adamw ({exc})") from None
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for group in groups for p in group["params"]):
+        raise ConfigError("optim.optimizer=adamw8bit-bnb cannot update FSDP2-sharded parameters (bitsandbytes' "
+                          "kernels take plain tensors); with several processes use optim.optimizer=adamw8bit")
     # the same size rule as torchao's: tensors under 4096 elements keep fp32 moments
     return AdamW8bit(groups, lr=lr, betas=betas, eps=eps, min_8bit_size=4096)
 
