@@ -22,7 +22,7 @@ cl / nocl      ``model.dpt_channels_last`` true / false (default: the trainer's 
 matmul/kernel  ``model.dpt_resize`` (default: auto, ``matmul`` on CUDA)
 fp8            ``model.fp8_frozen=true``
 offload        ``model.activation_offload=heads``; ``offloadall``: ``all``
-8bit           ``optim.optimizer=adamw8bit``
+8bit           ``optim.optimizer=adamw8bit``; ``bnb8bit``: ``adamw8bit-bnb`` (with a tier: replaces its optimizer)
 tierN          ``memory_tier=N`` (80, 48, 24); the tier's settings replace the defaults above
 capG           ``torch.cuda.set_per_process_memory_fraction`` so that the process may use G GiB
 subK           ``loss.pixel_frames_per_step=K`` (an integer, or ``sub0.25`` a fraction)
@@ -121,6 +121,8 @@ def parse_tokens(spec: str) -> dict[str, Any]:
             o["model.activation_offload"] = "heads" if tok == "offload" else "all"
         elif tok == "8bit":
             o["optim.optimizer"] = "adamw8bit"
+        elif tok == "bnb8bit":
+            o["optim.optimizer"] = "adamw8bit-bnb"
         elif tok.startswith("tier"):
             out["tier"] = tok[4:]
         elif tok.startswith("cap"):

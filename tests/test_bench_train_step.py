@@ -60,5 +60,6 @@ def test_configuration_tokens(bench) -> None:
     assert parsed["overrides"] == {"model.checkpointing": "selective", "loss.pixel_frames_per_step": 0.25,
                                    "optim.optimizer": "adamw8bit"}
     assert (parsed["tier"], parsed["cap"], parsed["fit"], parsed["compile"]) == ("24", 22.0, True, False)
+    assert bench.parse_tokens("tier48+bnb8bit")["overrides"] == {"optim.optimizer": "adamw8bit-bnb"}
     with pytest.raises(ValueError, match="unknown configuration token 'fast'"):
         bench.parse_tokens("layer+fast")
