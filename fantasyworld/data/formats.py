@@ -39,10 +39,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from fantasyworld.errors import (
     BAD_DTYPE,
@@ -258,11 +257,20 @@ def write_metadata(root: str | Path, records: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------------------
 # videos
+def _pyav() -> ModuleType:
+    """PyAV, imported when a video is first read or written (a latent cache needs none)."""
+    import av
+    import av.video.reformatter  # noqa: F401  (the submodule read_video uses)
+
+    return av
+
+
 def probe_video(path: Path) -> tuple[int, int, int]:
     """``(num_frames_from_header, height, width)``; raises ``missing_file`` / ``corrupt_video``.
     The header count may be 0 when the container does not store it."""
     if not path.exists():
         raise DataError(path, MISSING_FILE, "file does not exist")
+    av = _pyav()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -290,7 +298,8 @@ def read_video(path: Path, indices: np.ndarray | None = None) -> np.ndarray:
     count = 0
     # one reformatter reuses its swscale context: ~4x faster than frame.to_ndarray("rgb24")
     # on small frames, identical pixels
-    reformatter = VideoReformatter()
+    av = _pyav()
+    reformatter = av.video.reformatter.VideoReformatter()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -318,6 +327,7 @@ def read_video(path: Path, indices: np.ndarray | None = None) -> np.ndarray:
 def write_video(path: Path, frames: np.ndarray, fps: float = 16.0, crf: int = 18) -> None:
     """Encode ``(T, H, W, 3)`` uint8 RGB as H.264 mp4 (yuv420p; H and W must be even)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    av = _pyav()
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width = int(frames.shape[2])
