@@ -114,6 +114,7 @@ class LearnConfig:
     eval_clips: int = 48
     eval_sigma: float = 0.05
     diffusion_clips: int = 32
+    diffusion_train_clips: int = 32  # the same flow MSE on training clips (reported beside, not a bar; 0: off)
     diffusion_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     workers: int = 16
     compile: bool = False
@@ -129,6 +130,7 @@ class LearnConfig:
         """Every phase at tiny sizes on the CPU (seconds): nothing it prints means anything."""
         return cls(worlds=8, frames=5, size=32, held_out_fraction=0.25, batch=2, warmup1=0, warmup2=0,
                    max_steps1=3, max_steps2=2, calibration_steps=2, log_every=1, eval_clips=1, diffusion_clips=1,
+                   diffusion_train_clips=1,
                    diffusion_sigmas=(0.5,), workers=1, device="cpu", pretrain_steps=(2, 2),
                    budget=Budget(render=60, pretrain=120, cache=60, stage1=120, stage2=120, eval=120))
 
@@ -352,6 +354,10 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
         evals[stage] = metrics["summary"]["latents"]
     diffusion = learn_report.diffusion_losses(pipe, assets / "backbone", worlds, held_ids[:cfg.diffusion_clips],
                                               cfg.diffusion_sigmas, cfg.seed, cfg.frames, cfg.size)
+    if cfg.diffusion_train_clips > 0:  # over-fitting (training clips better) or under-training (both alike)
+        diffusion["training_clips"] = learn_report.diffusion_losses(
+            pipe, assets / "backbone", worlds, train_ids[:cfg.diffusion_train_clips], cfg.diffusion_sigmas,
+            cfg.seed, cfg.frames, cfg.size)
     phases.end("eval", clips=evals[2]["num_clips"])
 
     verdict = learn_report.acceptance(evals[1], evals[2], diffusion)

@@ -93,7 +93,11 @@ def test_smoke_run_writes_the_curves_table_and_verdict(learn, tmp_path: Path,
     diffusion = held["diffusion"]
     assert set(diffusion["per_sigma"]) == {"stage2_camera", "stage2_no_camera", "frozen_backbone"}
     assert all(v > 0 for v in (diffusion["stage2_camera"], diffusion["frozen_backbone"]))
+    train = diffusion["training_clips"]  # the same losses on training clips, beside the bar
+    assert len(train["clips"]) == 1 and not set(train["clips"]) & set(diffusion["clips"])
+    assert all(train[name] > 0 for name in ("stage2_camera", "stage2_no_camera", "frozen_backbone"))
     md = (out / "held_out.md").read_text()
+    assert "| stage2_camera, 1 training clips |" in md
     assert (out / "learning_curves.png").stat().st_size > 10_000 and "## Verdict" in md
     ceiling = stage2["baseline"]["abs_rel_median"] / stage2["oracle"]["abs_rel_median"]
     assert f"| abs_rel_median: depth at token resolution from ground truth (oracle, ceiling of the ratio: " \
