@@ -1,6 +1,7 @@
 """The 8-bit optimizers through the trainer (tiny preset, CPU): a run stopped at a checkpoint and
 resumed equals the uninterrupted run step for step (the quantised moments, their scales and
-quantisation maps are saved and restored exactly), training lowers the loss as fp32 AdamW does,
+quantisation maps are saved and restored exactly; also with every setting of the 24 GB memory
+tier: FP8 frozen linears, head activations in host memory), training lowers the loss,
 and ``adamw8bit-bnb`` follows fp32 AdamW within 1% of the learning rate after one step."""
 
 from __future__ import annotations
@@ -27,17 +28,19 @@ def data(tmp_path_factory) -> Path:
 
 
 def _config(out: Path, data: Path, optimizer: str, steps: int, resume: bool = False):
+    tier = optimizer.removeprefix("tier") if optimizer.startswith("tier") else None
     return config_from_dict({
         "output_dir": str(out), "steps": steps, "batch_size": 2, "seed": 0, "device": "cpu",
-        "mixed_precision": "fp32", "resume": resume, "model": {"preset": "tiny"},
+        "mixed_precision": "fp32", "resume": resume, "model": {"preset": "tiny"}, "memory_tier": tier,
         "data": {"root": str(data), "num_frames": 5, "height": 32, "width": 32},
-        "optim": {"lr": 1e-3, "optimizer": optimizer, "warmup_steps": 0},
+        "optim": {"lr": 1e-3, "optimizer": None if tier else optimizer, "warmup_steps": 0},
         "checkpoint": {"every": 2, "keep_last": 2}, "log": {"tensorboard": False, "progress": False}})
 
 
-@pytest.mark.parametrize("optimizer", ["adamw8bit-bnb", "adamw8bit"])
+# tier24: 8-bit torchao moments, FP8 frozen Wan linears, head activations in host memory, layer checkpointing
+@pytest.mark.parametrize("optimizer", ["adamw8bit-bnb", "adamw8bit", "tier24"])
 def test_8bit_run_resumes_exactly(optimizer: str, data: Path, tmp_path: Path, monkeypatch) -> None:
-    if optimizer == "adamw8bit":
+    if optimizer in ("adamw8bit", "tier24"):
         torchao_adam = pytest.importorskip("torchao.optim.adam", reason="torchao (the lowmem extra) is not installed")
         # torchao compiles its per-parameter step; run it eagerly here (same arithmetic, no compiler on the CPU)
         monkeypatch.setattr(torchao_adam.torch, "compile", lambda fn, **_: fn)
