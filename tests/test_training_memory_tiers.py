@@ -133,15 +133,17 @@ def test_adamw8bit_step_follows_fp32_adamw(monkeypatch) -> None:
     assert OPTIMIZERS["adamw8bit"].state_bytes_per_param < OPTIMIZERS["adamw"].state_bytes_per_param
 
 
-def test_adamw8bit_without_torchao_is_a_config_error(monkeypatch) -> None:
+@pytest.mark.parametrize("optimizer,package", [("adamw8bit", "torchao"), ("adamw8bit-bnb", "bitsandbytes")])
+def test_8bit_optimizer_without_its_package_is_a_config_error(monkeypatch, optimizer: str, package: str) -> None:
     real_import = builtins.__import__
 
-    def no_torchao(name, *args, **kwargs):
-        if name.startswith("torchao"):
-            raise ImportError("No module named 'torchao'")
+    def without_package(name, *args, **kwargs):
+        if name.startswith(package):
+            raise ImportError(f"No module named '{package}'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_torchao)
-    with pytest.raises(ConfigError, match=r"optim.optimizer=adamw8bit needs torchao.*pip install -e \"\.\[lowmem\]\""):
-        build_optimizer("adamw8bit", [{"params": [torch.nn.Parameter(torch.zeros(2))]}], 1e-3, (0.9, 0.999), 1e-8,
+    monkeypatch.setattr(builtins, "__import__", without_package)
+    message = rf"optim.optimizer={optimizer} needs {package}.*pip install -e \"\.\[lowmem\]\""
+    with pytest.raises(ConfigError, match=message):
+        build_optimizer(optimizer, [{"params": [torch.nn.Parameter(torch.zeros(2))]}], 1e-3, (0.9, 0.999), 1e-8,
                         torch.device("cpu"))

@@ -99,20 +99,3 @@ def test_bnb_adamw8bit_refuses_sharded_parameters() -> None:
     finally:
         dist.destroy_process_group()
 
-
-def test_bnb_adamw8bit_without_bitsandbytes_is_a_config_error(monkeypatch) -> None:
-    import builtins
-
-    from fantasyworld.errors import ConfigError
-
-    real_import = builtins.__import__
-
-    def no_bnb(name, *args, **kwargs):
-        if name.startswith("bitsandbytes"):
-            raise ImportError("No module named 'bitsandbytes'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_bnb)
-    with pytest.raises(ConfigError, match=r"adamw8bit-bnb needs bitsandbytes.*pip install -e \"\.\[lowmem\]\""):
-        build_optimizer("adamw8bit-bnb", [{"params": [torch.nn.Parameter(torch.zeros(2))]}], 1e-3, (0.9, 0.999),
-                        1e-8, torch.device("cpu"))

@@ -64,7 +64,7 @@ from fantasyworld.training.logging import MetricsLogger, get_logger
 from fantasyworld.training.losses import loss_keys, per_sample_losses
 from fantasyworld.training.lr_schedule import lr_multiplier, scheduled_lr
 from fantasyworld.training.memory_tiers import MemorySettings, resolve_memory
-from fantasyworld.training.optimizers import build_optimizer, clip_grad_norm
+from fantasyworld.training.optimizers import OPTIMIZERS, build_optimizer, clip_grad_norm
 from fantasyworld.training.parallel import World, all_reduce_max, barrier, init_world, shard_model
 from fantasyworld.training.signals import STOP_SIGNALS, SignalFlag, signal_exit_code
 from fantasyworld.training.step_stats import StepStats
@@ -451,9 +451,9 @@ class Trainer:
                          f"{world.world_size} process(es) on "
                          f"{world.device.type}, global batch {self.global_batch} = {cfg.batch_size} x "
                          f"{world.world_size} x {cfg.grad_accum}, {'bf16' if self.use_bf16 else 'fp32'} compute")
-            if self.memory.optimizer == "adamw8bit" and self.start_step == 0:
-                logger.write("optim.optimizer=adamw8bit: the first step compiles one update per parameter shape "
-                             "(minutes at the 1.3B preset in a fresh process; later steps do not)")
+            note = OPTIMIZERS[self.memory.optimizer].start_note
+            if note and self.start_step == 0:
+                logger.write(f"optim.optimizer={self.memory.optimizer}: {note}")
         stats = StepStats(loss_keys(self.stage), world.device, self.nonfinite_streak)
         try:
             while step < cfg.steps:
