@@ -145,14 +145,14 @@ def write_tables(out: Path, stage1: dict[str, Any], stage2: dict[str, Any], verd
         text += ["## Diffusion loss on held-out clips (flow MSE, same noise)", "",
                  "| model | mean | " + " | ".join(f"sigma {s:g}" for s in diffusion["sigmas"]) + " |",
                  "|---|---:|" + "---:|" * len(diffusion["sigmas"])]
-        for name in ("stage2_camera", "stage2_no_camera", "frozen_backbone"):
-            text.append(f"| {name} | {diffusion[name]:.4f} | "
-                        + " | ".join(f"{v:.4f}" for v in diffusion["per_sigma"][name]) + " |")
+        tables = [("", diffusion)]
         train = diffusion.get("training_clips")
         if train is not None:  # reported beside the bar: training clips tell over-fitting from too few steps
+            tables.append((f", {len(train['clips'])} training clips", train))
+        for label, losses in tables:
             for name in ("stage2_camera", "stage2_no_camera", "frozen_backbone"):
-                text.append(f"| {name}, {len(train['clips'])} training clips | {train[name]:.4f} | "
-                            + " | ".join(f"{v:.4f}" for v in train["per_sigma"][name]) + " |")
+                text.append(f"| {name}{label} | {losses[name]:.4f} | "
+                            + " | ".join(f"{v:.4f}" for v in losses["per_sigma"][name]) + " |")
         text.append("")
     text += ["## Verdict", "", "```", *verdict["lines"], "```", ""]
     md = out / "held_out.md"
