@@ -73,6 +73,14 @@ def test_tier_config_files_load(name: str) -> None:
     assert cfg.stage == int(name[5]) and cfg.model.preset == "wan2.1-t2v-1.3b"
 
 
+def test_fast_config_file_loads_selective_and_compiled() -> None:
+    cfg = load_config(CONFIGS / "stage2_t2v_1.3b_fast.yaml")
+    base = load_config(CONFIGS / "stage2_t2v_1.3b.yaml")
+    assert cfg.model.checkpointing == "selective" and cfg.model.compile and cfg.memory_tier is None
+    assert cfg.model.checkpoint_heads == base.model.checkpoint_heads and cfg.data.num_frames == 81
+    assert (cfg.optim.lr, cfg.steps, cfg.stage, cfg.init_from) == (base.optim.lr, base.steps, 2, base.init_from)
+
+
 def _loss_and_grads(model, inputs, stage: int = 2):
     model.zero_grad(set_to_none=True)
     out = model(inputs["latents"], inputs["timestep"], inputs["text_emb"], plucker=inputs.get("plucker"), stage=stage)

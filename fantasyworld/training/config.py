@@ -110,10 +110,11 @@ class ModelConfig:
     base_lora_multiplier: float = 0.55
     """Multiplier of ``base_lora`` (official: 0.55)."""
     compile: bool = False
-    """``torch.compile`` every repeated block and each head before sharding; the first step pays
-    the compile time (~50 s at 1.3B), then ~5-10% faster (far fewer launches for small presets).
-    Known defect: at 81x336x592 (1.3B, stage 2) the compiled step's gradients were measured wrong
-    (torch 2.11, any attention kernel; docs/benchmarks.md); 21 frames at that size is valid."""
+    """``torch.compile`` every repeated layer and each head before sharding; the first step pays
+    the compile time (2-5 minutes at 1.3B and 81x336x592), then faster: 2.25 instead of 2.97 s a
+    stage-2 step at that size with layer checkpointing, 1.87 s with ``checkpointing: selective``
+    (one H200, gradients equal to eager's within bf16 noise; docs/benchmarks.md). Far fewer
+    kernel launches for small presets."""
     cuda_graphs: bool = False
     """Replay each optimizer step as one CUDA graph (small presets on one GPU; ``training.graphed_step``)."""
 
