@@ -119,10 +119,26 @@ def test_a_validation_leaves_rng_states_weights_and_training_mode_alone(runs, tm
     assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
 
 
-def _wandb_history(run_dir) -> list[dict[str, str]]:
+def _wandb_history(run_dir, wait_s: float = 60.0) -> list[dict[str, str]]:
     """History rows of the offline W&B run under ``run_dir`` (its ``.wandb`` file is a
     LevelDB-style log of protobuf records: 7-byte file header, 32 KiB blocks, each chunk
-    ``crc32 (4) | length (2) | type (1)``, types full 1 / first 2 / middle 3 / last 4)."""
+    ``crc32 (4) | length (2) | type (1)``, types full 1 / first 2 / middle 3 / last 4).
+
+    W&B's service process writes that file; ``finish()`` can return before the last records
+    reach it on a loaded machine, so the file is read again until it holds the run's exit
+    record (at most ``wait_s`` seconds; then what is there is returned)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        rows, finished = _wandb_records(run_dir)
+        if finished or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def _wandb_records(run_dir) -> tuple[list[dict[str, str]], bool]:
+    """(history rows, whether the exit record was written) of the run's ``.wandb`` file."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
@@ -148,13 +164,15 @@ def _wandb_history(run_dir) -> list[dict[str, str]]:
             pending += chunk
         elif kind == 4:
             records.append(pending + chunk)
-    rows = []
+    rows, finished = [], False
     for raw in records:
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") == "history":
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
             rows.append({(i.key or "/".join(i.nested_key)): i.value_json for i in rec.history.item})
-    return rows
+        finished = finished or kind == "exit"
+    return rows, finished
 
 
 def test_offline_wandb_gets_losses_validation_scalars_and_images(runs, tmp_path) -> None:
