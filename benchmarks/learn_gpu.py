@@ -49,7 +49,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ class LearnConfig:
     eval_sigma: float = 0.05
     diffusion_clips: int = 32
     diffusion_train_clips: int = 32  # the same flow MSE on training clips (reported beside, not a bar; 0: off)
+    geometry_train_clips: int = 16  # the stage-2 geometry scored on training clips too (beside, not a bar; 0: off)
     diffusion_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     workers: int = 16
     compile: bool = False
@@ -130,7 +131,7 @@ class LearnConfig:
         """Every phase at tiny sizes on the CPU (seconds): nothing it prints means anything."""
         return cls(worlds=8, frames=5, size=32, held_out_fraction=0.25, batch=2, warmup1=0, warmup2=0,
                    max_steps1=3, max_steps2=2, calibration_steps=2, log_every=1, eval_clips=1, diffusion_clips=1,
-                   diffusion_train_clips=1,
+                   diffusion_train_clips=1, geometry_train_clips=1,
                    diffusion_sigmas=(0.5,), workers=1, device="cpu", pretrain_steps=(2, 2),
                    budget=Budget(render=60, pretrain=120, cache=60, stage1=120, stage2=120, eval=120))
 
@@ -352,6 +353,11 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
         metrics = evaluate(result.last_checkpoint, worlds, out / f"eval_stage{stage}", settings, pipe=pipe,
                            log=lambda m, s=stage: say(f"eval stage {s}: {m.strip()}"), baseline_scores=baselines)
         evals[stage] = metrics["summary"]["latents"]
+    if cfg.geometry_train_clips > 0:  # held-out far below training: too few worlds; both alike: too few steps
+        train_settings = replace(settings, split="train", max_clips=cfg.geometry_train_clips)
+        evals["train"] = evaluate(result2.last_checkpoint, worlds, out / "eval_stage2_train", train_settings,
+                                  pipe=pipe, log=lambda m: say(f"eval stage 2, training clips: {m.strip()}"),
+                                  )["summary"]["latents"]
     diffusion = learn_report.diffusion_losses(pipe, assets / "backbone", worlds, held_ids[:cfg.diffusion_clips],
                                               cfg.diffusion_sigmas, cfg.seed, cfg.frames, cfg.size)
     if cfg.diffusion_train_clips > 0:  # over-fitting (training clips better) or under-training (both alike)
@@ -365,7 +371,7 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
                "total_seconds": time.perf_counter() - phases.t0, "pretrain": {k: pre[k] for k in ("vae", "backbone")},
                "held_out_clips": held_ids[:cfg.eval_clips], "acceptance": verdict}
     learn_report.plot_curves(out, {"stage 1": result1.history, "stage 2": result2.history})
-    learn_report.write_tables(out, evals[1], evals[2], verdict, diffusion, summary)
+    learn_report.write_tables(out, evals[1], evals[2], verdict, diffusion, summary, train_stage2=evals.get("train"))
     (out / "learn.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     over = [n for n, r in phases.rows.items() if r["over_budget"]]
     say(f"total {summary['total_seconds']:.0f} s" + (f"; over budget: {', '.join(over)}" if over else ""))

@@ -124,23 +124,44 @@ def acceptance(stage1: dict[str, Any], stage2: dict[str, Any], diffusion: dict[s
     return {"passed": passed, "bars": bars, "lines": lines}
 
 
+def _better(key: str, model: float, baseline: float) -> float:
+    """> 1: the model is better (baseline / model for errors, model / baseline for accuracies)."""
+    return _ratio(model, baseline) if key in HIGHER_IS_BETTER else _ratio(baseline, model)
+
+
 def write_tables(out: Path, stage1: dict[str, Any], stage2: dict[str, Any], verdict: dict[str, Any],
-                 diffusion: dict[str, Any] | None, run: dict[str, Any]) -> tuple[Path, Path]:
+                 diffusion: dict[str, Any] | None, run: dict[str, Any],
+                 train_stage2: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """``OUT/held_out.json`` (everything) and ``OUT/held_out.md`` (the table and the verdict; after
-    ``abs_rel_median``, the token-resolution depth oracle's, when the evaluation scored it)."""
+    ``abs_rel_median``, the token-resolution depth oracle's, when the evaluation scored it). With
+    ``train_stage2`` (the stage-2 model's summary on training clips) two more columns: its score
+    there and its ratio to that split's baseline, beside the held-out ones (not a bar)."""
     keys = [k for k in stage2["model"] if k in stage2["baseline"]]
-    rows = ["| metric | stage 1 | stage 2 | baseline | stage 2 better by |", "|---|---:|---:|---:|---:|"]
+    head = "| metric | stage 1 | stage 2 | baseline | stage 2 better by |"
+    if train_stage2 is not None:
+        head += f" stage 2, {train_stage2.get('num_clips', '?')} training clips | better by |"
+    rows = [head, "|---|---:|---:|---:|---:|" + ("---:|---:|" if train_stage2 is not None else "")]
+
+    def train_cells(key: str, part: str = "model") -> str:
+        if train_stage2 is None:
+            return ""
+        m, b = train_stage2.get(part, {}).get(key, float("nan")), train_stage2["baseline"].get(key, float("nan"))
+        return f" {m:.4g} | {_better(key, m, b):.2f}x |"
+
     for key in keys:
         m1, m2, b = stage1["model"].get(key, float("nan")), stage2["model"][key], stage2["baseline"][key]
-        better = _ratio(m2, b) if key in HIGHER_IS_BETTER else _ratio(b, m2)  # > 1: the model is better
-        rows.append(f"| {key} | {m1:.4g} | {m2:.4g} | {b:.4g} | {better:.2f}x |")
+        rows.append(f"| {key} | {m1:.4g} | {m2:.4g} | {b:.4g} | {_better(key, m2, b):.2f}x |" + train_cells(key))
         if key == "abs_rel_median" and key in stage2.get("oracle", {}):  # ground truth only: the same both stages
             o1, o2 = stage1.get("oracle", {}).get(key, float("nan")), stage2["oracle"][key]
             rows.append(f"| {key}: depth at token resolution from ground truth (oracle, ceiling of the ratio: "
-                        f"{_ratio(b, o2):.2f}x) | {o1:.4g} | {o2:.4g} | {b:.4g} | {_ratio(b, o2):.2f}x |")
+                        f"{_ratio(b, o2):.2f}x) | {o1:.4g} | {o2:.4g} | {b:.4g} | {_ratio(b, o2):.2f}x |"
+                        + train_cells(key, "oracle"))
     text = [f"# Held-out geometry ({stage2.get('num_clips', '?')} worlds)", "",
             "`latents` mode of `fantasyworld evaluate`; the last column is baseline / model for errors and "
-            "model / baseline for accuracies (" + ", ".join(HIGHER_IS_BETTER) + ").", "", *rows, ""]
+            "model / baseline for accuracies (" + ", ".join(HIGHER_IS_BETTER) + ")"
+            + ("; the training-clip columns score the stage-2 model on worlds it trained on (not a bar: held-out far "
+               "below them says too few worlds, both alike too few steps)" if train_stage2 is not None else "")
+            + ".", "", *rows, ""]
     if diffusion is not None:
         text += ["## Diffusion loss on held-out clips (flow MSE, same noise)", "",
                  "| model | mean | " + " | ".join(f"sigma {s:g}" for s in diffusion["sigmas"]) + " |",
@@ -158,8 +179,9 @@ def write_tables(out: Path, stage1: dict[str, Any], stage2: dict[str, Any], verd
     md = out / "held_out.md"
     md.write_text("\n".join(text))
     js = out / "held_out.json"
-    js.write_text(json.dumps({"stage1": stage1, "stage2": stage2, "diffusion": diffusion, "acceptance": verdict,
-                              "run": run}, indent=1, default=_jsonable) + "\n")
+    js.write_text(json.dumps({"stage1": stage1, "stage2": stage2, "stage2_training_clips": train_stage2,
+                              "diffusion": diffusion, "acceptance": verdict, "run": run},
+                             indent=1, default=_jsonable) + "\n")
     return js, md
 
 

@@ -98,6 +98,13 @@ def test_smoke_run_writes_the_curves_table_and_verdict(learn, tmp_path: Path,
     assert all(train[name] > 0 for name in ("stage2_camera", "stage2_no_camera", "frozen_backbone"))
     md = (out / "held_out.md").read_text()
     assert "| stage2_camera, 1 training clips |" in md
+    # the stage-2 geometry on training clips, beside the held-out columns (other clips: not a bar)
+    geo_train = held["stage2_training_clips"]
+    scored = json.loads((out / "eval_stage2_train" / "metrics.json").read_text())
+    assert geo_train == scored["summary"]["latents"] and scored["split"] == "train"
+    assert scored["clips"] and not set(scored["clips"]) & set(summary["held_out_clips"])
+    ratio = geo_train["baseline"]["rot_err"] / geo_train["model"]["rot_err"]
+    assert "| stage 2, 1 training clips | better by |" in md and f"{ratio:.2f}x |" in md.split("| rot_err |")[1]
     assert (out / "learning_curves.png").stat().st_size > 10_000 and "## Verdict" in md
     ceiling = stage2["baseline"]["abs_rel_median"] / stage2["oracle"]["abs_rel_median"]
     assert f"| abs_rel_median: depth at token resolution from ground truth (oracle, ceiling of the ratio: " \
