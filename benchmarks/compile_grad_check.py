@@ -3,11 +3,13 @@
 The trainer's step compiles every repeated layer (``model.compile``,
 :func:`~fantasyworld.models.parallelize.compile_blocks`). This check takes one layer of each
 kind the stage-2 forward runs, with the very inputs the forward gives it on a batch of the
-trainer, and runs its forward and backward twice eagerly and once compiled (optionally under the
+trainer, and runs its forward and backward twice eagerly and twice compiled (optionally under the
 layer checkpoint the trainer wraps it in), all under the trainer's bf16 autocast. It reports,
 per layer kind and frame count, the relative error of the compiled outputs, input gradients
-and parameter gradients against the first eager run, beside the second eager run's (the
-kernels' own run-to-run noise), and whether anything is not finite.
+and parameter gradients against the first eager run (for the first and the repeated compiled
+call: a miscompiled kernel that reads unwritten memory differs between them), beside the second
+eager run's (the kernels' own run-to-run noise), every tensor more than 5% off, and whether
+anything is not finite.
 
 A plan item is ``REGION:FRAMES[:ckpt]``: ``pcb`` (a preconditioning layer, Wan block + camera
 adapter), ``frame`` (a geometry frame block), ``irg`` (an IRG layer: Wan halves, geometry global
@@ -157,9 +159,13 @@ def _compare(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor], bad_a
             "nonfinite": nonfinite[:20], "n_nonfinite": len(nonfinite), "missing": missing}
 
 
-def check_region(module: torch.nn.Module, args: tuple[Any, ...], region: str, device: torch.device,
-                 backend: str, ckpt: bool) -> dict[str, Any]:
-    """Eager twice, compiled once (under the layer checkpoint with ``ckpt``): the JSON row's numbers."""
+def check_region(module: torch.nn.Module, args: tuple[Any, ...], device: torch.device, backend: str,
+                 ckpt: bool) -> dict[str, Any]:
+    """Eager twice, compiled twice (under the layer checkpoint with ``ckpt``): the JSON row's numbers.
+
+    Every floating-point tensor argument is a leaf with a gradient (the token streams, the
+    timestep modulation, the pose feature); the loss is a fixed seeded random projection of
+    every output, the same in every run."""
     eager = _fwd_bwd(module, module, args, device, 0)
     eager2 = _fwd_bwd(module, module, args, device, 0)
     compiled = torch.compile(module, dynamic=False, backend=backend)
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 row = {"region": region, "frames": frames, "ckpt": ckpt, "preset": a.preset, "hw": a.hw,
                        "backend": a.backend, "inductor": inductor, "torch": torch.__version__}
                 try:
-                    row.update(check_region(module, args, region, device, a.backend, ckpt))
+                    row.update(check_region(module, args, device, a.backend, ckpt))
                 except torch.OutOfMemoryError as exc:
                     row.update(oom=True, error=str(exc).splitlines()[0][:200])
                 print(json.dumps(row), flush=True)
