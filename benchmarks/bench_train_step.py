@@ -64,7 +64,7 @@ from synthetic_cache import write_synthetic_cache  # noqa: E402
 from fantasyworld.models.config import get_preset  # noqa: E402
 from fantasyworld.models.fantasyworld import FantasyWorldModel  # noqa: E402
 from fantasyworld.models.inputs import pixel_frame_count  # noqa: E402
-from fantasyworld.training.config import TINY_PRESETS, load_config  # noqa: E402
+from fantasyworld.training.config import TINY_PRESETS, config_from_dict  # noqa: E402
 from fantasyworld.training.losses import loss_keys  # noqa: E402
 from fantasyworld.training.trainer import Trainer  # noqa: E402
 
@@ -210,8 +210,7 @@ def run_config(a: argparse.Namespace, stage: int, frames: int, parsed: dict[str,
     cache = caches.setdefault(frames, write_synthetic_cache(
         work / f"cache_{frames}", a.clips, frames, a.hw[0], a.hw[1], get_preset(a.preset).wan["text_dim"]))
     run_dir = work / f"run_{len(list(work.glob('run_*')))}"
-    cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(
-        _run_config_dict(a, stage, frames, parsed, cache, init_from, run_dir)).items()])
+    cfg = config_from_dict(_run_config_dict(a, stage, frames, parsed, cache, init_from, run_dir))
     _release(device)
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(parsed["cudnn_sdp"])
@@ -273,16 +272,6 @@ def run_config(a: argparse.Namespace, stage: int, frames: int, parsed: dict[str,
         if device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(1.0, device.index or 0)
     return row
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _stage1_weights(a: argparse.Namespace, work: Path) -> Path:

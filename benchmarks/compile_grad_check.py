@@ -36,11 +36,11 @@ from torch.utils.checkpoint import checkpoint
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_step import _flatten, _release, _run_config_dict, _stage1_weights  # noqa: E402
+from bench_train_step import _release, _run_config_dict, _stage1_weights  # noqa: E402
 from synthetic_cache import write_synthetic_cache  # noqa: E402
 
 from fantasyworld.models.config import get_preset  # noqa: E402
-from fantasyworld.training.config import load_config  # noqa: E402
+from fantasyworld.training.config import config_from_dict  # noqa: E402
 from fantasyworld.training.trainer import Trainer  # noqa: E402
 
 __all__ = ["REGIONS", "check_region", "main", "parse_plan"]
@@ -72,7 +72,7 @@ def _trainer(a: argparse.Namespace, frames: int, work: Path) -> Trainer:
     data = _run_config_dict(a, 2, frames, parsed, cache, _stage1_weights(a, work), work / f"run_{frames}")
     data["model"].update({"checkpointing": "none", "checkpoint_heads": False})
     data.setdefault("loss", {})["camera_dropout"] = 0.0
-    return Trainer(load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(data).items()]))
+    return Trainer(config_from_dict(data))
 
 
 def _capture(trainer: Trainer, regions: set[str]) -> dict[str, tuple[torch.nn.Module, tuple[Any, ...]]]:
