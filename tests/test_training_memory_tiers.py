@@ -115,30 +115,37 @@ def test_fp8_frozen_linears_train_within_the_e4m3_rounding() -> None:
     assert (num / den) ** 0.5 < 0.1  # the gradients' relative error, e4m3 rounding through the Wan blocks
 
 
-def test_adamw8bit_step_follows_fp32_adamw(monkeypatch) -> None:
-    torchao_adam = pytest.importorskip("torchao.optim.adam", reason="torchao (the lowmem extra) is not installed")
-    # torchao compiles its per-parameter step; run it eagerly here (same arithmetic, no compiler on the CPU)
-    monkeypatch.setattr(torchao_adam.torch, "compile", lambda fn, **_: fn)
+@pytest.mark.parametrize("optimizer,module", [("adamw8bit", "torchao.optim.adam"), ("adamw8bit-bnb", "bitsandbytes")])
+def test_8bit_adamw_step_follows_fp32_adamw(monkeypatch, optimizer: str, module: str) -> None:
+    package = pytest.importorskip(module, reason=f"{module.split('.')[0]} (the lowmem extra) is not installed")
+    if optimizer == "adamw8bit":
+        # torchao compiles its per-parameter step; run it eagerly here (same arithmetic, no compiler on the CPU)
+        monkeypatch.setattr(package.torch, "compile", lambda fn, **_: fn)
     lr = 1e-3
     g = torch.Generator().manual_seed(0)
     shapes = [(64, 256), (256, 32), (4096,), (10,)]  # >= 4096 elements: 8-bit moments; smaller: fp32
     params32 = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     params8 = [torch.nn.Parameter(p.detach().clone()) for p in params32]
     grads = [torch.randn(s, generator=g) * torch.logspace(-2, 0, s[-1]) for s in shapes]
-    opt32 = build_optimizer("adamw", [{"params": params32, "weight_decay": 0.01}], lr, (0.9, 0.999), 1e-8,
-                            torch.device("cpu"))
-    opt8 = build_optimizer("adamw8bit", [{"params": params8, "weight_decay": 0.01}], lr, (0.9, 0.999), 1e-8,
-                           torch.device("cpu"))
-    assert type(opt8).__name__ == "AdamW8bit"
+    cpu = torch.device("cpu")
+    opt32 = build_optimizer("adamw", [{"params": params32, "weight_decay": 0.01}], lr, (0.9, 0.999), 1e-8, cpu)
+    opt8 = build_optimizer(optimizer, [{"params": params8, "weight_decay": 0.01}], lr, (0.9, 0.999), 1e-8, cpu)
+    if optimizer == "adamw8bit":
+        assert type(opt8).__name__ == "AdamW8bit"
+    else:
+        assert type(opt8).__module__.startswith("bitsandbytes")
     for p32, p8, gr in zip(params32, params8, grads):
         p32.grad, p8.grad = gr.clone(), gr.clone()
     opt32.step()
     opt8.step()
     for p32, p8, gr in zip(params32, params8, grads):
-        big = gr.abs() > 1e-3
+        big = gr.abs() > 1e-3  # Adam's first step is lr * sign(g) where |g| >> eps: the 8-bit moments keep it
         diff = (p8.detach() - p32.detach()).abs()[big]
         assert diff.max() <= 0.01 * lr, float(diff.max())
-    assert OPTIMIZERS["adamw8bit"].state_bytes_per_param < OPTIMIZERS["adamw"].state_bytes_per_param
+    if optimizer == "adamw8bit-bnb":
+        assert opt8.state[params8[0]]["state1"].dtype == torch.uint8  # a large tensor's moments are 8-bit
+        assert opt8.state[params8[3]]["state1"].dtype == torch.float32  # a small one's stay fp32
+    assert OPTIMIZERS[optimizer].state_bytes_per_param < OPTIMIZERS["adamw"].state_bytes_per_param
 
 
 @pytest.mark.parametrize("optimizer,package", [("adamw8bit", "torchao"), ("adamw8bit-bnb", "bitsandbytes")])
