@@ -355,9 +355,9 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
         evals[stage] = metrics["summary"]["latents"]
     if cfg.geometry_train_clips > 0:  # held-out far below training: too few worlds; both alike: too few steps
         train_settings = replace(settings, split="train", max_clips=cfg.geometry_train_clips)
-        evals["train"] = evaluate(result2.last_checkpoint, worlds, out / "eval_stage2_train", train_settings,
-                                  pipe=pipe, log=lambda m: say(f"eval stage 2, training clips: {m.strip()}"),
-                                  )["summary"]["latents"]
+        scored = evaluate(result2.last_checkpoint, worlds, out / "eval_stage2_train", train_settings, pipe=pipe,
+                          log=lambda m: say(f"eval stage 2, training clips: {m.strip()}"))
+        evals["train"] = scored["summary"]["latents"]
     diffusion = learn_report.diffusion_losses(pipe, assets / "backbone", worlds, held_ids[:cfg.diffusion_clips],
                                               cfg.diffusion_sigmas, cfg.seed, cfg.frames, cfg.size)
     if cfg.diffusion_train_clips > 0:  # over-fitting (training clips better) or under-training (both alike)

@@ -2,7 +2,7 @@
 
 On one H200 (torch 2.11, 1.3B preset, 336x592, 25 to 81 frames) the compiled IRG layer got every
 gradient right except that of the geometry timestep modulation (``temb6`` and the global block's
-``modulation``): 86-280% relative error, different at every call, while ``aot_eager`` (the same
+``modulation``): 86-354% relative error, different at every call, while ``aot_eager`` (the same
 graphs, no code generation) was right (``benchmarks/compile_grad_check.py``, docs/benchmarks.md).
 The backward of ``e.chunk(6)`` with the unused term e2 is ``cat([sum, sum, zeros, sum, sum, sum])``;
 :meth:`GeoBlock.modulation_terms` now slices the six terms, whose backward has no such cat. The

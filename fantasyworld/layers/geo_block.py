@@ -149,7 +149,7 @@ class GeoBlock(nn.Module):
         # Six separate slices, not ``e.chunk(6, dim=1)``: the same values, but an unused term (e2)
         # then has no gradient to fill in. With ``chunk`` the backward concatenates the five term
         # gradients with a zero block, and torch 2.11's inductor miscompiled that at 25+ frames of
-        # 336x592 (this gradient alone wrong, by 86-280% relative, varying between calls;
+        # 336x592 (this gradient alone wrong, by 86-354% relative, varying between calls;
         # ``benchmarks/compile_grad_check.py``, docs/benchmarks.md).
         return tuple(e[:, i : i + 1] for i in range(6))  # type: ignore[return-value]
 
