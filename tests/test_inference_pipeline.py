@@ -217,6 +217,35 @@ def test_cli_generate(ckpt, tmp_path, capsys) -> None:
     assert "orbit" in capsys.readouterr().out
 
 
+def test_cli_generate_samples_at_the_training_clip_shape(ckpt, tmp_path, capsys) -> None:
+    """Without --frames / --size, a checkpoint of a training run is sampled at the shape of the
+    clips it was trained on (the run's train_config.yaml), not at the 14B default 81x336x592."""
+    import shutil
+
+    import yaml
+
+    from fantasyworld.models.weights import RUN_CONFIG_NAME
+
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent if ckpt.is_file() else ckpt, run)
+    (run / RUN_CONFIG_NAME).write_text(yaml.safe_dump({"stage": 2, "data": {"num_frames": 5, "height": 32,
+                                                                            "width": 16}}))
+    out = tmp_path / "out"
+    assert cli_main(["generate", "--checkpoint", str(run), "--camera", "orbit", "--steps", "1", "--out", str(out),
+                     "--no-colmap", "--export", "none"]) == 0
+    assert "sampling 5x32x16 (frames x height x width, from the checkpoint's training config" in capsys.readouterr().out
+    assert read_video(out / "video.mp4").shape == (5, 32, 16, 3)
+    out2 = tmp_path / "out2"  # an explicit value wins over the run's
+    assert cli_main(["generate", "--checkpoint", str(run), "--camera", "orbit", "--steps", "1", "--frames", "9",
+                     "--out", str(out2), "--no-colmap", "--export", "none", "--quiet"]) == 0
+    assert read_video(out2 / "video.mp4").shape == (9, 32, 16, 3)
+    (run / RUN_CONFIG_NAME).write_text("- not\n- a mapping\n")
+    assert cli_main(["generate", "--checkpoint", str(run), "--camera", "orbit", "--out", str(tmp_path / "bad"),
+                     "--quiet"]) == 2
+    assert f"{run / RUN_CONFIG_NAME}: expected a YAML mapping" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_tiled_decode_runs_and_auto_threshold(pipe, result) -> None:
     vae = pipe.vae
     saved = (vae.tile_sample_min_height, vae.tile_sample_min_width,

@@ -91,9 +91,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--image to get the official translation scale")
     g.add_argument("--list-cameras", action="store_true", help="print the named camera paths and exit")
     g = p.add_argument_group("sampling")
-    g.add_argument("--frames", type=int, default=81, help="4k+1 frames")
+    g.add_argument("--frames", type=int, default=None,
+                   help="4k+1 frames (default: the clips the checkpoint was trained on, from its run's "
+                        "train_config.yaml; else 81)")
     g.add_argument("--size", type=_size, default=None,
-                   help="HxW, multiples of 16 (default 336x592; 480x832 for the two-expert Wan2.2 variant)")
+                   help="HxW, multiples of 16 (default: the training clips' size, from the run's "
+                        "train_config.yaml; else 336x592, or 480x832 for the two-expert Wan2.2 variant)")
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--cfg", type=float, default=5.0, help="guidance scale (1 disables CFG)")
     g.add_argument("--shift", type=float, default=5.0)
@@ -148,6 +151,32 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+def _clip_shape(args: argparse.Namespace, two_expert: bool) -> tuple[int, tuple[int, int]]:
+    """``(frames, (height, width))``: ``--frames`` / ``--size``, else the shape of the clips the
+    checkpoint was trained on (its run's ``train_config.yaml``; a two-expert directory: the
+    low-noise expert's), else 81 frames at the preset family's size. A tiny model trained on
+    9x32x32 clips would otherwise be sampled at 81x336x592, for minutes on a CPU."""
+    from fantasyworld.models.weights import resolve_checkpoint, training_clip_shape
+
+    root = Path(args.checkpoint) / "low" if two_expert else Path(args.checkpoint)
+    run_t = run_h = run_w = None
+    if args.frames is None or args.size is None:
+        weights, _, _ = resolve_checkpoint(root, args.preset)
+        run_t, run_h, run_w = training_clip_shape(weights.parent)
+    frames = args.frames or run_t or 81
+    if args.size is not None:
+        size = args.size
+    elif run_h and run_w:
+        size = (run_h, run_w)
+    else:
+        size = (480, 832) if two_expert else (336, 592)
+    if not args.quiet and (args.frames is None or args.size is None):
+        source = "the checkpoint's training config" if run_t or run_h else "the default"
+        print(f"sampling {frames}x{size[0]}x{size[1]} (frames x height x width, from {source}; "
+              "--frames / --size to change)")
+    return frames, size
+
+
 def _run(args: argparse.Namespace) -> int:
     """Load, generate, save; print the output folder and the timings."""
     from fantasyworld.inference.trajectories import NAMED_PATHS
@@ -190,7 +219,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: --last-image/--high-lora/--low-lora need a two-expert checkpoint (high/ and low/ in "
               f"{args.checkpoint})", file=sys.stderr)
         return 2
-    h, w = args.size or ((480, 832) if two else (336, 592))
+    try:
+        frames, (h, w) = _clip_shape(args, two)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     extra = {"last_image": args.last_image} if two else {}
     start = time.perf_counter()
     try:
@@ -210,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
                 pipe.compile()
         load_s = time.perf_counter() - start
         result = pipe(
-            args.prompt, args.negative_prompt, image=args.image, camera=args.camera, num_frames=args.frames,
+            args.prompt, args.negative_prompt, image=args.image, camera=args.camera, num_frames=frames,
             height=h, width=w, num_steps=args.steps, guidance_scale=args.cfg, shift=args.shift, seed=args.seed,
             camera_magnitude=args.camera_magnitude, camera_format=args.camera_format, fov_deg=args.fov,
             resample_camera=args.resample_camera, translation_scale=args.translation_scale,

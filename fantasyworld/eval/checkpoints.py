@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fantasyworld.errors import UnsupportedModeError
 from fantasyworld.models.config import FantasyWorldConfig
+from fantasyworld.models.weights import training_clip_shape
 
 __all__ = ["EvalCheckpoint", "check_latents_sigma", "default_size", "inspect_checkpoint", "load_pipeline"]
 
@@ -115,11 +114,8 @@ def default_size(ckpt: EvalCheckpoint, dataset_root: Path, num_frames: int | Non
     from fantasyworld.data.formats import Reporter, load_metadata
     from fantasyworld.data.loader import inspect_clip
 
-    t, h, w = num_frames, height, width
-    run_cfg = ckpt.run_dir / "train_config.yaml"
-    if run_cfg.is_file():
-        data = (yaml.safe_load(run_cfg.read_text()) or {}).get("data", {}) or {}
-        t, h, w = t or data.get("num_frames"), h or data.get("height"), w or data.get("width")
+    run_t, run_h, run_w = training_clip_shape(ckpt.run_dir)
+    t, h, w = num_frames or run_t, height or run_h, width or run_w
     if t is None or h is None or w is None:
         records = load_metadata(dataset_root)
         info = inspect_clip(dataset_root, records[0], Reporter())

@@ -2,7 +2,8 @@
 
 A FantasyWorld checkpoint directory holds ``step-N.safetensors`` files (the trainable
 weights of one stage, safetensors metadata ``format``/``stage``/``preset``) and the model
-config ``config.json`` beside them. Training writes them (:mod:`fantasyworld.training.checkpoint`),
+config ``config.json`` beside them, and a training run's resolved config ``train_config.yaml``
+(:data:`RUN_CONFIG_NAME`). Training writes them (:mod:`fantasyworld.training.checkpoint`),
 inference and evaluation resolve them (:func:`resolve_checkpoint`).
 """
 
@@ -12,13 +13,17 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import safe_open
 
 from fantasyworld.errors import CheckpointError
 from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.official.keys import OVERRIDE_FILE
 
-__all__ = ["DTYPES", "as_dtype", "resolve_checkpoint", "weights_path"]
+__all__ = ["DTYPES", "RUN_CONFIG_NAME", "as_dtype", "resolve_checkpoint", "training_clip_shape", "weights_path"]
+
+#: The resolved run config a training run writes into its run directory, beside the weights.
+RUN_CONFIG_NAME = "train_config.yaml"
 
 #: dtype names accepted on the command line and in configs.
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -29,6 +34,29 @@ _STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
 def weights_path(run_dir: str | Path, step: int) -> Path:
     """``RUN/step-N.safetensors``."""
     return Path(run_dir) / f"step-{step}.safetensors"
+
+
+def training_clip_shape(run_dir: str | Path) -> tuple[int | None, int | None, int | None]:
+    """``(num_frames, height, width)`` of the clips a training run read (``data.num_frames``,
+    ``data.height``, ``data.width`` of ``run_dir/train_config.yaml``); ``None`` for each value
+    the file does not give, and all three ``None`` when there is no such file (a converted
+    official checkpoint).
+
+    Raises:
+        CheckpointError: the file exists but is not a YAML mapping.
+    """
+    path = Path(run_dir) / RUN_CONFIG_NAME
+    if not path.is_file():
+        return None, None, None
+    try:
+        run = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{path}: not a readable YAML run config ({exc})") from exc
+    if not isinstance(run, dict):
+        raise CheckpointError(f"{path}: expected a YAML mapping (a training run config), got {type(run).__name__}")
+    data = run.get("data") or {}
+    return tuple(int(data[k]) if data.get(k) is not None else None  # type: ignore[return-value]
+                 for k in ("num_frames", "height", "width"))
 
 
 def as_dtype(dtype: str | torch.dtype) -> torch.dtype:

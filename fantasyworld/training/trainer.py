@@ -54,6 +54,7 @@ from fantasyworld.models.inputs import pixel_frame_count, pixel_frame_subset, to
 from fantasyworld.models.parallelize import compile_blocks
 from fantasyworld.models.wan22 import load_wan22_base
 from fantasyworld.models.wan_loading import cast_keeping_fp32, load_wan_transformer
+from fantasyworld.models.weights import RUN_CONFIG_NAME
 from fantasyworld.training import checkpoint as ckpt
 from fantasyworld.training import data as stream
 from fantasyworld.training.config import RANDOM, TINY_ENCODER, TINY_PRESETS, ConfigError, TrainConfig, config_to_dict
@@ -71,7 +72,6 @@ from fantasyworld.training.step_stats import StepStats
 
 __all__ = ["STOP_SIGNALS", "NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "signal_exit_code", "train"]
 
-RUN_CONFIG_NAME = "train_config.yaml"
 MODEL_CONFIG_NAME = "config.json"
 
 
