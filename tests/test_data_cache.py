@@ -113,3 +113,41 @@ def test_batched_cache_with_workers_matches_one_clip_at_a_time(setup, tmp_path):
             torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-5)
         for key in ("text_len", "depth", "points", "valid", "w2c", "intrinsics", "frame_indices"):
             assert torch.equal(b[key], a[key]), key
+
+
+def test_tiny_spec_caches_what_the_saved_tiny_encoders_cache(setup, tmp_path):
+    """``--vae tiny --text-encoder tiny --image-encoder tiny`` (the encoders a tiny preset trains
+    with on raw clips) write the same cache as the same seeded encoders saved to directories."""
+    data, _, out = setup
+    tiny = tmp_path / "tiny"
+    rc = main(["data", "cache", "--data", str(data), "--out", str(tiny), "--vae", "tiny", "--text-encoder", "tiny",
+               "--image-encoder", "tiny", "--frames", str(T), "--quiet"])
+    assert rc == 0
+    for a, b in zip(CachedClipDataset(out), CachedClipDataset(tiny)):
+        for key in ("latents", "text_emb", "cond_latent", "clip_image_emb", "depth", "w2c"):
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "absent", "VAE directory does not exist"),
+    (lambda d: (d / "file").write_text("x") and d / "file", "the VAE must be a directory"),
+    (lambda d: (d / "noconf").mkdir() or d / "noconf", "no config.json in this VAE directory"),
+    (lambda d: (d / "noweights").mkdir() or (d / "noweights/config.json").write_text("{}") and d / "noweights",
+     "cannot load the AutoencoderKLWan VAE (OSError"),
+])
+def test_cache_names_an_unloadable_encoder_directory(setup, tmp_path, capsys, make, message):
+    data, _, _ = setup
+    vae = make(tmp_path)
+    rc = main(["data", "cache", "--data", str(data), "--out", str(tmp_path / "c"), "--vae", str(vae),
+               "--text-encoder", "tiny", "--frames", str(T), "--quiet"])
+    assert rc == 2
+    assert f"error: {vae}: {message}" in capsys.readouterr().err
+
+
+def test_tiny_encoder_specs_leave_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    vae = encoders.load_vae_spec(encoders.TINY)
+    model, _ = encoders.load_text_encoder_spec(encoders.TINY, tiny_dim=48)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert not any(p.requires_grad for p in vae.parameters()) and model.config.d_model == 48
+    torch.testing.assert_close(next(vae.parameters()), next(encoders.tiny_vae(0).parameters()))

@@ -424,6 +424,9 @@ OUTPUT_FAULTS: dict[str, tuple[Callable[[Path, Path, Path], list[str]], str, boo
     "generate, camera file not UTF-8": (
         lambda c, out, tmp: _generate(c, out, "--camera", str(_write_bytes(tmp / "b.txt", b"\xff\xfe\x81\n"))),
         "not UTF-8 text", False),
+    "generate, VAE directory without weights": (
+        lambda c, out, tmp: _generate(c, out, "--vae", str(_write_bytes(tmp / "vae" / "config.json", b"{}").parent)),
+        "vae: cannot load the AutoencoderKLWan VAE", False),
     "evaluate --out holds an earlier result": (
         lambda c, out, tmp: ["evaluate", "--checkpoint", str(c), "--data", str(tmp), "--out", str(out)],
         "already holds", True),
@@ -431,6 +434,7 @@ OUTPUT_FAULTS: dict[str, tuple[Callable[[Path, Path, Path], list[str]], str, boo
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
 

@@ -58,7 +58,7 @@ def _cache(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from fantasyworld.data.cache import build_cache
-    from fantasyworld.errors import ConfigError, DataError
+    from fantasyworld.errors import CheckpointError, ConfigError, DataError
 
     h, w = args.size if args.size else (None, None)
     try:
@@ -69,7 +69,7 @@ def _cache(args: argparse.Namespace) -> int:
                           geometry_dtype=args.geometry_dtype, overwrite=args.overwrite, progress=not args.quiet,
                           buckets=buckets, unfit=args.unfit, max_crop=args.max_crop,
                           workers=args.workers, batch_size=args.batch)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except DataError as err:
@@ -185,10 +185,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("cache", help="encode clips once with the Wan VAE and UMT5 (and CLIP for I2V)")
     p.add_argument("--data", required=True, help="dataset root (seed layout)")
     p.add_argument("--out", required=True, help="cache directory")
-    p.add_argument("--vae", required=True, help="local AutoencoderKLWan directory")
-    p.add_argument("--text-encoder", required=True, help="local UMT5EncoderModel directory")
+    p.add_argument("--vae", required=True,
+                   help="local AutoencoderKLWan directory ('tiny': the tiny presets' seeded tiny VAE)")
+    p.add_argument("--text-encoder", required=True,
+                   help="local UMT5EncoderModel directory ('tiny': the tiny presets' seeded one)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: ../tokenizer or the encoder's)")
-    p.add_argument("--image-encoder", default=None, help="local CLIPVisionModel directory (I2V presets)")
+    p.add_argument("--image-encoder", default=None,
+                   help="local CLIPVisionModel directory (I2V presets; 'tiny' for tiny-i2v)")
     p.add_argument("--frames", type=int, default=81, help="4k+1 frames per clip")
     p.add_argument("--size", type=_size, default=None, help="HxW (default: stored size)")
     p.add_argument("--stride", type=int, default=1)

@@ -94,7 +94,9 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
 
     Args:
         vae_dir, text_encoder_dir, tokenizer_dir, image_encoder_dir: local directories
-            (``from_pretrained``); an image encoder turns on the I2V outputs.
+            (``from_pretrained``), or ``"tiny"`` (:data:`~fantasyworld.models.encoders.TINY`)
+            for the seeded tiny random encoders the tiny presets train with; an image encoder
+            turns on the I2V outputs.
         dtype: compute dtype of the encoders; ``latent_dtype`` / ``geometry_dtype``: stored.
         overwrite: re-encode clips whose file exists (otherwise they are skipped, so an
             interrupted run resumes).
@@ -111,11 +113,11 @@ def build_cache(data_root: str | Path, out_dir: str | Path, vae_dir: str | Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     compute = DTYPES[dtype]
-    vae = encoders.load_vae(vae_dir, device, compute)
-    text_encoder, tokenizer = encoders.load_text_encoder(text_encoder_dir, tokenizer_dir, device, compute)
+    vae = encoders.load_vae_spec(vae_dir, device, compute)
+    text_encoder, tokenizer = encoders.load_text_encoder_spec(text_encoder_dir, tokenizer_dir, device, compute)
     image_encoder = image_processor = None
     if image_encoder_dir is not None:
-        image_encoder, image_processor = encoders.load_image_encoder(image_encoder_dir, device, compute)
+        image_encoder, image_processor = encoders.load_image_encoder_spec(image_encoder_dir, device, compute)
     dataset = RawClipDataset(data_root, num_frames=num_frames, height=height, width=width, stride=stride,
                              buckets=buckets, unfit=unfit, max_crop=max_crop)
     bucketed = dataset.bucket_of is not None

@@ -133,7 +133,11 @@ def load_metadata(root: str | Path, report: Reporter | None = None) -> list[Clip
     root = Path(root)
     meta_path = root / METADATA_NAME
     if not meta_path.exists():
-        report(DataError(meta_path, MISSING_FILE, "file does not exist"))
+        hint = ""
+        if (root / "index.json").is_file():  # data.cache.INDEX_NAME (cache imports this module)
+            hint = (f" (this folder is a latent cache written by `fantasyworld data cache`: train from it with "
+                    f"data.cache_dir={root} data.root=null)")
+        report(DataError(meta_path, MISSING_FILE, "file does not exist" + hint))
         return []
     try:
         data = json.loads(meta_path.read_text())

@@ -32,8 +32,7 @@ def fork_rng(seed: int) -> Iterator[None]:
 
 def load_vae_component(spec: str, device: torch.device) -> Any:
     """The Wan VAE (``AutoencoderKLWan``, fp32) from a directory, or the tiny one (``"tiny"``)."""
-    with fork_rng(0):
-        return encoders.tiny_vae(0).to(device) if spec == "tiny" else encoders.load_vae(spec, device)
+    return encoders.load_vae_spec(spec, device)
 
 
 def load_text_component(spec: str | None, tokenizer: str | None, device: torch.device, dtype: torch.dtype
@@ -42,17 +41,9 @@ def load_text_component(spec: str | None, tokenizer: str | None, device: torch.d
     UMT5 overflows in float16 (NaN activations), so ``dtype=float16`` runs it in bfloat16."""
     if spec is None:
         return None, None
-    if spec == "tiny":
-        with fork_rng(0):
-            te, tok = encoders.tiny_text_encoder(0)
-        return te.to(device), tok
-    return encoders.load_text_encoder(spec, tokenizer, device, torch.bfloat16 if dtype == torch.float16 else dtype)
+    return encoders.load_text_encoder_spec(spec, tokenizer, device, torch.bfloat16 if dtype == torch.float16 else dtype)
 
 
 def load_image_component(spec: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """``(CLIP vision model, image processor)`` from a directory, or the tiny pair (``"tiny"``)."""
-    if spec == "tiny":
-        with fork_rng(0):
-            ie, proc = encoders.tiny_image_encoder(0)
-        return ie.to(device), proc
-    return encoders.load_image_encoder(spec, device, dtype)
+    return encoders.load_image_encoder_spec(spec, device, dtype)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fantasyworld.errors import CheckpointError
+
 TEXT_LEN = 512
 _TINY_WORDS = (
     "a an the and with of to in around while keeping centre center view scene camera room courtyard open "
@@ -33,40 +35,91 @@ _TINY_WORDS = (
 ).split()
 
 
+#: What a library's ``from_pretrained`` raises for a directory it cannot load.
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
+
+
+def _component_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a directory holding ``config.json``, else :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: {what} directory does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: the {what} must be a directory (from_pretrained layout), got a file")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json in this {what} directory (from_pretrained layout expected)")
+    return path
+
+
+def _load_error(path: str | Path, what: str, exc: BaseException) -> CheckpointError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return CheckpointError(f"{path}: cannot load the {what} ({type(exc).__name__}: {reason})")
+
+
 def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """``AutoencoderKLWan.from_pretrained(path)`` (local directory, eval mode)."""
+    """``AutoencoderKLWan.from_pretrained(path)`` (local directory, eval mode).
+
+    Raises:
+        CheckpointError: ``path`` is not a loadable VAE directory (the message names it).
+    """
     from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    path = _component_dir(path, "VAE")
+    try:
+        vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise _load_error(path, "AutoencoderKLWan VAE", exc) from exc
     return vae.to(device).eval().requires_grad_(False)
 
 
 def load_text_encoder(path: str | Path, tokenizer_path: str | Path | None = None,
                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """``(UMT5EncoderModel, tokenizer)`` from local directories. The tokenizer defaults to
-    ``path/../tokenizer`` (diffusers repo layout) if it exists, else ``path``."""
+    ``path/../tokenizer`` (diffusers repo layout) if it exists, else ``path``.
+
+    Raises:
+        CheckpointError: either directory cannot be loaded (the message names it).
+    """
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    path = Path(path)
+    path = _component_dir(path, "text encoder")
     if tokenizer_path is None:
         sibling = path.parent / "tokenizer"
         tokenizer_path = sibling if sibling.is_dir() else path
-    model = UMT5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+    elif not Path(tokenizer_path).is_dir():
+        raise CheckpointError(f"{tokenizer_path}: tokenizer directory does not exist")
+    try:
+        model = UMT5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise _load_error(path, "UMT5 text encoder", exc) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise _load_error(tokenizer_path, "tokenizer", exc) from exc
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
 def load_image_encoder(path: str | Path, device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32):
     """``(CLIPVisionModel, CLIPImageProcessor)`` from a local directory (processor files
-    may sit in ``path`` or in ``path/../image_processor``)."""
+    may sit in ``path`` or in ``path/../image_processor``).
+
+    Raises:
+        CheckpointError: the model or its processor cannot be loaded (the message names the directory).
+    """
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
-    path = Path(path)
+    path = _component_dir(path, "image encoder")
     proc_dir = path.parent / "image_processor"
-    model = CLIPVisionModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    processor = CLIPImageProcessor.from_pretrained(str(proc_dir if proc_dir.is_dir() else path),
-                                                   local_files_only=True)
+    proc_dir = proc_dir if proc_dir.is_dir() else path
+    try:
+        model = CLIPVisionModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise _load_error(path, "CLIP vision encoder", exc) from exc
+    try:
+        processor = CLIPImageProcessor.from_pretrained(str(proc_dir), local_files_only=True)
+    except _LOAD_ERRORS as exc:
+        raise _load_error(proc_dir, "CLIP image processor", exc) from exc
     return model.to(device).eval().requires_grad_(False), processor
 
 
@@ -220,3 +273,48 @@ def save_tiny_encoders(out_dir: str | Path, image_encoder: bool = False, seed: i
         processor.save_pretrained(out / "image_processor")
         paths["image_encoder"] = out / "image_encoder"
     return paths
+
+
+# ----------------------------------------------------------------------------------------
+# an encoder named by a spec: a local directory, or TINY for the seeded tiny random one
+#: The spec that names the seeded tiny random encoders (seed 0) instead of a directory; the
+#: trainer's configs, ``data cache`` and the pipelines all accept it.
+TINY = "tiny"
+
+
+def _seeded_tiny(make, *args, **kwargs):
+    """``make(*args, **kwargs)`` (a ``tiny_*`` constructor, which seeds torch) with the caller's
+    global RNG state restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        return make(*args, **kwargs)
+
+
+def load_vae_spec(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The VAE of ``spec``: :func:`load_vae` of a directory (in ``dtype``), or :func:`tiny_vae`
+    (seed 0, always float32, as every tiny encoder) for :data:`TINY`; on ``device``, eval mode,
+    frozen."""
+    if str(spec) == TINY:
+        return _seeded_tiny(tiny_vae, 0).to(device).requires_grad_(False)
+    return load_vae(spec, device, dtype)
+
+
+def load_text_encoder_spec(spec: str | Path, tokenizer_path: str | Path | None = None,
+                           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                           tiny_dim: int = 32):
+    """``(UMT5 encoder, tokenizer)`` of ``spec``: :func:`load_text_encoder` of a directory, or
+    :func:`tiny_text_encoder` (seed 0, width ``tiny_dim``: the preset's ``text_dim``; float32) for
+    :data:`TINY`."""
+    if str(spec) == TINY:
+        model, tokenizer = _seeded_tiny(tiny_text_encoder, 0, d_model=tiny_dim)
+        return model.to(device).requires_grad_(False), tokenizer
+    return load_text_encoder(spec, tokenizer_path, device, dtype)
+
+
+def load_image_encoder_spec(spec: str | Path, device: str | torch.device = "cpu",
+                            dtype: torch.dtype = torch.float32):
+    """``(CLIP vision model, processor)`` of ``spec``: :func:`load_image_encoder` of a directory,
+    or :func:`tiny_image_encoder` (seed 0, float32) for :data:`TINY`."""
+    if str(spec) == TINY:
+        model, processor = _seeded_tiny(tiny_image_encoder, 0)
+        return model.to(device).requires_grad_(False), processor
+    return load_image_encoder(spec, device, dtype)

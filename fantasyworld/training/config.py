@@ -27,6 +27,7 @@ from typing import Any
 
 from fantasyworld.errors import ConfigError
 from fantasyworld.heads.losses import CAMERA_LOSS_TYPES
+from fantasyworld.models.encoders import TINY
 from fantasyworld.training.config_io import (
     apply_overrides,
     config_to_dict,
@@ -58,7 +59,7 @@ TINY_PRESETS = ("tiny", "tiny-i2v", "tiny-wan2.2-high", "tiny-wan2.2-low")
 """Presets whose backbone and encoders may be seeded random models (no files)."""
 RANDOM = "random"
 """``model.backbone_dir`` value asking for a seeded random backbone for any preset (smoke tests)."""
-TINY_ENCODER = "tiny"
+TINY_ENCODER = TINY
 """Encoder path value selecting the seeded tiny random encoders of :mod:`fantasyworld.models.encoders`."""
 
 

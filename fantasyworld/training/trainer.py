@@ -178,22 +178,12 @@ class Trainer:
         preset = get_preset(cfg.model.preset)
         vae = d.vae or (TINY_ENCODER if tiny else None)
         text = d.text_encoder or (TINY_ENCODER if tiny else None)
-        if vae == TINY_ENCODER:
-            self.vae = encoders.tiny_vae().to(dev)
-        else:
-            self.vae = encoders.load_vae(vae, dev, dtype)
-        if text == TINY_ENCODER:
-            model, self.tokenizer = encoders.tiny_text_encoder(d_model=int(preset.wan["text_dim"]))
-            self.text_encoder = model.to(dev)
-        else:
-            self.text_encoder, self.tokenizer = encoders.load_text_encoder(text, d.tokenizer, dev, dtype)
+        self.vae = encoders.load_vae_spec(vae, dev, dtype)
+        self.text_encoder, self.tokenizer = encoders.load_text_encoder_spec(
+            text, d.tokenizer, dev, dtype, tiny_dim=int(preset.wan["text_dim"]))
         if preset.uses_clip:
             image = d.image_encoder or (TINY_ENCODER if tiny else None)
-            if image == TINY_ENCODER:
-                model, self.image_processor = encoders.tiny_image_encoder()
-                self.image_encoder = model.to(dev)
-            else:
-                self.image_encoder, self.image_processor = encoders.load_image_encoder(image, dev, dtype)
+            self.image_encoder, self.image_processor = encoders.load_image_encoder_spec(image, dev, dtype)
         for m in (self.vae, self.text_encoder, self.image_encoder):
             if m is not None:
                 m.requires_grad_(False).eval()
