@@ -40,13 +40,7 @@ from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc
 from fantasyworld.inference.call_record import call_settings, generation_result, geometry_arrays
 from fantasyworld.inference.camera_inputs import CameraInputs, build_camera_inputs
 from fantasyworld.inference.images import load_image, load_text_embeddings
-from fantasyworld.inference.loading import (
-    TINY_BACKBONE_SEED,
-    fork_rng,
-    load_image_component,
-    load_text_component,
-    load_vae_component,
-)
+from fantasyworld.inference.loading import TINY_BACKBONE_SEED, fork_rng, load_text_component
 from fantasyworld.inference.memory import BlockSwap, HostOffload, PhaseMeter, set_head_chunks, to_device_except
 from fantasyworld.inference.memory_tiers import FP8_SCOPES, MemoryTier, get_memory_tier
 from fantasyworld.inference.options import GenerationOptions
@@ -264,12 +258,12 @@ class FantasyWorldPipeline:
             rebuild_rope(model.transformer, device)
         model.eval().requires_grad_(False)
         # 3. encoders
-        vae_model = load_vae_component(component(vae, "vae"), device)
+        vae_model = encoders.load_vae_spec(component(vae, "vae"), device)
         te, tok = load_text_component(component(text_encoder, "text_encoder", required=False), tokenizer, device,
                                       dtype)
         ie = proc = None
         if config.uses_clip:
-            ie, proc = load_image_component(component(image_encoder, "image_encoder"), device, dtype)
+            ie, proc = encoders.load_image_encoder_spec(component(image_encoder, "image_encoder"), device, dtype)
         pipe = cls(model, vae_model, te, tok, ie, proc, target, dtype, source=str(weights), memory=memory)
         pipe.backbone_override = overridden
         return pipe

@@ -38,12 +38,13 @@ import torch
 from fantasyworld.errors import CheckpointError
 from fantasyworld.geometry.camera_sequence import CameraSequence
 from fantasyworld.inference.images import load_image
-from fantasyworld.inference.loading import TINY_BACKBONE_SEED, fork_rng, load_text_component, load_vae_component
+from fantasyworld.inference.loading import TINY_BACKBONE_SEED, fork_rng, load_text_component
 from fantasyworld.inference.options import GenerationOptions
 from fantasyworld.inference.pipeline import FantasyWorldPipeline
 from fantasyworld.inference.result import GenerationResult
 from fantasyworld.inference.sampler import SampleResult
 from fantasyworld.inference.two_expert import first_last_condition_latent, two_expert_plan
+from fantasyworld.models import encoders
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.official import OVERRIDE_FILE, apply_backbone_override
 from fantasyworld.models.wan22 import OFFICIAL_LORA_MULTIPLIER, load_wan22_base
@@ -152,7 +153,7 @@ class TwoExpertPipeline(FantasyWorldPipeline):
         vae = vae if vae is not None else ("tiny" if tiny else None)
         if vae is None:
             raise CheckpointError(f"{root}: pass vae=DIR (the Wan2.1 VAE the Wan2.2-Fun release uses)")
-        vae_model = load_vae_component(vae, device)
+        vae_model = encoders.load_vae_spec(vae, device)
         text_encoder = text_encoder if text_encoder is not None else ("tiny" if tiny else None)
         te, tok = load_text_component(text_encoder, tokenizer, device, dtype)
         return cls(experts["high"], experts["low"], vae_model, te, tok, device, dtype, source=str(root))

@@ -51,9 +51,14 @@ def _component_dir(path: str | Path, what: str) -> Path:
     return path
 
 
-def _load_error(path: str | Path, what: str, exc: BaseException) -> CheckpointError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return CheckpointError(f"{path}: cannot load the {what} ({type(exc).__name__}: {reason})")
+def _from_pretrained(cls, path: str | Path, what: str, **kwargs):
+    """``cls.from_pretrained(path, local_files_only=True, **kwargs)``; what the library raises for
+    a directory it cannot load becomes a :class:`CheckpointError` naming ``path`` and the reason."""
+    try:
+        return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
+    except _LOAD_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot load the {what} ({type(exc).__name__}: {reason})") from exc
 
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -65,10 +70,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     from diffusers import AutoencoderKLWan
 
     path = _component_dir(path, "VAE")
-    try:
-        vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
-    except _LOAD_ERRORS as exc:
-        raise _load_error(path, "AutoencoderKLWan VAE", exc) from exc
+    vae = _from_pretrained(AutoencoderKLWan, path, "AutoencoderKLWan VAE", torch_dtype=dtype)
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -88,14 +90,8 @@ def load_text_encoder(path: str | Path, tokenizer_path: str | Path | None = None
         tokenizer_path = sibling if sibling.is_dir() else path
     elif not Path(tokenizer_path).is_dir():
         raise CheckpointError(f"{tokenizer_path}: tokenizer directory does not exist")
-    try:
-        model = UMT5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    except _LOAD_ERRORS as exc:
-        raise _load_error(path, "UMT5 text encoder", exc) from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
-    except _LOAD_ERRORS as exc:
-        raise _load_error(tokenizer_path, "tokenizer", exc) from exc
+    model = _from_pretrained(UMT5EncoderModel, path, "UMT5 text encoder", dtype=dtype)
+    tokenizer = _from_pretrained(AutoTokenizer, tokenizer_path, "tokenizer")
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
@@ -112,14 +108,8 @@ def load_image_encoder(path: str | Path, device: str | torch.device = "cpu",
     path = _component_dir(path, "image encoder")
     proc_dir = path.parent / "image_processor"
     proc_dir = proc_dir if proc_dir.is_dir() else path
-    try:
-        model = CLIPVisionModel.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    except _LOAD_ERRORS as exc:
-        raise _load_error(path, "CLIP vision encoder", exc) from exc
-    try:
-        processor = CLIPImageProcessor.from_pretrained(str(proc_dir), local_files_only=True)
-    except _LOAD_ERRORS as exc:
-        raise _load_error(proc_dir, "CLIP image processor", exc) from exc
+    model = _from_pretrained(CLIPVisionModel, path, "CLIP vision encoder", dtype=dtype)
+    processor = _from_pretrained(CLIPImageProcessor, proc_dir, "CLIP image processor")
     return model.to(device).eval().requires_grad_(False), processor
 
 

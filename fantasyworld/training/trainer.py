@@ -184,9 +184,6 @@ class Trainer:
         if preset.uses_clip:
             image = d.image_encoder or (TINY_ENCODER if tiny else None)
             self.image_encoder, self.image_processor = encoders.load_image_encoder_spec(image, dev, dtype)
-        for m in (self.vae, self.text_encoder, self.image_encoder):
-            if m is not None:
-                m.requires_grad_(False).eval()
 
     def _build_model(self) -> None:
         cfg, world = self.cfg, self.world
