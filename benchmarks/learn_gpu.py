@@ -241,26 +241,33 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
         # of its 38 s budget (measured)
         torch.backends.cudnn.benchmark = True
     n = cfg.calibration_steps
+    t_calib = time.monotonic()
     calib = Trainer(train_config(cfg, stage, out / "calibration_cache", out / "runs" / f"calibrate{stage}",
                                  out / "assets", n, calib_init, log_every=max(1, n // 3))).train()
     exit_on_signal(calib.stopped, f"the {name} calibration run")
     gc.collect()  # the calibration trainer (and its CUDA graph's memory pool) goes before the stage's
     rate = _rate(calib.history)
+    calibration_s = time.monotonic() - t_calib
     start = time.monotonic()
     load_device_cache(CachedClipDataset(out / "cache"), torch.device(cfg.device))  # kept for both stages
-    setup = time.monotonic() - start + 2.0  # loading the cache (once) + building the model
+    load_s = time.monotonic() - start
+    setup = load_s + 2.0  # loading the cache (once) + building the model
     cap = cfg.max_steps1 if stage == 1 else cfg.max_steps2
     steps = max(1, min(cap, int(rate * max(phases.left(name) - setup, 0.0) * 0.95)))
     say(f"{name}: {rate:.1f} steps/s in calibration -> {steps} steps of batch {cfg.batch} (cap {cap})")
+    t_train = time.monotonic()
     trainer = Trainer(train_config(cfg, stage, out / "cache", out / "runs" / name, out / "assets", steps, init))
     result = trainer.train(deadline=phases.deadline(name))
+    train_s = time.monotonic() - t_train
     exit_on_signal(result.stopped, name)
     del trainer
     gc.collect()  # the stage's model and optimizer states leave the GPU before the next phase
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
     phases.end(name, steps=result.step, planned_steps=steps, stopped=result.stopped,
-               calibration_steps_per_s=round(rate, 2), steps_per_s=round(_rate(result.history), 2))
+               calibration_steps_per_s=round(rate, 2), steps_per_s=round(_rate(result.history), 2),
+               calibration_s=round(calibration_s, 1), cache_load_s=round(load_s, 1), train_s=round(train_s, 1),
+               stepping_s=round(sum(r["steps"] * r["step_time_s"] for r in result.history), 1))
     return result, calib.last_checkpoint
 
 
