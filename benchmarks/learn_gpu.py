@@ -13,10 +13,10 @@ Phases (each with a wall-clock budget, ``--budget``; each stops on time and says
 3. **cache**: ``fantasyworld data cache`` of the training root (latents, tiny-UMT5 text,
    float16 geometry at pixel resolution); stage 1 loads it onto the GPU once for both
    stages (``data.cache_on_device``);
-4. **stage 1** and 5. **stage 2** with the project's trainer on the cache: a short
-   calibration run on 64 cached clips measures the stage's step rate, the stage then gets as many
-   steps as fit its budget (capped by ``--max-steps1`` / ``--max-steps2``; the cosine
-   schedule spans them) and a deadline that stops it with a checkpoint if it runs late;
+4. **stage 1** and 5. **stage 2** with the project's trainer on the cache, each with its phase's
+   deadline: the trainer measures its step rate over its first 25 steps and plans as many steps
+   as fit the rest (capped by ``--max-steps1`` / ``--max-steps2``; the cosine schedule spans
+   them); the deadline stops it with a checkpoint if it runs late;
 6. **eval**: ``fantasyworld evaluate`` (``latents`` mode, no camera input) of both stages on
    ``--eval-clips`` held-out worlds, with the evaluation's baselines (constant depth,
    identity poses, one plane), and the flow-matching loss of the stage-2 model (with and
@@ -45,7 +45,6 @@ import argparse
 import gc
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import time
@@ -109,7 +108,6 @@ class LearnConfig:
     pixel_frames1: float = 0.0  # > 0: stage 1 supervises that many (or that share of) pixel frames per sample
     max_steps1: int = 8000
     max_steps2: int = 4000
-    calibration_steps: int = 30
     log_every: int = 25
     eval_clips: int = 48
     eval_sigma: float = 0.05
@@ -130,7 +128,7 @@ class LearnConfig:
     def smoke(cls) -> LearnConfig:
         """Every phase at tiny sizes on the CPU (seconds): nothing it prints means anything."""
         return cls(worlds=8, frames=5, size=32, held_out_fraction=0.25, batch=2, warmup1=0, warmup2=0,
-                   max_steps1=3, max_steps2=2, calibration_steps=2, log_every=1, eval_clips=1, diffusion_clips=1,
+                   max_steps1=3, max_steps2=2, log_every=1, eval_clips=1, diffusion_clips=1,
                    diffusion_train_clips=1, geometry_train_clips=1,
                    diffusion_sigmas=(0.5,), workers=1, device="cpu", pretrain_steps=(2, 2),
                    budget=Budget(render=60, pretrain=120, cache=60, stage1=120, stage2=120, eval=120))
@@ -212,22 +210,10 @@ def _rate(history: list[dict[str, Any]]) -> float:
     return sum(r["steps"] for r in rows) / sum(r["steps"] * r["step_time_s"] for r in rows)
 
 
-def calibration_cache(cache: Path, out: Path, n: int) -> Path:
-    """A cache of the first ``n`` clips of ``cache`` (files linked): a quick step-rate run."""
-    index = json.loads((cache / "index.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in index["clips"][:n]:
-        if not (out / entry["file"]).exists():
-            os.link(cache / entry["file"], out / entry["file"])
-    (out / "index.json").write_text(json.dumps({**index, "clips": index["clips"][:n]}))
-    return out
-
-
-def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Path | None,
-              calib_init: Path | None) -> tuple[Any, Path | None]:
-    """Measure the step rate on the 64-clip calibration cache (stage 2 from the stage-1
-    calibration checkpoint), then train the stage in what is left of its budget;
-    ``(result, calibration checkpoint)``."""
+def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Path | None) -> Any:
+    """Train the stage in its budget: the trainer plans its step count from the rate it measures
+    over its own first steps (``fantasyworld.training.trainer``, a time budget) so that the cosine
+    schedule ends with the phase's deadline; the result of :meth:`Trainer.train`."""
     from fantasyworld.data.cache import CachedClipDataset
     from fantasyworld.training.device_cache import load_device_cache
     from fantasyworld.training.signals import exit_on_signal
@@ -240,35 +226,29 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
         # pretraining's VAE runs many causal-convolution shapes, and autotuning them all took 21 s
         # of its 38 s budget (measured)
         torch.backends.cudnn.benchmark = True
-    n = cfg.calibration_steps
-    t_calib = time.monotonic()
-    calib = Trainer(train_config(cfg, stage, out / "calibration_cache", out / "runs" / f"calibrate{stage}",
-                                 out / "assets", n, calib_init, log_every=max(1, n // 3))).train()
-    exit_on_signal(calib.stopped, f"the {name} calibration run")
-    gc.collect()  # the calibration trainer (and its CUDA graph's memory pool) goes before the stage's
-    rate = _rate(calib.history)
-    calibration_s = time.monotonic() - t_calib
     start = time.monotonic()
     load_device_cache(CachedClipDataset(out / "cache"), torch.device(cfg.device))  # kept for both stages
     load_s = time.monotonic() - start
-    setup = load_s + 2.0  # loading the cache (once) + building the model
     cap = cfg.max_steps1 if stage == 1 else cfg.max_steps2
-    steps = max(1, min(cap, int(rate * max(phases.left(name) - setup, 0.0) * 0.95)))
-    say(f"{name}: {rate:.1f} steps/s in calibration -> {steps} steps of batch {cfg.batch} (cap {cap})")
-    t_train = time.monotonic()
-    trainer = Trainer(train_config(cfg, stage, out / "cache", out / "runs" / name, out / "assets", steps, init))
+    start = time.monotonic()
+    trainer = Trainer(train_config(cfg, stage, out / "cache", out / "runs" / name, out / "assets", cap, init))
+    build_s = time.monotonic() - start
+    start = time.monotonic()
     result = trainer.train(deadline=phases.deadline(name))
-    train_s = time.monotonic() - t_train
+    train_s = time.monotonic() - start
     exit_on_signal(result.stopped, name)
+    rate = f"{result.planned_rate:.1f} steps/s over its first steps -> " if result.planned_rate else ""
+    say(f"{name}: {rate}{result.step} steps of batch {cfg.batch} (cap {cap}), {result.stopped}")
     del trainer
     gc.collect()  # the stage's model and optimizer states leave the GPU before the next phase
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
-    phases.end(name, steps=result.step, planned_steps=steps, stopped=result.stopped,
-               calibration_steps_per_s=round(rate, 2), steps_per_s=round(_rate(result.history), 2),
-               calibration_s=round(calibration_s, 1), cache_load_s=round(load_s, 1), train_s=round(train_s, 1),
+    phases.end(name, steps=result.step, planned_steps=result.planned_steps, stopped=result.stopped,
+               planned_steps_per_s=None if result.planned_rate is None else round(result.planned_rate, 2),
+               steps_per_s=round(_rate(result.history), 2), cache_load_s=round(load_s, 1),
+               build_s=round(build_s, 1), train_s=round(train_s, 1),
                stepping_s=round(sum(r["steps"] * r["step_time_s"] for r in result.history), 1))
-    return result, calib.last_checkpoint
+    return result
 
 
 def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, budget: float) -> dict[str, Any]:
@@ -336,12 +316,11 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     cache = build_cache(train_root, out / "cache", assets / "vae", encoders["text_encoder"], num_frames=cfg.frames,
                         height=cfg.size, width=cfg.size, device=cfg.device, geometry_dtype="float16",
                         workers=min(cfg.workers, 12) if cfg.workers > 1 else 0, batch_size=32, overwrite=True)
-    calibration_cache(cache, out / "calibration_cache", min(64, len(train_ids)))
     size_gb = sum(p.stat().st_size for p in cache.glob("*.safetensors")) / 1e9
     phases.end("cache", clips=len(train_ids), gigabytes=round(size_gb, 2))
 
-    result1, calib1 = run_stage(cfg, 1, out, phases, None, None)
-    result2, _ = run_stage(cfg, 2, out, phases, result1.last_checkpoint, calib1)
+    result1 = run_stage(cfg, 1, out, phases, None)
+    result2 = run_stage(cfg, 2, out, phases, result1.last_checkpoint)
     release_device_cache()
     if cfg.device == "cuda":
         torch.cuda.empty_cache()

@@ -194,3 +194,66 @@ def test_the_device_cache_is_loaded_once_per_process(cache: Path) -> None:
     release_device_cache()
     fresh, _ = load_device_cache(dataset, torch.device("cpu"))
     assert fresh["latents"] is not a.tensors["latents"] and torch.equal(fresh["latents"], a.tensors["latents"])
+
+
+class _Clock:
+    """The trainer's ``time`` module, with a clock that moves only when a step runs."""
+
+    def __init__(self, seconds_per_step: float) -> None:
+        self.now, self.seconds_per_step = 1000.0, seconds_per_step
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _clocked(monkeypatch: pytest.MonkeyPatch, trainer: Trainer, clock: _Clock, stall_at: int | None = None) -> None:
+    """Each optimizer step of ``trainer`` advances ``clock`` by its step time; the step
+    ``stall_at`` takes an hour (a stalled machine)."""
+    import fantasyworld.training.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "time", clock)
+    real = trainer.step_on_device
+    done = [trainer.start_step]
+
+    def step(data_iter):
+        out = real(data_iter)
+        done[0] += 1
+        clock.now += 3600.0 if done[0] == stall_at else clock.seconds_per_step
+        return out
+
+    monkeypatch.setattr(trainer, "step_on_device", step)
+
+
+def test_a_time_budget_plans_the_steps_and_the_schedule_ends_with_it(cache: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from fantasyworld.training.trainer import PLAN_AT_STEP, PLAN_MARGIN
+
+    extra = {"steps": 200, "time_budget_s": 4.0, "optim.schedule": "cosine", "optim.min_lr_ratio": 0.1,
+             "checkpoint.every": 30}
+    trainer = Trainer(_config(cache, tmp_path / "run", **extra), CPU)
+    clock = _Clock(0.1)  # 10 steps/s: 2.5 s gone at step 25, 1.5 s left
+    _clocked(monkeypatch, trainer, clock, stall_at=32)
+    first = trainer.train()
+    planned = PLAN_AT_STEP + int(10.0 * 1.5 * PLAN_MARGIN)
+    assert first.planned_steps == planned == 39 and first.planned_rate == pytest.approx(10.0)
+    # the stall at step 32 passes the budget: stopped with a checkpoint that keeps the plan
+    assert first.stopped == "time_limit" and first.step == 32
+
+    resumed = Trainer(_config(cache, tmp_path / "run", resume=True, **extra), CPU)
+    assert resumed.start_step == 32 and resumed.total_steps == planned
+    _clocked(monkeypatch, resumed, _Clock(0.1))
+    second = resumed.train()
+    assert second.stopped == "finished" and second.step == planned and second.planned_rate is None
+    lrs = [r["lr"] for r in first.history + second.history]
+    assert lrs[-1] == pytest.approx(1e-3 * 0.1)  # the cosine reached its floor at the planned last step
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # one decreasing curve across the plan and the resume
+
+
+def test_a_budget_that_fits_every_step_changes_nothing(cache: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(_config(cache, tmp_path / "run", steps=30, time_budget_s=1e6), CPU)
+    _clocked(monkeypatch, trainer, _Clock(0.1))
+    result = trainer.train()
+    assert result.step == 30 and result.planned_steps == 30 and result.stopped == "finished"
+    with pytest.raises(Exception, match="time_budget_s must be > 0"):
+        _config(cache, tmp_path / "bad", time_budget_s=0)

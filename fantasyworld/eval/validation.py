@@ -122,7 +122,7 @@ class Validator:
 
     def due(self, step: int) -> bool:
         """Validate after optimizer step ``step`` (1-based)?"""
-        return step % self.cfg.every == 0 or step == self.trainer.cfg.steps
+        return step % self.cfg.every == 0 or step == self.trainer.total_steps
 
     # ------------------------------------------------------------------ one validation
     def _pipeline(self):

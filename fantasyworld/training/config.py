@@ -307,7 +307,14 @@ class TrainConfig:
     resume: bool = False
     """Continue from the newest complete checkpoint in ``output_dir`` (``--resume``)."""
     steps: int = 1000
-    """Optimizer steps in total."""
+    """Optimizer steps in total (with ``time_budget_s``: at most this many)."""
+    time_budget_s: float | None = None
+    """Wall-clock seconds for the optimizer steps, counted from the first step (building the
+    model and data is not counted). The run measures its step rate over steps 6-25, then sets
+    its step count to what fits the budget (never above ``steps``), so the learning-rate
+    schedule ends with the budget, and stops at the budget with a checkpoint if it runs late
+    (``stopped: time_limit``). The planned count is saved in the checkpoints: a resumed run
+    continues to it (its budget counted afresh from its first step, as a hard stop). null: ``steps`` steps."""
     batch_size: int = 1
     """Samples per device per micro-batch."""
     grad_accum: int = 1
@@ -366,6 +373,8 @@ class TrainConfig:
             fail(f"mixed_precision must be auto, bf16 or fp32, got {self.mixed_precision!r}")
         if self.max_nonfinite_steps < 1:
             fail(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            fail(f"time_budget_s must be > 0 seconds (or null: no budget), got {self.time_budget_s}")
 
         m = self.model
         if m.preset not in PRESET_NAMES:

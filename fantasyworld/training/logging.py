@@ -166,6 +166,12 @@ class MetricsLogger:
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(step - self.bar.n)  # a row may cover several steps (log.every)
 
+    def set_total(self, total_steps: int) -> None:
+        """The run's last step changed (a time budget's plan): the progress bar's end follows."""
+        if self.bar is not None:
+            self.bar.total = total_steps
+            self.bar.refresh()
+
     def log_scalars(self, step: int, values: dict[str, Any]) -> None:
         """Finite numbers of ``values`` (full tag names, e.g. ``val/rot_err``) to TensorBoard and W&B."""
         if not self.enabled:

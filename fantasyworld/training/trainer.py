@@ -31,6 +31,13 @@ AdamW's ``found_inf``; other optimizers: a host check) and is reported at the ne
 or SIGINT makes every rank finish the current step (several ranks: the step of the next row),
 write a checkpoint and return; ``fantasyworld train`` then exits with 143 / 130;
 ``train(deadline=...)`` stops the same way once a wall-clock deadline has passed.
+
+A time budget (``time_budget_s``, or a ``deadline``) also plans the run: after step
+:data:`PLAN_AT_STEP` the step rate measured since step :data:`PLAN_FROM_STEP` (after CUDA-graph
+capture, compilation and cuDNN autotuning) gives the number of steps that fit before the end,
+at most ``steps``; the learning-rate schedule is rebuilt to end there (before the plan it
+assumes ``steps``: with warmup to at least step 25 it is the same curve), and the planned
+count is saved in the checkpoints so that a resumed run keeps it.
 """
 
 from __future__ import annotations
@@ -75,6 +82,15 @@ __all__ = ["STOP_SIGNALS", "NonFiniteLossError", "TrainResult", "Trainer", "loss
 MODEL_CONFIG_NAME = "config.json"
 
 
+#: A time budget's step rate is measured from the end of this step (CUDA-graph capture at step 4,
+#: compilation and cuDNN autotuning are behind it) ...
+PLAN_FROM_STEP = 5
+#: ... to the end of this one, where the run's step count is planned.
+PLAN_AT_STEP = 25
+#: The share of the time left that the planned steps may fill (log rows, the last checkpoint).
+PLAN_MARGIN = 0.97
+
+
 @dataclass
 class TrainResult:
     """What a finished (or stopped) run did.
@@ -86,6 +102,8 @@ class TrainResult:
         run_dir: the run directory.
         last_checkpoint: path of the newest ``step-N.safetensors`` (or None).
         history: the log rows of this process's run (rank 0), as in ``metrics.jsonl``.
+        planned_steps: the step count planned to fit a time budget (None: no plan was made).
+        planned_rate: the steps per second the plan was made from (None: no plan).
     """
 
     step: int
@@ -93,6 +111,8 @@ class TrainResult:
     run_dir: Path
     last_checkpoint: Path | None
     history: list[dict[str, float]]
+    planned_steps: int | None = None
+    planned_rate: float | None = None
 
 
 class Trainer:
@@ -261,6 +281,8 @@ class Trainer:
             self.optimizer, lr_multiplier(o.schedule, o.warmup_steps, self.cfg.steps, o.min_lr_ratio))
         self.graphed: GraphedStep | None = None
         self.start_step = 0
+        self.total_steps = self.cfg.steps  # the run's last step; a time budget's plan lowers it
+        self.planned_steps: int | None = None
         self.nonfinite_streak = 0
         self._resume_rng: Any = None
         if self.resume_step is not None:
@@ -273,6 +295,9 @@ class Trainer:
             self.scheduler.load_state_dict(state["lr_scheduler"])
             self.start_step = int(state["step"])
             self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+            if state.get("planned_steps") is not None:  # the run's time-budget plan, kept on resume
+                self._set_total_steps(min(int(state["planned_steps"]), self.cfg.steps))
+                self.planned_steps = self.total_steps
             self._resume_stream = {k: state[k] for k in (stream.STREAM_STATE_KEY,) if k in state}
             if state["samples_seen"] != self.start_step * self.global_batch:
                 raise CheckpointError(
@@ -291,6 +316,20 @@ class Trainer:
             check_cuda_graphs(self.world.device, self.world.world_size, self.memory)
             self.graphed = GraphedStep(self._optimizer_step, self.optimizer, self.world.device,
                                        log=self.log.info if self.world.is_main else None)
+
+    def _set_total_steps(self, total: int) -> None:
+        """Make ``total`` the run's last step: the loop's end and the learning-rate schedule's
+        (the multiplier depends on the step alone, so the curve is rebuilt, not rescaled)."""
+        o = self.cfg.optim
+        self.total_steps = total
+        self.scheduler.lr_lambdas[0] = lr_multiplier(o.schedule, o.warmup_steps, total, o.min_lr_ratio)
+
+    def _plan_steps(self, step: int, rate: float, end: float) -> int:
+        """The step count that fits before ``end`` (``time.monotonic()``) at ``rate`` steps per
+        second, between ``step`` and ``steps``, agreed by all ranks (the smallest)."""
+        fit = step + int(rate * max(end - time.monotonic(), 0.0) * PLAN_MARGIN)
+        total = torch.tensor([-float(min(max(fit, step), self.cfg.steps))], dtype=torch.float64)
+        return int(-all_reduce_max(total, self.world).item())
 
     def _build_data(self) -> None:
         cfg, world = self.cfg, self.world
@@ -417,9 +456,20 @@ class Trainer:
     # ---------------------------------------------------------------------------- loop
     def train(self, deadline: float | None = None) -> TrainResult:
         """Run from ``start_step`` to ``cfg.steps`` (or until SIGTERM / SIGINT, or until
-        ``time.monotonic()`` passes ``deadline``: a checkpoint, then ``stopped="time_limit"``)."""
+        ``time.monotonic()`` passes ``deadline``: a checkpoint, then ``stopped="time_limit"``).
+
+        The end of the run is the earlier of ``deadline`` and ``time_budget_s`` after the first
+        step; when there is one, the step count is planned to fit it (module docstring)."""
         cfg, world = self.cfg, self.world
-        logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=cfg.steps,
+        t_start = time.monotonic()
+        ends = [t for t in (deadline, None if cfg.time_budget_s is None else t_start + cfg.time_budget_s)
+                if t is not None]
+        end = min(ends) if ends else None
+        plan = (end is not None and self.planned_steps is None and self.start_step < PLAN_FROM_STEP
+                and self.total_steps > PLAN_AT_STEP)
+        plan_rate: float | None = None
+        t_plan = 0.0
+        logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=self.total_steps,
                                start_step=self.start_step, tensorboard=cfg.log.tensorboard,
                                progress=cfg.log.progress, every=1, wandb=cfg.log.wandb,
                                wandb_project=cfg.log.wandb_project, run_config=config_to_dict(cfg))
@@ -443,12 +493,25 @@ class Trainer:
                 logger.write(f"optim.optimizer={self.memory.optimizer}: {note}")
         stats = StepStats(loss_keys(self.stage), world.device, self.nonfinite_streak)
         try:
-            while step < cfg.steps:
+            while step < self.total_steps:
                 stats.add(*self.step_on_device(data_iter))
                 step += 1
+                if plan and step in (PLAN_FROM_STEP, PLAN_AT_STEP):
+                    if world.device.type == "cuda":
+                        torch.cuda.synchronize(world.device)  # the host runs ahead of the queued steps
+                    if step == PLAN_FROM_STEP:
+                        t_plan = time.monotonic()
+                    else:
+                        plan, plan_rate = False, (PLAN_AT_STEP - PLAN_FROM_STEP) / (time.monotonic() - t_plan)
+                        self.planned_steps = self._plan_steps(step, plan_rate, end)
+                        self._set_total_steps(self.planned_steps)
+                        logger.set_total(self.total_steps)
+                        logger.write(f"time budget: {plan_rate:.2f} steps/s over steps {PLAN_FROM_STEP + 1}-"
+                                     f"{PLAN_AT_STEP} -> {self.total_steps} steps (at most {cfg.steps}), "
+                                     f"{end - time.monotonic():.1f} s left; the learning-rate schedule ends there")
                 # this rank's stop requests: one process acts at once, several agree at the next row
-                requests = [flag.raised is not None, deadline is not None and time.monotonic() >= deadline]
-                due_ckpt = step % cfg.checkpoint.every == 0 or step == cfg.steps
+                requests = [flag.raised is not None, end is not None and time.monotonic() >= end]
+                due_ckpt = step % cfg.checkpoint.every == 0 or step == self.total_steps
                 due_val = self.validator is not None and self.validator.due(step)
                 if not (step % cfg.log.every == 0 or due_ckpt or due_val or (not world.distributed and any(requests))):
                     continue
@@ -472,7 +535,7 @@ class Trainer:
         finally:
             flag.close()
             logger.close()
-        return TrainResult(step, stopped, self.run_dir, last_ckpt, history)
+        return TrainResult(step, stopped, self.run_dir, last_ckpt, history, self.planned_steps, plan_rate)
 
     def save(self, step: int) -> Path:
         """Write the step's weights and resumable state (collective)."""
@@ -480,7 +543,8 @@ class Trainer:
             self.run_dir, step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             world=self.world, weight_keys=self.weight_keys, stage=self.stage, preset=self.model_config.name,
             samples_seen=step * self.global_batch, keep_last=self.cfg.checkpoint.keep_last,
-            extra_state={"nonfinite_streak": self.nonfinite_streak, **stream.stream_state(self.loader, step)})
+            extra_state={"nonfinite_streak": self.nonfinite_streak, "planned_steps": self.planned_steps,
+                         **stream.stream_state(self.loader, step)})
 
 
 def train(config: TrainConfig, world: World | None = None,
