@@ -56,6 +56,10 @@ class DemoConfig:
         trajectory_frames: each world's clip is a ``num_frames`` window of a camera path this
             long (a short clip cut from a longer video); ``None``: the path spans the clip.
         stage1_steps, stage2_steps: optimizer steps of each stage (batch ``batch_size``).
+        stage1_seconds, stage2_seconds: wall-clock budget of each stage's steps (the trainer's
+            ``time_budget_s``): where the steps do not fit (a slow or busy machine) the stage
+            plans as many as do, from the rate of its first steps, and ends on time; ``None``:
+            all the steps, however long they take.
         lr: peak learning rate of both stages (the 1.3B recipe's 1e-5 is far too small here).
         shift: timestep shift of the training noise levels. Below 1 it favours low noise:
             geometry is read from the latents, and the evaluation and the generation's
@@ -73,6 +77,8 @@ class DemoConfig:
     size: int = 32
     stage1_steps: int = 1500
     stage2_steps: int = 200
+    stage1_seconds: float | None = 420.0
+    stage2_seconds: float | None = 70.0
     batch_size: int = 4
     lr: float = 3e-3
     warmup_steps: int = 20
@@ -89,7 +95,7 @@ class DemoConfig:
     def smoke(cls) -> DemoConfig:
         """A seconds-long configuration that still writes every file (tests)."""
         return cls(num_clips=4, held_out_fraction=0.25, num_frames=5, trajectory_frames=None, stage1_steps=2,
-                   stage2_steps=2,
+                   stage2_steps=2, stage1_seconds=None, stage2_seconds=None,
                    batch_size=1, warmup_steps=0, gen_steps=2, max_eval_clips=1, progress=False)
 
 
@@ -131,6 +137,7 @@ def _train_config(cfg: DemoConfig, stage: int, data_root: Path, run_dir: Path, i
     steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
     data = {
         "stage": stage, "output_dir": str(run_dir), "steps": steps, "resume": True, "batch_size": cfg.batch_size,
+        "time_budget_s": cfg.stage1_seconds if stage == 1 else cfg.stage2_seconds,
         "grad_accum": 1,
         "seed": cfg.seed, "device": "cpu", "mixed_precision": "fp32", "max_nonfinite_steps": 5,
         "model": {"preset": "tiny", "backbone_dir": str(ASSETS / "backbone"), "gradient_checkpointing": False},
@@ -238,11 +245,16 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     for stage in (1, 2):
         start = time.perf_counter()
         steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
-        _say(f"{stage + 1}/5 training stage {stage} ({steps} steps, batch {cfg.batch_size}, lr {cfg.lr:g})", t0)
+        budget = cfg.stage1_seconds if stage == 1 else cfg.stage2_seconds
+        within = f", at most {budget:g} s" if budget else ""
+        _say(f"{stage + 1}/5 training stage {stage} ({steps} steps{within}, batch {cfg.batch_size}, "
+             f"lr {cfg.lr:g})", t0)
         run_dir = out / "runs" / f"stage{stage}"
         # resume=True: a fresh start when the stage has no checkpoint, else it continues (or is done)
         result = Trainer(_train_config(cfg, stage, out / "data" / "train", run_dir, init)).train()
-        if result.stopped != "finished":
+        if result.step < steps and result.stopped in ("finished", "time_limit"):
+            _say(f"    {result.step} of the {steps} steps fit the stage's {budget:g} s on this machine", t0)
+        if result.stopped not in ("finished", "time_limit"):
             signum = next(sig for sig, name in STOP_SIGNALS.items() if name == result.stopped)
             raise Interrupted(signum, f"{signal.Signals(signum).name}: the demo stopped in stage {stage} at step "
                                       f"{result.step} (checkpoint {result.last_checkpoint}); `fantasyworld demo "
@@ -318,9 +330,9 @@ video,img{{image-rendering:pixelated}} video{{width:256px}} .row{{display:flex;g
 </head><body>
 <h1>FantasyWorld demo (tiny preset, CPU)</h1>
 <p>{len(summary["train_clips"]) + len(summary["held_out_clips"])} synthetic worlds ({c["num_frames"]} frames,
-{c["size"]}x{c["size"]}) were rendered; {len(summary["train_clips"])} trained stage 1 ({c["stage1_steps"]} steps) and
-stage 2 ({c["stage2_steps"]} steps) on the pretrained tiny backbone; {len(summary["held_out_clips"])} were held out
-and never seen in training. Total {t["total"]:.0f} s.</p>
+{c["size"]}x{c["size"]}) were rendered; {len(summary["train_clips"])} trained stage 1
+({runs["stage1"]["steps"]} steps) and stage 2 ({runs["stage2"]["steps"]} steps) on the pretrained tiny backbone;
+{len(summary["held_out_clips"])} were held out and never seen in training. Total {t["total"]:.0f} s.</p>
 <p style="color:{color};font-weight:bold">{html.escape(acc.get("verdict", "no acceptance check"))}</p>
 <h2>Held-out worlds: model vs trivial baselines</h2>
 {_html_table(_table_rows(summary["summary"]))}

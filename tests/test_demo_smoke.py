@@ -91,3 +91,18 @@ def test_sigterm_stops_the_demo_and_resume_completes_it(tmp_path: Path) -> None:
     assert all(torch.equal(w_full[k], w_cut[k]) for k in w_full)
     # --resume with other settings is refused
     assert main(["demo", "--smoke", "--stage1-steps", "41", "--resume", "--out", str(cut)]) == 2
+
+
+def test_the_demo_stages_run_under_a_time_budget(tmp_path: Path, capsys) -> None:
+    """The full demo gives each stage's trainer its wall-clock budget (a slow machine plans fewer
+    steps instead of running over ten minutes); ``--stage-seconds`` sets them, 0 turns one off."""
+    from fantasyworld.demo import DemoConfig, _train_config
+
+    cfg = DemoConfig()
+    budgets = [_train_config(cfg, stage, tmp_path, tmp_path / f"s{stage}", tmp_path / "w.safetensors"
+                             if stage == 2 else None).time_budget_s for stage in (1, 2)]
+    assert budgets == [cfg.stage1_seconds, cfg.stage2_seconds] and all(b and b > 0 for b in budgets)
+    assert _train_config(DemoConfig.smoke(), 1, tmp_path, tmp_path / "s", None).time_budget_s is None
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--stage-seconds", "420"]) == 2
+    assert "--stage-seconds '420': give two seconds" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -199,8 +199,8 @@ def test_the_device_cache_is_loaded_once_per_process(cache: Path) -> None:
 class _Clock:
     """The trainer's ``time`` module, with a clock that moves only when a step runs."""
 
-    def __init__(self, seconds_per_step: float) -> None:
-        self.now, self.seconds_per_step = 1000.0, seconds_per_step
+    def __init__(self, seconds_per_step: float, slow_until: int = 0) -> None:
+        self.now, self.seconds_per_step, self.slow_until = 1000.0, seconds_per_step, slow_until
 
     def monotonic(self) -> float:
         return self.now
@@ -218,7 +218,8 @@ def _clocked(monkeypatch: pytest.MonkeyPatch, trainer: Trainer, clock: _Clock, s
     def step(data_iter):
         out = real(data_iter)
         done[0] += 1
-        clock.now += 3600.0 if done[0] == stall_at else clock.seconds_per_step
+        slow = 2.0 if done[0] <= clock.slow_until else 1.0  # a machine busy at the start
+        clock.now += 3600.0 if done[0] == stall_at else clock.seconds_per_step * slow
         return out
 
     monkeypatch.setattr(trainer, "step_on_device", step)
@@ -226,7 +227,7 @@ def _clocked(monkeypatch: pytest.MonkeyPatch, trainer: Trainer, clock: _Clock, s
 
 def test_a_time_budget_plans_the_steps_and_the_schedule_ends_with_it(cache: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from fantasyworld.training.trainer import PLAN_AT_STEP, PLAN_MARGIN
+    from fantasyworld.training.time_budget import PLAN_AT_STEP, PLAN_MARGIN
 
     extra = {"steps": 200, "time_budget_s": 4.0, "optim.schedule": "cosine", "optim.min_lr_ratio": 0.1,
              "checkpoint.every": 30}
@@ -257,3 +258,35 @@ def test_a_budget_that_fits_every_step_changes_nothing(cache: Path, tmp_path: Pa
     assert result.step == 30 and result.planned_steps == 30 and result.stopped == "finished"
     with pytest.raises(Exception, match="time_budget_s must be > 0"):
         _config(cache, tmp_path / "bad", time_budget_s=0)
+
+
+def test_the_plan_follows_a_machine_that_gets_faster(cache: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps 1-25 at 5/s, then 10/s: the first plan (49 steps) is too short, the re-plans at
+    30% and 60% of its steps (32 and 39) see the new rate and fill the budget."""
+    extra = {"steps": 200, "time_budget_s": 10.0, "optim.schedule": "cosine", "optim.min_lr_ratio": 0.1}
+    trainer = Trainer(_config(cache, tmp_path / "run", **extra), CPU)
+    clock = _Clock(0.1, slow_until=25)
+    _clocked(monkeypatch, trainer, clock)
+    result = trainer.train()
+    # step 25 at t = 5 s: 25 + int(5 x 5 x 0.97) = 49; step 32 at 5.7 s: 32 + int(10 x 4.3 x 0.97) = 73
+    assert result.stopped == "finished" and result.step == result.planned_steps == 73
+    assert result.planned_rate == pytest.approx(10.0) and clock.now - 1000.0 <= 10.0
+    assert result.history[-1]["lr"] == pytest.approx(1e-3 * 0.1)
+
+
+def test_plan_points_and_fitted_steps() -> None:
+    from fantasyworld.training.time_budget import StepPlanner, fitted_steps
+
+    assert fitted_steps(25, 10.0, 1.5, 200) == 39 and fitted_steps(25, 10.0, 1e9, 200) == 200
+    assert fitted_steps(30, 10.0, -5.0, 200) == 30  # late: no step beyond the current one
+    now = [0.0]
+    planner = StepPlanner(torch.device("cpu"), lambda: now[0])
+    assert planner.points == [5, 25] and planner.due(5) and not planner.due(6)
+    assert planner.rate(5) is None and planner.due(25)
+    now[0] = 2.0
+    assert planner.rate(25) == (10.0, 6)
+    planner.planned(25, 125)
+    assert planner.points == [55, 85]  # 30% and 60% of the 100 steps left
+    planner.planned(55, 300)  # a later plan adds no points
+    assert planner.points == [55, 85]

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue a demo stopped by SIGTERM / Ctrl-C in --out (same settings)")
     p.add_argument("--stage1-steps", type=int, default=None, help="optimizer steps of stage 1 (default: the config's)")
     p.add_argument("--stage2-steps", type=int, default=None, help="optimizer steps of stage 2 (default: the config's)")
+    p.add_argument("--stage-seconds", default=None, metavar="S1,S2",
+                   help="wall-clock budgets of the two stages' steps; where the steps do not fit, a stage plans as "
+                        "many as do and ends on time (default: the config's, 420,70; 0: no budget)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help=f"torch CPU threads (default {DEFAULT_THREADS}: the tiny model's ops are too small to share "
                         "out, and more threads collapse on a busy machine; docs/benchmarks.md)")
@@ -43,7 +46,18 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = DemoConfig.smoke() if args.smoke else DemoConfig()
-    steps = {k: v for k, v in (("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps)) if v}
+    steps: dict[str, object] = {k: v for k, v in (("stage1_steps", args.stage1_steps),
+                                                  ("stage2_steps", args.stage2_steps)) if v}
+    if args.stage_seconds is not None:
+        try:
+            budgets = [float(v) for v in args.stage_seconds.split(",")]
+        except ValueError:
+            budgets = []
+        if len(budgets) != 2 or min(budgets) < 0:
+            print(f"error: --stage-seconds {args.stage_seconds!r}: give two seconds, S1,S2 (0: no budget)",
+                  file=sys.stderr)
+            return 2
+        steps.update(stage1_seconds=budgets[0] or None, stage2_seconds=budgets[1] or None)
     try:
         run_demo(args.out, replace(cfg, **steps), resume=args.resume, overwrite=args.overwrite)
     except (OutputError, FileNotFoundError) as exc:

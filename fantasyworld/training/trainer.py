@@ -32,11 +32,11 @@ or SIGINT makes every rank finish the current step (several ranks: the step of t
 write a checkpoint and return; ``fantasyworld train`` then exits with 143 / 130;
 ``train(deadline=...)`` stops the same way once a wall-clock deadline has passed.
 
-A time budget (``time_budget_s``, or a ``deadline``) also plans the run: after step
-:data:`PLAN_AT_STEP` the step rate measured since step :data:`PLAN_FROM_STEP` (after CUDA-graph
-capture, compilation and cuDNN autotuning) gives the number of steps that fit before the end,
-at most ``steps``; the learning-rate schedule is rebuilt to end there (before the plan it
-assumes ``steps``: with warmup to at least step 25 it is the same curve), and the planned
+A time budget (``time_budget_s``, or a ``deadline``) also plans the run: from step 25 on, the
+step rate measured on the run's own steps gives the number of steps that fit before the end,
+at most ``steps`` (:mod:`~fantasyworld.training.time_budget`: where it is measured and when it
+is planned again); the learning-rate schedule is rebuilt to end there (before the first plan
+it assumes ``steps``: with warmup to at least step 25 it is the same curve), and the planned
 count is saved in the checkpoints so that a resumed run keeps it.
 """
 
@@ -76,19 +76,11 @@ from fantasyworld.training.optimizers import OPTIMIZERS, build_optimizer, clip_g
 from fantasyworld.training.parallel import World, all_reduce_max, barrier, init_world, shard_model
 from fantasyworld.training.signals import STOP_SIGNALS, SignalFlag, signal_exit_code
 from fantasyworld.training.step_stats import StepStats
+from fantasyworld.training.time_budget import PLAN_AT_STEP, PLAN_FROM_STEP, StepPlanner, fitted_steps
 
 __all__ = ["STOP_SIGNALS", "NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "signal_exit_code", "train"]
 
 MODEL_CONFIG_NAME = "config.json"
-
-
-#: A time budget's step rate is measured from the end of this step (CUDA-graph capture at step 4,
-#: compilation and cuDNN autotuning are behind it) ...
-PLAN_FROM_STEP = 5
-#: ... to the end of this one, where the run's step count is planned.
-PLAN_AT_STEP = 25
-#: The share of the time left that the planned steps may fill (log rows, the last checkpoint).
-PLAN_MARGIN = 0.97
 
 
 @dataclass
@@ -103,7 +95,7 @@ class TrainResult:
         last_checkpoint: path of the newest ``step-N.safetensors`` (or None).
         history: the log rows of this process's run (rank 0), as in ``metrics.jsonl``.
         planned_steps: the step count planned to fit a time budget (None: no plan was made).
-        planned_rate: the steps per second the plan was made from (None: no plan).
+        planned_rate: the steps per second the last plan was made from (None: no plan).
     """
 
     step: int
@@ -327,9 +319,8 @@ class Trainer:
     def _plan_steps(self, step: int, rate: float, end: float) -> int:
         """The step count that fits before ``end`` (``time.monotonic()``) at ``rate`` steps per
         second, between ``step`` and ``steps``, agreed by all ranks (the smallest)."""
-        fit = step + int(rate * max(end - time.monotonic(), 0.0) * PLAN_MARGIN)
-        total = torch.tensor([-float(min(max(fit, step), self.cfg.steps))], dtype=torch.float64)
-        return int(-all_reduce_max(total, self.world).item())
+        fit = fitted_steps(step, rate, end - time.monotonic(), self.cfg.steps)
+        return int(-all_reduce_max(torch.tensor([-float(fit)], dtype=torch.float64), self.world).item())
 
     def _build_data(self) -> None:
         cfg, world = self.cfg, self.world
@@ -467,8 +458,8 @@ class Trainer:
         end = min(ends) if ends else None
         plan = (end is not None and self.planned_steps is None and self.start_step < PLAN_FROM_STEP
                 and self.total_steps > PLAN_AT_STEP)
+        planner = StepPlanner(world.device, time.monotonic) if plan else None
         plan_rate: float | None = None
-        t_plan = 0.0
         logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=self.total_steps,
                                start_step=self.start_step, tensorboard=cfg.log.tensorboard,
                                progress=cfg.log.progress, every=1, wandb=cfg.log.wandb,
@@ -496,18 +487,18 @@ class Trainer:
             while step < self.total_steps:
                 stats.add(*self.step_on_device(data_iter))
                 step += 1
-                if plan and step in (PLAN_FROM_STEP, PLAN_AT_STEP):
-                    if world.device.type == "cuda":
-                        torch.cuda.synchronize(world.device)  # the host runs ahead of the queued steps
-                    if step == PLAN_FROM_STEP:
-                        t_plan = time.monotonic()
-                    else:
-                        plan, plan_rate = False, (PLAN_AT_STEP - PLAN_FROM_STEP) / (time.monotonic() - t_plan)
-                        self.planned_steps = self._plan_steps(step, plan_rate, end)
-                        self._set_total_steps(self.planned_steps)
-                        logger.set_total(self.total_steps)
-                        logger.write(f"time budget: {plan_rate:.2f} steps/s over steps {PLAN_FROM_STEP + 1}-"
-                                     f"{PLAN_AT_STEP} -> {self.total_steps} steps (at most {cfg.steps}), "
+                if planner is not None and planner.due(step):
+                    window = planner.rate(step)
+                    if window is not None:
+                        rate, first = window
+                        plan_rate = rate
+                        self.planned_steps = self._plan_steps(step, rate, end)
+                        planner.planned(step, self.planned_steps)
+                        if self.planned_steps != self.total_steps:
+                            self._set_total_steps(self.planned_steps)
+                            logger.set_total(self.total_steps)
+                        logger.write(f"time budget: {rate:.2f} steps/s over steps {first}-{step} -> "
+                                     f"{self.total_steps} steps (at most {cfg.steps}), "
                                      f"{end - time.monotonic():.1f} s left; the learning-rate schedule ends there")
                 # this rank's stop requests: one process acts at once, several agree at the next row
                 requests = [flag.raised is not None, end is not None and time.monotonic() >= end]
