@@ -5,11 +5,14 @@ Steps (each prints a header with the elapsed time; training shows its progress b
 1. **Worlds**: :func:`~fantasyworld.data.synth.synthesize_dataset` renders ``num_clips``
    procedural worlds (seed 0) into ``OUT/data/worlds``; the held-out split of
    :mod:`fantasyworld.data.split` (clip-id hash) is set aside and the other clips are linked
-   into ``OUT/data/train``, the only data training reads.
+   into ``OUT/data/train``; their latent cache (:func:`~fantasyworld.data.cache.build_cache`:
+   the tiny VAE's latents, the tiny text encoder's embeddings, the geometry) goes to
+   ``OUT/data/cache``, the only data training reads.
 2. **Stage 1** (geometry branch on the frozen backbone) and 3. **stage 2** (plus the
    interaction and camera modules and the diffusion loss), both with the project's trainer
-   (:class:`~fantasyworld.training.trainer.Trainer`) on the ``tiny`` preset, into
-   ``OUT/runs/stage1`` and ``OUT/runs/stage2``.
+   (:class:`~fantasyworld.training.trainer.Trainer`) on the ``tiny`` preset from the cache
+   held in memory (``data.cache_on_device``: the same objective as encoding the videos at
+   every step, at twice the step rate), into ``OUT/runs/stage1`` and ``OUT/runs/stage2``.
 4. **Generation** along a camera path that no training clip has (:data:`DEMO_CAMERA`, a
    named path) with the prompt of a held-out world: video, depth, points, cameras,
    COLMAP files and the pipeline's report in ``OUT/generation``.
@@ -131,7 +134,7 @@ def make_train_root(worlds: Path, train_root: Path, train_ids: list[str]) -> Pat
     return train_root
 
 
-def _train_config(cfg: DemoConfig, stage: int, data_root: Path, run_dir: Path, init_from: Path | None) -> Any:
+def _train_config(cfg: DemoConfig, stage: int, cache: Path, run_dir: Path, init_from: Path | None) -> Any:
     from fantasyworld.training.config import config_from_dict
 
     steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
@@ -141,8 +144,8 @@ def _train_config(cfg: DemoConfig, stage: int, data_root: Path, run_dir: Path, i
         "grad_accum": 1,
         "seed": cfg.seed, "device": "cpu", "mixed_precision": "fp32", "max_nonfinite_steps": 5,
         "model": {"preset": "tiny", "backbone_dir": str(ASSETS / "backbone"), "gradient_checkpointing": False},
-        "data": {"root": str(data_root), "num_frames": cfg.num_frames, "height": cfg.size, "width": cfg.size,
-                 "random_crop": False, "num_workers": 0, "vae": str(ASSETS / "vae"), "text_encoder": "tiny"},
+        "data": {"cache_dir": str(cache), "num_frames": cfg.num_frames, "height": cfg.size, "width": cfg.size,
+                 "cache_on_device": True},
         "optim": {"lr": cfg.lr, "weight_decay": 0.01, "warmup_steps": cfg.warmup_steps, "grad_clip": 1.0},
         "loss": {"lambda_geo": 1.0, "alpha": 0.2, "shift": cfg.shift, "camera_weight": cfg.camera_weight},
         "checkpoint": {"every": max(steps, 1), "keep_last": 1},
@@ -205,11 +208,13 @@ def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = No
 def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     import torch
 
+    from fantasyworld.data.cache import build_cache
     from fantasyworld.data.formats import METADATA_NAME, load_metadata
     from fantasyworld.data.split import split_clip_ids
     from fantasyworld.data.synth import synthesize_dataset
     from fantasyworld.eval.evaluate import EvalSettings, evaluate
     from fantasyworld.inference.pipeline import FantasyWorldPipeline
+    from fantasyworld.training.device_cache import release_device_cache
     from fantasyworld.training.logging import read_metrics
     from fantasyworld.training.trainer import STOP_SIGNALS, Trainer
 
@@ -238,6 +243,13 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     timings["worlds"] = time.perf_counter() - start
     shown = ", ".join(held_ids[:8]) + (", ..." if len(held_ids) > 8 else "")
     _say(f"    {len(train_ids)} training worlds, {len(held_ids)} held out ({shown})", t0)
+    start = time.perf_counter()
+    cache = out / "data" / "cache"
+    # clips already encoded are kept (--resume); the index is written last
+    build_cache(out / "data" / "train", cache, ASSETS / "vae", "tiny", num_frames=cfg.num_frames, height=cfg.size,
+                width=cfg.size, batch_size=16)
+    timings["cache"] = time.perf_counter() - start
+    _say(f"    latent cache of the {len(train_ids)} training worlds in {timings['cache']:.1f} s ({cache})", t0)
 
     # 2./3. training
     runs = {}
@@ -251,7 +263,7 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
              f"lr {cfg.lr:g})", t0)
         run_dir = out / "runs" / f"stage{stage}"
         # resume=True: a fresh start when the stage has no checkpoint, else it continues (or is done)
-        result = Trainer(_train_config(cfg, stage, out / "data" / "train", run_dir, init)).train()
+        result = Trainer(_train_config(cfg, stage, cache, run_dir, init)).train()
         if result.step < steps and result.stopped in ("finished", "time_limit"):
             _say(f"    {result.step} of the {steps} steps fit the stage's {budget:g} s on this machine", t0)
         if result.stopped not in ("finished", "time_limit"):
@@ -266,6 +278,7 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
                                  "last_losses": history[-1] if history else {}}
         timings[f"stage{stage}"] = time.perf_counter() - start
     assert init is not None
+    release_device_cache()  # the training latents leave memory before generation and evaluation
 
     # 4. generation along an unseen camera path
     start = time.perf_counter()

@@ -24,7 +24,7 @@ __all__ = ["DeviceCacheStream", "load_device_cache", "release_device_cache"]
 
 #: the caches loaded onto a device, oldest first: key -> (tensors, strings)
 _DEVICE_CACHES: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, list[Any]]]] = {}
-_KEEP_CACHES = 2  # e.g. a small calibration cache beside the training cache
+_KEEP_CACHES = 2  # e.g. two runs' caches in one process (a benchmark's variants)
 _READ_CHUNK = 256  # items read (by threads) and copied to the device at a time
 
 
