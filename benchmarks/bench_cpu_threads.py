@@ -28,14 +28,15 @@ def _one_cell(threads: int, steps: int, workdir: Path) -> list[float]:
     torch.set_num_threads(threads)
     from fantasyworld.data.formats import load_metadata
     from fantasyworld.data.synth import synthesize_dataset
-    from fantasyworld.demo import DemoConfig, _train_config, make_train_root
+    from fantasyworld.demo import DemoConfig, _train_config, cache_training_worlds, make_train_root
     from fantasyworld.training.trainer import Trainer
 
-    cfg = DemoConfig(num_clips=8, stage1_steps=steps, progress=False)
+    cfg = DemoConfig(num_clips=8, stage1_steps=steps, stage1_seconds=None, progress=False)
     worlds = synthesize_dataset(workdir / "worlds", num_clips=cfg.num_clips, num_frames=cfg.num_frames,
                                 height=cfg.size, width=cfg.size, seed=0, workers=1)
     make_train_root(worlds, workdir / "train", [r.clip_id for r in load_metadata(worlds)])
-    result = Trainer(_train_config(cfg, 1, workdir / "train", workdir / "run", None)).train()
+    cache = cache_training_worlds(workdir / "train", workdir / "cache", cfg)
+    result = Trainer(_train_config(cfg, 1, cache, workdir / "run", None)).train()
     return [row["step_time_s"] for row in result.history]
 
 

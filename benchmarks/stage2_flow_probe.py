@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import learn_report  # noqa: E402
 
 from fantasyworld.data.formats import load_metadata  # noqa: E402
-from fantasyworld.demo import ASSETS, DemoConfig, _train_config  # noqa: E402
+from fantasyworld.demo import ASSETS, DemoConfig, _train_config, cache_training_worlds  # noqa: E402
 from fantasyworld.inference.pipeline import FantasyWorldPipeline  # noqa: E402
 from fantasyworld.training.trainer import Trainer  # noqa: E402
 
@@ -56,12 +56,13 @@ def probe(demo: Path, work: Path, steps: int, variants: list[dict[str, float]], 
     cfg0 = DemoConfig(**{k: v for k, v in summary["config"].items() if k in DemoConfig.__dataclass_fields__})
     worlds, train_root = demo / "data" / "worlds", demo / "data" / "train"
     init = Path(summary["runs"]["stage1"]["checkpoint"])
+    cache = cache_training_worlds(train_root, demo / "data" / "cache", cfg0)  # made by the demo (older: here)
     splits = {"held_out": summary["held_out_clips"][:clips],
               "train": [r.clip_id for r in load_metadata(train_root)][:clips]}
     rows = []
     for n, overrides in enumerate(variants):
-        cfg = DemoConfig(**{**cfg0.__dict__, "stage2_steps": steps, "progress": False})
-        tc = _train_config(cfg, 2, train_root, work / f"variant{n}", init)
+        cfg = DemoConfig(**{**cfg0.__dict__, "stage2_steps": steps, "stage2_seconds": None, "progress": False})
+        tc = _train_config(cfg, 2, cache, work / f"variant{n}", init)
         for key, value in overrides.items():
             setattr(tc.loss, key, value)
         tc.validate()

@@ -134,6 +134,16 @@ def make_train_root(worlds: Path, train_root: Path, train_ids: list[str]) -> Pat
     return train_root
 
 
+def cache_training_worlds(train_root: Path, cache: Path, cfg: DemoConfig) -> Path:
+    """The latent cache the demo trains from (``data cache`` of ``train_root`` with the shipped
+    tiny VAE and the tiny text encoder into ``cache``); clips already encoded are kept, the
+    index is written last, so an interrupted cache completes on the next call."""
+    from fantasyworld.data.cache import build_cache
+
+    return build_cache(train_root, cache, ASSETS / "vae", "tiny", num_frames=cfg.num_frames, height=cfg.size,
+                       width=cfg.size, batch_size=16)
+
+
 def _train_config(cfg: DemoConfig, stage: int, cache: Path, run_dir: Path, init_from: Path | None) -> Any:
     from fantasyworld.training.config import config_from_dict
 
@@ -208,7 +218,6 @@ def run_demo(out_dir: str | Path = "demo_output", config: DemoConfig | None = No
 def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     import torch
 
-    from fantasyworld.data.cache import build_cache
     from fantasyworld.data.formats import METADATA_NAME, load_metadata
     from fantasyworld.data.split import split_clip_ids
     from fantasyworld.data.synth import synthesize_dataset
@@ -245,9 +254,7 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     _say(f"    {len(train_ids)} training worlds, {len(held_ids)} held out ({shown})", t0)
     start = time.perf_counter()
     cache = out / "data" / "cache"
-    # clips already encoded are kept (--resume); the index is written last
-    build_cache(out / "data" / "train", cache, ASSETS / "vae", "tiny", num_frames=cfg.num_frames, height=cfg.size,
-                width=cfg.size, batch_size=16)
+    cache_training_worlds(out / "data" / "train", cache, cfg)
     timings["cache"] = time.perf_counter() - start
     _say(f"    latent cache of the {len(train_ids)} training worlds in {timings['cache']:.1f} s ({cache})", t0)
 
