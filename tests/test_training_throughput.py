@@ -290,3 +290,5 @@ def test_plan_points_and_fitted_steps() -> None:
     assert planner.points == [55, 85]  # 30% and 60% of the 100 steps left
     planner.planned(55, 300)  # a later plan adds no points
     assert planner.points == [55, 85]
+    resumed = StepPlanner(torch.device("cpu"), lambda: now[0], start_step=10)  # resumed before any plan
+    assert resumed.points == [15, 35] and resumed.first_plan == 35

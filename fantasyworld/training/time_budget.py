@@ -2,7 +2,9 @@
 
 The rate is measured on the steps themselves, in windows between plan points: from the end of
 step :data:`PLAN_FROM_STEP` (CUDA-graph capture at step 4, compilation and cuDNN autotuning are
-behind it) to the end of step :data:`PLAN_AT_STEP`, where the first plan is made, then again at
+behind it) to the end of step :data:`PLAN_AT_STEP`, where the first plan is made (both counted
+from the run's first step: a run resumed before its plan was made plans from where it
+resumed), then again at
 :data:`REPLAN_FRACTIONS` of the steps the last plan left, each from the window since the last
 point (a machine that was busy at the start, or got busy later, is followed). A plan is
 ``step + rate x time left x PLAN_MARGIN``, between ``step`` and the config's ``steps``. Plan
@@ -43,12 +45,15 @@ class StepPlanner:
         device: the training device (a CUDA device is synchronised at each plan point: the host
             runs ahead of the queued steps, so its clock alone would measure launches).
         clock: seconds, monotonic (the trainer's clock).
+        start_step: the step the run starts from (0, or where it resumed).
     """
 
-    def __init__(self, device: torch.device, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, device: torch.device, clock: Callable[[], float] = time.monotonic,
+                 start_step: int = 0) -> None:
         self.device = device
         self.clock = clock
-        self.points = [PLAN_FROM_STEP, PLAN_AT_STEP]
+        self.first_plan = start_step + PLAN_AT_STEP
+        self.points = [start_step + PLAN_FROM_STEP, self.first_plan]
         self._mark: tuple[int, float] | None = None
 
     def due(self, step: int) -> bool:
@@ -69,6 +74,6 @@ class StepPlanner:
 
     def planned(self, step: int, total: int) -> None:
         """A plan was made at ``step`` for ``total`` steps: the first one adds the later points."""
-        if step == PLAN_AT_STEP and len(self.points) == 0:
+        if step == self.first_plan and len(self.points) == 0:
             later = sorted({step + int((total - step) * f) for f in REPLAN_FRACTIONS})
             self.points = [p for p in later if step < p < total]

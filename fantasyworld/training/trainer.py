@@ -76,7 +76,7 @@ from fantasyworld.training.optimizers import OPTIMIZERS, build_optimizer, clip_g
 from fantasyworld.training.parallel import World, all_reduce_max, barrier, init_world, shard_model
 from fantasyworld.training.signals import STOP_SIGNALS, SignalFlag, signal_exit_code
 from fantasyworld.training.step_stats import StepStats
-from fantasyworld.training.time_budget import PLAN_AT_STEP, PLAN_FROM_STEP, StepPlanner, fitted_steps
+from fantasyworld.training.time_budget import PLAN_AT_STEP, StepPlanner, fitted_steps
 
 __all__ = ["STOP_SIGNALS", "NonFiniteLossError", "TrainResult", "Trainer", "loss_keys", "signal_exit_code", "train"]
 
@@ -456,9 +456,8 @@ class Trainer:
         ends = [t for t in (deadline, None if cfg.time_budget_s is None else t_start + cfg.time_budget_s)
                 if t is not None]
         end = min(ends) if ends else None
-        plan = (end is not None and self.planned_steps is None and self.start_step < PLAN_FROM_STEP
-                and self.total_steps > PLAN_AT_STEP)
-        planner = StepPlanner(world.device, time.monotonic) if plan else None
+        plan = end is not None and self.planned_steps is None and self.total_steps > self.start_step + PLAN_AT_STEP
+        planner = StepPlanner(world.device, time.monotonic, self.start_step) if plan else None
         plan_rate: float | None = None
         logger = MetricsLogger(self.run_dir, enabled=world.is_main, total_steps=self.total_steps,
                                start_step=self.start_step, tensorboard=cfg.log.tensorboard,
