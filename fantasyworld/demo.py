@@ -263,14 +263,14 @@ def _run(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     init = None
     for stage in (1, 2):
         start = time.perf_counter()
-        steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
-        budget = cfg.stage1_seconds if stage == 1 else cfg.stage2_seconds
+        run_dir = out / "runs" / f"stage{stage}"
+        # resume=True: a fresh start when the stage has no checkpoint, else it continues (or is done)
+        config = _train_config(cfg, stage, cache, run_dir, init)
+        steps, budget = config.steps, config.time_budget_s
         within = f", at most {budget:g} s" if budget else ""
         _say(f"{stage + 1}/5 training stage {stage} ({steps} steps{within}, batch {cfg.batch_size}, "
              f"lr {cfg.lr:g})", t0)
-        run_dir = out / "runs" / f"stage{stage}"
-        # resume=True: a fresh start when the stage has no checkpoint, else it continues (or is done)
-        result = Trainer(_train_config(cfg, stage, cache, run_dir, init)).train()
+        result = Trainer(config).train()
         if result.step < steps and result.stopped in ("finished", "time_limit"):
             _say(f"    {result.step} of the {steps} steps fit the stage's {budget:g} s on this machine", t0)
         if result.stopped not in ("finished", "time_limit"):

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = DemoConfig.smoke() if args.smoke else DemoConfig()
-    steps: dict[str, object] = {k: v for k, v in (("stage1_steps", args.stage1_steps),
-                                                  ("stage2_steps", args.stage2_steps)) if v}
+    overrides: dict[str, object] = {k: v for k, v in (("stage1_steps", args.stage1_steps),
+                                                      ("stage2_steps", args.stage2_steps)) if v}
     if args.stage_seconds is not None:
         try:
             budgets = [float(v) for v in args.stage_seconds.split(",")]
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: --stage-seconds {args.stage_seconds!r}: give two seconds, S1,S2 (0: no budget)",
                   file=sys.stderr)
             return 2
-        steps.update(stage1_seconds=budgets[0] or None, stage2_seconds=budgets[1] or None)
+        overrides.update(stage1_seconds=budgets[0] or None, stage2_seconds=budgets[1] or None)
     try:
-        run_demo(args.out, replace(cfg, **steps), resume=args.resume, overwrite=args.overwrite)
+        run_demo(args.out, replace(cfg, **overrides), resume=args.resume, overwrite=args.overwrite)
     except (OutputError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

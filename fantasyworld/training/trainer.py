@@ -269,8 +269,7 @@ class Trainer:
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = build_optimizer(self.memory.optimizer, [g for g in groups if g["params"]], lr=o.lr,
                                          betas=tuple(o.betas), eps=o.eps, device=self.world.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_multiplier(o.schedule, o.warmup_steps, self.cfg.steps, o.min_lr_ratio))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_multiplier(self.cfg.steps))
         self.graphed: GraphedStep | None = None
         self.start_step = 0
         self.total_steps = self.cfg.steps  # the run's last step; a time budget's plan lowers it
@@ -309,12 +308,16 @@ class Trainer:
             self.graphed = GraphedStep(self._optimizer_step, self.optimizer, self.world.device,
                                        log=self.log.info if self.world.is_main else None)
 
+    def _lr_multiplier(self, total: int) -> Callable[[int], float]:
+        """``optim``'s schedule over a run of ``total`` steps (``step -> multiplier``)."""
+        o = self.cfg.optim
+        return lr_multiplier(o.schedule, o.warmup_steps, total, o.min_lr_ratio)
+
     def _set_total_steps(self, total: int) -> None:
         """Make ``total`` the run's last step: the loop's end and the learning-rate schedule's
         (the multiplier depends on the step alone, so the curve is rebuilt, not rescaled)."""
-        o = self.cfg.optim
         self.total_steps = total
-        self.scheduler.lr_lambdas[0] = lr_multiplier(o.schedule, o.warmup_steps, total, o.min_lr_ratio)
+        self.scheduler.lr_lambdas[0] = self._lr_multiplier(total)
 
     def _plan_steps(self, step: int, rate: float, end: float) -> int:
         """The step count that fits before ``end`` (``time.monotonic()``) at ``rate`` steps per
