@@ -104,6 +104,7 @@ class LearnConfig:
     shift1: float = 0.3
     shift2: float = 1.0
     camera_weight: float = 30.0
+    camera_weight2: float = 0.0  # > 0: stage 2's camera loss weight instead of camera_weight
     camera_dropout: float = 0.5
     pixel_frames1: float = 0.0  # > 0: stage 1 supervises that many (or that share of) pixel frames per sample
     max_steps1: int = 8000
@@ -184,6 +185,7 @@ def train_config(cfg: LearnConfig, stage: int, cache: Path, run_dir: Path, asset
     from fantasyworld.training.config import config_from_dict
 
     lr, warmup, shift = (cfg.lr1, cfg.warmup1, cfg.shift1) if stage == 1 else (cfg.lr2, cfg.warmup2, cfg.shift2)
+    camera_weight = cfg.camera_weight2 if stage == 2 and cfg.camera_weight2 > 0 else cfg.camera_weight
     data = {
         "stage": stage, "output_dir": str(run_dir), "steps": steps, "batch_size": cfg.batch, "seed": cfg.seed,
         "device": cfg.device, "mixed_precision": "auto",
@@ -193,7 +195,7 @@ def train_config(cfg: LearnConfig, stage: int, cache: Path, run_dir: Path, asset
                  "cache_on_device": True},
         "optim": {"lr": lr, "weight_decay": 0.01, "warmup_steps": min(warmup, steps // 4), "schedule": "cosine",
                   "min_lr_ratio": 0.05, "grad_clip": 1.0},
-        "loss": {"shift": shift, "camera_weight": cfg.camera_weight,
+        "loss": {"shift": shift, "camera_weight": camera_weight,
                  "camera_dropout": cfg.camera_dropout if stage == 2 else 0.0,
                  "pixel_frames_per_step": (cfg.pixel_frames1 or None) if stage == 1 else None},
         "checkpoint": {"every": steps, "keep_last": 1},

@@ -64,6 +64,17 @@ def test_cuda_graphs_are_on_for_a_gpu_and_off_for_the_cpu(learn, tmp_path: Path)
                               None).model.cuda_graphs
 
 
+def test_stage2_camera_weight_overrides_only_stage_2(learn, tmp_path: Path) -> None:
+    def weights(argv: list[str]) -> tuple[float, float]:
+        cfg, _ = learn.parse_args(["--smoke", "--out", str(tmp_path / "x"), *argv])
+        init = {1: None, 2: tmp_path / "step-4.safetensors"}
+        return tuple(learn.train_config(cfg, stage, tmp_path / "cache", tmp_path / "run", tmp_path / "assets", 4,
+                                        init[stage]).loss.camera_weight for stage in (1, 2))
+
+    assert weights(["--camera-weight", "30"]) == (30.0, 30.0)  # one weight for both stages by default
+    assert weights(["--camera-weight", "30", "--camera-weight2", "3"]) == (30.0, 3.0)
+
+
 def test_phases_record_what_ran_so_far_for_a_run_stopped_part_way(learn, tmp_path: Path) -> None:
     record = tmp_path / "learn.json"
     phases = learn.Phases(learn.Budget(), record, {"device": "cpu"})
