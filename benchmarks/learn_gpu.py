@@ -9,7 +9,9 @@ Phases (each with a wall-clock budget, ``--budget``; each stops on time and says
 2. **pretrain**: ``scripts/pretrain_tiny_backbone.py --preset PRESET --data TRAIN`` makes
    this run's VAE and Wan backbone from ``--pretrain-clips`` training videos (no labels), its
    VAE and backbone phases capped at 38% and 47% of the budget (the rest: reading the videos,
-   the latent statistics, saving);
+   the latent statistics, saving); with ``--render-during-pretrain`` the render goes on
+   meanwhile in a child process (:func:`start_more_worlds`) and the training root is rebuilt
+   over every world at the end of the phase;
 3. **cache**: ``fantasyworld data cache`` of the training root (latents, tiny-UMT5 text,
    float16 geometry at pixel resolution); stage 1 loads it onto the GPU once for both
    stages (``data.cache_on_device``);
@@ -46,6 +48,7 @@ import gc
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -123,6 +126,7 @@ class LearnConfig:
     device: str = "cuda"
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
+    render_during_pretrain: bool = False  # the render goes on (more worlds) while the backbone pretrains
     budget: Budget = field(default_factory=Budget)
 
     @classmethod
@@ -270,6 +274,42 @@ def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, bu
     return module.main(argv)
 
 
+def start_more_worlds(cfg: LearnConfig, worlds: Path, seconds: float, log: Path) -> subprocess.Popen | None:
+    """With ``render_during_pretrain``: ``fantasyworld data synth --append`` of the worlds still
+    missing up to ``--worlds`` into ``worlds``, as a child process stopped by ``--max-seconds
+    seconds`` (the pretraining keeps its clips on the GPU, so the CPUs are free meanwhile; the
+    worlds are the ones a longer render phase would have made: clip ``i`` depends only on
+    ``(seed, i)``). Returns the process (output to ``log``), or ``None`` when there is nothing
+    to do."""
+    from fantasyworld.data.formats import load_metadata
+
+    missing = cfg.worlds - len(load_metadata(worlds))
+    if not cfg.render_during_pretrain or missing <= 0 or seconds <= 0:
+        return None
+    cmd = [sys.executable, "-m", "fantasyworld", "data", "synth", "--out", str(worlds), "--append", "--quiet",
+           "--clips", str(missing), "--frames", str(cfg.frames), "--size", f"{cfg.size}x{cfg.size}",
+           "--seed", str(cfg.seed), "--workers", str(cfg.workers), "--max-seconds", f"{seconds:.1f}"]
+    if cfg.trajectory_frames:
+        cmd += ["--trajectory-frames", str(cfg.trajectory_frames)]
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def finish_more_worlds(proc: subprocess.Popen | None, log: Path, grace_s: float = 60.0) -> None:
+    """Wait for :func:`start_more_worlds`'s render (it stops itself on time; after ``grace_s`` more
+    it is terminated) and raise ``RuntimeError`` with its log's tail when it failed."""
+    if proc is None:
+        return
+    try:
+        rc = proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        rc = proc.wait()
+    if rc != 0:
+        tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+        raise RuntimeError(f"the render during pretraining failed (exit {rc}); {log}:\n{tail}")
+
+
 def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     """All phases (module docstring); returns ``learn.json``."""
     from fantasyworld.data.cache import build_cache
@@ -307,12 +347,29 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
 
     phases.start("pretrain")
     assets = out / "assets"
-    pre = _pretrain(cfg, train_root, assets, min(cfg.pretrain_clips, len(train_ids)), cfg.budget.pretrain)
-    encoders = save_tiny_encoders(assets / "encoders")
+    render_log = out / "render_during_pretrain.log"
+    more = start_more_worlds(cfg, worlds, 0.9 * cfg.budget.pretrain, render_log)
+    try:
+        pre = _pretrain(cfg, train_root, assets, min(cfg.pretrain_clips, len(train_ids)), cfg.budget.pretrain)
+        encoders = save_tiny_encoders(assets / "encoders")
+        finish_more_worlds(more, render_log)
+    finally:  # a signal or an error stops the render too
+        if more is not None and more.poll() is None:
+            more.terminate()
+            more.wait()
+    extra: dict[str, Any] = {}
+    if more is not None:  # the training root again, over every world (the split is per clip: none moves)
+        ids = [r.clip_id for r in load_metadata(worlds)]
+        extra = {"worlds_added": len(ids) - len(train_ids) - len(held_ids)}
+        train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
+        shutil.rmtree(out / "data_train")
+        train_root = make_train_root(worlds, out / "data_train", train_ids)
+        extra.update(worlds=len(ids), train=len(train_ids), held_out=len(held_ids))
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
     phases.end("pretrain", vae_steps=pre["vae"]["steps"], vae_psnr_db=round(pre["vae"]["reconstruction_psnr_db"], 2),
-               backbone_steps=pre["backbone"]["steps"], backbone_flow_loss=round(pre["backbone"]["final_flow_loss"], 4))
+               backbone_steps=pre["backbone"]["steps"], backbone_flow_loss=round(pre["backbone"]["final_flow_loss"], 4),
+               **extra)
 
     phases.start("cache")
     cache = build_cache(train_root, out / "cache", assets / "vae", encoders["text_encoder"], num_frames=cfg.frames,

@@ -4,6 +4,7 @@ the acceptance bars pass and fail where they should."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,21 @@ def test_stage2_camera_weight_overrides_only_stage_2(learn, tmp_path: Path) -> N
 
     assert weights(["--camera-weight", "30"]) == (30.0, 30.0)  # one weight for both stages by default
     assert weights(["--camera-weight", "30", "--camera-weight2", "3"]) == (30.0, 3.0)
+
+
+def test_render_during_pretrain_appends_the_missing_worlds(learn, tmp_path: Path) -> None:
+    from fantasyworld.data.formats import load_metadata
+    from fantasyworld.data.synth import synthesize_dataset
+
+    worlds = tmp_path / "worlds"
+    synthesize_dataset(worlds, num_clips=2, num_frames=5, height=32, width=32, seed=0, workers=1)
+    cfg = replace(learn.LearnConfig.smoke(), worlds=4, workers=1)
+    assert learn.start_more_worlds(cfg, worlds, 60.0, tmp_path / "log") is None  # off by default
+    cfg.render_during_pretrain = True
+    proc = learn.start_more_worlds(cfg, worlds, 120.0, tmp_path / "log")
+    learn.finish_more_worlds(proc, tmp_path / "log", grace_s=120.0)
+    assert [r.clip_id for r in load_metadata(worlds)] == [f"clip_{i:05d}" for i in range(4)]
+    assert learn.start_more_worlds(cfg, worlds, 60.0, tmp_path / "log") is None  # nothing missing
 
 
 def test_phases_record_what_ran_so_far_for_a_run_stopped_part_way(learn, tmp_path: Path) -> None:
