@@ -310,13 +310,24 @@ def finish_more_worlds(proc: subprocess.Popen | None, log: Path, grace_s: float 
         raise RuntimeError(f"the render during pretraining failed (exit {rc}); {log}:\n{tail}")
 
 
+def split_worlds(worlds: Path, train_root: Path, fraction: float) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, train_ids, held_ids)`` of the worlds in ``worlds`` (the per-clip hash split of
+    :mod:`fantasyworld.data.split`), with ``train_root`` (re)made to hold the training ones."""
+    from fantasyworld.data.formats import load_metadata
+    from fantasyworld.data.split import split_clip_ids
+    from fantasyworld.demo import make_train_root
+
+    ids = [r.clip_id for r in load_metadata(worlds)]
+    train_ids, held_ids = split_clip_ids(ids, fraction)
+    shutil.rmtree(train_root, ignore_errors=True)
+    make_train_root(worlds, train_root, train_ids)
+    return ids, train_ids, held_ids
+
+
 def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     """All phases (module docstring); returns ``learn.json``."""
     from fantasyworld.data.cache import build_cache
-    from fantasyworld.data.formats import load_metadata
-    from fantasyworld.data.split import split_clip_ids
     from fantasyworld.data.synth import synthesize_dataset
-    from fantasyworld.demo import make_train_root
     from fantasyworld.eval.evaluate import EvalSettings, evaluate
     from fantasyworld.inference.pipeline import FantasyWorldPipeline
     from fantasyworld.models.encoders import save_tiny_encoders
@@ -334,14 +345,11 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
 
     phases.start("render")
     started = time.perf_counter()
-    worlds = out / "worlds"
-    shutil.rmtree(out / "data_train", ignore_errors=True)
+    worlds, train_root = out / "worlds", out / "data_train"
     synthesize_dataset(worlds, num_clips=cfg.worlds, num_frames=cfg.frames, height=cfg.size, width=cfg.size,
                        seed=cfg.seed, workers=cfg.workers, time_limit_s=cfg.budget.render,
                        trajectory_frames=cfg.trajectory_frames or None)
-    ids = [r.clip_id for r in load_metadata(worlds)]
-    train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
-    train_root = make_train_root(worlds, out / "data_train", train_ids)
+    ids, train_ids, held_ids = split_worlds(worlds, train_root, cfg.held_out_fraction)
     phases.end("render", worlds=len(ids), train=len(train_ids), held_out=len(held_ids),
                worlds_per_s=round(len(ids) / (time.perf_counter() - started), 1))
 
@@ -353,18 +361,16 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
         pre = _pretrain(cfg, train_root, assets, min(cfg.pretrain_clips, len(train_ids)), cfg.budget.pretrain)
         encoders = save_tiny_encoders(assets / "encoders")
         finish_more_worlds(more, render_log)
-    finally:  # a signal or an error stops the render too
+    finally:  # an error or Ctrl-C stops the render too (timeout and the terminal signal the whole group)
         if more is not None and more.poll() is None:
             more.terminate()
             more.wait()
     extra: dict[str, Any] = {}
     if more is not None:  # the training root again, over every world (the split is per clip: none moves)
-        ids = [r.clip_id for r in load_metadata(worlds)]
-        extra = {"worlds_added": len(ids) - len(train_ids) - len(held_ids)}
-        train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
-        shutil.rmtree(out / "data_train")
-        train_root = make_train_root(worlds, out / "data_train", train_ids)
-        extra.update(worlds=len(ids), train=len(train_ids), held_out=len(held_ids))
+        rendered = len(ids)
+        ids, train_ids, held_ids = split_worlds(worlds, train_root, cfg.held_out_fraction)
+        extra = {"worlds_added": len(ids) - rendered, "worlds": len(ids), "train": len(train_ids),
+                 "held_out": len(held_ids)}
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
     phases.end("pretrain", vae_steps=pre["vae"]["steps"], vae_psnr_db=round(pre["vae"]["reconstruction_psnr_db"], 2),
