@@ -14,10 +14,14 @@ preset's shapes and batch 2 (conditional + unconditional), every attention call 
 * ``bicross_v``, ``bicross_g``: the two directions of the bidirectional cross-attention
   (video queries on geometry keys and the reverse), ``d = bicross_dim / bicross_heads``;
 
-with each of the cuDNN, flash and memory-efficient backends, and the backend PyTorch picks by
-itself (``default``). Per kind: milliseconds per call, calls per step (the preset's layer
-counts), and the step's total per backend; the best backend per kind and what choosing it
-would save against ``default``. Run::
+with each of the cuDNN, flash and memory-efficient backends, the backend PyTorch picks by
+itself (``default``), and every other backend of the project's registry
+(:mod:`fantasyworld.layers.attention`: ``fa3``, FlashAttention-3 in bf16, and ``fa3_fp8``, the
+same on float8 inputs with the quantisation timed in the call) that can run here, with its
+error against ``default`` (largest absolute and relative L2). Per kind: milliseconds per call,
+calls per step (the preset's layer counts), and the step's total per backend; the best exact
+backend per kind (float8 ones are not exact) and what choosing it would save against
+``default``. Run::
 
     python benchmarks/bench_attention.py --preset wan2.1-i2v-14b-480p --size 336x592 --frames 81 \\
         --out attention.json
@@ -41,6 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gpu import cuda_time  # noqa: E402
 
+from fantasyworld.layers.attention import (  # noqa: E402
+    ATTENTION_BACKENDS,
+    attention,
+    attention_backend_unavailable,
+    use_attention_backend,
+)
 from fantasyworld.models.config import get_preset  # noqa: E402
 
 BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
@@ -80,6 +90,19 @@ def time_call(fn, repeat: int = 10) -> float:
     return statistics.median(cuda_time(fn, warmup=2, repeat=repeat)) * 1e3
 
 
+def measure(row: dict, name: str, call, ref: torch.Tensor) -> None:
+    """Time ``call`` into ``row["ms"][name]`` with its error against ``ref``; ``None`` and the
+    first line of the error when the kernel rejects the shapes."""
+    try:
+        out = call().float()
+        row["max_abs_err"][name] = float((out - ref).abs().max())
+        row["rel_err"][name] = float((out - ref).norm() / ref.norm())
+        row["ms"][name] = round(time_call(call), 3)
+    except RuntimeError as e:  # a backend that does not support these shapes
+        row["ms"][name] = None
+        row["error_" + name] = str(e).splitlines()[0][:160]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="wan2.1-i2v-14b-480p")
@@ -92,7 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     shapes = attention_shapes(a.preset, a.frames, height, width)
     res: dict = {"preset": a.preset, "size": a.size, "frames": a.frames, "device": torch.cuda.get_device_name(dev),
                  "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "kinds": {}}
-    totals = dict.fromkeys(BACKENDS, 0.0)
+    extra = [n for n in ATTENTION_BACKENDS if n != "sdpa"]
+    res["unavailable"] = {n: r for n in extra if (r := attention_backend_unavailable(n)) is not None}
+    for n, reason in res["unavailable"].items():
+        print(f"attention backend {n}: not timed ({reason})", flush=True)
+    extra = [n for n in extra if n not in res["unavailable"]]
+    totals = dict.fromkeys([*BACKENDS, *extra], 0.0)
     best_total = 0.0
     for kind, s in shapes.items():
         g = torch.Generator(device=dev).manual_seed(0)
@@ -100,22 +128,23 @@ def main(argv: list[str] | None = None) -> dict:
         k = torch.randn(s["kv"], device=dev, dtype=torch.bfloat16, generator=g)
         v = torch.randn(s["kv"], device=dev, dtype=torch.bfloat16, generator=g)
         ref = F.scaled_dot_product_attention(q, k, v).float()
-        row: dict = {"q": list(s["q"]), "kv": list(s["kv"]), "calls": s["calls"], "ms": {}, "max_abs_err": {}}
+        row: dict = {"q": list(s["q"]), "kv": list(s["kv"]), "calls": s["calls"], "ms": {}, "max_abs_err": {},
+                     "rel_err": {}}
         for name, backend in BACKENDS.items():
             def call(backend=backend, q=q, k=k, v=v):
                 if backend is None:
                     return F.scaled_dot_product_attention(q, k, v)
                 with sdpa_kernel([backend]):
                     return F.scaled_dot_product_attention(q, k, v)
-            try:
-                out = call().float()
-                row["max_abs_err"][name] = float((out - ref).abs().max())
-                row["ms"][name] = round(time_call(call), 3)
-            except RuntimeError as e:  # a backend that does not support these shapes
-                row["ms"][name] = None
-                row["error_" + name] = str(e).splitlines()[0][:160]
+            measure(row, name, call, ref)
+        for name in extra:
+            def call_registered(name=name, q=q, k=k, v=v):
+                with use_attention_backend(name):
+                    return attention(q, k, v)
+            measure(row, name, call_registered, ref)
         timed = {n: t for n, t in row["ms"].items() if t is not None}
-        row["best"] = min(timed, key=timed.get)
+        exact = {n: t for n, t in timed.items() if n in BACKENDS or ATTENTION_BACKENDS[n].exact}
+        row["best"] = min(exact, key=exact.get)
         row["step_ms"] = {n: round(t * s["calls"], 1) for n, t in timed.items()}
         for n in totals:
             totals[n] += row["step_ms"].get(n, float("nan"))

@@ -23,8 +23,10 @@ What it measures:
   and the plain diffusers Wan transformer's own batch-2 forward on the same inputs, eager,
   then ours with each layer compiled and Wan with its blocks compiled; the ratios, and the
   compiled step's output error against eager next to the bf16 noise floor (the same step as
-  two batch-1 forwards); with ``--fp8``, ours again with float8 linears (compiled; ``--fp8-scope all``: the geometry
-  blocks' and cross-attention's too).
+  two batch-1 forwards); with ``--attention fa3,...``, ours compiled with each of those attention
+  backends (:mod:`fantasyworld.layers.attention`) and its flow error against eager; with ``--fp8``, ours
+  again with float8 linears (compiled; ``--fp8-scope all``: the geometry blocks' and cross-attention's
+  too), then with float8 linears and each ``--fp8-attention`` backend.
 * ``step-cache`` (``--what step-cache``): the first-block step cache
   (:mod:`fantasyworld.inference.step_cache`): one uncached ``generate`` of ``--cache-steps``
   steps, then one per ``--step-cache`` threshold with the same seed and inputs; per threshold
@@ -52,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fantasyworld.inference.memory_tiers import FP8_SCOPES, get_memory_tier  # noqa: E402
 from fantasyworld.inference.pipeline import FantasyWorldPipeline  # noqa: E402
 from fantasyworld.inference.sampler import Conditioning  # noqa: E402
+from fantasyworld.layers.attention import ATTENTION_BACKENDS, use_attention_backend  # noqa: E402
 from fantasyworld.layers.fp8_linear import swap_linears_to_fp8  # noqa: E402
 from fantasyworld.models import encoders  # noqa: E402
 from fantasyworld.models.config import get_preset  # noqa: E402
@@ -274,6 +277,7 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
     res["ratio_eager"] = res["ours_eager_s"] / res["wan_eager_s"]
     res["ratio_compiled_vs_wan_eager"] = res["ours_compiled_s"] / res["wan_eager_s"]
     res["ratio_compiled_vs_wan_compiled"] = res["ours_compiled_s"] / res["wan_compiled_s"]
+    time_attention_backends(res, "", a.attention, ours, ref, dev)
     if a.fp8:
         torch.cuda.reset_peak_memory_stats(dev)
         res["fp8_scope"] = a.fp8_scope
@@ -285,7 +289,26 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
         res["fp8_flow_rel_err"] = rel(got, ref)
         res["ours_fp8_compiled_s"] = cuda_time(ours, dev)
         res["ratio_fp8_compiled_vs_wan_eager"] = res["ours_fp8_compiled_s"] / res["wan_eager_s"]
+        time_attention_backends(res, "fp8_", a.fp8_attention, ours, ref, dev)
     return res
+
+
+def time_attention_backends(res: dict, prefix: str, names: list[str], ours, ref: torch.Tensor,
+                            dev: torch.device) -> None:
+    """For each attention backend in ``names``: the compiled step's seconds (``ours_{prefix}compiled_{name}_s``,
+    the compiled layers recompile for it), its ratio to the plain Wan eager forward and its flow
+    error against the eager bf16 step (``{prefix}{name}_flow_rel_err``)."""
+    for name in names:
+        with use_attention_backend(name):
+            start = time.perf_counter()
+            got = ours().float()
+            res[f"{prefix}{name}_first_call_s"] = time.perf_counter() - start
+            res[f"{prefix}{name}_flow_rel_err"] = ((got - ref).norm() / ref.norm()).item()
+            res[f"ours_{prefix}compiled_{name}_s"] = cuda_time(ours, dev)
+        res[f"ratio_{prefix}compiled_{name}_vs_wan_eager"] = res[f"ours_{prefix}compiled_{name}_s"] / res["wan_eager_s"]
+        log(f"{prefix}{name}: {res[f'ours_{prefix}compiled_{name}_s']:.3f} s "
+            f"({res[f'ratio_{prefix}compiled_{name}_vs_wan_eager']:.3f}x Wan eager), "
+            f"flow error {res[f'{prefix}{name}_flow_rel_err']:.2e}")
 
 
 def add_shape_args(p: argparse.ArgumentParser) -> None:
@@ -315,6 +338,12 @@ def main() -> None:
     p.add_argument("--fp8", action="store_true", help="also time the step with float8 linears (compiled)")
     p.add_argument("--fp8-scope", default="wan", choices=list(FP8_SCOPES),
                    help="which linears --fp8 quantises (fantasyworld.inference.memory_tiers.FP8_SCOPES)")
+    backends = [n for n in ATTENTION_BACKENDS if n != "sdpa"]
+    p.add_argument("--attention", default="", type=lambda v: [n for n in v.split(",") if n],
+                   help=f"--what step: comma list of attention backends ({', '.join(backends)}) also timed "
+                        "with the compiled bf16 step")
+    p.add_argument("--fp8-attention", default="", type=lambda v: [n for n in v.split(",") if n],
+                   help="with --fp8: comma list of attention backends also timed with the float8 linears")
     p.add_argument("--step-cache", default="0.05,0.1,0.2",
                    help="--what step-cache: comma list of first-block cache thresholds, each run against uncached")
     p.add_argument("--cache-steps", type=int, default=20, help="--what step-cache: denoising steps per run")

@@ -277,7 +277,8 @@ def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, bu
 def start_more_worlds(cfg: LearnConfig, worlds: Path, seconds: float, log: Path) -> subprocess.Popen | None:
     """With ``render_during_pretrain``: ``fantasyworld data synth --append`` of the worlds still
     missing up to ``--worlds`` into ``worlds``, as a child process stopped by ``--max-seconds
-    seconds`` (the pretraining keeps its clips on the GPU, so the CPUs are free meanwhile; the
+    seconds`` on all but two of ``workers`` (the pretraining keeps its clips on the GPU, so the
+    CPUs are free meanwhile but for the host thread that drives the pretraining; the
     worlds are the ones a longer render phase would have made: clip ``i`` depends only on
     ``(seed, i)``). Returns the process (output to ``log``), or ``None`` when there is nothing
     to do."""
@@ -288,7 +289,7 @@ def start_more_worlds(cfg: LearnConfig, worlds: Path, seconds: float, log: Path)
         return None
     cmd = [sys.executable, "-m", "fantasyworld", "data", "synth", "--out", str(worlds), "--append", "--quiet",
            "--clips", str(missing), "--frames", str(cfg.frames), "--size", f"{cfg.size}x{cfg.size}",
-           "--seed", str(cfg.seed), "--workers", str(cfg.workers), "--max-seconds", f"{seconds:.1f}"]
+           "--seed", str(cfg.seed), "--workers", str(max(1, cfg.workers - 2)), "--max-seconds", f"{seconds:.1f}"]
     if cfg.trajectory_frames:
         cmd += ["--trajectory-frames", str(cfg.trajectory_frames)]
     with open(log, "w") as f:

@@ -143,7 +143,7 @@ def test_stage1_skips_irg_wan_blocks_and_head() -> None:
         return hook
 
     for i, blk in enumerate(model.transformer.blocks):
-        blk.attn1.register_forward_hook(counter(f"block{i}"))
+        blk.attn1.to_q.register_forward_hook(counter(f"block{i}"))  # once per self-attention
     model.transformer.proj_out.register_forward_hook(counter("head"))
     latents, timestep, text, kw = make_inputs(model, batch=1)
     with torch.no_grad():

@@ -122,6 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="float8 weights for linear layers (FP8 GPUs; see docs/benchmarks.md): 'wan' (the default "
                         "with a bare --fp8) the frozen Wan blocks', 'all' also the geometry blocks' and the "
                         "cross-attention's")
+    g.add_argument("--attention", default="sdpa", metavar="BACKEND",
+                   help="attention kernel (fantasyworld.layers.attention's registry): sdpa (default, torch's "
+                        "fused kernels), fa3 (FlashAttention-3, bf16) or fa3_fp8 (FlashAttention-3 on float8 "
+                        "inputs); the FA3 ones need a Hopper GPU and a FlashAttention-3 build "
+                        "(docs/inference.md#attention-kernels)")
     g.add_argument("--memory", default=DEFAULT_MEMORY_TIER, choices=list(MEMORY_TIERS),
                    help="memory tier, the card's GiB: " + "; ".join(f"{k}: {t.description}"
                                                                   for k, t in MEMORY_TIERS.items()))
@@ -210,8 +215,15 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    from fantasyworld.errors import ConfigError
     from fantasyworld.inference.two_expert_pipeline import TwoExpertPipeline, is_two_expert_checkpoint
+    from fantasyworld.layers.attention import set_attention_backend
 
+    try:
+        set_attention_backend(args.attention)
+    except ConfigError as exc:
+        print(f"error: --attention: {exc}", file=sys.stderr)
+        return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     two = is_two_expert_checkpoint(args.checkpoint)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from torch import nn
 
+from fantasyworld.layers.attention import attention
 from fantasyworld.layers.fp8_linear import linear_dtype
 
 
@@ -104,8 +104,8 @@ class BiAttentionProjections(nn.Module):
         v_video = self.values_m1_proj(video).unflatten(-1, heads).transpose(1, 2)
         v_geo = self.values_m2_proj(geo).unflatten(-1, heads).transpose(1, 2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, L, d)
-        to_video = F.scaled_dot_product_attention(q, k, v_geo)  # video reads geometry
-        to_geo = F.scaled_dot_product_attention(k, q, v_video)  # geometry reads video (same affinity)
+        to_video = attention(q, k, v_geo)  # video reads geometry
+        to_geo = attention(k, q, v_video)  # geometry reads video (same affinity)
         to_video = self.out_m1_proj(to_video.transpose(1, 2).flatten(2))
         to_geo = self.out_m2_proj(to_geo.transpose(1, 2).flatten(2))
         return to_video, to_geo

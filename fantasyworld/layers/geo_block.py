@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from fantasyworld.layers.attention import attention
 
 # (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each (N, 1, D) float32
 Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -86,7 +87,7 @@ class GeoAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q), rope(k)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, head_dim)
+        out = attention(q, k, v)  # (N, heads, L, head_dim)
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
 

@@ -21,6 +21,8 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttention, WanTransformerBlock
 
+from fantasyworld.layers.attention import attention, get_attention_backend
+
 #: Text context length the Wan attention processor assumes for I2V (image tokens first).
 WAN_TEXT_LEN = 512
 
@@ -80,6 +82,52 @@ def _modulation(block: WanTransformerBlock, temb6: torch.Tensor) -> tuple[torch.
     return (block.scale_shift_table + temb6.float()).chunk(6, dim=1)
 
 
+def _attend(attn: WanAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+            parallel_config=None) -> torch.Tensor:
+    """``(B, Lq, H, d), (B, Lk, H, d) x2 -> (B, Lq, H, d)``: with the default ``sdpa`` backend
+    diffusers' dispatch (its own backend setting honoured), as ``WanAttnProcessor`` calls it;
+    otherwise the active :mod:`fantasyworld.layers.attention` backend."""
+    if get_attention_backend() == "sdpa":
+        return dispatch_attention_fn(
+            query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+            backend=attn.processor._attention_backend, parallel_config=parallel_config,
+        )
+    return attention(query, key, value, layout="bshd")
+
+
+def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved RoPE on ``(B, L, H, d)`` (``WanAttnProcessor``'s, operation by operation)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def self_attention(
+    attn: WanAttention, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Wan self-attention with 3D RoPE: ``(B, L, D) -> (B, L, D)``.
+
+    Reproduces ``WanAttnProcessor`` for self-attention (``attn1``), with the attention itself
+    through :func:`_attend` so that the active attention backend runs it.
+    """
+    if attn.fused_projections:
+        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+    key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+    value = value.unflatten(2, (attn.heads, -1))
+    query = _apply_rotary(query, *rotary_emb)
+    key = _apply_rotary(key, *rotary_emb)
+    out = _attend(attn, query, key, value, parallel_config=attn.processor._parallel_config)
+    out = out.flatten(2, 3).type_as(query)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
 def cross_attention(
     attn: WanAttention,
     hidden_states: torch.Tensor,
@@ -103,15 +151,8 @@ def cross_attention(
     if context_img is not None:
         key_img = attn.norm_added_k(attn.add_k_proj(context_img)).unflatten(2, (attn.heads, -1))
         value_img = attn.add_v_proj(context_img).unflatten(2, (attn.heads, -1))
-        out_img = dispatch_attention_fn(
-            query, key_img, value_img, attn_mask=None, dropout_p=0.0, is_causal=False,
-            backend=attn.processor._attention_backend,
-        )
-        out_img = out_img.flatten(2, 3).type_as(query)
-    out = dispatch_attention_fn(
-        query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-        backend=attn.processor._attention_backend,
-    )
+        out_img = _attend(attn, query, key_img, value_img).flatten(2, 3).type_as(query)
+    out = _attend(attn, query, key, value)
     out = out.flatten(2, 3).type_as(query)
     if out_img is not None:
         out = out + out_img
@@ -129,7 +170,7 @@ def attention_half(
     """Self-attention and cross-attention of one Wan block: (B, L, D) -> (B, L, D)."""
     shift, scale, gate, _, _, _ = _modulation(block, inputs.temb6)
     h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-    h = block.attn1(h, None, None, inputs.rotary_emb)
+    h = self_attention(block.attn1, h, inputs.rotary_emb)
     x = (x.float() + h * gate).type_as(x)
     h = block.norm2(x.float()).type_as(x)
     return x + cross_attention(block.attn2, h, inputs.context, adapter)
