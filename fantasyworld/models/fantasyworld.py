@@ -109,7 +109,7 @@ class FantasyWorldModel(nn.Module):
             "geometry.global_blocks.*": ("",),
         },
         "blocks": {
-            "transformer.blocks.*": ("", "attn1", "ffn"),
+            "transformer.blocks.*": ("", "ffn"),
             "geometry.frame_blocks.*": ("", "attn", "mlp"),
             "geometry.global_blocks.*": ("", "attn", "mlp"),
             "interactions.*": ("",),

@@ -13,8 +13,9 @@ every element of a ``ModuleList``/``ModuleDict``.
   of a layer class shares one compiled graph (parameters are graph inputs), so the first
   call pays for one layer of each kind. The default granularity compiles each forward
   layer whole (the PCB and IRG layer modules, which reference their parts); ``blocks``
-  compiles the blocks and the sub-modules the layers drive piecewise (``attn1``, ``ffn``,
-  ``attn``, ``mlp``).
+  compiles the blocks and the sub-modules the layers drive piecewise (``ffn``, ``attn``,
+  ``mlp``; the Wan self-attention runs through ``wan_backbone.self_attention``, so it stays
+  eager in this scheme).
 * FSDP2 (see :mod:`fantasyworld.training.parallel` for the process group and the reasons):
   each declared unit is its own FSDP unit, the model wrapper is the root, the frozen Wan
   parameters are ``ignored_params`` (replicated, never all-gathered).
