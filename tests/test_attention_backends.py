@@ -193,3 +193,34 @@ def test_model_forward_with_fp8_attention(fake_fa3: FakeFA3) -> None:
     for key in ("flow", "depth"):
         rel = ((got[key] - ref[key]).norm() / ref[key].norm()).item()
         assert rel < 0.1, (key, rel)
+
+
+def test_compiled_layers_follow_the_active_backend(registered) -> None:
+    """``torch.compile`` guards on the active backend: a layer compiled under ``sdpa`` runs the
+    backend switched to afterwards, and ``sdpa`` again once it is restored (bench_generate and
+    ``generate --compile`` rely on this)."""
+    from fantasyworld.layers.geo_block import GeoAttention
+
+    calls: list[int] = []
+
+    def counting(q, k, v):
+        calls.append(1)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    registered("test_counting", counting, differentiable=True)
+    torch.manual_seed(0)
+    layer = GeoAttention(32, 4).eval()
+    layer.compile(backend="eager", dynamic=False)
+    x = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        plain = layer(x)
+        assert not calls
+        with use_attention_backend("test_counting"):
+            switched = layer(x)
+            layer(x)
+        assert len(calls) >= 1
+        seen = len(calls)
+        again = layer(x)
+        layer(x)
+    assert len(calls) == seen  # back on sdpa
+    assert torch.equal(plain, again) and torch.allclose(plain, switched, atol=1e-6)
