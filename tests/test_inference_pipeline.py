@@ -217,6 +217,23 @@ def test_cli_generate(ckpt, tmp_path, capsys) -> None:
     assert "orbit" in capsys.readouterr().out
 
 
+def test_cli_generate_attention_backend(ckpt, tmp_path, capsys) -> None:
+    """``--attention``: an unknown name or a kernel that cannot run here is one error line and exit 2,
+    before anything is loaded or written; ``sdpa`` is the default."""
+    from fantasyworld.layers.attention import attention_backend_unavailable, get_attention_backend
+
+    common = ["generate", "--checkpoint", str(ckpt), "--camera", "orbit", "--frames", "5", "--size", "32x32",
+              "--steps", "1", "--quiet"]
+    assert cli_main([*common, "--attention", "nope", "--out", str(tmp_path / "a")]) == 2
+    assert "--attention: attention backend 'nope': unknown attention backend" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    if attention_backend_unavailable("fa3") is not None:  # this machine has no FA3 kernel
+        assert cli_main([*common, "--attention", "fa3", "--out", str(tmp_path / "b")]) == 2
+        assert "attention backend 'fa3': " in capsys.readouterr().err
+    assert cli_main([*common, "--attention", "sdpa", "--out", str(tmp_path / "c")]) == 0
+    assert get_attention_backend() == "sdpa"
+
+
 def test_cli_generate_samples_at_the_training_clip_shape(ckpt, tmp_path, capsys) -> None:
     """Without --frames / --size, a checkpoint of a training run is sampled at the shape of the
     clips it was trained on (the run's train_config.yaml), not at the 14B default 81x336x592."""

@@ -38,15 +38,13 @@ import torch
 import torch.nn.functional as F
 
 from fantasyworld.errors import ConfigError
+from fantasyworld.layers.fp8_linear import FP8_MAX
 
 __all__ = [
     "ATTENTION_BACKENDS", "AttentionBackend", "attention", "attention_backend_unavailable",
     "get_attention_backend", "quantize_heads", "register_attention_backend", "set_attention_backend",
     "use_attention_backend",
 ]
-
-#: largest finite float8 e4m3 value
-_FP8_MAX = 448.0
 
 #: Python modules a FlashAttention-3 build installs, tried in this order
 FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
@@ -222,8 +220,8 @@ def quantize_heads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     One scale per (sample, head): ``max |x|`` over that head's ``L x d`` values, over 448.
     """
     amax = x.abs().amax(dim=(1, 3)).float().clamp(min=1e-12)  # (B, H)
-    scale = amax / _FP8_MAX
-    x8 = (x.float() / scale[:, None, :, None]).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+    scale = amax / FP8_MAX
+    x8 = (x.float() / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return x8, scale
 
 
