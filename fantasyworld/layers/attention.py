@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from fantasyworld.errors import ConfigError
-from fantasyworld.layers.fp8_linear import FP8_MAX
+from fantasyworld.layers.fp8_linear import quantize_e4m3
 
 __all__ = [
     "ATTENTION_BACKENDS", "AttentionBackend", "attention", "attention_backend_unavailable",
@@ -142,10 +142,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str = "
     Raises:
         RuntimeError: an inference-only backend is active while gradients are wanted.
     """
-    if _active == "sdpa":  # the default takes SDPA's layout directly: no dispatch cost
-        if layout == "bhsd":
-            return F.scaled_dot_product_attention(q, k, v)
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    if _active == "sdpa" and layout == "bhsd":  # the default in SDPA's own layout: no transposes
+        return F.scaled_dot_product_attention(q, k, v)
     backend = ATTENTION_BACKENDS[_active]
     if not backend.differentiable and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
                                                                     or v.requires_grad):
@@ -219,10 +217,8 @@ def quantize_heads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     One scale per (sample, head): ``max |x|`` over that head's ``L x d`` values, over 448.
     """
-    amax = x.abs().amax(dim=(1, 3)).float().clamp(min=1e-12)  # (B, H)
-    scale = amax / FP8_MAX
-    x8 = (x.float() / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return x8, scale
+    x8, scale = quantize_e4m3(x, (1, 3))  # scale (B, 1, H, 1)
+    return x8, scale[:, 0, :, 0]
 
 
 @register_attention_backend("fa3_fp8", unavailable=_fa3_unavailable, exact=False,

@@ -21,18 +21,24 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["FP8_MAX", "Float8Linear", "linear_dtype", "quantize_rows", "swap_linears_to_fp8"]
+__all__ = ["FP8_MAX", "Float8Linear", "linear_dtype", "quantize_e4m3", "quantize_rows", "swap_linears_to_fp8"]
 
 #: largest finite float8 e4m3 value
 FP8_MAX = 448.0
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(M, K)`` -> ``(x8 (M, K) float8_e4m3fn, scale (M, 1) float32)`` with ``x ~ x8 * scale``."""
-    amax = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
+def quantize_e4m3(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` -> ``(x8 float8_e4m3fn, scale float32)`` with ``x ~ x8 * scale``: one scale per slice
+    over ``dims`` (``max |x|`` of the slice over 448), kept broadcastable (size 1 on ``dims``)."""
+    amax = x.abs().amax(dim=dims, keepdim=True).float().clamp(min=1e-12)
     scale = amax / FP8_MAX
     x8 = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return x8, scale
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M, K)`` -> ``(x8 (M, K) float8_e4m3fn, scale (M, 1) float32)`` with ``x ~ x8 * scale``."""
+    return quantize_e4m3(x, (1,))
 
 
 def _fp8_matmul(x2d: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
