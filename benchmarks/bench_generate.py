@@ -256,9 +256,6 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
                         heads=None)["flow"] for i in range(2)]
         return torch.cat(halves)
 
-    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-        return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
     res: dict = LoggedDict()
     ref = ours().float()
     res["ours_eager_s"] = cuda_time(ours, dev)
@@ -297,6 +294,17 @@ def run_steps(pipe: FantasyWorldPipeline, a: argparse.Namespace) -> dict:
     return res
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||`` of tensors on their device (:func:`_rel` is the same for the pipeline's
+    numpy outputs)."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def comma_list(text: str) -> list[str]:
+    """``"fa3,fa3_fp8"`` -> ``["fa3", "fa3_fp8"]`` (empty items dropped)."""
+    return [n for n in text.split(",") if n]
+
+
 class LoggedDict(dict):
     """A result dict that prints every entry as it is set (a run cut short still shows what it measured)."""
 
@@ -315,12 +323,9 @@ def time_attention_backends(res: dict, prefix: str, names: list[str], ours, ref:
             start = time.perf_counter()
             got = ours().float()
             res[f"{prefix}{name}_first_call_s"] = time.perf_counter() - start
-            res[f"{prefix}{name}_flow_rel_err"] = ((got - ref).norm() / ref.norm()).item()
+            res[f"{prefix}{name}_flow_rel_err"] = rel(got, ref)
             res[f"ours_{prefix}compiled_{name}_s"] = cuda_time(ours, dev)
         res[f"ratio_{prefix}compiled_{name}_vs_wan_eager"] = res[f"ours_{prefix}compiled_{name}_s"] / res["wan_eager_s"]
-        log(f"{prefix}{name}: {res[f'ours_{prefix}compiled_{name}_s']:.3f} s "
-            f"({res[f'ratio_{prefix}compiled_{name}_vs_wan_eager']:.3f}x Wan eager), "
-            f"flow error {res[f'{prefix}{name}_flow_rel_err']:.2e}")
 
 
 def add_shape_args(p: argparse.ArgumentParser) -> None:
@@ -351,7 +356,7 @@ def main() -> None:
     p.add_argument("--fp8-scope", default="wan", choices=list(FP8_SCOPES),
                    help="which linears --fp8 quantises (fantasyworld.inference.memory_tiers.FP8_SCOPES)")
     backends = [n for n in ATTENTION_BACKENDS if n != "sdpa"]
-    p.add_argument("--attention", default="", type=lambda v: [n for n in v.split(",") if n],
+    p.add_argument("--attention", default="", type=comma_list,
                    help=f"--what step: comma list of attention backends ({', '.join(backends)}) also timed "
                         "with the compiled bf16 step")
     p.add_argument("--skip-wan-compiled", action="store_true",
@@ -359,7 +364,7 @@ def main() -> None:
     p.add_argument("--skip-sdpa-compiled", action="store_true",
                    help="--what step: time the compiled steps only with the --attention / --fp8-attention "
                         "backends, not with the default sdpa (saves a compile each)")
-    p.add_argument("--fp8-attention", default="", type=lambda v: [n for n in v.split(",") if n],
+    p.add_argument("--fp8-attention", default="", type=comma_list,
                    help="with --fp8: comma list of attention backends also timed with the float8 linears")
     p.add_argument("--step-cache", default="0.05,0.1,0.2",
                    help="--what step-cache: comma list of first-block cache thresholds, each run against uncached")
