@@ -54,7 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fantasyworld.inference.memory_tiers import FP8_SCOPES, get_memory_tier  # noqa: E402
 from fantasyworld.inference.pipeline import FantasyWorldPipeline  # noqa: E402
 from fantasyworld.inference.sampler import Conditioning  # noqa: E402
-from fantasyworld.layers.attention import ATTENTION_BACKENDS, use_attention_backend  # noqa: E402
+from fantasyworld.layers.attention import (  # noqa: E402
+    ATTENTION_BACKENDS,
+    attention_backend_unavailable,
+    use_attention_backend,
+)
 from fantasyworld.layers.fp8_linear import swap_linears_to_fp8  # noqa: E402
 from fantasyworld.models import encoders  # noqa: E402
 from fantasyworld.models.config import get_preset  # noqa: E402
@@ -317,8 +321,13 @@ def time_attention_backends(res: dict, prefix: str, names: list[str], ours, ref:
                             dev: torch.device) -> None:
     """For each attention backend in ``names``: the compiled step's seconds (``ours_{prefix}compiled_{name}_s``,
     the compiled layers recompile for it), its ratio to the plain Wan eager forward and its flow
-    error against the eager bf16 step (``{prefix}{name}_flow_rel_err``)."""
+    error against the eager bf16 step (``{prefix}{name}_flow_rel_err``); a backend that cannot run here
+    is recorded as ``{prefix}{name}_unavailable`` (the reason) and skipped."""
     for name in names:
+        reason = attention_backend_unavailable(name)
+        if reason:  # recorded, and the run goes on to what it can still measure
+            res[f"{prefix}{name}_unavailable"] = reason
+            continue
         with use_attention_backend(name):
             start = time.perf_counter()
             got = ours().float()
