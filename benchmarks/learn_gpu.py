@@ -9,9 +9,9 @@ Phases (each with a wall-clock budget, ``--budget``; each stops on time and says
 2. **pretrain**: ``scripts/pretrain_tiny_backbone.py --preset PRESET --data TRAIN`` makes
    this run's VAE and Wan backbone from ``--pretrain-clips`` training videos (no labels), its
    VAE and backbone phases capped at 38% and 47% of the budget (the rest: reading the videos,
-   the latent statistics, saving); with ``--render-during-pretrain`` the render goes on
-   meanwhile in a child process (:func:`start_more_worlds`) and the training root is rebuilt
-   over every world at the end of the phase;
+   the latent statistics, saving); meanwhile the render goes on in a child process
+   (:func:`start_more_worlds`; ``--no-render-during-pretrain`` turns it off) and the training
+   root is rebuilt over every world at the end of the phase;
 3. **cache**: ``fantasyworld data cache`` of the training root (latents, tiny-UMT5 text,
    float16 geometry at pixel resolution); stage 1 loads it onto the GPU once for both
    stages (``data.cache_on_device``);
@@ -67,12 +67,12 @@ PHASES = ("render", "pretrain", "cache", "stage1", "stage2", "eval")
 
 @dataclass
 class Budget:
-    """Wall-clock seconds per phase (default total 485 s; with start-up about 8.5 minutes)."""
+    """Wall-clock seconds per phase (default total 490 s; with start-up about 8.5 minutes)."""
 
-    render: float = 60.0
+    render: float = 45.0
     pretrain: float = 100.0
     cache: float = 35.0
-    stage1: float = 140.0
+    stage1: float = 160.0
     stage2: float = 60.0
     eval: float = 90.0
 
@@ -107,7 +107,7 @@ class LearnConfig:
     shift1: float = 0.3
     shift2: float = 1.0
     camera_weight: float = 30.0
-    camera_weight2: float = 0.0  # > 0: stage 2's camera loss weight instead of camera_weight
+    camera_weight2: float = 3.0  # > 0: stage 2's camera loss weight (the paper's 3); 0: camera_weight
     camera_dropout: float = 0.5
     pixel_frames1: float = 0.0  # > 0: stage 1 supervises that many (or that share of) pixel frames per sample
     max_steps1: int = 8000
@@ -116,8 +116,8 @@ class LearnConfig:
     eval_clips: int = 48
     eval_sigma: float = 0.05
     diffusion_clips: int = 32
-    diffusion_train_clips: int = 32  # the same flow MSE on training clips (reported beside, not a bar; 0: off)
-    geometry_train_clips: int = 16  # the stage-2 geometry scored on training clips too (beside, not a bar; 0: off)
+    diffusion_train_clips: int = 16  # the same flow MSE on training clips (reported beside, not a bar; 0: off)
+    geometry_train_clips: int = 8  # the stage-2 geometry scored on training clips too (beside, not a bar; 0: off)
     diffusion_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     workers: int = 16
     compile: bool = False
@@ -126,7 +126,7 @@ class LearnConfig:
     device: str = "cuda"
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
-    render_during_pretrain: bool = False  # the render goes on (more worlds) while the backbone pretrains
+    render_during_pretrain: bool = True  # the render goes on (more worlds) while the backbone pretrains
     budget: Budget = field(default_factory=Budget)
 
     @classmethod

@@ -72,8 +72,9 @@ def test_stage2_camera_weight_overrides_only_stage_2(learn, tmp_path: Path) -> N
         return tuple(learn.train_config(cfg, stage, tmp_path / "cache", tmp_path / "run", tmp_path / "assets", 4,
                                         init[stage]).loss.camera_weight for stage in (1, 2))
 
-    assert weights(["--camera-weight", "30"]) == (30.0, 30.0)  # one weight for both stages by default
-    assert weights(["--camera-weight", "30", "--camera-weight2", "3"]) == (30.0, 3.0)
+    assert weights([]) == (30.0, 3.0)  # by default stage 2 has the paper's weight
+    assert weights(["--camera-weight", "10", "--camera-weight2", "0"]) == (10.0, 10.0)  # 0: one weight for both
+    assert weights(["--camera-weight", "30", "--camera-weight2", "5"]) == (30.0, 5.0)
 
 
 def test_render_during_pretrain_appends_the_missing_worlds(learn, tmp_path: Path) -> None:
@@ -82,8 +83,8 @@ def test_render_during_pretrain_appends_the_missing_worlds(learn, tmp_path: Path
 
     worlds = tmp_path / "worlds"
     synthesize_dataset(worlds, num_clips=2, num_frames=5, height=32, width=32, seed=0, workers=1)
-    cfg = replace(learn.LearnConfig.smoke(), worlds=4, workers=1)
-    assert learn.start_more_worlds(cfg, worlds, 60.0, tmp_path / "log") is None  # off by default
+    cfg = replace(learn.LearnConfig.smoke(), worlds=4, workers=1, render_during_pretrain=False)
+    assert learn.start_more_worlds(cfg, worlds, 60.0, tmp_path / "log") is None  # --no-render-during-pretrain
     cfg.render_during_pretrain = True
     proc = learn.start_more_worlds(cfg, worlds, 120.0, tmp_path / "log")
     learn.finish_more_worlds(proc, tmp_path / "log", grace_s=120.0)
