@@ -450,10 +450,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
         if f.name in ("budget", "pretrain_steps", "diffusion_sigmas"):
             continue
         flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(getattr(base, f.name), bool) and getattr(base, f.name):  # on by default
-            p.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", default=None)
-        elif isinstance(getattr(base, f.name), bool):
-            p.add_argument(flag, action="store_true", default=None)
+        if isinstance(getattr(base, f.name), bool):  # --name and --no-name, whichever the default
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             p.add_argument(flag, type=type(getattr(base, f.name)), default=None)
     args = p.parse_args(argv)
