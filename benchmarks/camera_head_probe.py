@@ -1,6 +1,6 @@
 """What a finished demo's camera head reads and predicts, and what the prompt alone would give.
 
-One command on the output folder of ``fantasyworld demo`` (CPU, about a minute)::
+One command on the output folder of ``fantasyworld demo`` (CPU, about half a minute)::
 
     python benchmarks/camera_head_probe.py --demo demo_output --out camera_head_probe.json
 
@@ -41,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from fantasyworld.data.loader import RawClipDataset  # noqa: E402
 from fantasyworld.eval.checkpoints import inspect_checkpoint, load_pipeline  # noqa: E402
+from fantasyworld.eval.evaluate import predict_from_latents  # noqa: E402
 from fantasyworld.eval.metrics import pairwise_pose_errors  # noqa: E402
-from fantasyworld.geometry.pose_encoding import cameras_from_pose_enc, encode_pose  # noqa: E402
-from fantasyworld.models import inputs  # noqa: E402
+from fantasyworld.geometry.cameras import relative_to_first  # noqa: E402
+from fantasyworld.geometry.pose_encoding import encode_pose  # noqa: E402
 
 ASSETS = ROOT / "fantasyworld" / "assets" / "tiny"
 SWAP = {"left": "right", "right": "left"}
@@ -56,11 +57,6 @@ def swapped_prompt(prompt: str) -> str:
         core = word.rstrip(".,")
         words.append(SWAP.get(core, core) + word[len(core):])
     return " ".join(words)
-
-
-def relative(w2c: np.ndarray) -> np.ndarray:
-    """``(T, 4, 4)`` world-to-camera -> the same relative to frame 0 (``w2c_t w2c_0^-1``)."""
-    return w2c @ np.linalg.inv(w2c[0])
 
 
 def rot_err(pred_w2c: np.ndarray, gt_w2c: np.ndarray) -> float:
@@ -88,24 +84,14 @@ class Probe:
             self.captured[name].append((out if output else args[0]).detach().clone())
         return hook
 
-    @torch.no_grad()
-    def run(self, sample: dict[str, Any], prompt: str) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-        """Predicted pose encodings ``(T, 9)`` of ``sample`` under ``prompt`` and what the hooks
-        saw (each the first call's, or the refinement iterations stacked)."""
+    def run(self, sample: dict[str, Any], prompt: str) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+        """The evaluation's ``latents``-mode prediction of ``sample`` under ``prompt`` (stage 1, seed 0:
+        ``pose_enc`` ``(T, 9)``, ``w2c`` ``(T, 4, 4)``, ...) and what the hooks saw (each the first
+        call's, or the refinement iterations stacked)."""
         self.captured.clear()
-        clean = inputs.clean_inputs({"video": sample["video"][None]}, torch.device("cpu"), False, self.pipe,
-                                    text_emb=self.pipe.encode_prompt(prompt))
-        x0 = clean["x0"]
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-        latents, timestep = inputs.noisy_latents(x0, noise, torch.full((1,), self.sigma))
-        out = self.model(latents, timestep, clean["text_emb"], stage=1)
+        out = predict_from_latents(self.pipe, dict(sample, prompt=prompt), self.sigma, 0, 1)
         seen = {k: torch.stack(v) if len(v) > 1 else v[0] for k, v in self.captured.items()}
-        return out["pose_enc"][0].double().numpy(), seen
-
-    @staticmethod
-    def w2c(pose_enc: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-        """Pose encodings ``(T, 9)`` -> world-to-camera ``(T, 4, 4)`` as the evaluation decodes them."""
-        return cameras_from_pose_enc(pose_enc, hw)[0]
+        return out, seen
 
 
 def spread(values: list[np.ndarray | torch.Tensor]) -> tuple[float, float]:
@@ -135,12 +121,13 @@ def main() -> None:
 
     # 1. spread of predictions, ground truth and the head's activations over training clips
     picks = np.linspace(0, len(train) - 1, min(a.clips, len(train))).round().astype(int)
-    pred, gt, acts = [], [], collections.defaultdict(list)
+    pred, gt, acts, runs = [], [], collections.defaultdict(list), []
     for i in picks:
         sample = train[int(i)]
-        enc, seen = probe.run(sample, sample["prompt"])
-        pred.append(enc)
-        rel = torch.from_numpy(relative(sample["w2c"].double().numpy()))[None].float()
+        out, seen = probe.run(sample, sample["prompt"])
+        runs.append((sample, out, seen))  # the first 8 are reused by the prompt check below
+        pred.append(out["pose_enc"])
+        rel = relative_to_first(sample["w2c"][None].float())
         gt.append(encode_pose(rel, sample["intrinsics"][None].float(), (size, size))[0].double().numpy())
         for k, v in seen.items():
             acts[k].append(v.double().numpy())
@@ -155,22 +142,20 @@ def main() -> None:
 
     # 2. the prompt's effect on the bridge input and the prediction
     rows = []
-    for i in picks[:8]:
-        sample = train[int(i)]
-        enc, seen = probe.run(sample, sample["prompt"])
+    for sample, out, seen in runs[:8]:
         row = {"prompt": sample["prompt"].split(". ")[-1]}
         for name, prompt in (("swapped", swapped_prompt(sample["prompt"])), ("empty", "")):
-            enc2, seen2 = probe.run(sample, prompt)
+            out2, seen2 = probe.run(sample, prompt)
             x, x2 = seen["bridge_input"], seen2["bridge_input"]
             row[f"bridge_change_{name}"] = float((x2 - x).norm() / x.norm())
-            row[f"pose_change_{name}"] = float(np.abs(enc2 - enc).max())
+            row[f"pose_change_{name}"] = float(np.abs(out2["pose_enc"] - out["pose_enc"]).max())
         rows.append(row)
     res["prompt"] = rows
 
     # 3. the prompt-medoid baseline on the held-out clips
     where = {r.clip_id: i for i, r in enumerate(worlds.records)}
     sentence = {r.clip_id: r.prompt.split(". ")[-1] for r in worlds.records}
-    cams = {c: relative(worlds[where[c]]["w2c"].double().numpy()) for c in where}
+    cams = {c: relative_to_first(worlds[where[c]]["w2c"].double().numpy()) for c in where}
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for r in train.records:
         groups[sentence[r.clip_id]].append(r.clip_id)
@@ -186,8 +171,8 @@ def main() -> None:
     model = []
     for c in held:
         sample = worlds[where[c]]
-        enc, _ = probe.run(sample, sample["prompt"])
-        model.append(rot_err(probe.w2c(enc, (size, size)), cams[c]))
+        out, _ = probe.run(sample, sample["prompt"])
+        model.append(rot_err(out["w2c"], cams[c]))
     res["held_out_rotation"] = {"clips": len(held), "identity": float(np.mean(base)),
                                 "prompt_medoid": float(np.mean(by_prompt)), "model": float(np.mean(model)),
                                 "prompt_medoid_ratio": float(np.mean(base) / np.mean(by_prompt)),
