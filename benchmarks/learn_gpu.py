@@ -107,7 +107,7 @@ class LearnConfig:
     shift1: float = 0.3
     shift2: float = 1.0
     camera_weight: float = 30.0
-    camera_weight2: float = 3.0  # > 0: stage 2's camera loss weight (the paper's 3); 0: camera_weight
+    camera_weight2: float = 10.0  # > 0: stage 2's camera loss weight (the paper's: 3); 0: camera_weight
     camera_dropout: float = 0.5
     pixel_frames1: float = 0.0  # > 0: stage 1 supervises that many (or that share of) pixel frames per sample
     max_steps1: int = 8000
@@ -122,11 +122,12 @@ class LearnConfig:
     workers: int = 16
     compile: bool = False
     cuda_graphs: bool = True  # model.cuda_graphs on a GPU: each training step replayed as one CUDA graph
-    pretrain_cuda_graphs: bool = False  # the pretraining script's --cuda-graphs (VAE and backbone passes)
+    pretrain_cuda_graphs: bool = True  # the pretraining script's --cuda-graphs on a GPU (VAE and backbone passes)
     device: str = "cuda"
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
     render_during_pretrain: bool = True  # the render goes on (more worlds) while the backbone pretrains
+    reuse_assets: str = ""  # an earlier run's assets/ (VAE, backbone) instead of pretraining (:func:`reuse_assets`)
     budget: Budget = field(default_factory=Budget)
 
     @classmethod
@@ -274,6 +275,75 @@ def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, bu
     return module.main(argv)
 
 
+class AssetsError(ValueError):
+    """``--reuse-assets`` names a folder that cannot stand in for this run's pretraining."""
+
+
+def check_reusable_assets(cfg: LearnConfig, source: Path) -> dict[str, Any]:
+    """The ``pretrain.json`` of an earlier run's ``assets/`` folder ``source``, if it can stand in
+    for this run's pretraining (:func:`reuse_assets`); else :class:`AssetsError`.
+
+    Why: the pretraining phase stops on time, so two runs with the same settings get different
+    VAEs and backbones, and the geometry learnt on top of them differs by more than most levers
+    do (docs/evaluation.md, "Ninth and tenth runs"). With the same assets, two runs that change
+    one setting compare that setting. Refused (:class:`AssetsError`, naming the file) when the
+    folder lacks ``vae/``, ``backbone/`` or ``pretrain.json``, when it was pretrained for another
+    preset, frame count or size, or when its pretraining videos may include this run's held-out
+    worlds: videos of a run with the same ``--seed`` are the same worlds, so that run's held-out
+    fraction must be at least this one's (the split holds out the smallest clip hashes), and its
+    ``learn.json`` must be there to say so.
+    """
+    record = source / "pretrain.json"
+    for need in (source / "vae", source / "backbone", record):
+        if not need.exists():
+            raise AssetsError(f"--reuse-assets {source}: {need} is missing (pass the assets/ folder of a finished run)")
+    pre = json.loads(record.read_text())
+    args = pre.get("args", {})
+    for key, want in (("preset", cfg.preset), ("frames", cfg.frames), ("size", cfg.size)):
+        if args.get(key) != want:
+            raise AssetsError(f"{record}: pretrained with {key} {args.get(key)!r}, this run has {want!r}")
+    if args.get("data"):  # a run's training videos: which worlds were they?
+        found = _learn_record_of(Path(args["data"]), source)
+        if found is None:
+            raise AssetsError(f"{record}: pretrained on {args['data']}, but no learn.json beside it says which "
+                              "worlds were held out there, so this run's held-out worlds may have been seen")
+        other = json.loads(found.read_text())["settings"]
+        if other["seed"] == cfg.seed and other["held_out_fraction"] < cfg.held_out_fraction:
+            raise AssetsError(f"{found}: held-out fraction {other['held_out_fraction']} with the same seed "
+                              f"{cfg.seed}: its pretraining saw worlds that this run's {cfg.held_out_fraction} "
+                              "holds out")
+    elif pre.get("pretrain_seed") == cfg.seed:
+        raise AssetsError(f"{record}: rendered its own worlds with seed {cfg.seed}, this run's seed")
+    return pre
+
+
+def _learn_record_of(data: Path, source: Path) -> Path | None:
+    """The ``learn.json`` of the run whose training videos ``data`` pretrained ``source``: beside
+    ``data``, else beside ``source`` (a run moved whole) unless that run reused its assets too
+    (then its record says nothing about the videos)."""
+    if (data.parent / "learn.json").is_file():
+        return data.parent / "learn.json"
+    beside = source.parent / "learn.json"
+    if beside.is_file() and "assets_from" not in json.loads(beside.read_text()).get("phases", {}).get("pretrain", {}):
+        return beside
+    return None
+
+
+def reuse_assets(cfg: LearnConfig, source: Path, assets: Path) -> dict[str, Any]:
+    """Copy an earlier run's pretrained VAE and backbone (``source``: its ``assets/`` folder, as
+    written by :func:`_pretrain`) into ``assets``; returns its ``pretrain.json``. The checks are
+    :func:`check_reusable_assets`'s."""
+    pre = check_reusable_assets(cfg, source)
+    record = source / "pretrain.json"
+    if assets.exists():
+        shutil.rmtree(assets)
+    assets.mkdir(parents=True)
+    for name in ("vae", "backbone"):
+        shutil.copytree(source / name, assets / name)
+    shutil.copy2(record, assets / "pretrain.json")
+    return pre
+
+
 def start_more_worlds(cfg: LearnConfig, worlds: Path, seconds: float, log: Path) -> subprocess.Popen | None:
     """With ``render_during_pretrain``: ``fantasyworld data synth --append`` of the worlds still
     missing up to ``--worlds`` into ``worlds``, as a child process stopped by ``--max-seconds
@@ -359,9 +429,12 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
     render_log = out / "render_during_pretrain.log"
     more = start_more_worlds(cfg, worlds, 0.9 * cfg.budget.pretrain, render_log)
     try:
-        pre = _pretrain(cfg, train_root, assets, min(cfg.pretrain_clips, len(train_ids)), cfg.budget.pretrain)
+        if cfg.reuse_assets:  # the phase renders only (same budget, so as many worlds as a pretraining run)
+            pre = reuse_assets(cfg, Path(cfg.reuse_assets), assets)
+        else:
+            pre = _pretrain(cfg, train_root, assets, min(cfg.pretrain_clips, len(train_ids)), cfg.budget.pretrain)
         encoders = save_tiny_encoders(assets / "encoders")
-        finish_more_worlds(more, render_log)
+        finish_more_worlds(more, render_log, grace_s=60.0 + (cfg.budget.pretrain if cfg.reuse_assets else 0.0))
     finally:  # an error or Ctrl-C stops the render too (timeout and the terminal signal the whole group)
         if more is not None and more.poll() is None:
             more.terminate()
@@ -374,6 +447,8 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
                  "held_out": len(held_ids)}
     if cfg.device == "cuda":
         torch.cuda.empty_cache()
+    if cfg.reuse_assets:
+        extra["assets_from"] = str(Path(cfg.reuse_assets).resolve())
     phases.end("pretrain", vae_steps=pre["vae"]["steps"], vae_psnr_db=round(pre["vae"]["reconstruction_psnr_db"], 2),
                backbone_steps=pre["backbone"]["steps"], backbone_flow_loss=round(pre["backbone"]["final_flow_loss"], 4),
                **extra)
@@ -463,6 +538,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
     cfg.budget = Budget.parse(args.budget_text, cfg.budget)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: pass --device cpu (slow) or --smoke")
+    if cfg.reuse_assets:
+        try:
+            check_reusable_assets(cfg, Path(cfg.reuse_assets))
+        except (AssetsError, OSError, KeyError, json.JSONDecodeError) as err:
+            p.error(f"cannot reuse the assets: {err}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:

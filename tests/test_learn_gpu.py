@@ -72,7 +72,8 @@ def test_stage2_camera_weight_overrides_only_stage_2(learn, tmp_path: Path) -> N
         return tuple(learn.train_config(cfg, stage, tmp_path / "cache", tmp_path / "run", tmp_path / "assets", 4,
                                         init[stage]).loss.camera_weight for stage in (1, 2))
 
-    assert weights([]) == (30.0, 3.0)  # by default stage 2 has the paper's weight
+    assert weights([]) == (30.0, 10.0)  # by default stage 2's weight is a third of stage 1's
+    assert weights(["--camera-weight2", "3"]) == (30.0, 3.0)  # the paper's
     assert weights(["--camera-weight", "10", "--camera-weight2", "0"]) == (10.0, 10.0)  # 0: one weight for both
     assert weights(["--camera-weight", "30", "--camera-weight2", "5"]) == (30.0, 5.0)
 
@@ -142,3 +143,45 @@ def test_smoke_run_writes_the_curves_table_and_verdict(learn, tmp_path: Path,
     with pytest.raises(SystemExit) as refused:  # an earlier run is not overwritten without --overwrite
         learn.main(["--smoke", "--out", str(out)])
     assert refused.value.code == 2 and (out / "learn.json").is_file()
+
+
+def _fake_assets(root: Path, *, seed: int = 0, fraction: float = 0.25, size: int = 32, reused: bool = False,
+                 data: Path | None = None) -> Path:
+    """An ``assets/`` folder as a learn_gpu run leaves it (placeholder weights: only the checks
+    and the copy read it), pretrained on that run's ``data_train``, with its ``learn.json``."""
+    assets = root / "assets"
+    for name in ("vae", "backbone"):
+        (assets / name).mkdir(parents=True)
+        (assets / name / "config.json").write_text(f'{{"{name}": true}}')
+    pre = {"args": {"preset": "small", "frames": 5, "size": size, "data": str(data or root / "data_train")},
+           "pretrain_seed": None, "vae": {}, "backbone": {}}
+    (assets / "pretrain.json").write_text(json.dumps(pre))
+    pretrain_row = {"assets_from": "/elsewhere/assets"} if reused else {}
+    (root / "learn.json").write_text(json.dumps({"settings": {"seed": seed, "held_out_fraction": fraction},
+                                                 "phases": {"pretrain": pretrain_row}}))
+    return assets
+
+
+def test_reused_assets_are_copied_and_refused_when_they_could_have_seen_held_out_worlds(learn, tmp_path: Path) -> None:
+    cfg = learn.LearnConfig.smoke()  # small preset, 5 frames at 32x32, seed 0, held-out fraction 0.25
+    source = _fake_assets(tmp_path / "earlier")
+    pre = learn.reuse_assets(cfg, source, tmp_path / "now" / "assets")
+    assert pre["args"]["size"] == 32
+    assert (tmp_path / "now" / "assets" / "backbone" / "config.json").read_text() == '{"backbone": true}'
+    assert (source / "vae" / "config.json").is_file()  # the source is left as it was
+    # same seed, smaller held-out fraction there: its training videos include worlds held out here
+    with pytest.raises(learn.AssetsError, match="held-out fraction 0.1 with the same seed 0"):
+        learn.check_reusable_assets(cfg, _fake_assets(tmp_path / "f", fraction=0.1))
+    learn.check_reusable_assets(cfg, _fake_assets(tmp_path / "s", seed=3, fraction=0.1))  # other worlds: fine
+    with pytest.raises(learn.AssetsError, match="pretrained with size 64, this run has 32"):
+        learn.check_reusable_assets(cfg, _fake_assets(tmp_path / "z", size=64))
+    # a run moved whole: its own learn.json stands in, unless that run reused its assets too
+    learn.check_reusable_assets(cfg, _fake_assets(tmp_path / "m", data=tmp_path / "gone" / "data_train"))
+    chained = _fake_assets(tmp_path / "c", reused=True, data=tmp_path / "gone" / "data_train")
+    with pytest.raises(learn.AssetsError, match="no learn.json beside it"):
+        learn.check_reusable_assets(cfg, chained)
+    (source / "backbone" / "config.json").unlink()
+    (source / "backbone").rmdir()
+    with pytest.raises(SystemExit) as refused:  # at the command line: refused before any phase runs
+        learn.parse_args(["--smoke", "--out", str(tmp_path / "run"), "--reuse-assets", str(source)])
+    assert refused.value.code == 2 and not (tmp_path / "run").exists()
