@@ -9,13 +9,16 @@ Phases (each with a wall-clock budget, ``--budget``; each stops on time and says
 2. **pretrain**: ``scripts/pretrain_tiny_backbone.py --preset PRESET --data TRAIN`` makes
    this run's VAE and Wan backbone from ``--pretrain-clips`` training videos (no labels), its
    VAE and backbone phases capped at 38% and 47% of the budget (the rest: reading the videos,
-   the latent statistics, saving); meanwhile the render goes on in a child process
-   (:func:`start_more_worlds`; ``--no-render-during-pretrain`` turns it off) and the training
-   root is rebuilt over every world at the end of the phase;
+   the latent statistics, saving), their passes replayed as CUDA graphs on a GPU
+   (``--no-pretrain-cuda-graphs`` turns that off); or, with ``--reuse-assets DIR``, an earlier
+   run's ``assets/`` copied instead (:func:`check_reusable_assets`); meanwhile the render goes
+   on in a child process (:func:`start_more_worlds`; ``--no-render-during-pretrain`` turns it
+   off) and the training root is rebuilt over every world at the end of the phase;
 3. **cache**: ``fantasyworld data cache`` of the training root (latents, tiny-UMT5 text,
    float16 geometry at pixel resolution); stage 1 loads it onto the GPU once for both
    stages (``data.cache_on_device``);
-4. **stage 1** and 5. **stage 2** with the project's trainer on the cache, each with its phase's
+4. **stage 1** and 5. **stage 2** with the project's trainer on the cache (stage 2's camera-loss
+   weight ``--camera-weight2`` 10; the paper's 3 is a flag away), each with its phase's
    deadline: the trainer measures its step rate over its first 25 steps and plans as many steps
    as fit the rest (capped by ``--max-steps1`` / ``--max-steps2``; the cosine schedule spans
    them); the deadline stops it with a checkpoint if it runs late;
@@ -35,7 +38,7 @@ worlds, while the camera head learns once the information is in its input; 128x1
 8x8 tokens per latent frame, and the render budget buys a few thousand distinct worlds of
 17 frames, each a whole trajectory (the largest motion per clip: windows of longer renders
 would shrink the rotations the 4x bar is measured on); batch 32 at the step rate of the
-``small`` preset fills the stage-1 budget with ~3000 steps of a cosine schedule.
+``small`` preset fills the stage-1 budget with ~1000-1100 steps of a cosine schedule (one H100).
 
     python benchmarks/learn_gpu.py --out learn_out                       # one H200, ~8.5 minutes
     python benchmarks/learn_gpu.py --out /tmp/learn_smoke --smoke        # CPU, seconds (tests)
