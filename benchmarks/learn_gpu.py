@@ -129,6 +129,7 @@ class LearnConfig:
     device: str = "cuda"
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
+    pretrain_batch: int = 0  # > 0: both pretraining batches (the smoke run's); 0: the recipe's
     render_during_pretrain: bool = True  # the render goes on (more worlds) while the backbone pretrains
     reuse_assets: str = ""  # an earlier run's assets/ (VAE, backbone) instead of pretraining (:func:`reuse_assets`)
     budget: Budget = field(default_factory=Budget)
@@ -139,7 +140,7 @@ class LearnConfig:
         return cls(worlds=8, frames=5, size=32, held_out_fraction=0.25, batch=2, warmup1=0, warmup2=0,
                    max_steps1=3, max_steps2=2, log_every=1, eval_clips=1, diffusion_clips=1,
                    diffusion_train_clips=1, geometry_train_clips=1,
-                   diffusion_sigmas=(0.5,), workers=1, device="cpu", pretrain_steps=(2, 2),
+                   diffusion_sigmas=(0.5,), workers=1, device="cpu", pretrain_steps=(2, 2), pretrain_batch=2,
                    budget=Budget(render=60, pretrain=120, cache=60, stage1=120, stage2=120, eval=120))
 
 
@@ -261,11 +262,9 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
     return result
 
 
-def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, budget: float) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_backbone", PRETRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
+def pretrain_argv(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, budget: float) -> list[str]:
+    """The pretraining script's command line for this run: its VAE and backbone passes stop at
+    38% and 47% of ``budget`` seconds, or at ``cfg.pretrain_steps`` if that comes first."""
     argv = ["--preset", cfg.preset, "--data", str(train_root), "--out", str(assets), "--device", cfg.device,
             "--clips", str(n_clips), "--frames", str(cfg.frames), "--size", str(cfg.size), "--workers",
             str(cfg.workers), "--seed", str(cfg.seed), "--vae-seconds", f"{0.38 * budget:.1f}",
@@ -273,9 +272,18 @@ def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, bu
     if cfg.pretrain_cuda_graphs and cfg.device == "cuda":
         argv.append("--cuda-graphs")
     if cfg.pretrain_steps:
-        argv += ["--vae-steps", str(cfg.pretrain_steps[0]), "--dit-steps", str(cfg.pretrain_steps[1]),
-                 "--vae-batch", str(cfg.batch), "--dit-batch", str(cfg.batch)]
-    return module.main(argv)
+        argv += ["--vae-steps", str(cfg.pretrain_steps[0]), "--dit-steps", str(cfg.pretrain_steps[1])]
+    if cfg.pretrain_batch > 0:
+        argv += ["--vae-batch", str(cfg.pretrain_batch), "--dit-batch", str(cfg.pretrain_batch)]
+    return argv
+
+
+def _pretrain(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, budget: float) -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_backbone", PRETRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.main(pretrain_argv(cfg, train_root, assets, n_clips, budget))
 
 
 class AssetsError(ValueError):
@@ -523,6 +531,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
     p.add_argument("--budget", dest="budget_text", default="",
                    help=f"seconds per phase, e.g. stage1=200,eval=60 ({', '.join(PHASES)})")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier --out first")
+    p.add_argument("--pretrain-steps", dest="pretrain_steps_text", default="", metavar="VAE,BACKBONE",
+                   help="step caps of the two pretraining passes, e.g. 400,500: below what the budget fits, "
+                        "the pretraining runs a fixed schedule instead of stopping on time")
     base = LearnConfig()
     for f in fields(LearnConfig):
         if f.name in ("budget", "pretrain_steps", "diffusion_sigmas"):
@@ -539,6 +550,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
         if value is not None:
             setattr(cfg, f.name, value)
     cfg.budget = Budget.parse(args.budget_text, cfg.budget)
+    if args.pretrain_steps_text:
+        try:
+            vae, backbone = (int(v) for v in args.pretrain_steps_text.split(","))
+        except ValueError:
+            p.error(f"--pretrain-steps {args.pretrain_steps_text!r}: two step counts VAE,BACKBONE, e.g. 400,500")
+        if vae < 1 or backbone < 1:
+            p.error(f"--pretrain-steps {args.pretrain_steps_text!r}: both step counts must be at least 1")
+        cfg.pretrain_steps = (vae, backbone)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: pass --device cpu (slow) or --smoke")
     if cfg.reuse_assets:

@@ -78,6 +78,26 @@ def test_stage2_camera_weight_overrides_only_stage_2(learn, tmp_path: Path) -> N
     assert weights(["--camera-weight", "30", "--camera-weight2", "5"]) == (30.0, 5.0)
 
 
+def test_pretrain_steps_cap_the_passes_and_keep_the_recipes_batches(learn, tmp_path: Path) -> None:
+    def argv(flags: list[str]) -> list[str]:
+        cfg, _ = learn.parse_args(["--out", str(tmp_path / "x"), "--device", "cpu", *flags])
+        return learn.pretrain_argv(cfg, tmp_path / "train", tmp_path / "assets", 100, 100.0)
+
+    plain = argv([])
+    assert "--vae-steps" not in plain and "--vae-batch" not in plain  # the recipe's, stopped on time
+    assert plain[plain.index("--vae-seconds") + 1] == "38.0" and plain[plain.index("--dit-seconds") + 1] == "47.0"
+    capped = argv(["--pretrain-steps", "400,500"])
+    assert capped[capped.index("--vae-steps") + 1] == "400" and capped[capped.index("--dit-steps") + 1] == "500"
+    assert "--vae-batch" not in capped  # a cap changes the step count, not the batch
+    smoke, _ = learn.parse_args(["--smoke", "--out", str(tmp_path / "s")])
+    smoke_argv = learn.pretrain_argv(smoke, tmp_path / "train", tmp_path / "assets", 4, 10.0)
+    assert smoke_argv[smoke_argv.index("--vae-batch") + 1] == "2"
+    for bad in ("400", "400,x", "0,5"):
+        with pytest.raises(SystemExit) as stop:
+            learn.parse_args(["--smoke", "--out", str(tmp_path / "b"), "--pretrain-steps", bad])
+        assert stop.value.code == 2
+
+
 def test_render_during_pretrain_appends_the_missing_worlds(learn, tmp_path: Path) -> None:
     from fantasyworld.data.formats import load_metadata
     from fantasyworld.data.synth import synthesize_dataset
