@@ -39,6 +39,7 @@ curves and the final scores; docs/evaluation.md#camera-learning has the measured
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -47,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from fantasyworld.data.loader import RawClipDataset, collate
 from fantasyworld.data.split import split_clip_ids
@@ -56,7 +58,7 @@ from fantasyworld.eval.evaluate import baseline_prediction, score_clip
 from fantasyworld.geometry.pose_encoding import decode_pose, encode_pose, relative_to_first
 from fantasyworld.heads.losses import CAMERA_LOSS_TYPES
 from fantasyworld.models import encoders
-from fantasyworld.models.config import get_preset
+from fantasyworld.models.config import FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.flow_matching import add_noise, sample_training_sigmas, sigma_to_timestep
 from fantasyworld.models.geometry_branch import group_by_latent_frame
@@ -95,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--eval-clips", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="", metavar="KEY=VALUE,...",
+                   help="fields of the tiny preset's model config to change for this probe, e.g. "
+                        "num_register_tokens=0,geo_layerscale_init=0.1 (values read as YAML)")
     return p.parse_args(argv)
 
 
@@ -152,11 +157,28 @@ def summarise(rows: list[tuple[dict, dict]]) -> dict[str, float]:
     return out
 
 
+def model_config(changes: str) -> FantasyWorldConfig:
+    """The ``tiny`` preset with ``changes`` (``key=value,...``, YAML values) applied; an unknown
+    field or a value the config rejects raises ``SystemExit`` with the field named."""
+    config = get_preset("tiny")
+    names = {f.name for f in dataclasses.fields(config)}
+    updates = {}
+    for item in filter(None, changes.split(",")):
+        key, _, raw = item.partition("=")
+        if key not in names or not raw:
+            raise SystemExit(f"--model {item!r}: expected KEY=VALUE with KEY a field of the model config")
+        updates[key] = yaml.safe_load(raw)
+    try:
+        return dataclasses.replace(config, **updates)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--model {changes!r}: {err}") from err
+
+
 class FantasyWorldLearner:
     """The tiny preset's stage 1 with the project's losses (see the module docstring)."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
-        config = get_preset("tiny")
+        config = model_config(args.model)
         wan = load_wan_transformer(ASSETS / "backbone", torch.float32, "cpu", expected_config=config.wan)
         self.model = FantasyWorldModel(config, transformer=wan).to(device).set_stage(1)
         self.model.train()
