@@ -169,7 +169,9 @@ def model_config(changes: str) -> FantasyWorldConfig:
             raise SystemExit(f"--model {item!r}: expected KEY=VALUE with KEY a field of the model config")
         updates[key] = yaml.safe_load(raw)
     try:
-        return dataclasses.replace(config, **updates)
+        config = dataclasses.replace(config, **updates)
+        config.validate()  # what get_preset checks of a preset, checked of the changed one
+        return config
     except (TypeError, ValueError) as err:
         raise SystemExit(f"--model {changes!r}: {err}") from err
 

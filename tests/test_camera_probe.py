@@ -1,5 +1,5 @@
 """benchmarks/camera_probe.py: ``--model`` changes the named fields of the tiny preset, and the
-model it builds has them; a field that is not the config's is refused by name."""
+model it builds has them; a field that is not the config's, or a value its checks reject, is refused by name."""
 
 from __future__ import annotations
 
@@ -27,3 +27,5 @@ def test_model_changes_apply_to_the_tiny_preset_and_unknown_fields_are_refused(p
         probe.model_config("nope=1")
     with pytest.raises(SystemExit, match="geo_dim"):
         probe.model_config("geo_dim")
+    with pytest.raises(SystemExit, match="geo_heads 3"):  # a value the config's own checks reject
+        probe.model_config("geo_heads=3")
