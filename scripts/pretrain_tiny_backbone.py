@@ -339,6 +339,41 @@ def train_backbone(latents: torch.Tensor, text: torch.Tensor, empty: torch.Tenso
 
 
 @torch.no_grad()
+def prompt_dependence(backbone: torch.nn.Module, latents: torch.Tensor, text: torch.Tensor, empty: torch.Tensor,
+                      device: torch.device, clips: int = 256, sigmas: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9),
+                      seed: int = 0) -> dict[str, float]:
+    """How much the backbone reads its prompt: the flow MSE of the first ``clips`` clips
+    ``latents`` ``(N, 16, F, h, w)`` with their own prompt embeddings ``text`` ``(N, L, D)``, with
+    the embedding of another clip whose prompt differs (the next one along with a different
+    embedding), and with the empty prompt ``empty`` ``(1, L, D)``; the same noise and the noise
+    levels ``sigmas`` for all three. ``other_over_own`` > 1 says the prompt is used (the synthetic
+    prompts name the camera motion, what the geometry branch's camera head needs to see)."""
+    n = min(clips, len(latents))
+    x0, ctx = latents[:n].to(device), text[:n].to(device)
+    flat = ctx.flatten(1)
+    other = torch.empty(n, dtype=torch.long)
+    for i in range(n):  # the nearest following clip whose prompt embedding differs
+        other[i] = next((j % n for j in range(i + 1, i + n) if not torch.equal(flat[i], flat[j % n])), i)
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"own": 0.0, "other": 0.0, "empty": 0.0}
+    for s in sigmas:
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        sigma = torch.full((n,), s, device=device)
+        x_t, timestep = add_noise(x0, noise, sigma), sigma_to_timestep(sigma)
+        target = flow_target(x0, noise).float()
+        for key, c in (("own", ctx), ("other", ctx[other.to(device)]), ("empty", empty.to(device).expand_as(ctx))):
+            for lo in range(0, n, 64):
+                pred = backbone(x_t[lo:lo + 64], timestep[lo:lo + 64], c[lo:lo + 64], return_dict=False)[0]
+                sums[key] += F.mse_loss(pred.float(), target[lo:lo + 64], reduction="sum").item()
+    count = len(sigmas) * x0.numel()
+    out = {f"flow_mse_{k}_prompt": v / count for k, v in sums.items()}
+    out["other_over_own"] = out["flow_mse_other_prompt"] / out["flow_mse_own_prompt"]
+    out["empty_over_own"] = out["flow_mse_empty_prompt"] / out["flow_mse_own_prompt"]
+    out.update(clips=n, sigmas=list(sigmas), distinct_pairs=int((other != torch.arange(n)).sum()))
+    return out
+
+
+@torch.no_grad()
 def sample_preview(backbone, vae, text: torch.Tensor, device: torch.device, path: Path, frames: int, size: int,
                    steps: int = 30) -> None:
     """Euler samples (shift 5, no CFG) for 4 prompts, decoded, saved as one PNG strip."""
@@ -425,6 +460,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
     backbone = train_backbone(latents, text, empty, wan_config, args, device, log)
     torch.backends.cudnn.benchmark = benchmark
+    log["prompt_dependence"] = prompt_dependence(backbone, latents, text, empty, device)
+    print("backbone: flow MSE with its own / another / the empty prompt {flow_mse_own_prompt:.4f} / "
+          "{flow_mse_other_prompt:.4f} / {flow_mse_empty_prompt:.4f}".format(**log["prompt_dependence"]), flush=True)
     if args.preview:
         sample_preview(backbone, vae, text, device, Path(args.preview), args.frames, args.size)
     vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)

@@ -47,3 +47,29 @@ def test_pretraining_recipe_per_preset(script) -> None:
     with pytest.raises(SystemExit):  # the graphed passes are CUDA-only: refused before anything runs
         module.parse_args(["--cuda-graphs", "--device", "cpu"])
     assert module.parse_args(["--cuda-graphs", "--device", "cuda"]).cuda_graphs
+
+
+def test_prompt_dependence_swaps_prompts(script) -> None:
+    """The pretraining's prompt check scores each clip against a *different* prompt: a backbone
+    that ignores its prompt gets ratios of exactly 1, one that reads it (here its prediction is
+    the clip's value carried by the prompt) gets more than 1 with another prompt."""
+    module = script("scripts/pretrain_tiny_backbone.py")
+    n = 6
+    values = torch.tensor([0.0, 0.0, 2.0, 2.0, -1.0, 3.0])  # clips 0/1 and 2/3 share a prompt
+    latents = -values.view(n, 1, 1, 1, 1).expand(n, 2, 1, 2, 2).clone()  # target = noise + value
+    text = values.view(n, 1, 1).expand(n, 3, 4).clone()
+    empty = torch.zeros(1, 3, 4)
+
+    def reads(x, t, ctx, return_dict=False):
+        return (ctx[:, 0, 0].view(-1, 1, 1, 1, 1).expand_as(x),)
+
+    def ignores(x, t, ctx, return_dict=False):
+        return (torch.zeros_like(x),)
+
+    dev = torch.device("cpu")
+    out = module.prompt_dependence(reads, latents, text, empty, dev, sigmas=(0.5,))
+    assert out["distinct_pairs"] == n  # every clip got a prompt unlike its own, 0 and 1 included
+    # own prompt: the noise alone is left (unit variance); another: plus the squared value gap
+    assert out["other_over_own"] > 2.0 and out["empty_over_own"] > 1.5
+    flat = module.prompt_dependence(ignores, latents, text, empty, dev, sigmas=(0.5,))
+    assert flat["other_over_own"] == 1.0 and flat["empty_over_own"] == 1.0
