@@ -14,11 +14,14 @@ videos of a seed-layout dataset (``--data``: e.g. the training split of a run), 
 ``OUT/backbone/``   ``WanTransformer3DModel`` of the preset (its ``wan`` config), a
                     text-to-video flow-matching DiT conditioned on the seeded tiny UMT5
                     (``encoders.tiny_text_encoder(0)``; frozen and random, like the demo's);
-``OUT/pretrain.json`` the settings, losses, steps, timings and what stopped each phase;
+``OUT/pretrain.json`` the settings, losses, steps, timings and what stopped each phase, and
+                    how much the backbone reads its prompt (``prompt_dependence``: flow MSE
+                    with each clip's own prompt, another clip's and the empty one);
 
 both in diffusers' ``save_pretrained`` layout (config.json + safetensors), which the trainer
 (``model.backbone_dir``), the cache (``--vae``) and the pipeline load. No geometry label is
-used here: depth, points and cameras are learnt by stages 1 and 2.
+used here: depth, points and cameras are learnt by stages 1 and 2. ``--vae DIR`` takes an
+earlier run's VAE (its latent statistics re-measured on these clips) and trains the backbone only.
 
 Recipes (:data:`RECIPES`, the defaults of every flag; flags override them):
 
@@ -417,6 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--cfg-dropout", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--vae", default=None, help="use this diffusers AutoencoderKLWan folder (e.g. an earlier run's "
+                   "OUT/vae) instead of training a VAE; its latent statistics are re-measured on these clips")
     p.add_argument("--preview", default=None, help="write a PNG of decoded samples here")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="replay each VAE and backbone forward and backward as CUDA graphs (GPU only)")
@@ -451,7 +456,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log["render_seconds"] = time.perf_counter() - t0
     print(f"{'read' if args.data else 'rendered'} {len(video)} clips {tuple(video.shape[1:])} in "
           f"{log['render_seconds']:.0f} s", flush=True)
-    vae = train_vae(video, args, device, log)
+    if args.vae:  # an earlier run's VAE: only the backbone is trained here
+        vae = encoders.load_vae(args.vae, device)
+        log["vae"] = {"from": str(args.vae), "steps": 0, "parameters": sum(p.numel() for p in vae.parameters())}
+        print(f"vae: {args.vae} (not trained here)", flush=True)
+    else:
+        vae = train_vae(video, args, device, log)
     latents = calibrate_vae(vae, video, device, log)
     text, empty = encode_prompts(prompts, device, int(wan_config["text_dim"]))
     # the backbone's one convolution (patch embedding) has fixed shapes: autotuned once. Not the VAE's

@@ -73,3 +73,21 @@ def test_prompt_dependence_swaps_prompts(script) -> None:
     assert out["other_over_own"] > 2.0 and out["empty_over_own"] > 1.5
     flat = module.prompt_dependence(ignores, latents, text, empty, dev, sigmas=(0.5,))
     assert flat["other_over_own"] == 1.0 and flat["empty_over_own"] == 1.0
+
+
+def test_pretraining_on_an_earlier_vae(script, tmp_path, one_thread) -> None:
+    """``--vae DIR`` trains only the backbone: the VAE's weights are DIR's, its latent
+    statistics re-measured on these clips, and the prompt check is recorded."""
+    from fantasyworld.demo import ASSETS
+    from fantasyworld.models.encoders import load_vae
+
+    module = script("scripts/pretrain_tiny_backbone.py")
+    log = module.main(["--out", str(tmp_path / "pt"), "--device", "cpu", "--workers", "1", "--clips", "6",
+                       "--vae", str(ASSETS / "vae"), "--dit-steps", "2", "--dit-batch", "2"])
+    assert log["vae"]["from"] == str(ASSETS / "vae") and log["vae"]["steps"] == 0
+    assert log["backbone"]["steps"] == 2
+    assert log["prompt_dependence"]["clips"] == 6 and log["prompt_dependence"]["other_over_own"] > 0
+    shipped, written = load_vae(ASSETS / "vae"), load_vae(tmp_path / "pt" / "vae")
+    for a, b in zip(shipped.state_dict().values(), written.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert written.config.latents_std != shipped.config.latents_std  # measured on the 6 clips
