@@ -4,9 +4,10 @@ One command on the output folder of ``fantasyworld demo`` (CPU, about half a min
 
     python benchmarks/camera_head_probe.py --demo demo_output --out camera_head_probe.json
 
-It loads the demo's stage-1 checkpoint (or ``--checkpoint``) with the shipped tiny VAE and
-backbone and runs the ``latents`` mode of the evaluation (sigma ``--sigma``, the clip's own
-prompt) on ``--clips`` training worlds and on the evaluated held-out worlds. It prints:
+It loads the demo's stage-1 checkpoint (or ``--checkpoint``) with the tiny VAE and backbone the
+demo ran with (``demo.json``'s ``assets``, or ``--assets``; the shipped ones if neither) and
+runs the ``latents`` mode of the evaluation (sigma ``--sigma``, the clip's own prompt) on
+``--clips`` training worlds and on the evaluated held-out worlds. It prints:
 
 * **spread**: the standard deviation across training clips of each of the 9 pose-encoding
   components (``[t_xyz, q_xyzw, fov_h, fov_w]``, relative to frame 0, mean over frames), of
@@ -67,9 +68,9 @@ def rot_err(pred_w2c: np.ndarray, gt_w2c: np.ndarray) -> float:
 class Probe:
     """The demo's model with hooks on the camera head and the latent bridge."""
 
-    def __init__(self, checkpoint: Path, sigma: float) -> None:
-        self.pipe = load_pipeline(inspect_checkpoint(checkpoint), backbone=str(ASSETS / "backbone"),
-                                  vae=str(ASSETS / "vae"), text_encoder="tiny", device="cpu")
+    def __init__(self, checkpoint: Path, sigma: float, assets: Path = ASSETS) -> None:
+        self.pipe = load_pipeline(inspect_checkpoint(checkpoint), backbone=str(assets / "backbone"),
+                                  vae=str(assets / "vae"), text_encoder="tiny", device="cpu")
         self.model, self.sigma = self.pipe.model, sigma
         head = self.model.geometry.camera_head
         self.captured: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
@@ -106,6 +107,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="default: the demo's last stage-1 checkpoint")
     p.add_argument("--clips", type=int, default=24, help="training clips for the spreads")
     p.add_argument("--sigma", type=float, default=0.05)
+    p.add_argument("--assets", default=None, help="tiny VAE/backbone folder (default: the demo's, from demo.json)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     a = p.parse_args()
     demo = Path(a.demo)
@@ -116,8 +118,10 @@ def main() -> None:
     held = list(json.loads((demo / "evaluation" / "metrics.json").read_text())["per_clip"])
     worlds = RawClipDataset(demo / "data" / "worlds", num_frames=frames, height=size, width=size)
     train = RawClipDataset(demo / "data" / "train", num_frames=frames, height=size, width=size)
-    probe = Probe(checkpoint, a.sigma)
-    res: dict[str, Any] = {"checkpoint": str(checkpoint), "sigma": a.sigma}
+    ran_with = json.loads((demo / "demo.json").read_text()).get("assets") if (demo / "demo.json").is_file() else None
+    assets = Path(a.assets or ran_with or ASSETS)
+    probe = Probe(checkpoint, a.sigma, assets)
+    res: dict[str, Any] = {"checkpoint": str(checkpoint), "sigma": a.sigma, "assets": str(assets)}
 
     # 1. spread of predictions, ground truth and the head's activations over training clips
     picks = np.linspace(0, len(train) - 1, min(a.clips, len(train))).round().astype(int)
