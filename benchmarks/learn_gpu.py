@@ -506,7 +506,8 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
 
     verdict = learn_report.acceptance(evals[1], evals[2], diffusion)
     summary = {**phases.header, "finished": True, "phases": phases.rows,
-               "total_seconds": time.perf_counter() - phases.t0, "pretrain": {k: pre[k] for k in ("vae", "backbone")},
+               "total_seconds": time.perf_counter() - phases.t0,
+               "pretrain": {k: pre[k] for k in ("vae", "backbone", "prompt_dependence") if k in pre},
                "held_out_clips": held_ids[:cfg.eval_clips], "acceptance": verdict}
     learn_report.plot_curves(out, {"stage 1": result1.history, "stage 2": result2.history})
     learn_report.write_tables(out, evals[1], evals[2], verdict, diffusion, summary, train_stage2=evals.get("train"))
