@@ -17,6 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# diffusers' library logger binds its stream handler to ``sys.stderr`` the first time it is
+# used. Bound inside a test's ``capsys`` capture, the handler keeps that capture's stream after
+# the test closed it, and a later diffusers warning prints a "--- Logging error ---" traceback
+# into whichever test is running (test_faults.py run on its own failed so). Bound here, it
+# writes to the session's capture, which stays open.
+from diffusers.utils import logging as _diffusers_logging  # noqa: E402
+
+_diffusers_logging.get_logger("diffusers")
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
