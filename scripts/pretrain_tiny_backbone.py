@@ -357,14 +357,15 @@ def prompt_dependence(backbone: torch.nn.Module, latents: torch.Tensor, text: to
     other = torch.empty(n, dtype=torch.long)
     for i in range(n):  # the nearest following clip whose prompt embedding differs
         other[i] = next((j % n for j in range(i + 1, i + n) if not torch.equal(flat[i], flat[j % n])), i)
+    prompts = {"own": ctx, "other": ctx[other.to(device)], "empty": empty.to(device).expand_as(ctx)}
     gen = torch.Generator().manual_seed(seed)
-    sums = {"own": 0.0, "other": 0.0, "empty": 0.0}
+    sums = dict.fromkeys(prompts, 0.0)
     for s in sigmas:
         noise = torch.randn(x0.shape, generator=gen).to(device)
         sigma = torch.full((n,), s, device=device)
         x_t, timestep = add_noise(x0, noise, sigma), sigma_to_timestep(sigma)
         target = flow_target(x0, noise).float()
-        for key, c in (("own", ctx), ("other", ctx[other.to(device)]), ("empty", empty.to(device).expand_as(ctx))):
+        for key, c in prompts.items():
             for lo in range(0, n, 64):
                 pred = backbone(x_t[lo:lo + 64], timestep[lo:lo + 64], c[lo:lo + 64], return_dict=False)[0]
                 sums[key] += F.mse_loss(pred.float(), target[lo:lo + 64], reduction="sum").item()
