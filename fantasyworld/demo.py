@@ -71,6 +71,9 @@ class DemoConfig:
         eval_sigma: noise level of the evaluation's ``latents`` mode.
         gen_steps: Euler steps of every generation (the showcase and the evaluation's).
         max_eval_clips: cap on held-out clips evaluated (``None``: all).
+        curriculum: stage 1's ``data.curriculum.measure`` (``rotation``, ``translation``; ``None``:
+            off), with ``curriculum_start`` and ``curriculum_ramp_steps`` as its ``start_fraction``
+            and ``ramp_steps`` (docs/evaluation.md: measured, not the default).
     """
 
     num_clips: int = 400
@@ -90,6 +93,9 @@ class DemoConfig:
     eval_sigma: float = 0.05
     gen_steps: int = 20
     max_eval_clips: int | None = 16
+    curriculum: str | None = None
+    curriculum_start: float = 0.25
+    curriculum_ramp_steps: int = 600
     seed: int = 0
     camera: str = DEMO_CAMERA
     progress: bool = True
@@ -161,6 +167,9 @@ def _train_config(cfg: DemoConfig, stage: int, cache: Path, run_dir: Path, init_
         "checkpoint": {"every": max(steps, 1), "keep_last": 1},
         "log": {"every": 1, "tensorboard": False, "progress": cfg.progress},
     }
+    if stage == 1 and cfg.curriculum is not None:
+        data["data"]["curriculum"] = {"measure": cfg.curriculum, "start_fraction": cfg.curriculum_start,
+                                      "ramp_steps": cfg.curriculum_ramp_steps}
     if init_from is not None:
         data["init_from"] = str(init_from)
     return config_from_dict(data)
@@ -184,6 +193,9 @@ def _prepare_out(out: Path, cfg: DemoConfig, resume: bool, overwrite: bool) -> N
         if resume:
             saved_path = out / CONFIG_NAME
             saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+            if saved is not None:  # a key added since that demo was written has its default (the old behaviour)
+                defaults = {k: v for k, v in asdict(DemoConfig()).items() if k != "progress"}
+                saved = {**{k: defaults[k] for k in defaults if k not in saved}, **saved}
             if saved != settings:
                 changed = sorted(k for k in settings if saved is None or saved.get(k) != settings[k])
                 raise OutputError(f"--out {out}: --resume needs the settings of the stopped demo ({saved_path} "

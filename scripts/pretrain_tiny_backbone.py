@@ -265,6 +265,17 @@ def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.devic
     return vae.eval().requires_grad_(False)
 
 
+def pooled_psnr_db(video: torch.Tensor, factor: int = 8) -> float:
+    """PSNR (dB, on [0, 1]) of each frame of ``video`` ``(N, 3, T, H, W)`` in [-1, 1] against its
+    ``factor`` x ``factor`` average-pooled thumbnail upsampled bilinearly: what a code with no
+    learning, the mean colour of every cell of the VAE's spatial compression, reconstructs. A VAE
+    of 16 channels per 8 x 8 x 4 cell can store those means (12 numbers) and more, so its own
+    PSNR below this one says its latents are blurrier than a thumbnail."""
+    frames = video.transpose(1, 2).flatten(0, 1).float()  # (N*T, 3, H, W)
+    thumb = F.interpolate(F.avg_pool2d(frames, factor), size=frames.shape[-2:], mode="bilinear", align_corners=False)
+    return -10 * math.log10(max(float(F.mse_loss((thumb + 1) / 2, (frames + 1) / 2)), 1e-12))
+
+
 @torch.no_grad()
 def calibrate_vae(vae, video: torch.Tensor, device: torch.device, log: dict) -> torch.Tensor:
     """Set ``latents_mean`` / ``latents_std`` to the per-channel statistics of the posterior
@@ -277,10 +288,13 @@ def calibrate_vae(vae, video: torch.Tensor, device: torch.device, log: dict) -> 
     vae.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std])
     n = min(64, chunk, len(video))
     rec = vae.decode(raw[:n].to(device)).sample
-    psnr = -10 * math.log10(float(F.mse_loss((rec + 1) / 2, (_to_float(video[:n], device) + 1) / 2)))
+    target = _to_float(video[:n], device)
+    psnr = -10 * math.log10(float(F.mse_loss((rec + 1) / 2, (target + 1) / 2)))
+    pooled = pooled_psnr_db(target)
     log["vae"].update(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std],
-                      reconstruction_psnr_db=psnr)
-    print(f"vae: reconstruction PSNR {psnr:.1f} dB on {n} training clips", flush=True)
+                      reconstruction_psnr_db=psnr, pooled_psnr_db=pooled)
+    print(f"vae: reconstruction PSNR {psnr:.1f} dB on {n} training clips (8x pooled thumbnail: {pooled:.1f} dB)",
+          flush=True)
     return (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
 
 

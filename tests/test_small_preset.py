@@ -87,7 +87,20 @@ def test_pretraining_on_an_earlier_vae(script, tmp_path, one_thread) -> None:
     assert log["vae"]["from"] == str(ASSETS / "vae") and log["vae"]["steps"] == 0
     assert log["backbone"]["steps"] == 2
     assert log["prompt_dependence"]["clips"] == 6 and log["prompt_dependence"]["other_over_own"] > 0
+    assert 5 < log["vae"]["pooled_psnr_db"] < 60 and log["vae"]["reconstruction_psnr_db"] > 5
     shipped, written = load_vae(ASSETS / "vae"), load_vae(tmp_path / "pt" / "vae")
     for a, b in zip(shipped.state_dict().values(), written.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert written.config.latents_std != shipped.config.latents_std  # measured on the 6 clips
+
+
+def test_pooled_thumbnail_reference(script) -> None:
+    """The VAE's no-learning reference: exact for a uniform video, low for pixel noise, and
+    between the two for a smooth gradient."""
+    module = script("scripts/pretrain_tiny_backbone.py")
+    flat = torch.full((2, 3, 5, 32, 32), 0.3)
+    assert module.pooled_psnr_db(flat) == pytest.approx(120.0)
+    noise = torch.rand((2, 3, 5, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert module.pooled_psnr_db(noise) < 12  # uniform noise on [0, 1] has a variance of 1/12: 10.8 dB
+    ramp = torch.linspace(-1, 1, 32).expand(2, 3, 5, 32, 32)
+    assert 25 < module.pooled_psnr_db(ramp) < 120

@@ -205,6 +205,14 @@ class CachedClipDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.read(i)
 
+    def read_w2c(self, i: int) -> torch.Tensor:
+        """World-to-camera poses ``(T, 4, 4)`` of item ``i`` alone (the rest of its file is not read)."""
+        path = self.cache_dir / self.entries[i]["file"]
+        if not path.exists():
+            raise DataError(path, MISSING_FILE, "cache file does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor("w2c").float()
+
     def read(self, i: int, upcast: bool = True) -> dict[str, Any]:
         """Item ``i``; floating tensors as fp32, or (``upcast=False``) in their stored dtype."""
         path = self.cache_dir / self.entries[i]["file"]

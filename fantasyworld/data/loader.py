@@ -227,6 +227,17 @@ class RawClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def read_w2c(self, index: int) -> np.ndarray:
+        """World-to-camera poses ``(T, 4, 4)`` of the frames item ``index`` takes from its first
+        frame (``stride`` apart, the clip's or its bucket's frame count), read from the camera
+        file alone (no frame decoded)."""
+        record = self.records[index]
+        info = inspect_clip(self.root, record, Reporter())
+        assert info is not None  # Reporter() raises on the first problem
+        frames = self.num_frames if self.bucket_of is None else self.buckets[self.bucket_of[index]].frames
+        idx = np.arange(min(frames, (info.num_frames - 1) // self.stride + 1)) * self.stride
+        return info.w2c[idx].astype(np.float64)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         info = inspect_clip(self.root, record, Reporter())

@@ -143,6 +143,22 @@ class BucketConfig:
 
 
 @dataclass(kw_only=True)
+class CurriculumConfig:
+    """A curriculum over clip difficulty (``data.curriculum``; :mod:`fantasyworld.data.curriculum`).
+    Off unless ``measure`` is set: then the first ``ramp_steps`` steps draw their samples from
+    the easiest clips by that measure, a pool growing linearly from ``start_fraction`` of the
+    clips to all of them; from ``ramp_steps`` on the order is the usual one."""
+
+    measure: str | None = None
+    """Difficulty of a clip from its cameras: ``rotation`` (largest angle from frame 0) or
+    ``translation`` (largest camera displacement); null: no curriculum."""
+    start_fraction: float = 0.25
+    """Share of the easiest clips the first step draws from, in (0, 1]."""
+    ramp_steps: int = 0
+    """Optimizer steps until every clip is in the pool (>= 1 with a measure)."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Training data: a raw seed-layout dataset (encoded on the fly) or a latent cache."""
 
@@ -181,6 +197,8 @@ class DataConfig:
     """Raw data, I2V presets: local ``CLIPVisionModel`` directory, or ``tiny``."""
     buckets: BucketConfig = field(default_factory=BucketConfig)
     """Resolution and frame-count buckets (off by default)."""
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    """Easiest clips first (off by default)."""
 
 
 @dataclass(kw_only=True)
@@ -414,6 +432,19 @@ class TrainConfig:
 
         area = d.height * d.width if d.height and d.width else None
         resolve_bucket_config(d.buckets, area, d.num_frames)  # raises ConfigError naming the data.buckets key
+        cur = d.curriculum
+        if cur.measure is not None:
+            from fantasyworld.data.curriculum import DIFFICULTY_MEASURES
+
+            if cur.measure not in DIFFICULTY_MEASURES:
+                fail(unknown_choice("data.curriculum.measure", cur.measure, tuple(DIFFICULTY_MEASURES)))
+            if not 0 < cur.start_fraction <= 1:
+                fail(f"data.curriculum.start_fraction must be in (0, 1], got {cur.start_fraction}")
+            if cur.ramp_steps < 1:
+                fail(f"data.curriculum.ramp_steps must be >= 1 with a measure, got {cur.ramp_steps}")
+            if d.buckets.sizes or d.buckets.aspect_ratios:
+                fail("data.curriculum and data.buckets cannot be used together: every batch of a bucketed run "
+                     "must hold one bucket, which the curriculum's draws do not keep")
 
         o = self.optim
         if not o.lr > 0:

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fantasyworld.data.bucket_sampler import BucketBatchSampler
 from fantasyworld.data.buckets import Bucket, BucketSettings, resolve_bucket_config
+from fantasyworld.data.curriculum import CurriculumOrder
 from fantasyworld.data.loader import collate
 from fantasyworld.errors import CheckpointError
 from fantasyworld.models.inputs import sample_seed
@@ -79,13 +80,19 @@ class PositionDataset(Dataset):
     (random crops of :class:`~fantasyworld.data.loader.RawClipDataset`) is told the epoch
     before each read, so crops vary per epoch and stay reproducible. ``order`` (a
     :class:`~fantasyworld.data.bucket_sampler.BucketBatchSampler`) replaces the epoch
-    permutation with its bucketed plan.
+    permutation with its bucketed plan. ``curriculum`` (a
+    :class:`~fantasyworld.data.curriculum.CurriculumOrder`, never with ``order``) picks the items
+    of the positions in its ramp from the easiest clips, and the permutation does the rest.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, order: BucketBatchSampler | None = None) -> None:
+    def __init__(self, dataset: Dataset, seed: int, order: BucketBatchSampler | None = None,
+                 curriculum: CurriculumOrder | None = None) -> None:
+        if order is not None and curriculum is not None:
+            raise ValueError("a curriculum and buckets cannot order one stream together")
         self.dataset = dataset
         self.seed = seed
         self.order = order
+        self.curriculum = curriculum
         self.size = len(dataset)  # type: ignore[arg-type]
         if self.size == 0:
             raise ValueError("the training dataset is empty")
@@ -105,6 +112,8 @@ class PositionDataset(Dataset):
         if self.order is not None:
             return self.order.locate(position)
         epoch, offset = divmod(position, self.size)
+        if self.curriculum is not None and self.curriculum.active(position):
+            return epoch, self.curriculum.index(position)
         return epoch, int(self._permutation(epoch)[offset])
 
     def __len__(self) -> int:
@@ -155,15 +164,16 @@ class StepBatchSampler(Sampler[list[int]]):
 
 def build_stream_loader(dataset: Dataset, *, seed: int, batch_size: int, world_size: int, rank: int,
                         grad_accum: int, start_step: int = 0, num_workers: int = 0,
-                        pin_memory: bool = False) -> DataLoader:
+                        pin_memory: bool = False, curriculum: CurriculumOrder | None = None) -> DataLoader:
     """A DataLoader over :class:`PositionDataset` driven by :class:`StepBatchSampler`; a
-    dataset with ``bucket_of`` (not None) gets the bucketed order (module docstring)."""
+    dataset with ``bucket_of`` (not None) gets the bucketed order (module docstring), else
+    ``curriculum`` (if given) orders the first steps."""
     sampler = StepBatchSampler(batch_size, world_size, rank, grad_accum, start_step)
     order = None
     if getattr(dataset, "bucket_of", None) is not None:
         order = BucketBatchSampler(dataset.bucket_of, batch_size, num_replicas=world_size, rank=rank,
                                    grad_accum=grad_accum, seed=seed)
-    return DataLoader(PositionDataset(dataset, seed, order), batch_sampler=sampler, collate_fn=collate,
+    return DataLoader(PositionDataset(dataset, seed, order, curriculum), batch_sampler=sampler, collate_fn=collate,
                       num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False)
 

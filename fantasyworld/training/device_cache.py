@@ -96,16 +96,16 @@ class DeviceCacheStream:
     Args:
         dataset: the cache.
         device: the training device.
-        seed, batch_size, world_size, rank, grad_accum, start_step: as for
+        seed, batch_size, world_size, rank, grad_accum, start_step, curriculum: as for
             :func:`build_stream_loader`.
     """
 
     def __init__(self, dataset: Dataset, device: torch.device, *, seed: int, batch_size: int, world_size: int,
-                 rank: int, grad_accum: int, start_step: int = 0) -> None:
+                 rank: int, grad_accum: int, start_step: int = 0, curriculum: Any = None) -> None:
         if getattr(dataset, "bucket_of", None) is not None:
             raise ConfigError("data.cache_on_device needs a cache of one clip shape; this one is bucketed "
                               "(data.buckets): train from it through the loader instead")
-        self.positions = PositionDataset(dataset, seed)
+        self.positions = PositionDataset(dataset, seed, curriculum=curriculum)
         self.dataset = self.positions  # what the checkpoint's stream state reads (no bucket order)
         self.sampler = StepBatchSampler(batch_size, world_size, rank, grad_accum, start_step)
         self.device = device

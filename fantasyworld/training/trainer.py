@@ -341,20 +341,37 @@ class Trainer:
                                      seed=cfg.seed, **stream.bucket_kwargs(d))
         self.dataset = dataset
         stream.log_buckets(dataset, self.log if world.is_main else None)
+        curriculum = self._curriculum(dataset)
         if d.cache_on_device:
             from fantasyworld.training.device_cache import DeviceCacheStream
 
             self.loader = DeviceCacheStream(dataset, world.device, seed=cfg.seed, batch_size=cfg.batch_size,
                                             world_size=world.world_size, rank=world.rank, grad_accum=cfg.grad_accum,
-                                            start_step=self.start_step)
+                                            start_step=self.start_step, curriculum=curriculum)
         else:
             self.loader = build_stream_loader(
                 dataset, seed=cfg.seed, batch_size=cfg.batch_size, world_size=world.world_size, rank=world.rank,
                 grad_accum=cfg.grad_accum, start_step=self.start_step, num_workers=d.num_workers,
-                pin_memory=world.device.type == "cuda")
+                pin_memory=world.device.type == "cuda", curriculum=curriculum)
         if self.resume_step is not None:  # the bucket order must be the one the checkpoint was cut from
             stream.check_stream_state(self.loader, self._resume_stream, self.start_step,
                                       str(ckpt.state_path(self.run_dir, self.resume_step)))
+
+    def _curriculum(self, dataset: Any) -> Any:
+        """The :class:`~fantasyworld.data.curriculum.CurriculumOrder` of ``data.curriculum`` over
+        ``dataset`` (every clip's difficulty from its cameras), or None when it is off."""
+        cur, cfg = self.cfg.data.curriculum, self.cfg
+        if cur.measure is None:
+            return None
+        from fantasyworld.data.curriculum import DIFFICULTY_MEASURES, CurriculumOrder, clip_poses
+
+        measure = DIFFICULTY_MEASURES[cur.measure]
+        difficulty = [measure(clip_poses(dataset, i)) for i in range(len(dataset))]
+        order = CurriculumOrder(difficulty, cur.start_fraction, cur.ramp_steps,
+                                cfg.batch_size * self.world.world_size * cfg.grad_accum, cfg.seed)
+        if self.world.is_main:
+            self.log.info(f"curriculum ({cur.measure}): {order.summary()}")
+        return order
 
     # ---------------------------------------------------------------------------- one step
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
