@@ -195,7 +195,7 @@ def _prepare_out(out: Path, cfg: DemoConfig, resume: bool, overwrite: bool) -> N
             saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
             if saved is not None:  # a key added since that demo was written has its default (the old behaviour)
                 defaults = {k: v for k, v in asdict(DemoConfig()).items() if k != "progress"}
-                saved = {**{k: defaults[k] for k in defaults if k not in saved}, **saved}
+                saved = {**defaults, **saved}
             if saved != settings:
                 changed = sorted(k for k in settings if saved is None or saved.get(k) != settings[k])
                 raise OutputError(f"--out {out}: --resume needs the settings of the stopped demo ({saved_path} "

@@ -265,6 +265,11 @@ def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.devic
     return vae.eval().requires_grad_(False)
 
 
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of two images or videos in [-1, 1], measured on [0, 1] (at most 120 dB)."""
+    return -10 * math.log10(max(float(F.mse_loss((a.float() + 1) / 2, (b.float() + 1) / 2)), 1e-12))
+
+
 def pooled_psnr_db(video: torch.Tensor, factor: int = 8) -> float:
     """PSNR (dB, on [0, 1]) of each frame of ``video`` ``(N, 3, T, H, W)`` in [-1, 1] against its
     ``factor`` x ``factor`` average-pooled thumbnail upsampled bilinearly: what a code with no
@@ -273,7 +278,7 @@ def pooled_psnr_db(video: torch.Tensor, factor: int = 8) -> float:
     PSNR below this one says its latents are blurrier than a thumbnail."""
     frames = video.transpose(1, 2).flatten(0, 1).float()  # (N*T, 3, H, W)
     thumb = F.interpolate(F.avg_pool2d(frames, factor), size=frames.shape[-2:], mode="bilinear", align_corners=False)
-    return -10 * math.log10(max(float(F.mse_loss((thumb + 1) / 2, (frames + 1) / 2)), 1e-12))
+    return psnr_db(thumb, frames)
 
 
 @torch.no_grad()
@@ -289,7 +294,7 @@ def calibrate_vae(vae, video: torch.Tensor, device: torch.device, log: dict) -> 
     n = min(64, chunk, len(video))
     rec = vae.decode(raw[:n].to(device)).sample
     target = _to_float(video[:n], device)
-    psnr = -10 * math.log10(float(F.mse_loss((rec + 1) / 2, (target + 1) / 2)))
+    psnr = psnr_db(rec, target)
     pooled = pooled_psnr_db(target)
     log["vae"].update(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std],
                       reconstruction_psnr_db=psnr, pooled_psnr_db=pooled)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fantasyworld.geometry.cameras import relative_to_first, rotation_angle_deg
+from fantasyworld.geometry.cameras import relative_to_first, rotation_angle_deg, w2c_to_c2w
 
 __all__ = ["DIFFICULTY_MEASURES", "CurriculumOrder", "clip_poses", "register_difficulty"]
 
@@ -58,8 +58,7 @@ def rotation_difficulty(w2c: np.ndarray) -> float:
 @register_difficulty("translation")
 def translation_difficulty(w2c: np.ndarray) -> float:
     """Largest distance of any camera centre from frame 0's, in the clip's world units."""
-    w2c = np.asarray(w2c, dtype=np.float64)
-    centres = -np.einsum("tji,tj->ti", w2c[:, :3, :3], w2c[:, :3, 3])  # c = -R^T t
+    centres = w2c_to_c2w(np.asarray(w2c, dtype=np.float64))[:, :3, 3]
     return float(np.linalg.norm(centres - centres[:1], axis=-1).max())
 
 

@@ -227,32 +227,35 @@ class RawClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def read_w2c(self, index: int) -> np.ndarray:
-        """World-to-camera poses ``(T, 4, 4)`` of the frames item ``index`` takes from its first
-        frame (``stride`` apart, the clip's or its bucket's frame count), read from the camera
-        file alone (no frame decoded)."""
+    def _frames(self, index: int, rng: np.random.Generator | None
+                ) -> tuple[ClipRecord, ClipInfo, np.ndarray, tuple[int, int]]:
+        """Item ``index``'s record, headers, frame indices (from frame 0 without ``rng``) and output
+        size (its bucket's, else the dataset's or the stored one)."""
         record = self.records[index]
         info = inspect_clip(self.root, record, Reporter())
         assert info is not None  # Reporter() raises on the first problem
-        frames = self.num_frames if self.bucket_of is None else self.buckets[self.bucket_of[index]].frames
-        idx = np.arange(min(frames, (info.num_frames - 1) // self.stride + 1)) * self.stride
-        return info.w2c[idx].astype(np.float64)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        info = inspect_clip(self.root, record, Reporter())
-        assert info is not None  # Reporter() raises on the first problem
-        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.random else None
         num_frames, out_hw = self.num_frames, (self.height or info.height, self.width or info.width)
         if self.bucket_of is not None:
             bucket = self.buckets[self.bucket_of[index]]
             num_frames, out_hw = bucket.frames, (bucket.height, bucket.width)
         idx = sample_frame_indices(info.num_frames, num_frames, self.stride,
-                                   start=None if self.random else 0, rng=rng)
+                                   start=None if rng is not None else 0, rng=rng)
         if idx is None:
             raise DataError(record.cameras, TOO_FEW_FRAMES,
                             f"{info.num_frames} frames, need {(num_frames - 1) * self.stride + 1} "
                             f"for {num_frames} frames at stride {self.stride}")
+        return record, info, idx, out_hw
+
+    def read_w2c(self, index: int) -> np.ndarray:
+        """World-to-camera poses ``(T, 4, 4)`` of the frames item ``index`` takes from its first
+        frame (``stride`` apart, the clip's or its bucket's frame count), read from the camera
+        file alone (no frame decoded)."""
+        _, info, idx, _ = self._frames(index, None)
+        return info.w2c[idx].astype(np.float64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.random else None
+        record, info, idx, out_hw = self._frames(index, rng)
         plan = CropResize.plan((info.height, info.width), out_hw,
                                crop="random" if self.random else "center", rng=rng)
         frames = read_video(record.video, idx)  # (T, H, W, 3) uint8

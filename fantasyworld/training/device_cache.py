@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from fantasyworld.data.curriculum import CurriculumOrder
 from fantasyworld.errors import ConfigError
 from fantasyworld.training.data import PositionDataset, StepBatchSampler
 
@@ -101,7 +102,8 @@ class DeviceCacheStream:
     """
 
     def __init__(self, dataset: Dataset, device: torch.device, *, seed: int, batch_size: int, world_size: int,
-                 rank: int, grad_accum: int, start_step: int = 0, curriculum: Any = None) -> None:
+                 rank: int, grad_accum: int, start_step: int = 0,
+                 curriculum: CurriculumOrder | None = None) -> None:
         if getattr(dataset, "bucket_of", None) is not None:
             raise ConfigError("data.cache_on_device needs a cache of one clip shape; this one is bucketed "
                               "(data.buckets): train from it through the loader instead")

@@ -360,15 +360,14 @@ class Trainer:
     def _curriculum(self, dataset: Any) -> Any:
         """The :class:`~fantasyworld.data.curriculum.CurriculumOrder` of ``data.curriculum`` over
         ``dataset`` (every clip's difficulty from its cameras), or None when it is off."""
-        cur, cfg = self.cfg.data.curriculum, self.cfg
+        cur = self.cfg.data.curriculum
         if cur.measure is None:
             return None
         from fantasyworld.data.curriculum import DIFFICULTY_MEASURES, CurriculumOrder, clip_poses
 
         measure = DIFFICULTY_MEASURES[cur.measure]
         difficulty = [measure(clip_poses(dataset, i)) for i in range(len(dataset))]
-        order = CurriculumOrder(difficulty, cur.start_fraction, cur.ramp_steps,
-                                cfg.batch_size * self.world.world_size * cfg.grad_accum, cfg.seed)
+        order = CurriculumOrder(difficulty, cur.start_fraction, cur.ramp_steps, self.global_batch, self.cfg.seed)
         if self.world.is_main:
             self.log.info(f"curriculum ({cur.measure}): {order.summary()}")
         return order
