@@ -49,6 +49,23 @@ def test_pretraining_recipe_per_preset(script) -> None:
     assert module.parse_args(["--cuda-graphs", "--device", "cuda"]).cuda_graphs
 
 
+def test_vae_trains_on_whole_clips(script) -> None:
+    """The VAE's training clips cover every latent frame the cache encodes (sub-clips of 5
+    frames never trained latent frames 2 and later, which then reconstructed 5-10 dB worse):
+    whole clips by default, a 4k+1 sub-clip on request, anything else refused; the PSNR is
+    reported per latent frame (frame 0, then 4 frames each)."""
+    module = script("scripts/pretrain_tiny_backbone.py")
+    assert module.parse_args([]).vae_frames == 9 and module.parse_args(["--preset", "small"]).vae_frames == 17
+    assert module.parse_args(["--preset", "small", "--vae-frames", "9"]).vae_frames == 9
+    for bad in ("4", "13"):  # not 4k+1; longer than the tiny recipe's 9-frame clips
+        with pytest.raises(SystemExit):
+            module.parse_args(["--vae-frames", bad])
+    target = torch.zeros(1, 3, 9, 8, 8)
+    rec = target.clone()
+    rec[:, :, 5:] = 0.2  # latent frame 2 (pixel frames 5-8) off by 0.1 on [0, 1]: 20 dB
+    assert module.latent_frame_psnr_db(rec, target) == pytest.approx([120.0, 120.0, 20.0])
+
+
 def test_prompt_dependence_swaps_prompts(script) -> None:
     """The pretraining's prompt check scores each clip against a *different* prompt: a backbone
     that ignores its prompt gets ratios of exactly 1, one that reads it (here its prediction is
