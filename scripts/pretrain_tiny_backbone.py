@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from fantasyworld.data.synth import render_clip
 from fantasyworld.models import encoders
-from fantasyworld.models.config import get_preset
+from fantasyworld.models.config import VAE_TEMPORAL_STRIDE, get_preset
 from fantasyworld.models.flow_matching import add_noise, flow_target, sample_training_sigmas, sigma_to_timestep
 from fantasyworld.models.inputs import to_device
 from fantasyworld.models.wan_backbone import build_wan_transformer
@@ -288,7 +288,8 @@ def pooled_psnr_db(video: torch.Tensor, factor: int = 8) -> float:
 def latent_frame_psnr_db(rec: torch.Tensor, target: torch.Tensor) -> list[float]:
     """PSNR (dB) of ``rec`` against ``target`` ``(N, 3, T, H, W)``, T = 4k+1, per latent frame's
     pixel frames: frame 0, then frames 1-4, 5-8, ... (the causal VAE's temporal groups)."""
-    groups = [(0, 1)] + [(i, min(i + 4, rec.shape[2])) for i in range(1, rec.shape[2], 4)]
+    t, stride = rec.shape[2], VAE_TEMPORAL_STRIDE
+    groups = [(0, 1)] + [(i, min(i + stride, t)) for i in range(1, t, stride)]
     return [psnr_db(rec[:, :, a:b], target[:, :, a:b]) for a, b in groups]
 
 
@@ -467,7 +468,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.vae_frames == 0:
         args.vae_frames = args.frames
-    if args.vae_frames % 4 != 1 or not 1 <= args.vae_frames <= args.frames:
+    if (args.vae_frames - 1) % VAE_TEMPORAL_STRIDE or not 1 <= args.vae_frames <= args.frames:
         p.error(f"--vae-frames {args.vae_frames}: a VAE sub-clip has 4k+1 frames, at most the clips' {args.frames}")
     if args.out is None:
         args.out = "fantasyworld/assets/tiny" if args.preset == "tiny" else f"outputs/{args.preset}_assets"
