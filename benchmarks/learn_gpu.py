@@ -13,7 +13,9 @@ Phases (each with a wall-clock budget, ``--budget``; each stops on time and says
    (``--no-pretrain-cuda-graphs`` turns that off); or, with ``--reuse-assets DIR``, an earlier
    run's ``assets/`` copied instead (:func:`check_reusable_assets`); meanwhile the render goes
    on in a child process (:func:`start_more_worlds`; ``--no-render-during-pretrain`` turns it
-   off) and the training root is rebuilt over every world at the end of the phase;
+   off) and the training root is rebuilt over every world at the end of the phase; with
+   ``--reuse-data DIR`` (an earlier run's ``--out``) the render, pretrain and cache phases are
+   that run's: its worlds, assets and cache are linked, not made (:func:`check_reusable_data`);
 3. **cache**: ``fantasyworld data cache`` of the training root (latents, tiny-UMT5 text,
    float16 geometry at pixel resolution); stage 1 loads it onto the GPU once for both
    stages (``data.cache_on_device``);
@@ -132,6 +134,7 @@ class LearnConfig:
     pretrain_batch: int = 0  # > 0: both pretraining batches (the smoke run's); 0: the recipe's
     render_during_pretrain: bool = True  # the render goes on (more worlds) while the backbone pretrains
     reuse_assets: str = ""  # an earlier run's assets/ (VAE, backbone) instead of pretraining (:func:`reuse_assets`)
+    reuse_data: str = ""  # an earlier run's --out: its worlds, assets and cache; render, pretrain, cache skipped
     budget: Budget = field(default_factory=Budget)
 
     @classmethod
@@ -355,6 +358,52 @@ def reuse_assets(cfg: LearnConfig, source: Path, assets: Path) -> dict[str, Any]
     return pre
 
 
+class DataError(ValueError):
+    """``--reuse-data`` names a folder that cannot stand in for this run's first three phases."""
+
+
+#: What must agree between a run and the run whose data it reuses (they fix the worlds, the split
+#: and the shapes of the cache; the stages' and the evaluation's settings may differ).
+DATA_SETTINGS = ("preset", "frames", "size", "seed", "held_out_fraction", "trajectory_frames")
+#: What a reused run must hold: the folders the stages and the evaluation read.
+DATA_PARTS = ("worlds", "data_train", "assets/vae", "assets/backbone", "assets/encoders/text_encoder",
+              "assets/pretrain.json", "cache")
+
+
+def check_reusable_data(cfg: LearnConfig, source: Path) -> dict[str, Any]:
+    """The ``learn.json`` of the earlier run ``source`` (its ``--out``) if its worlds, assets and
+    cache can stand in for this run's render, pretrain and cache phases; else :class:`DataError`.
+
+    Why: with ``--reuse-assets`` a paired run still renders and caches (~80 s and ~35 s of one
+    GPU call); reusing the data as well leaves the whole call to the stages and the evaluation,
+    on the same worlds, held-out split, VAE, backbone and latents. Refused (naming the file) when
+    a part is missing, when the earlier run had not finished its cache phase, or when one of
+    :data:`DATA_SETTINGS` differs (another split, other worlds or other shapes).
+    """
+    record = source / "learn.json"
+    if not record.is_file():
+        raise DataError(f"--reuse-data {source}: {record} is missing (pass the --out folder of an earlier run)")
+    earlier = json.loads(record.read_text())
+    cache_row = earlier.get("phases", {}).get("cache", {})
+    if "seconds" not in cache_row:
+        raise DataError(f"{record}: that run did not finish its cache phase, so its cache may be partial")
+    for part in DATA_PARTS:
+        if not (source / part).exists():
+            raise DataError(f"--reuse-data {source}: {source / part} is missing")
+    settings = earlier.get("settings", {})
+    for key in DATA_SETTINGS:
+        if settings.get(key) != getattr(cfg, key):
+            raise DataError(f"{record}: {key} {settings.get(key)!r}, this run has {getattr(cfg, key)!r}")
+    return earlier
+
+
+def link_data(source: Path, out: Path) -> None:
+    """Symbolic links ``out/worlds``, ``out/data_train``, ``out/assets`` and ``out/cache`` to
+    ``source``'s (nothing is copied; the stages and the evaluation only read them)."""
+    for name in ("worlds", "data_train", "assets", "cache"):
+        (out / name).symlink_to((source / name).resolve(), target_is_directory=True)
+
+
 def start_more_worlds(cfg: LearnConfig, worlds: Path, seconds: float, log: Path) -> subprocess.Popen | None:
     """With ``render_during_pretrain``: ``fantasyworld data synth --append`` of the worlds still
     missing up to ``--worlds`` into ``worlds``, as a child process stopped by ``--max-seconds
@@ -406,24 +455,12 @@ def split_worlds(worlds: Path, train_root: Path, fraction: float) -> tuple[list[
     return ids, train_ids, held_ids
 
 
-def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
-    """All phases (module docstring); returns ``learn.json``."""
+def make_data(cfg: LearnConfig, out: Path, phases: Phases) -> tuple[list[str], list[str], list[str], dict, dict]:
+    """The render, pretrain and cache phases (module docstring) into ``out``; returns ``(ids,
+    train_ids, held_ids, pretrain record, tiny encoders' paths)``."""
     from fantasyworld.data.cache import build_cache
     from fantasyworld.data.synth import synthesize_dataset
-    from fantasyworld.eval.evaluate import EvalSettings, evaluate
-    from fantasyworld.inference.pipeline import FantasyWorldPipeline
     from fantasyworld.models.encoders import save_tiny_encoders
-    from fantasyworld.training.device_cache import release_device_cache
-
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"
-    phases = Phases(cfg.budget, out / "learn.json",
-                    {"settings": _settings(cfg), "device": device, "torch": torch.__version__})
-    say(f"{device}, torch {torch.__version__}, preset {cfg.preset}, {cfg.frames} frames at {cfg.size}x{cfg.size}")
-    if importlib.util.find_spec("scipy") is None and not torch.cuda.is_available():
-        # the Chamfer's nearest neighbours: scipy's k-d tree, else exact brute force (on the GPU if any)
-        say("warning: neither scipy nor a GPU: the evaluation's point metrics fall back to brute force on the "
-            "CPU and the eval phase will overrun its budget (pip install scipy)")
 
     phases.start("render")
     started = time.perf_counter()
@@ -470,6 +507,49 @@ def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
                         workers=min(cfg.workers, 12) if cfg.workers > 1 else 0, batch_size=32, overwrite=True)
     size_gb = sum(p.stat().st_size for p in cache.glob("*.safetensors")) / 1e9
     phases.end("cache", clips=len(train_ids), gigabytes=round(size_gb, 2))
+    return ids, train_ids, held_ids, pre, encoders
+
+
+def reused_data(cfg: LearnConfig, source: Path, out: Path, phases: Phases
+                ) -> tuple[list[str], list[str], list[str], dict, dict]:
+    """``--reuse-data``: the first three phases are ``source``'s (:func:`check_reusable_data`),
+    linked into ``out`` (:func:`link_data`); their rows in ``learn.json`` are the earlier run's,
+    with ``reused_from``. Returns what :func:`make_data` does."""
+    from fantasyworld.data.formats import load_metadata
+    from fantasyworld.data.split import split_clip_ids
+
+    earlier = check_reusable_data(cfg, source)
+    link_data(source, out)
+    for name in ("render", "pretrain", "cache"):
+        phases.rows[name] = {**earlier["phases"][name], "reused_from": str(source.resolve())}
+    say(f"render, pretrain, cache: reused from {source}")
+    ids = [r.clip_id for r in load_metadata(out / "worlds")]
+    train_ids, held_ids = split_clip_ids(ids, cfg.held_out_fraction)
+    pre = json.loads((out / "assets" / "pretrain.json").read_text())
+    return ids, train_ids, held_ids, pre, {"text_encoder": out / "assets" / "encoders" / "text_encoder"}
+
+
+def run(cfg: LearnConfig, out: Path) -> dict[str, Any]:
+    """All phases (module docstring); returns ``learn.json``."""
+    from fantasyworld.eval.evaluate import EvalSettings, evaluate
+    from fantasyworld.inference.pipeline import FantasyWorldPipeline
+    from fantasyworld.training.device_cache import release_device_cache
+
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"
+    phases = Phases(cfg.budget, out / "learn.json",
+                    {"settings": _settings(cfg), "device": device, "torch": torch.__version__})
+    say(f"{device}, torch {torch.__version__}, preset {cfg.preset}, {cfg.frames} frames at {cfg.size}x{cfg.size}")
+    if importlib.util.find_spec("scipy") is None and not torch.cuda.is_available():
+        # the Chamfer's nearest neighbours: scipy's k-d tree, else exact brute force (on the GPU if any)
+        say("warning: neither scipy nor a GPU: the evaluation's point metrics fall back to brute force on the "
+            "CPU and the eval phase will overrun its budget (pip install scipy)")
+
+    if cfg.reuse_data:
+        ids, train_ids, held_ids, pre, encoders = reused_data(cfg, Path(cfg.reuse_data), out, phases)
+    else:
+        ids, train_ids, held_ids, pre, encoders = make_data(cfg, out, phases)
+    worlds, assets = out / "worlds", out / "assets"
 
     result1 = run_stage(cfg, 1, out, phases, None)
     result2 = run_stage(cfg, 2, out, phases, result1.last_checkpoint)
@@ -561,11 +641,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
         cfg.pretrain_steps = (vae, backbone)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: pass --device cpu (slow) or --smoke")
+    if cfg.reuse_assets and cfg.reuse_data:
+        p.error("--reuse-assets and --reuse-data: pass one (--reuse-data reuses the assets too)")
     if cfg.reuse_assets:
         try:
             check_reusable_assets(cfg, Path(cfg.reuse_assets))
         except (AssetsError, OSError, KeyError, json.JSONDecodeError) as err:
             p.error(f"cannot reuse the assets: {err}")
+    if cfg.reuse_data:
+        try:
+            check_reusable_data(cfg, Path(cfg.reuse_data))
+        except (DataError, OSError, json.JSONDecodeError) as err:
+            p.error(f"cannot reuse the data: {err}")
+        if Path(args.out).resolve() == Path(cfg.reuse_data).resolve():
+            p.error(f"--out {args.out} is the run --reuse-data names: choose another folder")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:

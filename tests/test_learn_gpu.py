@@ -164,6 +164,31 @@ def test_smoke_run_writes_the_curves_table_and_verdict(learn, tmp_path: Path,
         learn.main(["--smoke", "--out", str(out)])
     assert refused.value.code == 2 and (out / "learn.json").is_file()
 
+    # a paired run on this run's worlds, assets and cache: only the stages and the evaluation run
+    again = tmp_path / "again"
+    assert learn.main(["--smoke", "--out", str(again), "--reuse-data", str(out), "--lr1", "2e-3"]) in (0, 1)
+    paired = json.loads((again / "learn.json").read_text())
+    assert paired["settings"]["lr1"] == 2e-3 and paired["held_out_clips"] == summary["held_out_clips"]
+    for name in ("render", "pretrain", "cache"):
+        assert paired["phases"][name]["reused_from"] == str(out.resolve())
+        assert paired["phases"][name]["seconds"] == summary["phases"][name]["seconds"]
+    assert paired["phases"]["stage1"]["steps"] == 3 and (again / "worlds").is_symlink()
+    assert (again / "eval_stage2" / "metrics.json").is_file() and not (out / "runs" / "stage1").samefile(
+        again / "runs" / "stage1")
+    for argv, message in ((["--size", "48"], "size 32, this run has 48"),
+                          (["--held-out-fraction", "0.5"], "held_out_fraction 0.25, this run has 0.5"),
+                          (["--reuse-assets", str(out / "assets")], "pass one")):
+        with pytest.raises(SystemExit) as refused:
+            learn.parse_args(["--smoke", "--out", str(tmp_path / "no"), "--reuse-data", str(out), *argv])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(learn.DataError, match="did not finish its cache phase"):
+        partial = json.loads((out / "learn.json").read_text())
+        del partial["phases"]["cache"]["seconds"]
+        (tmp_path / "partial").mkdir()
+        (tmp_path / "partial" / "learn.json").write_text(json.dumps(partial))
+        learn.check_reusable_data(learn.LearnConfig.smoke(), tmp_path / "partial")
+    assert not (tmp_path / "no").exists()
+
 
 def _fake_assets(root: Path, *, seed: int = 0, fraction: float = 0.25, size: int = 32, reused: bool = False,
                  data: Path | None = None) -> Path:
