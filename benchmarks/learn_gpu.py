@@ -224,6 +224,14 @@ def _rate(history: list[dict[str, Any]]) -> float:
     return sum(r["steps"] for r in rows) / sum(r["steps"] * r["step_time_s"] for r in rows)
 
 
+def _first_row_seconds(history: list[dict[str, Any]]) -> float:
+    """Seconds of the first log row: its steps plus the start-up they include (the eager steps
+    before the CUDA graph's capture, the capture, cuDNN's autotuning of every new shape). It
+    comes out of the stage's budget before the trainer measures its rate, so it is where two
+    runs at the same step rate plan different step counts."""
+    return history[0]["steps"] * history[0]["step_time_s"] if history else 0.0
+
+
 def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Path | None) -> Any:
     """Train the stage in its budget: the trainer plans its step count from the rate it measures
     over its own first steps (``fantasyworld.training.trainer``, a time budget) so that the cosine
@@ -261,7 +269,8 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
                planned_steps_per_s=None if result.planned_rate is None else round(result.planned_rate, 2),
                steps_per_s=round(_rate(result.history), 2), cache_load_s=round(load_s, 1),
                build_s=round(build_s, 1), train_s=round(train_s, 1),
-               stepping_s=round(sum(r["steps"] * r["step_time_s"] for r in result.history), 1))
+               stepping_s=round(sum(r["steps"] * r["step_time_s"] for r in result.history), 1),
+               first_row_s=round(_first_row_seconds(result.history), 1))
     return result
 
 

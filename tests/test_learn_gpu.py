@@ -135,6 +135,8 @@ def test_smoke_run_writes_the_curves_table_and_verdict(learn, tmp_path: Path,
     for name, row in summary["phases"].items():
         assert row["seconds"] > 0 and row["budget_s"] == getattr(learn.LearnConfig.smoke().budget, name)
     assert summary["phases"]["stage1"]["steps"] == 3 and summary["phases"]["stage2"]["stopped"] == "finished"
+    stage1 = summary["phases"]["stage1"]  # the first log row (start-up included) is part of the stepping
+    assert 0 < stage1["first_row_s"] <= stage1["stepping_s"] <= stage1["train_s"] + 0.1
     held = json.loads((out / "held_out.json").read_text())
     stage2 = json.loads((out / "eval_stage2" / "metrics.json").read_text())["summary"]["latents"]
     depth = held["acceptance"]["bars"][0]
