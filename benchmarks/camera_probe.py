@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: the seeded mix of all); a separate worlds folder per choice")
     p.add_argument("--camera-input", choices=("model", "ground-truth", "patches"), default="model")
     p.add_argument("--camera-only", action="store_true")
+    p.add_argument("--depth-input", choices=("model", "patches"), default="model",
+                   help="patches: add a fixed random projection of the ground-truth depth, averaged over each "
+                        "token's cell, to every patch token at the latent bridge (a control of the depth path)")
+    p.add_argument("--alpha", type=float, default=0.2,
+                   help="weight of the depth and point losses' -log C term (loss.alpha; VGGT's 0.2); at 0 the "
+                        "confidence is driven to its floor 1 and the losses become plain regressions")
     p.add_argument("--mlp-input", choices=("latents", "pixels"), default="latents")
     p.add_argument("--train-subset", type=int, default=0, help="train on the first N training worlds only")
     p.add_argument("--eval-every", type=int, default=0)
@@ -119,6 +125,27 @@ class ClipSet:
 
     def select(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v[idx] for k, v in self.gt.items()}
+
+
+TOKEN_PIXELS = 16
+"""Pixels per geometry token along each axis (VAE stride 8 x patch size 2)."""
+
+
+def token_log_depth(depth: torch.Tensor, valid: torch.Tensor, cell: int) -> torch.Tensor:
+    """Log ground-truth depth relative to each clip's median, averaged over each token's
+    ``cell x cell`` pixels (valid ones) and grouped by latent frame as the VAE groups frames:
+    ``(B, T, H, W)``, ``T = 4k + 1`` -> ``(B * (k + 1), h * w, 4)``, latent frame 0 holding
+    pixel frame 0 four times (:func:`group_by_latent_frame`)."""
+    b, t, _, _ = depth.shape
+    mask = valid.float()
+    log_d = torch.log(depth.clamp_min(1e-6)) * mask
+    median = torch.stack([d[m].median() if m.any() else d.new_zeros(())
+                          for d, m in zip(log_d, valid.bool())])  # (B,)
+    log_d = (log_d - median[:, None, None, None]) * mask
+    pooled = torch.nn.functional.avg_pool2d(log_d, cell) / torch.nn.functional.avg_pool2d(mask, cell).clamp_min(1e-6)
+    h, w = pooled.shape[-2:]
+    frames = torch.cat([pooled[:, :1].expand(b, 4, h, w), pooled[:, 1:]], dim=1)  # (B, 4(k+1), h, w)
+    return frames.reshape(b, (t + 3) // 4, 4, h * w).permute(0, 1, 3, 2).reshape(-1, h * w, 4)
 
 
 def pose_targets(gt: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
@@ -210,11 +237,33 @@ class FantasyWorldLearner:
                 return torch.cat([tokens[:, :start], tokens[:, start:] + signal], dim=1)
 
             branch.bridge = bridge_with_pose
+        if args.depth_input == "patches":
+            self._add_depth_to_patches(args, device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _add_depth_to_patches(self, args: argparse.Namespace, device: torch.device) -> None:
+        """``--depth-input patches``: each patch token of latent frame ``j`` gets ``proj`` (4, D)
+        applied to the log ground-truth depth of its 4 pixel frames (:func:`token_log_depth`), as
+        ``--camera-input patches`` does with the poses: what the depth heads give when the depth
+        at token resolution is in the tokens they read."""
+        branch = self.model.geometry
+        width = branch.config.geo_dim
+        proj = torch.randn(4, width, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+        bridge = branch.bridge
+
+        def bridge_with_depth(video_tokens, grid, camera_pose_enc=None):
+            tokens = bridge(video_tokens, grid, camera_pose_enc)  # (B*F, P, D)
+            signal = (self.gt_token_depth @ proj).to(tokens.dtype)  # (B*F, h*w, D)
+            start = branch.patch_start_idx
+            return torch.cat([tokens[:, :start], tokens[:, start:] + signal], dim=1)
+
+        branch.bridge = bridge_with_depth
 
     def forward(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> dict:
         gt = clips.select(idx)
         self.gt_tokens = pose_targets(gt, self.hw)
+        if self.args.depth_input == "patches":
+            self.gt_token_depth = token_log_depth(gt["depth"], gt["valid"], TOKEN_PIXELS)
         noise = torch.randn(clips.latents[idx].shape, generator=gen).to(self.device)
         latents = add_noise(clips.latents[idx], noise, sigma)
         heads = ("camera",) if self.args.camera_only else ("depth", "points", "camera")
@@ -223,7 +272,7 @@ class FantasyWorldLearner:
     def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         out = self.forward(clips, idx, sigma, gen)
         return compute_losses(out, clips.select(idx), stage=1, camera_weight=self.args.camera_weight,
-                              camera_loss=self.args.camera_loss)["objective"]
+                              camera_loss=self.args.camera_loss, alpha=self.args.alpha)["objective"]
 
     @torch.no_grad()
     def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

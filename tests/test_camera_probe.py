@@ -29,3 +29,24 @@ def test_model_changes_apply_to_the_tiny_preset_and_unknown_fields_are_refused(p
         probe.model_config("geo_dim")
     with pytest.raises(SystemExit, match="geo_heads 3"):  # a value the config's own checks reject
         probe.model_config("geo_heads=3")
+
+
+def test_token_log_depth_is_each_cell_mean_grouped_as_the_vae_groups_frames(probe) -> None:
+    """``--depth-input patches`` reads this: a wrong cell, frame or median would feed the
+    control another depth than the token oracle's."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    depth = torch.rand(2, 9, 32, 32, generator=gen) + 0.5
+    valid = torch.ones(2, 9, 32, 32, dtype=torch.bool)
+    valid[1, 5, :16, :16] = False  # an invalid quarter of one cell's frame: averaged over the rest
+    valid[1, 5, 0, 0] = True
+    grouped = probe.token_log_depth(depth, valid, 16)
+    assert grouped.shape == (2 * 3, 4, 4)  # (B * latent frames, tokens, 4 pixel frames)
+    log_d = torch.log(depth)
+    med = torch.stack([log_d[0].median(), log_d[1][valid[1]].median()])
+    # latent frame 0 holds pixel frame 0 four times; latent frame 2, token 3 (row 1, col 1) pixel frame 8
+    assert torch.allclose(grouped[0, 0], (log_d[0, 0, :16, :16] - med[0]).mean().expand(4), atol=1e-6)
+    assert grouped[1 * 3 + 2, 3, 3] == pytest.approx(float((log_d[1, 8, 16:, 16:] - med[1]).mean()), abs=1e-6)
+    # latent frame 2 of clip 1 holds pixel frames 5-8: frame 5's top-left cell has one valid pixel
+    assert grouped[1 * 3 + 2, 0, 0] == pytest.approx(float(log_d[1, 5, 0, 0] - med[1]), abs=1e-5)
