@@ -17,7 +17,11 @@ Learners (``--learner``):
   ``--camera-input patches`` adds that projection to every patch token of each latent frame at
   the latent bridge instead (a control of the whole path: frame and global attention must carry
   it from the patches into the camera tokens);
-  ``--camera-only`` drops the depth and point losses;
+  ``--camera-only`` drops the depth and point losses; ``--depth-input patches`` adds a fixed
+  random projection of the ground-truth depth at token resolution to every patch token (the
+  depth path's control); ``--backbone random`` freezes a randomly initialised tiny backbone in
+  place of the pretrained one; ``--alpha`` sets the confidence regulariser of the depth and point
+  losses;
 * ``mlp``: a two-layer MLP from the whole clip's latents (or pixels, ``--mlp-input pixels``)
   straight to the quaternions relative to frame 0 (a control: can a generic learner
   generalise relative rotation from this data at all?);
@@ -92,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: the seeded mix of all); a separate worlds folder per choice")
     p.add_argument("--camera-input", choices=("model", "ground-truth", "patches"), default="model")
     p.add_argument("--camera-only", action="store_true")
+    p.add_argument("--backbone", choices=("pretrained", "random"), default="pretrained",
+                   help="random: the tiny Wan backbone at its seeded initialisation instead of the shipped "
+                        "pretrained one (a control: what the backbone's pretraining gives the geometry)")
     p.add_argument("--depth-input", choices=("model", "patches"), default="model",
                    help="patches: add a fixed random projection of the ground-truth depth, averaged over each "
                         "token's cell, to every patch token at the latent bridge (a control of the depth path)")
@@ -208,8 +215,12 @@ class FantasyWorldLearner:
 
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         config = model_config(args.model)
-        wan = load_wan_transformer(ASSETS / "backbone", torch.float32, "cpu", expected_config=config.wan)
-        self.model = FantasyWorldModel(config, transformer=wan).to(device).set_stage(1)
+        if args.backbone == "random":
+            torch.manual_seed(args.seed)
+            self.model = FantasyWorldModel(config).to(device).set_stage(1)
+        else:
+            wan = load_wan_transformer(ASSETS / "backbone", torch.float32, "cpu", expected_config=config.wan)
+            self.model = FantasyWorldModel(config, transformer=wan).to(device).set_stage(1)
         self.model.train()
         self.args, self.device = args, device
         self.hw = (args.size, args.size)
