@@ -58,11 +58,12 @@ from fantasyworld.data.loader import RawClipDataset, collate
 from fantasyworld.data.split import split_clip_ids
 from fantasyworld.data.synth import synthesize_dataset
 from fantasyworld.demo import ASSETS
+from fantasyworld.eval.baselines import TOKEN_PIXELS
 from fantasyworld.eval.evaluate import baseline_prediction, score_clip
 from fantasyworld.geometry.pose_encoding import decode_pose, encode_pose, relative_to_first
 from fantasyworld.heads.losses import CAMERA_LOSS_TYPES
 from fantasyworld.models import encoders
-from fantasyworld.models.config import FantasyWorldConfig, get_preset
+from fantasyworld.models.config import VAE_TEMPORAL_STRIDE, FantasyWorldConfig, get_preset
 from fantasyworld.models.fantasyworld import FantasyWorldModel
 from fantasyworld.models.flow_matching import add_noise, sample_training_sigmas, sigma_to_timestep
 from fantasyworld.models.geometry_branch import group_by_latent_frame
@@ -134,16 +135,13 @@ class ClipSet:
         return {k: v[idx] for k, v in self.gt.items()}
 
 
-TOKEN_PIXELS = 16
-"""Pixels per geometry token along each axis (VAE stride 8 x patch size 2)."""
-
-
 def token_log_depth(depth: torch.Tensor, valid: torch.Tensor, cell: int) -> torch.Tensor:
     """Log ground-truth depth relative to each clip's median, averaged over each token's
     ``cell x cell`` pixels (valid ones) and grouped by latent frame as the VAE groups frames:
     ``(B, T, H, W)``, ``T = 4k + 1`` -> ``(B * (k + 1), h * w, 4)``, latent frame 0 holding
-    pixel frame 0 four times (:func:`group_by_latent_frame`)."""
+    pixel frame 0 four times (:func:`group_by_latent_frame`; 4 is ``VAE_TEMPORAL_STRIDE``)."""
     b, t, _, _ = depth.shape
+    stride = VAE_TEMPORAL_STRIDE
     mask = valid.float()
     log_d = torch.log(depth.clamp_min(1e-6)) * mask
     median = torch.stack([d[m].median() if m.any() else d.new_zeros(())
@@ -151,8 +149,9 @@ def token_log_depth(depth: torch.Tensor, valid: torch.Tensor, cell: int) -> torc
     log_d = (log_d - median[:, None, None, None]) * mask
     pooled = torch.nn.functional.avg_pool2d(log_d, cell) / torch.nn.functional.avg_pool2d(mask, cell).clamp_min(1e-6)
     h, w = pooled.shape[-2:]
-    frames = torch.cat([pooled[:, :1].expand(b, 4, h, w), pooled[:, 1:]], dim=1)  # (B, 4(k+1), h, w)
-    return frames.reshape(b, (t + 3) // 4, 4, h * w).permute(0, 1, 3, 2).reshape(-1, h * w, 4)
+    frames = torch.cat([pooled[:, :1].expand(b, stride, h, w), pooled[:, 1:]], dim=1)  # (B, 4(k+1), h, w)
+    latent_frames = (t - 1) // stride + 1
+    return frames.reshape(b, latent_frames, stride, h * w).permute(0, 1, 3, 2).reshape(-1, h * w, stride)
 
 
 def pose_targets(gt: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
@@ -235,40 +234,32 @@ class FantasyWorldLearner:
 
             head.register_forward_pre_hook(replace_tokens)
         elif args.camera_input == "patches":
-            branch = self.model.geometry
-            width = branch.config.geo_dim
-            proj = torch.randn(36, width, generator=torch.Generator().manual_seed(args.seed)).to(device)
-            bridge = branch.bridge
-
-            def bridge_with_pose(video_tokens, grid, camera_pose_enc=None):
-                tokens = bridge(video_tokens, grid, camera_pose_enc)  # (B*F, P, D)
-                signal = (group_by_latent_frame(self.gt_tokens) @ proj).reshape(-1, 1, width)  # (B*F, 1, D)
-                signal = signal.to(tokens.dtype)
-                start = branch.patch_start_idx
-                return torch.cat([tokens[:, :start], tokens[:, start:] + signal], dim=1)
-
-            branch.bridge = bridge_with_pose
+            width = self.model.geometry.config.geo_dim
+            pose_proj = torch.randn(36, width, generator=torch.Generator().manual_seed(args.seed)).to(device)
+            # every patch token of a latent frame: that frame's 4 pose encodings, (B*F, 1, D)
+            self._add_to_patches(lambda: (group_by_latent_frame(self.gt_tokens) @ pose_proj).reshape(-1, 1, width))
         if args.depth_input == "patches":
-            self._add_depth_to_patches(args, device)
+            # each patch token: the log depth of its cell in the latent frame's 4 pixel frames
+            # (:func:`token_log_depth`), (B*F, h*w, D): what the depth heads give when the depth at
+            # token resolution is in the tokens they read
+            depth_proj = torch.randn(VAE_TEMPORAL_STRIDE, self.model.geometry.config.geo_dim,
+                                     generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+            self._add_to_patches(lambda: self.gt_token_depth @ depth_proj)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
-    def _add_depth_to_patches(self, args: argparse.Namespace, device: torch.device) -> None:
-        """``--depth-input patches``: each patch token of latent frame ``j`` gets ``proj`` (4, D)
-        applied to the log ground-truth depth of its 4 pixel frames (:func:`token_log_depth`), as
-        ``--camera-input patches`` does with the poses: what the depth heads give when the depth
-        at token resolution is in the tokens they read."""
+    def _add_to_patches(self, signal) -> None:
+        """Wrap the geometry branch's latent bridge so that ``signal()`` (broadcastable to its
+        patch tokens, ``(B*F, h*w, D)``) is added to every patch token, the camera and register
+        tokens left as they are (the ``patches`` controls)."""
         branch = self.model.geometry
-        width = branch.config.geo_dim
-        proj = torch.randn(4, width, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
         bridge = branch.bridge
 
-        def bridge_with_depth(video_tokens, grid, camera_pose_enc=None):
+        def bridge_with_signal(video_tokens, grid, camera_pose_enc=None):
             tokens = bridge(video_tokens, grid, camera_pose_enc)  # (B*F, P, D)
-            signal = (self.gt_token_depth @ proj).to(tokens.dtype)  # (B*F, h*w, D)
             start = branch.patch_start_idx
-            return torch.cat([tokens[:, :start], tokens[:, start:] + signal], dim=1)
+            return torch.cat([tokens[:, :start], tokens[:, start:] + signal().to(tokens.dtype)], dim=1)
 
-        branch.bridge = bridge_with_depth
+        branch.bridge = bridge_with_signal
 
     def forward(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> dict:
         gt = clips.select(idx)

@@ -183,11 +183,11 @@ def test_smoke_run_writes_the_curves_table_and_verdict(learn, tmp_path: Path,
         with pytest.raises(SystemExit) as refused:
             learn.parse_args(["--smoke", "--out", str(tmp_path / "no"), "--reuse-data", str(out), *argv])
         assert refused.value.code == 2 and message in capsys.readouterr().err
+    partial = json.loads((out / "learn.json").read_text())
+    del partial["phases"]["cache"]["seconds"]
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "learn.json").write_text(json.dumps(partial))
     with pytest.raises(learn.DataError, match="did not finish its cache phase"):
-        partial = json.loads((out / "learn.json").read_text())
-        del partial["phases"]["cache"]["seconds"]
-        (tmp_path / "partial").mkdir()
-        (tmp_path / "partial" / "learn.json").write_text(json.dumps(partial))
         learn.check_reusable_data(learn.LearnConfig.smoke(), tmp_path / "partial")
     assert not (tmp_path / "no").exists()
 
