@@ -9,7 +9,8 @@ direction vs identity.
 
 Learners (``--learner``):
 
-* ``fantasyworld``: the ``tiny`` preset on the shipped tiny backbone, stage 1, the project's
+* ``fantasyworld``: the ``tiny`` preset (``--preset``) on the shipped tiny backbone (``--assets``:
+  another VAE and backbone, e.g. a ``benchmarks/learn_gpu.py`` run's with ``--preset small``), stage 1, the project's
   losses (``compute_losses``), AdamW with warmup and a constant or cosine schedule;
   ``--camera-input ground-truth`` replaces the camera head's input tokens by a fixed random
   projection of the ground-truth encodings of each latent frame's pixel frames (a control:
@@ -29,7 +30,11 @@ Learners (``--learner``):
   frames (:class:`ShiftEstimator`; a control of what the pixels carry: right for pure turns);
 * ``cnn``: a small convolutional network on pixel pairs (frame 0, frame i) stacked as 6
   channels, one quaternion relative to frame 0 per pair (a control with the inductive bias
-  of optical flow: translation-equivariant features compared across the two frames).
+  of optical flow: translation-equivariant features compared across the two frames);
+* ``depth-cnn``: a small convolutional U-Net, one frame at a time, from the frame's pixels, the
+  VAE's decoding of its latents, or its latent frame (``--depth-source``) to log depth relative to
+  the clip's median (:class:`DepthCnnLearner`; a control of where depth is lost: in the frames,
+  in the VAE, or in reading it from tokens; its poses are the identity).
 
 Runs on a CPU or one GPU. One JSON per run (``--out/NAME.json``) with the settings, the
 curves and the final scores; docs/evaluation.md#camera-learning has the measured table.
@@ -38,6 +43,7 @@ curves and the final scores; docs/evaluation.md#camera-learning has the measured
     python benchmarks/camera_probe.py --name control --camera-input ground-truth --schedule cosine
     python benchmarks/camera_probe.py --name mlp --learner mlp --steps 2000
     python benchmarks/camera_probe.py --name cnn --learner cnn --steps 2000 --batch 32 --lr 1e-3
+    python benchmarks/camera_probe.py --name depth --learner depth-cnn --depth-source latents --size 64
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ from fantasyworld.training.lr_schedule import lr_multiplier
 
 GT_KEYS = ("depth", "points", "valid", "w2c", "intrinsics")
 EVAL_SIGMA = 0.05
+DEPTH_SOURCES = ("pixels", "decoded", "latents", "thumbnail")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=400)
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--learner", choices=("fantasyworld", "mlp", "cnn", "shift"), default="fantasyworld")
+    p.add_argument("--learner", choices=("fantasyworld", "mlp", "cnn", "shift", "depth-cnn"), default="fantasyworld")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -107,12 +114,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the depth and point losses' -log C term (loss.alpha; VGGT's 0.2); at 0 the "
                         "confidence is driven to its floor 1 and the losses become plain regressions")
     p.add_argument("--mlp-input", choices=("latents", "pixels"), default="latents")
+    p.add_argument("--depth-source", choices=DEPTH_SOURCES, default="pixels",
+                   help="the depth-cnn learner's input: the frame's pixels, the VAE's decoding of the clip's "
+                        "latents (what the VAE keeps, as pixels), the latent frame itself (noised as --sigma "
+                        "in training, at sigma 0.05 when scored, as the model's latents), or a code with no "
+                        "learning in the latents' place: the mean colour of each 8x8 cell of the latent frame's "
+                        "4 pixel frames (12 channels)")
+    p.add_argument("--depth-width", type=int, default=16, help="the depth-cnn U-Net's first width (doubled per level)")
+    p.add_argument("--depth-frames", type=int, default=0,
+                   help="pixels/decoded depth-cnn: train on this many random frames of each clip of a batch (0: all)")
     p.add_argument("--train-subset", type=int, default=0, help="train on the first N training worlds only")
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--eval-clips", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="tiny", help="the model preset (default tiny, the demo's)")
+    p.add_argument("--assets", default=str(ASSETS),
+                   help="folder with the pretrained vae/ and backbone/ (default: the shipped tiny ones; e.g. a "
+                        "learn_gpu run's assets/ with --preset small)")
     p.add_argument("--model", default="", metavar="KEY=VALUE,...",
-                   help="fields of the tiny preset's model config to change for this probe, e.g. "
+                   help="fields of the preset's model config to change for this probe, e.g. "
                         "num_register_tokens=0,geo_layerscale_init=0.1 (values read as YAML)")
     return p.parse_args(argv)
 
@@ -120,13 +140,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class ClipSet:
     """Every clip of a split on the device: latents, text, ground truth, the raw video."""
 
-    def __init__(self, ds: RawClipDataset, indices: list[int], vae, text_model, tokenizer, device) -> None:
+    def __init__(self, ds: RawClipDataset, indices: list[int], vae, text_model, tokenizer, device,
+                 decode: bool = False) -> None:
         batch = collate([ds[i] for i in indices])
         with torch.no_grad():
             self.latents = torch.cat([encoders.encode_video(vae, batch["video"][i:i + 64].to(device))
                                       for i in range(0, len(indices), 64)])
             self.text = torch.cat([encoders.encode_text(text_model, tokenizer, batch["prompt"][i:i + 64])[0]
                                    for i in range(0, len(indices), 64)]).to(device)
+            # the VAE's reconstruction of each clip (B, 3, T, H, W), for the depth-cnn's "decoded" source
+            self.decoded = (torch.cat([encoders.decode_video(vae, self.latents[i:i + 64]).clamp(-1, 1)
+                                       for i in range(0, len(indices), 64)]) if decode else None)
         self.video = batch["video"].to(device)
         self.gt = {k: batch[k].to(device) for k in GT_KEYS}
         self.size = len(indices)
@@ -190,10 +214,10 @@ def summarise(rows: list[tuple[dict, dict]]) -> dict[str, float]:
     return out
 
 
-def model_config(changes: str) -> FantasyWorldConfig:
-    """The ``tiny`` preset with ``changes`` (``key=value,...``, YAML values) applied; an unknown
+def model_config(changes: str, preset: str = "tiny") -> FantasyWorldConfig:
+    """The preset with ``changes`` (``key=value,...``, YAML values) applied; an unknown
     field or a value the config rejects raises ``SystemExit`` with the field named."""
-    config = get_preset("tiny")
+    config = get_preset(preset)
     names = {f.name for f in dataclasses.fields(config)}
     updates = {}
     for item in filter(None, changes.split(",")):
@@ -213,12 +237,13 @@ class FantasyWorldLearner:
     """The tiny preset's stage 1 with the project's losses (see the module docstring)."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
-        config = model_config(args.model)
+        config = model_config(args.model, args.preset)
         if args.backbone == "random":
             torch.manual_seed(args.seed)
             self.model = FantasyWorldModel(config).to(device).set_stage(1)
         else:
-            wan = load_wan_transformer(ASSETS / "backbone", torch.float32, "cpu", expected_config=config.wan)
+            wan = load_wan_transformer(Path(args.assets) / "backbone", torch.float32, "cpu",
+                                       expected_config=config.wan)
             self.model = FantasyWorldModel(config, transformer=wan).to(device).set_stage(1)
         self.model.train()
         self.args, self.device = args, device
@@ -386,7 +411,137 @@ class ShiftEstimator:
         return w2c, None
 
 
-LEARNERS = {"mlp": MlpLearner, "cnn": CnnLearner, "shift": ShiftEstimator}
+def clip_relative_log_depth(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``log depth`` minus its median over each clip's valid pixels, ``(B, T, H, W)`` (0 where
+    invalid): the target of a learner scored after the evaluation's per-clip median alignment."""
+    log_d = torch.log(depth.clamp_min(1e-6))
+    median = torch.stack([d[m].median() if m.any() else d.new_zeros(()) for d, m in zip(log_d, valid.bool())])
+    return (log_d - median[:, None, None, None]) * valid
+
+
+def thumbnail_code(video: torch.Tensor, cell: int) -> torch.Tensor:
+    """A code of the latents' shape with no learning: video ``(B, 3, T, H, W)`` -> the mean colour
+    of each ``cell x cell`` block of each pixel frame, the 4 pixel frames of each latent frame side
+    by side as channels (latent frame 0: pixel frame 0 four times, as the VAE groups them),
+    ``(B, 12, F, H / cell, W / cell)``, ``T = 4(F - 1) + 1``."""
+    b, c, t, h, w = video.shape
+    pooled = torch.nn.functional.avg_pool3d(video, (1, cell, cell))  # (B, 3, T, h, w)
+    stride = VAE_TEMPORAL_STRIDE
+    frames = torch.cat([pooled[:, :, :1].expand(-1, -1, stride, -1, -1), pooled[:, :, 1:]], dim=2)
+    f = frames.shape[2] // stride
+    grouped = frames.reshape(b, c, f, stride, h // cell, w // cell).permute(0, 3, 1, 2, 4, 5)
+    return grouped.reshape(b, stride * c, f, h // cell, w // cell)
+
+
+class UNet(torch.nn.Module):
+    """A plain convolutional U-Net: ``(N, C_in, H, W)`` -> ``(N, C_out, H * 2**up, W * 2**up)``.
+
+    ``levels`` resolutions (width ``width * 2**l`` at level ``l``, each below the first reached
+    by a stride-2 convolution), skip connections by concatenation, then ``up`` extra bilinear
+    x2 stages after the decoder (for inputs below the output resolution, such as latents)."""
+
+    def __init__(self, c_in: int, c_out: int, width: int, levels: int, up: int = 0) -> None:
+        super().__init__()
+        nn = torch.nn
+
+        def block(a: int, b: int, stride: int = 1) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(a, b, 3, stride, 1), nn.GroupNorm(min(8, b), b), nn.GELU(),
+                                 nn.Conv2d(b, b, 3, 1, 1), nn.GroupNorm(min(8, b), b), nn.GELU())
+
+        widths = [width * 2**level for level in range(levels)]
+        self.down = nn.ModuleList([block(c_in, widths[0])] + [block(widths[i - 1], widths[i], 2)
+                                                               for i in range(1, levels)])
+        self.up = nn.ModuleList([block(widths[i] + widths[i - 1], widths[i - 1]) for i in range(levels - 1, 0, -1)])
+        self.extra = nn.ModuleList([block(widths[0], widths[0]) for _ in range(up)])
+        self.out = nn.Conv2d(widths[0], c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        interp = torch.nn.functional.interpolate
+        skips = []
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+        for stage, skip in zip(self.up, reversed(skips[:-1])):
+            x = stage(torch.cat([interp(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+        for stage in self.extra:
+            x = stage(interp(x, scale_factor=2, mode="bilinear", align_corners=False))
+        return self.out(x)
+
+
+class DepthCnnLearner:
+    """One frame at a time -> log depth relative to the clip's median, L1 on valid pixels.
+
+    ``--depth-source pixels`` / ``decoded``: the pixel frame ``(3, H, W)`` (the video, or the
+    VAE's reconstruction of it) through a 4-level U-Net at ``H x W``; ``latents``: each latent
+    frame ``(16, H/8, W/8)`` through a 2-level U-Net at the latent resolution and three x2 stages
+    to ``H x W``, 4 output maps for the latent frame's 4 pixel frames (latent frame 0 holds pixel
+    frame 0 alone: its first map is used; the VAE's causal grouping). Latents are noised as the
+    model's are (``--sigma`` in training, ``EVAL_SIGMA`` when scored). ``thumbnail``: the latent
+    path on :func:`thumbnail_code` instead of the latents. The poses it returns are the identity:
+    only its depth is a measurement."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, clips: ClipSet) -> None:
+        self.args, self.device, self.hw = args, device, (args.size, args.size)
+        self.source = args.depth_source
+        if self.source in ("latents", "thumbnail"):
+            up = int(math.log2(args.size // clips.latents.shape[-1]))
+            c_in = clips.latents.shape[1] if self.source == "latents" else 3 * VAE_TEMPORAL_STRIDE
+            self.net = UNet(c_in, VAE_TEMPORAL_STRIDE, args.depth_width * 2, 2, up).to(device)
+        else:
+            self.net = UNet(3, 1, args.depth_width, 4).to(device)
+        self.params = list(self.net.parameters())
+
+    def _log_depth(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator,
+                   frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted log depth (up to the clip's scale), ``(B, T, H, W)``; with ``frames`` (B, K)
+        (pixel sources only) the prediction for those frames only, ``(B, K, H, W)``."""
+        b, t = len(idx), self.args.frames
+        if self.source in ("latents", "thumbnail"):
+            if self.source == "latents":
+                latents = clips.latents[idx]
+                noise = torch.randn(latents.shape, generator=gen).to(self.device)
+                x = add_noise(latents, noise, sigma)  # (B, 16, F, h, w)
+            else:
+                x = thumbnail_code(clips.video[idx], self.args.size // clips.latents.shape[-1])  # (B, 12, F, h, w)
+            f = x.shape[2]
+            maps = self.net(x.permute(0, 2, 1, 3, 4).flatten(0, 1)).view(b, f, VAE_TEMPORAL_STRIDE, *self.hw)
+            return torch.cat([maps[:, 0, :1], maps[:, 1:].flatten(1, 2)], dim=1)
+        video = clips.video[idx] if self.source == "pixels" else clips.decoded[idx]  # (B, 3, T, H, W)
+        if frames is not None:
+            video = video[torch.arange(b, device=video.device)[:, None], :, frames].transpose(1, 2)
+            t = frames.shape[1]
+        return self.net(video.permute(0, 2, 1, 3, 4).flatten(0, 1)).view(b, t, *self.hw)
+
+    def loss(self, clips: ClipSet, idx: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        gt = clips.select(idx)
+        frames = None
+        if self.args.depth_frames and self.source in ("pixels", "decoded"):
+            # K random frames of each clip, (B, K); medians are then those frames'
+            frames = torch.rand(len(idx), self.args.frames, generator=gen).argsort(1)[:, :self.args.depth_frames]
+            frames = frames.to(self.device)
+        pred = self._log_depth(clips, idx, sigma, gen, frames)
+        if frames is not None:
+            rows = torch.arange(len(idx), device=self.device)[:, None]
+            gt = {k: gt[k][rows, frames] for k in ("depth", "valid")}
+        target = clip_relative_log_depth(gt["depth"], gt["valid"])
+        valid = gt["valid"].float()
+        # the prediction's own clip median removed too: the loss is invariant to the clip's scale
+        median = torch.stack([p[m].median() if m.any() else p.new_zeros(())
+                              for p, m in zip(pred.detach(), gt["valid"].bool())])
+        pred = pred - median[:, None, None, None]
+        residual = (pred - target).abs() * valid
+        return residual.sum() / valid.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        self.net.eval()
+        depth = self._log_depth(clips, idx, torch.full((len(idx),), EVAL_SIGMA, device=self.device), gen).exp()
+        self.net.train()
+        w2c = torch.eye(4, dtype=torch.float64, device=self.device).repeat(len(idx), self.args.frames, 1, 1)
+        return w2c, depth
+
+
+LEARNERS = {"mlp": MlpLearner, "cnn": CnnLearner, "shift": ShiftEstimator, "depth-cnn": DepthCnnLearner}
 
 
 def evaluate(learner, clips: ClipSet, limit: int) -> dict[str, float]:
@@ -416,11 +571,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_ids, held_ids = split_clip_ids(ids, 0.2)
     where = {c: i for i, c in enumerate(ids)}
     train_idx = [where[c] for c in train_ids][: args.train_subset or None]
-    vae = encoders.load_vae(ASSETS / "vae").to(device)
+    vae = encoders.load_vae(Path(args.assets) / "vae").to(device)
     text_model, tokenizer = encoders.tiny_text_encoder(d_model=32)
     text_model = text_model.to(device)
-    train = ClipSet(ds, train_idx, vae, text_model, tokenizer, device)
-    held = ClipSet(ds, [where[c] for c in held_ids], vae, text_model, tokenizer, device)
+    decode = args.learner == "depth-cnn" and args.depth_source == "decoded"
+    train = ClipSet(ds, train_idx, vae, text_model, tokenizer, device, decode)
+    held = ClipSet(ds, [where[c] for c in held_ids], vae, text_model, tokenizer, device, decode)
     learner = (FantasyWorldLearner(args, device) if args.learner == "fantasyworld"
                else LEARNERS[args.learner](args, device, train))
 
