@@ -80,6 +80,7 @@ from fantasyworld.training.lr_schedule import lr_multiplier
 GT_KEYS = ("depth", "points", "valid", "w2c", "intrinsics")
 EVAL_SIGMA = 0.05
 DEPTH_SOURCES = ("pixels", "decoded", "latents", "thumbnail")
+LOG_DEPTH_BOUND = 8.0  # the depth-cnn's predictions, in log units from its clip's scale
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -535,7 +536,11 @@ class DepthCnnLearner:
     @torch.no_grad()
     def predict(self, clips: ClipSet, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         self.net.eval()
-        depth = self._log_depth(clips, idx, torch.full((len(idx),), EVAL_SIGMA, device=self.device), gen).exp()
+        # the loss leaves each clip's offset free: centred on the clip's median, then bounded to
+        # e^+-8 of it (an unbounded output on an unseen input would overflow in float32)
+        log_depth = self._log_depth(clips, idx, torch.full((len(idx),), EVAL_SIGMA, device=self.device), gen)
+        log_depth = log_depth - log_depth.flatten(1).median(1).values[:, None, None, None]
+        depth = log_depth.clamp(-LOG_DEPTH_BOUND, LOG_DEPTH_BOUND).exp()
         self.net.train()
         w2c = torch.eye(4, dtype=torch.float64, device=self.device).repeat(len(idx), self.args.frames, 1, 1)
         return w2c, depth

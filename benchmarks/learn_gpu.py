@@ -67,6 +67,7 @@ import learn_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN_SCRIPT = ROOT / "scripts" / "pretrain_tiny_backbone.py"
+PRETRAIN_SHARE = 0.85  # of the pretrain budget: the VAE and backbone passes together (LearnConfig.vae_share)
 PHASES = ("render", "pretrain", "cache", "stage1", "stage2", "eval")
 
 
@@ -132,6 +133,7 @@ class LearnConfig:
     pretrain_clips: int = 2000
     pretrain_steps: tuple[int, int] | None = None  # (VAE, backbone) step caps; None: the recipe's
     pretrain_batch: int = 0  # > 0: both pretraining batches (the smoke run's); 0: the recipe's
+    vae_share: float = 0.38  # the VAE pass's share of the pretrain budget; the backbone's is 0.85 minus it
     render_during_pretrain: bool = True  # the render goes on (more worlds) while the backbone pretrains
     reuse_assets: str = ""  # an earlier run's assets/ (VAE, backbone) instead of pretraining (:func:`reuse_assets`)
     reuse_data: str = ""  # an earlier run's --out: its worlds, assets and cache; render, pretrain, cache skipped
@@ -276,11 +278,13 @@ def run_stage(cfg: LearnConfig, stage: int, out: Path, phases: Phases, init: Pat
 
 def pretrain_argv(cfg: LearnConfig, train_root: Path, assets: Path, n_clips: int, budget: float) -> list[str]:
     """The pretraining script's command line for this run: its VAE and backbone passes stop at
-    38% and 47% of ``budget`` seconds, or at ``cfg.pretrain_steps`` if that comes first."""
+    ``cfg.vae_share`` (38%) and ``PRETRAIN_SHARE - vae_share`` (47%) of ``budget`` seconds, or at
+    ``cfg.pretrain_steps`` if that comes first (the rest of the budget: start-up, calibration,
+    the prompt-dependence check, saving)."""
     argv = ["--preset", cfg.preset, "--data", str(train_root), "--out", str(assets), "--device", cfg.device,
             "--clips", str(n_clips), "--frames", str(cfg.frames), "--size", str(cfg.size), "--workers",
-            str(cfg.workers), "--seed", str(cfg.seed), "--vae-seconds", f"{0.38 * budget:.1f}",
-            "--dit-seconds", f"{0.47 * budget:.1f}"]
+            str(cfg.workers), "--seed", str(cfg.seed), "--vae-seconds", f"{cfg.vae_share * budget:.1f}",
+            "--dit-seconds", f"{(PRETRAIN_SHARE - cfg.vae_share) * budget:.1f}"]
     if cfg.pretrain_cuda_graphs and cfg.device == "cuda":
         argv.append("--cuda-graphs")
     if cfg.pretrain_steps:
@@ -650,6 +654,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[LearnConfig, Path]:
         cfg.pretrain_steps = (vae, backbone)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: pass --device cpu (slow) or --smoke")
+    if not 0.0 < cfg.vae_share < PRETRAIN_SHARE:
+        p.error(f"--vae-share {cfg.vae_share}: between 0 and {PRETRAIN_SHARE} (the two passes' share of the "
+                "pretrain budget; the backbone gets the rest of it)")
     if cfg.reuse_assets and cfg.reuse_data:
         p.error("--reuse-assets and --reuse-data: pass one (--reuse-data reuses the assets too)")
     if cfg.reuse_assets:

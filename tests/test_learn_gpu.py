@@ -86,6 +86,9 @@ def test_pretrain_steps_cap_the_passes_and_keep_the_recipes_batches(learn, tmp_p
     plain = argv([])
     assert "--vae-steps" not in plain and "--vae-batch" not in plain  # the recipe's, stopped on time
     assert plain[plain.index("--vae-seconds") + 1] == "38.0" and plain[plain.index("--dit-seconds") + 1] == "47.0"
+    shifted = argv(["--vae-share", "0.6"])  # more of the budget to the VAE, the rest to the backbone
+    assert shifted[shifted.index("--vae-seconds") + 1] == "60.0"
+    assert shifted[shifted.index("--dit-seconds") + 1] == "25.0"
     capped = argv(["--pretrain-steps", "400,500"])
     assert capped[capped.index("--vae-steps") + 1] == "400" and capped[capped.index("--dit-steps") + 1] == "500"
     assert "--vae-batch" not in capped  # a cap changes the step count, not the batch
@@ -95,6 +98,10 @@ def test_pretrain_steps_cap_the_passes_and_keep_the_recipes_batches(learn, tmp_p
     for bad in ("400", "400,x", "0,5"):
         with pytest.raises(SystemExit) as stop:
             learn.parse_args(["--smoke", "--out", str(tmp_path / "b"), "--pretrain-steps", bad])
+        assert stop.value.code == 2
+    for bad in ("0", "0.85", "1.2"):  # no time left for one of the two passes
+        with pytest.raises(SystemExit) as stop:
+            learn.parse_args(["--smoke", "--out", str(tmp_path / "b"), "--vae-share", bad])
         assert stop.value.code == 2
 
 
