@@ -31,6 +31,10 @@ Recipes (:data:`RECIPES`, the defaults of every flag; flags override them):
   3000 steps or 45 s, batch 16; backbone (25M parameters): at most 6000 steps or 60 s, batch
   64, lr 6e-4; bf16 autocast on a GPU. A minute and three quarters of training on one H200.
 
+Both VAEs have the tiny layout (``--vae-dim-mult 1,2,2,2``, ``--vae-res-blocks 1``); Wan2.1's
+layout (``1,2,4,4`` with 2 blocks) at base_dim 8 reached 20.5 dB in 1,000 single-frame steps
+where the tiny one was at 19.3 (docs/evaluation.md, "Where depth is lost").
+
 Common to both: VAE loss L1 + MSE + 1e-6 KL on posterior samples of whole clips (``--vae-frames``:
 sub-clips of 4k+1 frames instead; the causal VAE codes frame 0 alone, then 4 frames per latent
 frame with a temporal cache of the frames before, so sub-clips of 5 frames never train the latent
@@ -237,7 +241,8 @@ def _report(name: str, step: int, losses: list[torch.Tensor], progress: Progress
 
 def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.device, log: dict) -> torch.nn.Module:
     """Autoencoder training of the VAE (module docstring)."""
-    vae = encoders.tiny_vae(args.seed, base_dim=args.vae_base_dim).to(device).train()
+    vae = encoders.tiny_vae(args.seed, base_dim=args.vae_base_dim, dim_mult=args.vae_dim_mult,
+                            num_res_blocks=args.vae_res_blocks).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     progress = Progress(args.vae_steps, args.vae_seconds)
@@ -264,6 +269,7 @@ def train_vae(video: torch.Tensor, args: argparse.Namespace, device: torch.devic
         if step % 500 == 1:
             _report("vae", step, losses, progress)
     log["vae"] = {"steps": step, "stopped_by": progress.stopped_by(step), "base_dim": args.vae_base_dim,
+                  "dim_mult": list(args.vae_dim_mult), "num_res_blocks": args.vae_res_blocks,
                   "parameters": sum(p.numel() for p in vae.parameters()),
                   "final_loss": _report("vae", step, losses, progress), "seconds": progress.elapsed()}
     return vae.eval().requires_grad_(False)
@@ -448,6 +454,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in asdict(RECIPES["tiny"]).items():
         kind = float if isinstance(value, float) or name.endswith("seconds") else int
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+    p.add_argument("--vae-dim-mult", default=",".join(map(str, encoders.TINY_VAE_DIM_MULT)), metavar="A,B,C,D",
+                   help="the VAE's width multipliers of its four stages (default the tiny VAE's 1,2,2,2; Wan2.1's "
+                        "1,2,4,4)")
+    p.add_argument("--vae-res-blocks", type=int, default=1, help="residual blocks per VAE stage (Wan2.1's: 2)")
     p.add_argument("--vae-kl", type=float, default=1e-6)
     p.add_argument("--vae-frames", type=int, default=0,
                    help="4k+1 frames per VAE training sub-clip (default 0: whole clips, every latent frame the "
@@ -466,6 +476,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in asdict(RECIPES[args.preset]).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    try:
+        args.vae_dim_mult = tuple(int(v) for v in str(args.vae_dim_mult).split(","))
+        encoders.check_vae_layout(args.vae_dim_mult, args.vae_res_blocks)
+    except ValueError as err:
+        p.error(f"--vae-dim-mult {args.vae_dim_mult!r} / --vae-res-blocks {args.vae_res_blocks}: {err}")
     if args.vae_frames == 0:
         args.vae_frames = args.frames
     if (args.vae_frames - 1) % VAE_TEMPORAL_STRIDE or not 1 <= args.vae_frames <= args.frames:

@@ -121,3 +121,24 @@ def test_pooled_thumbnail_reference(script) -> None:
     assert module.pooled_psnr_db(noise) < 12  # uniform noise on [0, 1] has a variance of 1/12: 10.8 dB
     ramp = torch.linspace(-1, 1, 32).expand(2, 3, 5, 32, 32)
     assert 25 < module.pooled_psnr_db(ramp) < 120
+
+
+def test_vae_layout_flags_build_wans_layout_at_the_same_compression(script) -> None:
+    """``--vae-dim-mult`` / ``--vae-res-blocks``: the VAE built has that layout (Wan2.1's 1,2,4,4 with
+    two blocks here) and still codes a clip as 16 channels at 4x temporal, 8x spatial compression;
+    a layout without Wan's three downsampling stages is refused before anything runs."""
+    from fantasyworld.models import encoders
+
+    module = script("scripts/pretrain_tiny_backbone.py")
+    args = module.parse_args(["--vae-dim-mult", "1,2,4,4", "--vae-res-blocks", "2"])
+    assert args.vae_dim_mult == (1, 2, 4, 4) and args.vae_res_blocks == 2
+    assert module.parse_args([]).vae_dim_mult == encoders.TINY_VAE_DIM_MULT
+    vae = encoders.tiny_vae(0, 4, args.vae_dim_mult, args.vae_res_blocks)
+    assert vae.config.dim_mult == [1, 2, 4, 4] and vae.config.num_res_blocks == 2
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 9, 32, 32)).latent_dist.mean
+    assert z.shape == (1, 16, 3, 4, 4)
+    for bad in (["--vae-dim-mult", "1,2,4"], ["--vae-dim-mult", "1,0,2,2"], ["--vae-dim-mult", "a"],
+                ["--vae-res-blocks", "0"]):
+        with pytest.raises(SystemExit):
+            module.parse_args(bad)

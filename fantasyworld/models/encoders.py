@@ -195,14 +195,29 @@ def i2v_condition_latent(vae, video: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------
 # tiny random encoders (tests, demo)
-def tiny_vae(seed: int = 0, base_dim: int = 8):
+TINY_VAE_DIM_MULT = (1, 2, 2, 2)  # Wan2.1's is (1, 2, 4, 4), with 2 residual blocks a stage
+
+
+def check_vae_layout(dim_mult: tuple[int, ...], num_res_blocks: int) -> None:
+    """``ValueError`` unless ``dim_mult`` has four positive stages (three of them downsample: Wan's
+    8x spatial compression) and ``num_res_blocks`` is at least 1."""
+    if len(dim_mult) != 4 or min(dim_mult) < 1 or num_res_blocks < 1:
+        raise ValueError(f"the VAE's dim_mult {tuple(dim_mult)} needs four positive stages (8x spatial "
+                         f"compression) and num_res_blocks {num_res_blocks} at least 1")
+
+
+def tiny_vae(seed: int = 0, base_dim: int = 8, dim_mult: tuple[int, ...] = TINY_VAE_DIM_MULT,
+             num_res_blocks: int = 1):
     """A random ``AutoencoderKLWan`` with Wan's compression (4x temporal, 8x spatial, 16
-    latent channels) and Wan2.1's latent statistics: ~0.2M parameters at the default
-    ``base_dim`` 8 (Wan2.1's is 96; parameters grow with its square)."""
+    latent channels) and Wan2.1's latent statistics: ~0.2M parameters at the defaults
+    (``base_dim`` 8, ``dim_mult`` (1, 2, 2, 2), one residual block a stage; Wan2.1's ``base_dim``
+    is 96, ``dim_mult`` (1, 2, 4, 4), two blocks; parameters grow with the square of the widths).
+    ``dim_mult`` has four stages: three of them downsample, as Wan's 8x spatial compression needs."""
     from diffusers import AutoencoderKLWan
 
+    check_vae_layout(dim_mult, num_res_blocks)
     torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+    return AutoencoderKLWan(base_dim=base_dim, z_dim=16, dim_mult=list(dim_mult), num_res_blocks=num_res_blocks,
                             temperal_downsample=[False, True, True]).eval()
 
 
