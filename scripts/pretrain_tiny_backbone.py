@@ -32,8 +32,7 @@ Recipes (:data:`RECIPES`, the defaults of every flag; flags override them):
   64, lr 6e-4; bf16 autocast on a GPU. A minute and three quarters of training on one H200.
 
 Both VAEs have the tiny layout (``--vae-dim-mult 1,2,2,2``, ``--vae-res-blocks 1``); Wan2.1's
-layout (``1,2,4,4`` with 2 blocks) at base_dim 8 reached 20.5 dB in 1,000 single-frame steps
-where the tiny one was at 19.3 (docs/evaluation.md, "Where depth is lost").
+(``1,2,4,4`` with 2 blocks) is a flag away (docs/evaluation.md, "Where depth is lost", measures both).
 
 Common to both: VAE loss L1 + MSE + 1e-6 KL on posterior samples of whole clips (``--vae-frames``:
 sub-clips of 4k+1 frames instead; the causal VAE codes frame 0 alone, then 4 frames per latent
