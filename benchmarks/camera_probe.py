@@ -161,22 +161,26 @@ class ClipSet:
 
 
 def token_log_depth(depth: torch.Tensor, valid: torch.Tensor, cell: int) -> torch.Tensor:
-    """Log ground-truth depth relative to each clip's median, averaged over each token's
-    ``cell x cell`` pixels (valid ones) and grouped by latent frame as the VAE groups frames:
-    ``(B, T, H, W)``, ``T = 4k + 1`` -> ``(B * (k + 1), h * w, 4)``, latent frame 0 holding
-    pixel frame 0 four times (:func:`group_by_latent_frame`; 4 is ``VAE_TEMPORAL_STRIDE``)."""
-    b, t, _, _ = depth.shape
-    stride = VAE_TEMPORAL_STRIDE
+    """Log ground-truth depth relative to each clip's median (:func:`clip_relative_log_depth`),
+    averaged over each token's ``cell x cell`` pixels (valid ones) and grouped by latent frame as
+    the VAE groups frames (:func:`group_pixel_frames`): ``(B, T, H, W)``, ``T = 4k + 1`` ->
+    ``(B * (k + 1), h * w, 4)``."""
     mask = valid.float()
-    log_d = torch.log(depth.clamp_min(1e-6)) * mask
-    median = torch.stack([d[m].median() if m.any() else d.new_zeros(())
-                          for d, m in zip(log_d, valid.bool())])  # (B,)
-    log_d = (log_d - median[:, None, None, None]) * mask
+    log_d = clip_relative_log_depth(depth, valid)
     pooled = torch.nn.functional.avg_pool2d(log_d, cell) / torch.nn.functional.avg_pool2d(mask, cell).clamp_min(1e-6)
     h, w = pooled.shape[-2:]
-    frames = torch.cat([pooled[:, :1].expand(b, stride, h, w), pooled[:, 1:]], dim=1)  # (B, 4(k+1), h, w)
-    latent_frames = (t - 1) // stride + 1
-    return frames.reshape(b, latent_frames, stride, h * w).permute(0, 1, 3, 2).reshape(-1, h * w, stride)
+    grouped = group_pixel_frames(pooled)  # (B, k + 1, 4, h, w)
+    return grouped.flatten(3).transpose(2, 3).reshape(-1, h * w, VAE_TEMPORAL_STRIDE)
+
+
+def group_pixel_frames(x: torch.Tensor) -> torch.Tensor:
+    """Pixel-rate ``(B, T, ...)``, ``T = 4k + 1`` -> ``(B, k + 1, 4, ...)``: the 4 pixel frames of
+    each latent frame, grouped causally as the VAE groups them (latent frame 0 <- pixel frame 0
+    four times, latent frame ``j >= 1`` <- pixel frames ``4j-3 .. 4j``; the same grouping as
+    :func:`group_by_latent_frame`, for any trailing shape)."""
+    stride = VAE_TEMPORAL_STRIDE
+    frames = torch.cat([x[:, :1].expand(-1, stride, *x.shape[2:]), x[:, 1:]], dim=1)
+    return frames.unflatten(1, (frames.shape[1] // stride, stride))
 
 
 def pose_targets(gt: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
@@ -412,26 +416,26 @@ class ShiftEstimator:
         return w2c, None
 
 
+def clip_medians(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Median of each clip's valid entries, ``(B, ...)`` -> ``(B,)`` (0 for a clip with none)."""
+    return torch.stack([v[m].median() if m.any() else v.new_zeros(()) for v, m in zip(values, valid.bool())])
+
+
 def clip_relative_log_depth(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``log depth`` minus its median over each clip's valid pixels, ``(B, T, H, W)`` (0 where
     invalid): the target of a learner scored after the evaluation's per-clip median alignment."""
     log_d = torch.log(depth.clamp_min(1e-6))
-    median = torch.stack([d[m].median() if m.any() else d.new_zeros(()) for d, m in zip(log_d, valid.bool())])
-    return (log_d - median[:, None, None, None]) * valid
+    return (log_d - clip_medians(log_d, valid)[:, None, None, None]) * valid
 
 
 def thumbnail_code(video: torch.Tensor, cell: int) -> torch.Tensor:
     """A code of the latents' shape with no learning: video ``(B, 3, T, H, W)`` -> the mean colour
     of each ``cell x cell`` block of each pixel frame, the 4 pixel frames of each latent frame side
-    by side as channels (latent frame 0: pixel frame 0 four times, as the VAE groups them),
+    by side as channels (:func:`group_pixel_frames`: latent frame 0 holds pixel frame 0 four times),
     ``(B, 12, F, H / cell, W / cell)``, ``T = 4(F - 1) + 1``."""
-    b, c, t, h, w = video.shape
-    pooled = torch.nn.functional.avg_pool3d(video, (1, cell, cell))  # (B, 3, T, h, w)
-    stride = VAE_TEMPORAL_STRIDE
-    frames = torch.cat([pooled[:, :, :1].expand(-1, -1, stride, -1, -1), pooled[:, :, 1:]], dim=2)
-    f = frames.shape[2] // stride
-    grouped = frames.reshape(b, c, f, stride, h // cell, w // cell).permute(0, 3, 1, 2, 4, 5)
-    return grouped.reshape(b, stride * c, f, h // cell, w // cell)
+    pooled = torch.nn.functional.avg_pool3d(video, (1, cell, cell)).transpose(1, 2)  # (B, T, 3, h, w)
+    grouped = group_pixel_frames(pooled).flatten(2, 3)  # (B, F, 4 * 3, h, w), sub-frame-major
+    return grouped.transpose(1, 2)
 
 
 class UNet(torch.nn.Module):
@@ -484,8 +488,9 @@ class DepthCnnLearner:
     def __init__(self, args: argparse.Namespace, device: torch.device, clips: ClipSet) -> None:
         self.args, self.device, self.hw = args, device, (args.size, args.size)
         self.source = args.depth_source
+        self.cell = args.size // clips.latents.shape[-1]  # pixels per latent cell (the VAE's 8)
         if self.source in ("latents", "thumbnail"):
-            up = int(math.log2(args.size // clips.latents.shape[-1]))
+            up = int(math.log2(self.cell))
             c_in = clips.latents.shape[1] if self.source == "latents" else 3 * VAE_TEMPORAL_STRIDE
             self.net = UNet(c_in, VAE_TEMPORAL_STRIDE, args.depth_width * 2, 2, up).to(device)
         else:
@@ -503,7 +508,7 @@ class DepthCnnLearner:
                 noise = torch.randn(latents.shape, generator=gen).to(self.device)
                 x = add_noise(latents, noise, sigma)  # (B, 16, F, h, w)
             else:
-                x = thumbnail_code(clips.video[idx], self.args.size // clips.latents.shape[-1])  # (B, 12, F, h, w)
+                x = thumbnail_code(clips.video[idx], self.cell)  # (B, 12, F, h, w)
             f = x.shape[2]
             maps = self.net(x.permute(0, 2, 1, 3, 4).flatten(0, 1)).view(b, f, VAE_TEMPORAL_STRIDE, *self.hw)
             return torch.cat([maps[:, 0, :1], maps[:, 1:].flatten(1, 2)], dim=1)
@@ -527,9 +532,7 @@ class DepthCnnLearner:
         target = clip_relative_log_depth(gt["depth"], gt["valid"])
         valid = gt["valid"].float()
         # the prediction's own clip median removed too: the loss is invariant to the clip's scale
-        median = torch.stack([p[m].median() if m.any() else p.new_zeros(())
-                              for p, m in zip(pred.detach(), gt["valid"].bool())])
-        pred = pred - median[:, None, None, None]
+        pred = pred - clip_medians(pred.detach(), gt["valid"])[:, None, None, None]
         residual = (pred - target).abs() * valid
         return residual.sum() / valid.sum().clamp_min(1.0)
 
