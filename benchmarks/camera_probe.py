@@ -135,7 +135,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="", metavar="KEY=VALUE,...",
                    help="fields of the preset's model config to change for this probe, e.g. "
                         "num_register_tokens=0,geo_layerscale_init=0.1 (values read as YAML)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    needs = ["vae"] + (["backbone"] if args.learner == "fantasyworld" and args.backbone == "pretrained" else [])
+    for part in needs:  # refused before any world is rendered
+        if not (Path(args.assets) / part).is_dir():
+            p.error(f"--assets {args.assets}: {Path(args.assets) / part} is missing (a folder with vae/ and backbone/)")
+    return args
 
 
 class ClipSet:

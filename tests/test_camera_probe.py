@@ -125,3 +125,16 @@ def test_thumbnail_code_holds_each_cell_mean_of_the_latent_frames_pixel_frames(p
     for s in range(4):  # sub-frame s of latent frame 0 is pixel frame 0; of latent frame 2, pixel frame 5 + s
         assert torch.allclose(code[:, 3 * s:3 * s + 3, 0, 0, 1], video[:, :, 0, :8, 8:].mean((-1, -2)), atol=1e-6)
         assert torch.allclose(code[:, 3 * s:3 * s + 3, 2, 1, 0], video[:, :, 5 + s, 8:, :8].mean((-1, -2)), atol=1e-6)
+
+
+def test_assets_without_a_vae_are_refused_before_anything_is_rendered(probe, tmp_path, capsys) -> None:
+    """``--assets`` names the VAE (and, for the model, the backbone) to load: a folder without them
+    stops the probe at its flags, naming the missing folder, before any world is rendered."""
+    (tmp_path / "vae").mkdir()
+    assert probe.parse_args(["--assets", str(tmp_path), "--learner", "depth-cnn"]).assets == str(tmp_path)
+    for argv, missing in ((["--assets", str(tmp_path / "none"), "--learner", "depth-cnn"], "vae"),
+                          (["--assets", str(tmp_path)], "backbone")):
+        with pytest.raises(SystemExit) as stop:
+            probe.parse_args(argv)
+        assert stop.value.code == 2
+        assert f"{missing} is missing" in capsys.readouterr().err
